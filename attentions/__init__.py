@@ -1,0 +1,21 @@
+"""Interchangeable vision attentions behind one NHWC interface.
+
+>>> import attentions, torch
+>>> attn = attentions.build("bra", dim=64, num_heads=2, n_win=7, topk=4)
+>>> attn(torch.randn(2, 56, 56, 64)).shape
+torch.Size([2, 56, 56, 64])
+>>> attn.backend = "sdpa"  # same weights, another backend
+"""
+
+from .bra import BiLevelRoutingAttention
+from .deformable import DeformableAttention
+from .errors import AttentionConfigError, BackendUnavailableError
+from .full import FullAttention
+from .registry import AttentionModule, Backend, MacCount, backend_available, build, family_options, list_attentions
+from .window import WindowAttention
+
+__all__ = [
+    "AttentionConfigError", "AttentionModule", "Backend", "BackendUnavailableError", "BiLevelRoutingAttention",
+    "DeformableAttention", "FullAttention", "MacCount", "WindowAttention", "backend_available", "build",
+    "family_options", "list_attentions",
+]

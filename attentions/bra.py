@@ -1,0 +1,268 @@
+"""Bi-level routing attention (BRA) of BiFormer (Zhu et al., CVPR 2023).
+
+Reproduces the authors' ``BiLevelRoutingAttention`` (rayleizhu/BiFormer, ``ops/bra_legacy.py``):
+same constructor options and defaults, same state_dict keys and shapes, same outputs.
+
+1. The NHWC map is cut into n_win × n_win regions (auto_pad pads bottom/right with zeros first).
+2. One Linear projects every token to [q | k | v] (qk_dim, qk_dim, dim channels).
+3. Region-level routing: q and k are averaged per region (before any kv downsampling); the
+   logits (q_r·scale) k_rᵀ pick the top-k key regions of every query region, and the routing
+   weights are the softmax over those k logits. Region q/k are detached unless diff_routing;
+   param_routing passes both through a Linear ``router.emb`` first.
+4. [k | v] of each region is optionally pooled (kv_downsample_mode), then the routed regions are
+   gathered: every query region gets a topk-times copy of its key regions' tokens. Soft routing
+   scales the gathered k *and* v by the region's routing weight.
+5. Token attention of each region's queries over the gathered keys, with heads sharing the
+   routing and the same ``scale = qk_scale or qk_dim ** -0.5`` as the routing.
+6. LePE (depthwise conv over v at full resolution) is added, then ``wo``; auto_pad crops.
+
+What upstream leaves unimplemented ('fracpool', 'conv', hard differentiable routing) raises
+``NotImplementedError`` when the module is built.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .core import (REFERENCE_BACKENDS, check_lepe_kernel, conv_nhwc, depthwise_conv, lepe_macs, merge_heads,
+                   pad_to_multiple, split_heads)
+from .errors import AttentionConfigError
+from .registry import AttentionModule, MacCount, check_choice, check_positive_int, register
+
+KV_DOWNSAMPLE_MODES = ("identity", "avgpool", "maxpool", "ada_avgpool", "ada_maxpool")
+UNIMPLEMENTED_KV_MODES = ("fracpool", "conv")
+PARAM_ATTENTION_MODES = ("qkvo", "qkv")
+
+
+class QKVLinear(nn.Module):
+    """One Linear dim -> [q | k | v] of qk_dim + qk_dim + dim channels (key ``qkv.qkv``)."""
+
+    def __init__(self, dim: int, qk_dim: int) -> None:
+        super().__init__()
+        self.qk_dim = qk_dim
+        self.qkv = nn.Linear(dim, 2 * qk_dim + dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns q (qk_dim channels) and the concatenated [k | v]."""
+        q, kv = self.qkv(x).split([self.qk_dim, self.qkv.out_features - self.qk_dim], dim=-1)
+        return q, kv
+
+
+class RegionRouter(nn.Module):
+    """Top-k region routing; ``emb`` is a Linear with param_routing (key ``router.emb``)."""
+
+    def __init__(self, qk_dim: int, topk: int, scale: float, param_routing: bool, diff_routing: bool) -> None:
+        super().__init__()
+        self.topk = topk
+        self.scale = scale
+        self.diff_routing = diff_routing
+        self.emb = nn.Linear(qk_dim, qk_dim) if param_routing else nn.Identity()
+
+    def forward(self, region_q: Tensor, region_k: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, regions, qk_dim) pair -> routing weights and indices, both (B, regions, topk)."""
+        if not self.diff_routing:
+            region_q, region_k = region_q.detach(), region_k.detach()
+        logits = (self.emb(region_q) * self.scale) @ self.emb(region_k).transpose(-2, -1)
+        top_logits, indices = logits.topk(self.topk, dim=-1)
+        return top_logits.softmax(dim=-1), indices
+
+
+def kv_pooling(mode: str, kv_per_win: int, ratio: int) -> nn.Module | None:
+    """The per-region pooling of [k | v] for a kv_downsample_mode, or None for no pooling."""
+    if mode == "ada_avgpool":
+        return nn.AdaptiveAvgPool2d(kv_per_win)
+    if mode == "ada_maxpool":
+        return nn.AdaptiveMaxPool2d(kv_per_win)
+    if mode in ("avgpool", "maxpool") and ratio > 1:
+        return nn.AvgPool2d(ratio) if mode == "avgpool" else nn.MaxPool2d(ratio)
+    return None
+
+
+@register
+class BiLevelRoutingAttention(AttentionModule):
+    """BiFormer's bi-level routing attention on an NHWC map; options as upstream.
+
+    Args:
+        dim: channels of the input, of v and of the output.
+        num_heads: heads; they share the routing.
+        n_win: regions per side (n_win² regions in all).
+        qk_dim: channels of q and k (default: dim).
+        qk_scale: scale of routing and attention logits (default: qk_dim ** -0.5, the whole qk_dim).
+        kv_per_win: side of the pooled region for 'ada_avgpool' / 'ada_maxpool'.
+        kv_downsample_ratio: kernel and stride for 'avgpool' / 'maxpool' (≤ 1: no pooling).
+        kv_downsample_kernel: accepted for compatibility; unused, as upstream.
+        kv_downsample_mode: one of identity, avgpool, maxpool, ada_avgpool, ada_maxpool.
+        topk: routed key regions per query region, 1..n_win².
+        param_attention: 'qkvo' (output Linear ``wo``) or 'qkv' (none).
+        param_routing: a Linear before routing; needs diff_routing.
+        diff_routing: let gradients flow into the routing (needs soft_routing, as upstream).
+        soft_routing: scale gathered k and v by their region's routing weight.
+        side_dwconv: LePE kernel, 0 for none.
+        auto_pad: pad H, W up to multiples of n_win and crop the output.
+        backend: 'torch' (explicit matrix) or 'sdpa'.
+    """
+
+    family = "bra"
+    backends = REFERENCE_BACKENDS
+
+    def __init__(self, dim: int, num_heads: int = 8, n_win: int = 7, qk_dim: int | None = None,
+                 qk_scale: float | None = None, kv_per_win: int = 4, kv_downsample_ratio: int = 4,
+                 kv_downsample_kernel: int | None = None, kv_downsample_mode: str = "identity", topk: int = 4,
+                 param_attention: str = "qkvo", param_routing: bool = False, diff_routing: bool = False,
+                 soft_routing: bool = False, side_dwconv: int = 3, auto_pad: bool = False, *,
+                 backend: str = "torch") -> None:
+        super().__init__(dim, num_heads, backend)
+        qk_dim = qk_dim or dim
+        check_positive_int("qk_dim", qk_dim)
+        if qk_dim % num_heads:
+            raise AttentionConfigError(f"qk_dim {qk_dim} is not divisible by num_heads {num_heads}")
+        check_positive_int("n_win", n_win)
+        if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= n_win ** 2:
+            raise AttentionConfigError(f"topk must be an integer in 1..n_win² = 1..{n_win ** 2}, got {topk!r}")
+        if kv_downsample_mode in UNIMPLEMENTED_KV_MODES:
+            raise NotImplementedError(
+                f"kv_downsample_mode {kv_downsample_mode!r} is unimplemented upstream (BiFormer); "
+                f"implemented: {', '.join(KV_DOWNSAMPLE_MODES)}")
+        check_choice("kv_downsample_mode", kv_downsample_mode, KV_DOWNSAMPLE_MODES)
+        if kv_downsample_mode.startswith("ada_"):
+            check_positive_int("kv_per_win", kv_per_win)
+        if kv_downsample_mode in ("avgpool", "maxpool"):
+            check_positive_int("kv_downsample_ratio", kv_downsample_ratio)
+        check_choice("param_attention", param_attention, PARAM_ATTENTION_MODES)
+        if param_routing and not diff_routing:
+            raise AttentionConfigError("param_routing=True needs diff_routing=True: a learned routing "
+                                       "projection gets no gradient through non-differentiable routing")
+        if diff_routing and not soft_routing:
+            raise NotImplementedError("diff_routing=True without soft_routing is 'hard differentiable "
+                                      "routing', unimplemented upstream; set soft_routing=True")
+        check_lepe_kernel(side_dwconv)
+
+        self.n_win = n_win
+        self.qk_dim = qk_dim
+        self.scale = qk_scale or qk_dim ** -0.5
+        self.topk = topk
+        self.kv_per_win = kv_per_win
+        self.kv_downsample_ratio = kv_downsample_ratio
+        self.kv_downsample_kernel = kv_downsample_kernel
+        self.kv_downsample_mode = kv_downsample_mode
+        self.param_attention = param_attention
+        self.param_routing = param_routing
+        self.diff_routing = diff_routing
+        self.soft_routing = soft_routing
+        self.side_dwconv = side_dwconv
+        self.auto_pad = auto_pad
+
+        self.lepe = depthwise_conv(side_dwconv, dim)
+        self.router = RegionRouter(qk_dim, topk, self.scale, param_routing, diff_routing)
+        self.qkv = QKVLinear(dim, qk_dim)
+        self.wo = nn.Linear(dim, dim) if param_attention == "qkvo" else nn.Identity()
+        self.kv_down = kv_pooling(kv_downsample_mode, kv_per_win, kv_downsample_ratio)
+
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The map size the regions are cut from; without auto_pad both must divide by n_win."""
+        if self.auto_pad:
+            return -(-height // self.n_win) * self.n_win, -(-width // self.n_win) * self.n_win
+        if height % self.n_win or width % self.n_win:
+            raise AttentionConfigError(
+                f"H={height} and W={width} must be divisible by n_win={self.n_win}; "
+                f"pass auto_pad=True to pad the input instead")
+        return height, width
+
+    def pooled_region_side(self, region_h: int, region_w: int) -> tuple[int, int]:
+        """Side lengths of a region's [k | v] after kv downsampling."""
+        if self.kv_downsample_mode.startswith("ada_"):
+            return self.kv_per_win, self.kv_per_win
+        if self.kv_down is not None:
+            ratio = self.kv_downsample_ratio
+            if ratio > min(region_h, region_w):
+                raise AttentionConfigError(
+                    f"kv_downsample_ratio {ratio} exceeds the {region_h}×{region_w} region; "
+                    f"it must be <= {min(region_h, region_w)} here")
+            return region_h // ratio, region_w // ratio
+        return region_h, region_w
+
+    def to_regions(self, x: Tensor) -> Tensor:
+        """(B, H, W, C) -> (B, n_win², h, w, C), regions in row-major order."""
+        batch, height, width, channels = x.shape
+        n = self.n_win
+        x = x.reshape(batch, n, height // n, n, width // n, channels)
+        return x.permute(0, 1, 3, 2, 4, 5).reshape(batch, n * n, height // n, width // n, channels)
+
+    def from_regions(self, x: Tensor) -> Tensor:
+        """Inverse of ``to_regions``."""
+        batch, _, region_h, region_w, channels = x.shape
+        n = self.n_win
+        x = x.reshape(batch, n, n, region_h, region_w, channels)
+        return x.permute(0, 1, 3, 2, 4, 5).reshape(batch, n * region_h, n * region_w, channels)
+
+    def pool_kv(self, kv: Tensor) -> Tensor:
+        """(B, regions, h, w, c) -> (B, regions, pooled tokens, c)."""
+        batch, regions, region_h, region_w, channels = kv.shape
+        self.pooled_region_side(region_h, region_w)
+        if self.kv_down is not None:
+            pooled = self.kv_down(kv.reshape(batch * regions, region_h, region_w, channels).permute(0, 3, 1, 2))
+            kv = pooled.permute(0, 2, 3, 1)
+        return kv.reshape(batch, regions, -1, channels)
+
+    def gather_routed(self, kv: Tensor, r_weight: Tensor, r_idx: Tensor) -> Tensor:
+        """Copy each query region's routed key regions: (B, regions, topk, tokens, c)."""
+        batch_index = torch.arange(kv.shape[0], device=kv.device)[:, None, None]
+        routed = kv[batch_index, r_idx]
+        if self.soft_routing:
+            routed = routed * r_weight[..., None, None]
+        return routed
+
+    def forward(self, x: Tensor, ret_attn_mask: bool = False):
+        """NHWC -> NHWC; with ret_attn_mask also (r_weight, r_idx, attn_weight), as upstream."""
+        self.check_input(x)
+        if ret_attn_mask and self.backend != "torch":
+            raise AttentionConfigError(
+                f"ret_attn_mask=True needs the attention weights, which backend {self.backend!r} never "
+                f"forms; use backend='torch'")
+        _, height, width, _ = x.shape
+        padded_h, padded_w = self.padded_size(height, width)
+        if (padded_h, padded_w) != (height, width):
+            x = pad_to_multiple(x, self.n_win)
+        q, kv = self.qkv(self.to_regions(x))
+        batch, regions, region_h, region_w, _ = q.shape
+
+        r_weight, r_idx = self.router(q.mean((2, 3)), kv[..., :self.qk_dim].mean((2, 3)))
+        routed = self.gather_routed(self.pool_kv(kv), r_weight, r_idx)
+        routed_k, routed_v = routed.flatten(2, 3).split([self.qk_dim, self.dim], dim=-1)
+
+        out, attn_weight = self.attend(split_heads(q.flatten(2, 3), self.num_heads),
+                                       split_heads(routed_k, self.num_heads),
+                                       split_heads(routed_v, self.num_heads), self.scale)
+        out = self.from_regions(merge_heads(out).reshape(batch, regions, region_h, region_w, self.dim))
+        if self.lepe is not None:
+            out = out + conv_nhwc(self.lepe, self.from_regions(kv[..., self.qk_dim:]))
+        out = self.wo(out)[:, :height, :width]
+        if ret_attn_mask:
+            return out, r_weight, r_idx, attn_weight.flatten(0, 1)
+        return out
+
+    def macs(self, batch: int, height: int, width: int) -> MacCount:
+        padded_h, padded_w = self.padded_size(height, width)
+        regions = self.n_win ** 2
+        region_h, region_w = padded_h // self.n_win, padded_w // self.n_win
+        pooled_h, pooled_w = self.pooled_region_side(region_h, region_w)
+        tokens = batch * padded_h * padded_w
+        qk, dim = self.qk_dim, self.dim
+        routing = batch * regions * regions * qk
+        if self.param_routing:
+            routing += 2 * batch * regions * qk * qk
+        if self.kv_downsample_mode == "ada_avgpool":  # fvcore counts one per pooled input element
+            routing += tokens * (qk + dim)
+        return MacCount(
+            projections=tokens * dim * (2 * qk + dim) + (tokens * dim * dim if self.param_attention == "qkvo" else 0),
+            routing=routing,
+            attention=tokens * self.topk * pooled_h * pooled_w * (qk + dim),
+            positional=lepe_macs(self.side_dwconv, tokens, dim),
+        )
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, n_win={self.n_win}, qk_dim={self.qk_dim}, topk={self.topk}, "
+                f"kv_downsample_mode={self.kv_downsample_mode!r}, param_attention={self.param_attention!r}, "
+                f"soft_routing={self.soft_routing}, diff_routing={self.diff_routing}, "
+                f"side_dwconv={self.side_dwconv}, auto_pad={self.auto_pad}")

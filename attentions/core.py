@@ -1,0 +1,89 @@
+"""Token-attention kernels shared by the families, and small NHWC helpers.
+
+Every family reduces its token attention to ``attend(q, k, v, scale, bias)`` over tensors of
+shape (..., L, D): queries (..., Lq, Dqk), keys (..., Lk, Dqk), values (..., Lk, Dv), and an
+optional additive bias broadcastable to (..., Lq, Lk). Each returns ``(out, weights)``, where
+``weights`` is the softmax matrix when the kernel forms one and ``None`` otherwise.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import AttentionConfigError
+from .registry import Backend
+
+
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
+                       bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Reference: softmax((q·scale) kᵀ + bias) v, with the attention matrix built in memory."""
+    logits = (q * scale) @ k.transpose(-2, -1)
+    if bias is not None:
+        logits = logits + bias
+    weights = logits.softmax(dim=-1)
+    return weights @ v, weights
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
+                   bias: Tensor | None = None) -> tuple[Tensor, None]:
+    """The same attention through ``F.scaled_dot_product_attention``; no matrix is returned."""
+    if bias is not None:
+        bias = bias.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale), None
+
+
+REFERENCE_BACKENDS: dict[str, Backend] = {
+    "torch": Backend("torch", explicit_attention,
+                     "plain PyTorch reference: explicit attention matrix and softmax"),
+    "sdpa": Backend("sdpa", sdpa_attention,
+                    "token attention through F.scaled_dot_product_attention, no explicit matrix"),
+}
+
+
+def depthwise_conv(kernel_size: int, channels: int) -> nn.Conv2d | None:
+    """The LePE depthwise conv of BiFormer (odd kernel, 'same' padding), or None when 0."""
+    if kernel_size == 0:
+        return None
+    return nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+
+
+def conv_nhwc(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """Apply a Conv2d to an NHWC tensor and return NHWC."""
+    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """(..., L, heads·d) -> (..., heads, L, d)."""
+    *lead, length, channels = x.shape
+    return x.reshape(*lead, length, num_heads, channels // num_heads).transpose(-3, -2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """(..., heads, L, d) -> (..., L, heads·d)."""
+    x = x.transpose(-3, -2)
+    return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Zero-pad an NHWC tensor at the bottom and right up to a multiple of ``multiple``."""
+    pad_h = -x.shape[1] % multiple
+    pad_w = -x.shape[2] % multiple
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    return x
+
+
+def check_lepe_kernel(side_dwconv: object) -> None:
+    """LePE kernels must be 0 (off) or odd, so that 'same' padding keeps the map size."""
+    if isinstance(side_dwconv, bool) or not isinstance(side_dwconv, int) or side_dwconv < 0 \
+            or (side_dwconv > 0 and side_dwconv % 2 == 0):
+        raise AttentionConfigError(
+            f"side_dwconv must be 0 (no LePE) or an odd kernel size, got {side_dwconv!r}")
+
+
+def lepe_macs(side_dwconv: int, tokens: int, channels: int) -> int:
+    """Multiply-adds of a depthwise LePE conv over ``tokens`` positions."""
+    return tokens * channels * side_dwconv ** 2
+

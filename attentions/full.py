@@ -1,0 +1,59 @@
+"""Full (global) multi-head self-attention over all H·W tokens, as in ViT.
+
+With ``side_dwconv > 0`` it is BiFormer's ``AttentionLePE`` (the last stage of BiFormer): a
+depthwise conv over the attention *input* is added before the output projection. The
+state_dict keys (``qkv``, ``proj``, ``lepe``) are those of timm's and BiFormer's modules.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .core import REFERENCE_BACKENDS, check_lepe_kernel, conv_nhwc, depthwise_conv, lepe_macs, merge_heads, split_heads
+from .registry import AttentionModule, MacCount, register
+
+
+@register
+class FullAttention(AttentionModule):
+    """ViT multi-head self-attention on an NHWC map, optionally with BiFormer's LePE.
+
+    Args:
+        dim: channels of the input and output.
+        num_heads: heads; the scale is head_dim ** -0.5 unless ``qk_scale`` is given.
+        qkv_bias: bias in the qkv projection (ViT: True; BiFormer's last stage: False).
+        qk_scale: override of the softmax scale.
+        side_dwconv: LePE kernel size, 0 for none (BiFormer's last stage uses 5).
+        backend: 'torch' (explicit matrix) or 'sdpa'.
+    """
+
+    family = "full"
+    backends = REFERENCE_BACKENDS
+
+    def __init__(self, dim: int, num_heads: int = 8, *, qkv_bias: bool = True,
+                 qk_scale: float | None = None, side_dwconv: int = 0, backend: str = "torch") -> None:
+        super().__init__(dim, num_heads, backend)
+        check_lepe_kernel(side_dwconv)
+        self.side_dwconv = side_dwconv
+        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.lepe = depthwise_conv(side_dwconv, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        batch, height, width, channels = x.shape
+        tokens = x.reshape(batch, height * width, channels)
+        q, k, v = (split_heads(t, self.num_heads) for t in self.qkv(tokens).chunk(3, dim=-1))
+        out, _ = self.attend(q, k, v, self.scale)
+        out = merge_heads(out).reshape(batch, height, width, channels)
+        if self.lepe is not None:
+            out = out + conv_nhwc(self.lepe, x)
+        return self.proj(out)
+
+    def macs(self, batch: int, height: int, width: int) -> MacCount:
+        tokens = batch * height * width
+        return MacCount(
+            projections=tokens * self.dim * 4 * self.dim,
+            attention=tokens * height * width * 2 * self.dim,
+            positional=lepe_macs(self.side_dwconv, tokens, self.dim),
+        )

@@ -1,0 +1,186 @@
+"""The one interface every attention family implements, and the registry that builds them.
+
+A family is an ``AttentionModule`` subclass registered under a short name. Its backends are
+``Backend`` records: a small function that does the token attention with the module's own
+weights, plus what the harness needs to know before running it (devices, dtypes, backward).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import nn
+
+from .errors import AttentionConfigError, BackendUnavailableError
+
+FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One way of running a family's token attention on the module's shared weights."""
+
+    name: str
+    attend: Callable[..., Any]
+    description: str
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
+    has_backward: bool = True
+    requires: tuple[str, ...] = field(default=())  # importable modules the backend needs
+
+    def availability(self, device: torch.device | str) -> tuple[bool, str]:
+        """Whether this backend can run on ``device`` in this process, and why not."""
+        device_type = torch.device(device).type
+        if device_type not in self.devices:
+            return False, (f"backend '{self.name}' runs on {', '.join(self.devices)}, "
+                           f"not on {device_type}")
+        if device_type == "cuda" and not torch.cuda.is_available():
+            return False, "no CUDA device is available in this process"
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            return False, f"backend '{self.name}' needs the package(s) {', '.join(missing)}"
+        return True, ""
+
+
+class MacCount(dict):
+    """Multiply-adds per part of one forward pass (papers' "FLOPs": 1 MAC = 1 FLOP)."""
+
+    @property
+    def total(self) -> int:
+        return sum(self.values())
+
+
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    """Raise ``AttentionConfigError`` unless ``value`` is an int ≥ ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise AttentionConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """Raise ``AttentionConfigError`` unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise AttentionConfigError(f"unknown {name} {value!r}; valid: {', '.join(map(repr, allowed))}")
+
+
+class AttentionModule(nn.Module):
+    """Base of every family: NHWC in, NHWC out, one set of weights for all backends."""
+
+    family: ClassVar[str]
+    backends: ClassVar[dict[str, Backend]]
+
+    def __init__(self, dim: int, num_heads: int, backend: str) -> None:
+        super().__init__()
+        check_positive_int("dim", dim)
+        check_positive_int("num_heads", num_heads)
+        if dim % num_heads:
+            raise AttentionConfigError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.backend = backend
+
+    @property
+    def backend(self) -> str:
+        """Name of the backend the next forward uses; assignable on a live module."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        check_choice(f"backend for '{self.family}'", name, tuple(self.backends))
+        self._backend = name
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Validate an NHWC input and that the current backend can run on it."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise AttentionConfigError(f"expected an NHWC tensor (B, H, W, C), got {shape}")
+        if x.shape[-1] != self.dim:
+            raise AttentionConfigError(
+                f"input has {x.shape[-1]} channels (shape {tuple(x.shape)}), the module was built "
+                f"with dim={self.dim}; inputs are NHWC")
+        if min(x.shape[:3]) < 1:
+            raise AttentionConfigError(f"input has an empty dimension: {tuple(x.shape)}")
+        spec = self.backends[self.backend]
+        ok, reason = spec.availability(x.device)
+        if not ok:
+            raise BackendUnavailableError(f"'{self.family}' backend '{self.backend}': {reason}")
+        if x.dtype not in spec.dtypes:
+            raise BackendUnavailableError(
+                f"'{self.family}' backend '{self.backend}' does not support dtype {x.dtype}; "
+                f"supported: {', '.join(str(d) for d in spec.dtypes)}")
+
+    @property
+    def attend(self) -> Callable[..., Any]:
+        """The current backend's token-attention function."""
+        return self.backends[self.backend].attend
+
+    def macs(self, batch: int, height: int, width: int) -> MacCount:
+        """Analytic multiply-adds of one forward on a (batch, height, width, dim) input."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, backend={self.backend!r}"
+
+
+_FAMILIES: dict[str, type[AttentionModule]] = {}
+
+
+def register(cls: type[AttentionModule]) -> type[AttentionModule]:
+    """Class decorator: make a family buildable by its ``family`` name."""
+    _FAMILIES[cls.family] = cls
+    return cls
+
+
+def _family(name: str) -> type[AttentionModule]:
+    if name not in _FAMILIES:
+        raise AttentionConfigError(f"unknown attention {name!r}; valid: {', '.join(map(repr, _FAMILIES))}")
+    return _FAMILIES[name]
+
+
+def family_options(name: str) -> dict[str, Any]:
+    """A family's constructor options (beyond dim, num_heads, backend) with their defaults."""
+    params = inspect.signature(_family(name).__init__).parameters
+    return {p: params[p].default for p in params if p not in ("self", "dim", "num_heads", "backend")}
+
+
+def build(name: str, *, dim: int, num_heads: int, backend: str = "torch", **options: Any) -> AttentionModule:
+    """Build attention family ``name``; unknown options are an error, not silently dropped."""
+    cls = _family(name)
+    allowed = family_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise AttentionConfigError(
+            f"unknown option(s) {', '.join(unknown)} for '{name}'; valid: {', '.join(allowed)}")
+    return cls(dim, num_heads, backend=backend, **options)
+
+
+def list_attentions() -> dict[str, dict[str, Any]]:
+    """Describe every family: class, options with defaults, and each backend's capabilities."""
+    return {
+        name: {
+            "class": cls.__name__,
+            "options": family_options(name),
+            "backends": {
+                b.name: {
+                    "description": b.description,
+                    "devices": list(b.devices),
+                    "dtypes": [str(d).removeprefix("torch.") for d in b.dtypes],
+                    "backward": b.has_backward,
+                    "requires": list(b.requires),
+                }
+                for b in cls.backends.values()
+            },
+        }
+        for name, cls in _FAMILIES.items()
+    }
+
+
+def backend_available(name: str, backend: str, device: torch.device | str = "cpu") -> tuple[bool, str]:
+    """Whether ``backend`` of family ``name`` can run on ``device`` here, and the reason if not."""
+    cls = _family(name)
+    if backend not in cls.backends:
+        return False, f"'{name}' has no backend {backend!r}; valid: {', '.join(map(repr, cls.backends))}"
+    return cls.backends[backend].availability(device)
