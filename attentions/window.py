@@ -41,10 +41,9 @@ def partition_windows(x: Tensor, window_size: int) -> Tensor:
     return x.permute(0, 1, 3, 2, 4, 5).reshape(batch, -1, window_size * window_size, channels)
 
 
-def merge_windows(windows: Tensor, height: int, width: int) -> Tensor:
+def merge_windows(windows: Tensor, window_size: int, height: int, width: int) -> Tensor:
     """Inverse of ``partition_windows``."""
-    batch, _, area, channels = windows.shape
-    window_size = int(round(area ** 0.5))
+    batch, _, _, channels = windows.shape
     x = windows.reshape(batch, height // window_size, width // window_size, window_size, window_size, channels)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(batch, height, width, channels)
 
@@ -112,7 +111,7 @@ class WindowAttention(AttentionModule):
         if shift:
             bias = bias + self.shift_mask(padded_h, padded_w, x.device)[:, None].to(bias.dtype)
         out, _ = self.attend(q, k, v, self.scale, bias.to(q.dtype))
-        out = merge_windows(self.proj(merge_heads(out)), padded_h, padded_w)
+        out = merge_windows(self.proj(merge_heads(out)), self.window_size, padded_h, padded_w)
         if shift:
             out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
         return out[:, :height, :width, :]
