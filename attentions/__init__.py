@@ -7,6 +7,7 @@ torch.Size([2, 56, 56, 64])
 >>> attn.backend = "sdpa"  # same weights, another backend
 """
 
+from . import full, window, deformable, bra  # noqa: F401  (registration order is listing order)
 from .bra import BiLevelRoutingAttention
 from .deformable import DeformableAttention
 from .errors import AttentionConfigError, BackendUnavailableError

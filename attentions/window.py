@@ -95,7 +95,7 @@ class WindowAttention(AttentionModule):
         labels = (rows[:, None] * 3 + cols[None, :]).to(device)
         labels = partition_windows(labels[None, :, :, None], self.window_size)[0, ..., 0]
         different = labels[:, :, None] != labels[:, None, :]
-        return different.float() * SHIFT_MASK_VALUE
+        return torch.zeros(different.shape, device=device).masked_fill(different, SHIFT_MASK_VALUE)
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
