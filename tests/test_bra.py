@@ -11,17 +11,15 @@ from __future__ import annotations
 import copy
 import inspect
 import itertools
-import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import attentions
-from attentions import AttentionConfigError, BackendUnavailableError, BiLevelRoutingAttention
+from attentions import AttentionConfigError, BiLevelRoutingAttention
+from reference_helpers import BACKENDS, F64, check_backend_switch, grads, random_module
 
-F64 = torch.float64
-BACKENDS = ("torch", "sdpa")
 MODES = ("identity", "avgpool", "maxpool", "ada_avgpool", "ada_maxpool")
 
 # Constructor options and defaults of upstream BiFormer (besides dim / num_heads=8 / backend).
@@ -35,16 +33,6 @@ ROUTINGS = {
     "soft_diff": dict(soft_routing=True, diff_routing=True),
     "soft_diff_param": dict(soft_routing=True, diff_routing=True, param_routing=True),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_intra_op_thread():
-    """The tensors here are tiny: extra intra-op threads only spin, and on a loaded 2-core machine that
-    made this file ~20x slower. One thread for this module, restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -169,27 +157,16 @@ def naive_bra(x: torch.Tensor, P: dict, o: dict, force_idx: torch.Tensor | None 
 # helpers
 # --------------------------------------------------------------------------------------------------
 
-def randomize_(module: torch.nn.Module, seed: int, std: float = 0.5) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in sorted(module.named_parameters()):
-            p.copy_(torch.randn(p.shape, generator=g, dtype=F64) * std)
-    return module
-
-
 def make(dim: int, num_heads: int, seed: int = 0, backend: str = "torch", **opts):
-    """A float64 module with random parameters, and the full option dict for the reference."""
-    module = attentions.build("bra", dim=dim, num_heads=num_heads, backend=backend, **opts).double()
-    return randomize_(module, seed), full_options(dim, num_heads, **opts)
+    """A float64 module with random parameters (std 0.5, drawn in name order), and the full option
+    dict for the reference."""
+    module = random_module("bra", seed, dim=dim, num_heads=num_heads, backend=backend, std=0.5, sort_names=True,
+                           **opts)
+    return module, full_options(dim, num_heads, **opts)
 
 
 def params_of(module) -> dict:
     return dict(module.named_parameters())
-
-
-def grads(out, inputs, gout):
-    got = torch.autograd.grad(out, inputs, gout, allow_unused=True)
-    return [torch.zeros_like(i) if g is None else g for i, g in zip(inputs, got)]
 
 
 def check_against_naive(module, o, shape, seed, backends=BACKENDS, atol=1e-10, rtol=1e-9):
@@ -202,7 +179,7 @@ def check_against_naive(module, o, shape, seed, backends=BACKENDS, atol=1e-10, r
     ref_out, ref_w, ref_idx, _ = naive_bra(x_ref, P, o)
     assert ref_out.shape == x.shape
     gout = torch.randn(ref_out.shape, generator=g, dtype=F64)
-    ref_grads = grads(ref_out, [x_ref] + [P[k] for k in names], gout)
+    ref_grads = grads(ref_out, [x_ref] + [P[k] for k in names], gout, allow_unused=True)
     assert ref_grads[0].abs().max() > 0
     for backend in backends:
         module.backend = backend
@@ -210,7 +187,7 @@ def check_against_naive(module, o, shape, seed, backends=BACKENDS, atol=1e-10, r
         out = module(xm)
         assert out.shape == x.shape and out.dtype == F64
         torch.testing.assert_close(out, ref_out, atol=atol, rtol=rtol, msg=lambda m: f"[{backend}] forward: {m}")
-        got = grads(out, [xm] + [P[k] for k in names], gout)
+        got = grads(out, [xm] + [P[k] for k in names], gout, allow_unused=True)
         for name, a, b in zip(["input"] + names, got, ref_grads):
             torch.testing.assert_close(a, b, atol=atol * 10, rtol=rtol,
                                        msg=lambda m: f"[{backend}] grad of {name}: {m}")
@@ -476,38 +453,25 @@ def test_state_dict_keys_variants(opts, expected):
 def test_switch_backend_on_live_module():
     module, o = make(16, 2, seed=41, n_win=2, topk=3, kv_downsample_mode="ada_maxpool", kv_per_win=2,
                      **ROUTINGS["soft_diff_param"])
-    before = {k: v.clone() for k, v in module.state_dict().items()}
     x = torch.randn(2, 6, 8, 16, generator=torch.Generator().manual_seed(42), dtype=F64)
-    out_torch = module(x)
-    module.backend = "sdpa"
-    assert module.backend == "sdpa"
-    out_sdpa = module(x)
-    torch.testing.assert_close(out_sdpa, out_torch, atol=1e-12, rtol=1e-10)
-    after = module.state_dict()
-    assert set(after) == set(before) and all(torch.equal(after[k], before[k]) for k in before)
-    with pytest.raises(AttentionConfigError, match="'nope'"):
-        module.backend = "nope"
-    assert module.backend == "sdpa"
+    check_backend_switch(module, x, atol=1e-12, rtol=1e-10)
 
 
 # --------------------------------------------------------------------------------------------------
-# bad input
+# bad options and inputs specific to BRA (the generic bad inputs of every family are in test_registry.py)
 # --------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs,pattern", [
-    (dict(dim=10, num_heads=3), r"dim 10 .*num_heads 3"),
     (dict(dim=8, num_heads=4, qk_dim=10), r"qk_dim 10 .*num_heads 4"),
     (dict(dim=8, num_heads=2, n_win=3, topk=0), r"got 0\b"),
     (dict(dim=8, num_heads=2, n_win=3, topk=10), r"1\.\.9.*got 10\b"),
     (dict(dim=8, num_heads=2, n_win=2, topk=5), r"got 5\b"),
     (dict(dim=8, num_heads=2, kv_downsample_mode="bogus"), r"'bogus'.*'identity'.*'ada_maxpool'"),
     (dict(dim=8, num_heads=2, param_attention="qkvx"), r"'qkvx'.*'qkvo'.*'qkv'"),
-    (dict(dim=8, num_heads=2, backend="flash"), r"'flash'.*'torch'.*'sdpa'"),
     (dict(dim=8, num_heads=2, param_routing=True), r"param_routing.*diff_routing"),
     (dict(dim=8, num_heads=2, param_routing=True, soft_routing=True), r"param_routing.*diff_routing"),
     (dict(dim=8, num_heads=2, side_dwconv=4), r"side_dwconv.*got 4\b"),
     (dict(dim=8, num_heads=2, side_dwconv=-3), r"side_dwconv.*got -3\b"),
-    (dict(dim=8, num_heads=2, bogus_option=1), r"bogus_option"),
     (dict(dim=8, num_heads=2, n_win=0), r"n_win.*got 0\b"),
     (dict(dim=8, num_heads=2, topk=True), r"topk.*got True"),
     (dict(dim=8, num_heads=2, topk=2.0), r"topk.*got 2\.0"),
@@ -540,24 +504,6 @@ def test_indivisible_size_without_auto_pad():
         module.macs(1, 7, 9)
 
 
-@pytest.mark.parametrize("shape,pattern", [
-    ((4, 4, 8), r"\(4, 4, 8\)"),
-    ((1, 1, 4, 4, 8), r"\(1, 1, 4, 4, 8\)"),
-    ((1, 4, 4, 7), r"7 channels.*dim=8"),
-    ((1, 8, 4, 4), r"4 channels.*dim=8"),  # NCHW by mistake
-])
-def test_bad_input_shape(shape, pattern):
-    module, _ = make(8, 2, n_win=2, topk=2)
-    with pytest.raises(AttentionConfigError, match=pattern):
-        module(torch.randn(shape, dtype=F64))
-
-
-def test_non_tensor_input():
-    module, _ = make(8, 2, n_win=2, topk=2)
-    with pytest.raises(AttentionConfigError, match="list"):
-        module([[1.0]])
-
-
 @pytest.mark.parametrize("mode", ["avgpool", "maxpool"])
 def test_kv_downsample_ratio_larger_than_region(mode):
     module, _ = make(8, 2, n_win=2, topk=2, kv_downsample_mode=mode, kv_downsample_ratio=4)
@@ -567,33 +513,6 @@ def test_kv_downsample_ratio_larger_than_region(mode):
     with pytest.raises(AttentionConfigError, match=r"kv_downsample_ratio 4"):
         module.macs(1, 6, 8)
     module(torch.randn(1, 8, 8, 8, dtype=F64))  # regions 4x4: fine
-
-
-@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_integer_dtype_unavailable(dtype, backend):
-    module, _ = make(8, 2, n_win=2, topk=2, backend=backend)
-    x = torch.ones(1, 4, 4, 8, dtype=dtype)
-    with pytest.raises(BackendUnavailableError, match=re.escape(str(dtype))):
-        module(x)
-
-
-def test_device_availability():
-    ok, reason = attentions.backend_available("bra", "torch", "cpu")
-    assert ok and reason == ""
-    ok, reason = attentions.backend_available("bra", "nope", "cpu")
-    assert not ok and "'nope'" in reason
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA device is present; the unavailable-CUDA branch cannot be exercised")
-    for backend in BACKENDS:
-        ok, reason = attentions.backend_available("bra", backend, "cuda")
-        assert ok is False and "CUDA" in reason
-
-
-def test_unsupported_device_raises_backend_unavailable():
-    module, _ = make(8, 2, n_win=2, topk=2)
-    with pytest.raises(BackendUnavailableError, match="meta"):
-        module(torch.empty(1, 4, 4, 8, dtype=F64, device="meta"))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -2,39 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import math
-import re
 
 import pytest
 import torch
 
 import attentions
-from attentions import AttentionConfigError, BackendUnavailableError
-
-BACKENDS = ("torch", "sdpa")
+from attentions import AttentionConfigError
+from reference_helpers import (BACKENDS, check_against_reference, check_backend_switch,
+                               check_float32_against_reference, random_module, ref_params)
 
 
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
 
-def randomize_(module: torch.nn.Module, seed: int, std: float = 0.3) -> torch.nn.Module:
-    """Overwrite every floating parameter (convs, LayerNorm, rpe table) with random values."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            scale = 1.0 if name.startswith("conv_offset.1") else std
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) * scale)
-    return module
-
-
-def make(seed: int = 0, dtype=torch.float64, **kwargs) -> torch.nn.Module:
-    return randomize_(attentions.build("deformable", **kwargs).to(dtype), seed)
-
-
-def ref_params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone().to(torch.float64).requires_grad_(True)
-            for k, v in module.state_dict().items() if v.is_floating_point()}
+# every floating parameter (convs, LayerNorm, rpe table) random; the offset net's LayerNorm at scale 1
+make = functools.partial(random_module, "deformable", std=0.3, overrides={"conv_offset.1": 1.0})
 
 
 def bilinear(img: torch.Tensor, py: torch.Tensor, px: torch.Tensor) -> torch.Tensor:
@@ -149,26 +134,11 @@ def naive_deformable(x: torch.Tensor, p: dict[str, torch.Tensor], num_heads: int
     return out
 
 
-def reference_kwargs(module) -> dict:
-    return dict(num_heads=module.num_heads, n_groups=module.n_groups, stride=module.stride,
-                factor=module.offset_range_factor, kernel=module.offset_kernel, use_pe=module.use_pe)
-
-
-def run_module(module, x, grad_out):
-    x = x.clone().requires_grad_(True)
-    module.zero_grad(set_to_none=True)
-    out = module(x)
-    out.backward(grad_out)
-    return out.detach(), x.grad.clone(), {n: p.grad.clone() for n, p in module.named_parameters()}
-
-
-def run_reference(module, x, grad_out):
-    p = ref_params(module)
-    x = x.detach().clone().to(torch.float64).requires_grad_(True)
-    out = naive_deformable(x, p, **reference_kwargs(module))
-    names = [n for n, _ in module.named_parameters()]
-    grads = torch.autograd.grad(out, [x] + [p[n] for n in names], grad_out.to(torch.float64))
-    return out.detach(), grads[0], dict(zip(names, grads[1:]))
+def naive_for(module):
+    """``naive_deformable`` as ``(x, params) -> out`` with the module's options."""
+    return lambda x, p: naive_deformable(
+        x, p, num_heads=module.num_heads, n_groups=module.n_groups, stride=module.stride,
+        factor=module.offset_range_factor, kernel=module.offset_kernel, use_pe=module.use_pe)
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,16 +170,10 @@ def test_matches_naive_reference_float64(backend, case):
     # raw offsets of the random offset net are O(1); with factor 0 let them leave the map sometimes
     x = torch.randn(2, height, width, dim, dtype=torch.float64)
     g = torch.randn(2, height, width, dim, dtype=torch.float64)
-    out, gx, gp = run_module(module, x, g)
-    rout, rgx, rgp = run_reference(module, x, g)
-    assert out.shape == x.shape
-    torch.testing.assert_close(out, rout, atol=1e-10, rtol=1e-10)
-    torch.testing.assert_close(gx, rgx, atol=1e-10, rtol=1e-10)
-    assert set(gp) == set(rgp)
+    gp, rgp = check_against_reference(module, x, g, naive_for(module), atol=1e-10, rtol=1e-10)
     assert ("rpe_table" in gp) == opts["use_pe"]
     for name in gp:
         assert rgp[name].abs().sum() > 0, name  # every parameter reaches the output
-        torch.testing.assert_close(gp[name], rgp[name], atol=1e-10, rtol=1e-10, msg=name)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -218,10 +182,7 @@ def test_float32_close_to_float64_reference(backend):
     module = make(seed=9, dtype=torch.float32, dim=16, num_heads=4, n_groups=2, stride=2, fmap_size=4,
                   backend=backend)
     x = torch.randn(2, 5, 6, 16)
-    out = module(x)
-    assert out.dtype == torch.float32
-    ref = naive_deformable(x.double(), ref_params(module), **reference_kwargs(module))
-    torch.testing.assert_close(out.double(), ref, atol=5e-5, rtol=1e-4)
+    check_float32_against_reference(module, x, naive_for(module), atol=5e-5, rtol=1e-4)
 
 
 def test_zero_factor_case_samples_outside_the_map():
@@ -355,13 +316,7 @@ def test_backend_switch_keeps_state_and_output():
     torch.manual_seed(15)
     module = make(seed=15, dim=8, num_heads=4, n_groups=2, stride=2, fmap_size=4)
     x = torch.randn(2, 5, 6, 8, dtype=torch.float64)
-    before = {k: v.clone() for k, v in module.state_dict().items()}
-    out = module(x)
-    module.backend = "sdpa"
-    after = module.state_dict()
-    assert before.keys() == after.keys()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    torch.testing.assert_close(module(x), out, atol=1e-12, rtol=1e-12)
+    check_backend_switch(module, x, atol=1e-12, rtol=1e-12)
 
 
 def test_state_dict_keys_and_shapes():
@@ -391,43 +346,8 @@ def test_macs_hand_count(use_pe):
 
 
 # --------------------------------------------------------------------------------------------
-# bad inputs
+# bad options (the generic bad inputs of every family are in test_registry.py)
 # --------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("shape", [(5, 5, 8), (1, 1, 5, 5, 8)])
-def test_input_not_4d(shape):
-    module = attentions.build("deformable", dim=8, num_heads=2)
-    with pytest.raises(AttentionConfigError, match=r"NHWC.*" + re.escape(str(shape))):
-        module(torch.randn(*shape))
-
-
-def test_wrong_channels():
-    module = attentions.build("deformable", dim=8, num_heads=2)
-    with pytest.raises(AttentionConfigError, match=r"4 channels.*dim=8"):
-        module(torch.randn(1, 5, 5, 4))
-
-
-def test_integer_input_backend_unavailable():
-    for backend in BACKENDS:
-        module = attentions.build("deformable", dim=8, num_heads=2, backend=backend)
-        with pytest.raises(BackendUnavailableError, match="int64"):
-            module(torch.ones(1, 5, 5, 8, dtype=torch.int64))
-
-
-def test_dim_not_divisible_by_heads():
-    with pytest.raises(AttentionConfigError, match=r"dim 8 .*num_heads 3"):
-        attentions.build("deformable", dim=8, num_heads=3)
-
-
-def test_unknown_backend_lists_valid():
-    with pytest.raises(AttentionConfigError, match=r"'cuda'.*valid: 'torch', 'sdpa'"):
-        attentions.build("deformable", dim=8, num_heads=2, backend="cuda")
-
-
-def test_unknown_option():
-    with pytest.raises(AttentionConfigError, match=r"offset_range.*valid: .*offset_range_factor"):
-        attentions.build("deformable", dim=8, num_heads=2, offset_range=2.0)
-
 
 def test_n_groups_not_dividing_heads():
     with pytest.raises(AttentionConfigError, match=r"n_groups 3 .*num_heads 4"):

@@ -2,40 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import math
-import re
 
 import pytest
 import torch
 
 import attentions
-from attentions import AttentionConfigError, BackendUnavailableError
-
-BACKENDS = ("torch", "sdpa")
+from attentions import AttentionConfigError
+from reference_helpers import (BACKENDS, check_against_reference, check_backend_switch,
+                               check_float32_against_reference, random_module, ref_params)
 
 
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
 
-def randomize_(module: torch.nn.Module, seed: int, std: float = 0.3) -> torch.nn.Module:
-    """Overwrite every floating parameter with fresh random values (biases included)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) * std)
-    return module
-
-
-def make(seed: int = 0, dtype=torch.float64, **kwargs) -> torch.nn.Module:
-    module = attentions.build("full", **kwargs).to(dtype)
-    return randomize_(module, seed)
-
-
-def ref_params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Independent float64 leaf copies of the module's state_dict (trainable ones require grad)."""
-    return {k: v.detach().clone().to(torch.float64).requires_grad_(v.is_floating_point())
-            for k, v in module.state_dict().items()}
+make = functools.partial(random_module, "full", std=0.3)
 
 
 def naive_dwconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -88,24 +71,6 @@ def naive_full(x: torch.Tensor, p: dict[str, torch.Tensor], num_heads: int,
     return torch.stack(outs)
 
 
-def run_module(module, x, grad_out):
-    x = x.clone().requires_grad_(True)
-    module.zero_grad(set_to_none=True)
-    out = module(x)
-    out.backward(grad_out)
-    grads = {name: p.grad.clone() for name, p in module.named_parameters()}
-    return out.detach(), x.grad.clone(), grads
-
-
-def run_reference(module, x, grad_out, **kw):
-    p = ref_params(module)
-    x = x.detach().clone().to(torch.float64).requires_grad_(True)
-    out = naive_full(x, p, module.num_heads, **kw)
-    names = [n for n, _ in module.named_parameters()]
-    grads = torch.autograd.grad(out, [x] + [p[n] for n in names], grad_out.to(torch.float64))
-    return out.detach(), grads[0], dict(zip(names, grads[1:]))
-
-
 # --------------------------------------------------------------------------------------------
 # correctness vs the naive reference
 # --------------------------------------------------------------------------------------------
@@ -129,16 +94,12 @@ def test_matches_naive_reference_float64(backend, cfg):
     assert ("qkv.bias" in module.state_dict()) == cfg["qkv_bias"]
     x = torch.randn(2, 3, 5, dim, dtype=torch.float64)      # non-square map
     g = torch.randn(2, 3, 5, dim, dtype=torch.float64)
-    out, gx, gp = run_module(module, x, g)
     ref_kw = {k: cfg[k] for k in ("side_dwconv", "qk_scale") if k in cfg}
-    rout, rgx, rgp = run_reference(module, x, g, **ref_kw)
-    assert out.shape == x.shape
-    torch.testing.assert_close(out, rout, atol=1e-10, rtol=1e-10)
-    torch.testing.assert_close(gx, rgx, atol=1e-10, rtol=1e-10)
-    assert set(gp) == set(rgp) and len(gp) >= 3
+    gp, rgp = check_against_reference(module, x, g, lambda x64, p: naive_full(x64, p, heads, **ref_kw),
+                                      atol=1e-10, rtol=1e-10)
+    assert len(gp) >= 3
     for name in gp:
         assert rgp[name].abs().sum() > 0, name  # every parameter influences the output
-        torch.testing.assert_close(gp[name], rgp[name], atol=1e-10, rtol=1e-10, msg=name)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -147,10 +108,8 @@ def test_float32_close_to_float64_reference(backend):
     dim, heads = 16, 4
     module = make(seed=5, dtype=torch.float32, dim=dim, num_heads=heads, backend=backend, side_dwconv=5)
     x = torch.randn(2, 4, 6, dim)
-    out = module(x)
-    assert out.dtype == torch.float32
-    ref = naive_full(x.double(), ref_params(module), heads, side_dwconv=5)
-    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
+    check_float32_against_reference(module, x, lambda x64, p: naive_full(x64, p, heads, side_dwconv=5),
+                                    atol=2e-5, rtol=1e-4)
 
 
 def test_lepe_acts_on_input_not_values():
@@ -198,17 +157,7 @@ def test_backend_switch_keeps_state_and_output():
     torch.manual_seed(7)
     module = make(seed=7, dim=8, num_heads=2, side_dwconv=5)
     x = torch.randn(2, 3, 5, 8, dtype=torch.float64)
-    before = {k: v.clone() for k, v in module.state_dict().items()}
-    out_torch = module(x)
-    module.backend = "sdpa"
-    assert module.backend == "sdpa"
-    after = module.state_dict()
-    assert before.keys() == after.keys()
-    for k in before:
-        assert torch.equal(before[k], after[k]), k
-    torch.testing.assert_close(module(x), out_torch, atol=1e-12, rtol=1e-12)
-    module.backend = "torch"
-    torch.testing.assert_close(module(x), out_torch, atol=0, rtol=0)
+    check_backend_switch(module, x, atol=1e-12, rtol=1e-12)
 
 
 def test_state_dict_keys_and_shapes():
@@ -239,47 +188,8 @@ def test_macs_hand_count(side):
 
 
 # --------------------------------------------------------------------------------------------
-# bad inputs
+# bad options (the generic bad inputs of every family are in test_registry.py)
 # --------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("shape", [(3, 5, 8), (1, 2, 3, 5, 8), (8,)])
-def test_input_not_4d(shape):
-    module = attentions.build("full", dim=8, num_heads=2)
-    with pytest.raises(AttentionConfigError, match=r"NHWC.*" + re.escape(str(shape))):
-        module(torch.randn(*shape))
-
-
-def test_wrong_channels():
-    module = attentions.build("full", dim=8, num_heads=2)
-    with pytest.raises(AttentionConfigError, match=r"6 channels.*dim=8"):
-        module(torch.randn(1, 3, 3, 6))
-
-
-def test_integer_input_backend_unavailable():
-    for backend in BACKENDS:
-        module = attentions.build("full", dim=8, num_heads=2, backend=backend)
-        with pytest.raises(BackendUnavailableError, match="int64"):
-            module(torch.ones(1, 2, 2, 8, dtype=torch.int64))
-
-
-def test_dim_not_divisible_by_heads():
-    with pytest.raises(AttentionConfigError, match=r"dim 10 .*num_heads 4"):
-        attentions.build("full", dim=10, num_heads=4)
-
-
-def test_unknown_backend_lists_valid():
-    with pytest.raises(AttentionConfigError, match=r"'flash'.*valid: 'torch', 'sdpa'"):
-        attentions.build("full", dim=8, num_heads=2, backend="flash")
-    module = attentions.build("full", dim=8, num_heads=2)
-    with pytest.raises(AttentionConfigError, match=r"'flash'.*'torch'.*'sdpa'"):
-        module.backend = "flash"
-    assert module.backend == "torch"
-
-
-def test_unknown_option():
-    with pytest.raises(AttentionConfigError, match=r"window_size"):
-        attentions.build("full", dim=8, num_heads=2, window_size=7)
-
 
 @pytest.mark.parametrize("side", [2, 4, -1])
 def test_bad_side_dwconv(side):

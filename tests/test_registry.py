@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from fvcore.nn import FlopCountAnalysis
 
 import attentions
 from attentions import AttentionConfigError, BackendUnavailableError
+from reference_helpers import BACKENDS
 
 FAMILIES = ("full", "window", "deformable", "bra")
 # Small but non-trivial options per family, valid on a 14×14 map with dim 32 and 4 heads.
@@ -90,46 +92,99 @@ def test_bra_macs_match_the_published_fvcore_figure():
     assert module.macs(1, 56, 56).total == 156_100_672
 
 
-def test_backend_available():
-    assert attentions.backend_available("bra", "sdpa", "cpu") == (True, "")
-    ok, reason = attentions.backend_available("full", "torch", "cuda")
-    assert ok == torch.cuda.is_available()
-    if not ok:
-        assert "CUDA" in reason
-    ok, reason = attentions.backend_available("window", "nonexistent", "cpu")
-    assert not ok and "'torch'" in reason and "'sdpa'" in reason
-    ok, reason = attentions.backend_available("full", "torch", "meta")
-    assert not ok and "meta" in reason
+@pytest.mark.parametrize("name", FAMILIES)
+def test_backend_available(name):
+    for backend in BACKENDS:
+        assert attentions.backend_available(name, backend, "cpu") == (True, "")
+        ok, reason = attentions.backend_available(name, backend, "cuda")
+        assert ok is torch.cuda.is_available()
+        if not ok:
+            assert "CUDA" in reason
+        ok, reason = attentions.backend_available(name, backend, "meta")
+        assert not ok and "meta" in reason
+    ok, reason = attentions.backend_available(name, "nope", "cpu")
+    assert not ok and "'nope'" in reason and "'torch'" in reason and "'sdpa'" in reason
 
 
-def test_unknown_family_option_and_backend_are_named():
+def test_unknown_family_is_named():
     with pytest.raises(AttentionConfigError, match=r"'swin'.*valid: 'full', 'window', 'deformable', 'bra'"):
         attentions.build("swin", dim=32, num_heads=4)
-    with pytest.raises(AttentionConfigError, match=r"window_sz.*window_size"):
-        attentions.build("window", dim=32, num_heads=4, window_sz=7)
-    with pytest.raises(AttentionConfigError, match=r"'cuda_fast'.*'torch', 'sdpa'"):
-        attentions.build("full", dim=32, num_heads=4, backend="cuda_fast")
-    module = small("bra")
-    with pytest.raises(AttentionConfigError, match="'flash'"):
-        module.backend = "flash"
-    assert module.backend == "torch"
+
+
+@pytest.mark.parametrize("name,option,valid", [
+    ("full", "window_size", "side_dwconv"),           # another family's option
+    ("window", "window_sz", "window_size"),           # a misspelling
+    ("window", "side_dwconv", "window_size"),
+    ("deformable", "offset_range", "offset_range_factor"),  # a prefix of a valid one
+    ("bra", "bogus_option", "n_win"),
+])
+def test_unknown_option_is_named_with_the_valid_ones(name, option, valid):
+    with pytest.raises(AttentionConfigError, match=rf"{option}.*valid: .*{valid}") as info:
+        attentions.build(name, dim=32, num_heads=4, **{option: 7})
+    listed = str(info.value).split("valid: ")[1]
+    assert all(o in listed for o in attentions.list_attentions()[name]["options"])
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_bad_inputs_get_clear_errors(name):
+def test_unknown_backend_is_named_with_the_valid_ones(name):
+    for bad in ("cuda_fast", "flash", "xformers", "cuda"):
+        with pytest.raises(AttentionConfigError, match=rf"'{bad}'.*valid: 'torch', 'sdpa'"):
+            attentions.build(name, dim=32, num_heads=4, backend=bad)
     module = small(name)
-    with pytest.raises(AttentionConfigError, match=r"NHWC.*\(14, 14, 32\)"):
-        module(torch.randn(14, 14, 32))
-    with pytest.raises(AttentionConfigError, match=r"16 channels.*dim=32"):
-        module(torch.randn(1, 14, 14, 16))
-    with pytest.raises(AttentionConfigError, match="NHWC"):
-        module([[1.0]])
-    with pytest.raises(BackendUnavailableError, match=r"torch.int64"):
-        module(torch.randint(0, 5, (1, 14, 14, 32)))
+    with pytest.raises(AttentionConfigError, match=r"'flash'.*'torch'.*'sdpa'"):
+        module.backend = "flash"
+    assert module.backend == "torch"
+    module.backend = "sdpa"
+    with pytest.raises(AttentionConfigError, match=r"'nope'.*'torch'.*'sdpa'"):
+        module.backend = "nope"
+    assert module.backend == "sdpa"
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_bad_head_counts(name):
     with pytest.raises(AttentionConfigError, match="dim 30 is not divisible by num_heads 4"):
         attentions.build(name, dim=30, num_heads=4)
     with pytest.raises(AttentionConfigError, match="num_heads must be an integer >= 1, got 0"):
         attentions.build(name, dim=32, num_heads=0)
+
+
+@pytest.mark.parametrize("shape", [(14, 14, 32), (1, 2, 14, 14, 32), (32,)], ids=["3d", "5d", "1d"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_input_not_4d_is_named(name, shape):
+    with pytest.raises(AttentionConfigError, match=r"NHWC.*" + re.escape(str(shape))):
+        small(name)(torch.randn(shape))
+
+
+@pytest.mark.parametrize("shape,channels", [
+    ((1, 14, 14, 16), 16),
+    ((1, 14, 14, 48), 48),
+    ((1, 32, 14, 14), 14),  # NCHW by mistake
+], ids=["fewer", "more", "nchw"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_wrong_channels_are_named(name, shape, channels):
+    with pytest.raises(AttentionConfigError, match=rf"{channels} channels.*dim=32"):
+        small(name)(torch.randn(shape))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_non_tensor_input_is_named(name):
+    with pytest.raises(AttentionConfigError, match="NHWC.*list"):
+        small(name)([[1.0]])
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", FAMILIES)
+def test_non_floating_input_is_backend_unavailable(name, backend, dtype):
+    with pytest.raises(BackendUnavailableError, match=re.escape(str(dtype))):
+        small(name, backend)(torch.ones(1, 14, 14, 32, dtype=dtype))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", FAMILIES)
+def test_input_on_an_unsupported_device_is_backend_unavailable(name, backend):
+    with pytest.raises(BackendUnavailableError, match="meta"):
+        small(name, backend)(torch.empty(1, 14, 14, 32, device="meta"))
 
 
 def test_backend_that_cannot_run_on_the_device_raises_dedicated_error():

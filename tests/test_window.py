@@ -2,37 +2,22 @@
 
 from __future__ import annotations
 
-import re
+import functools
 
 import pytest
 import torch
 
 import attentions
-from attentions import AttentionConfigError, BackendUnavailableError
-
-BACKENDS = ("torch", "sdpa")
+from attentions import AttentionConfigError
+from reference_helpers import (BACKENDS, check_against_reference, check_backend_switch,
+                               check_float32_against_reference, random_module, ref_params)
 
 
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
 
-def randomize_(module: torch.nn.Module, seed: int, std: float = 0.3) -> torch.nn.Module:
-    """Overwrite every floating parameter (weights, biases, bias table) with random values."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) * std)
-    return module
-
-
-def make(seed: int = 0, dtype=torch.float64, **kwargs) -> torch.nn.Module:
-    return randomize_(attentions.build("window", **kwargs).to(dtype), seed)
-
-
-def ref_params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone().to(torch.float64).requires_grad_(True)
-            for k, v in module.state_dict().items() if v.is_floating_point()}
+make = functools.partial(random_module, "window", std=0.3)
 
 
 def region_label(r: int, size: int, ws: int, shift: int) -> int:
@@ -106,6 +91,11 @@ def naive_window(x: torch.Tensor, p: dict[str, torch.Tensor], num_heads: int, ws
     return torch.stack(results)
 
 
+def naive_for(module, qk_scale: float | None = None):
+    """``naive_window`` as ``(x, params) -> out`` with the module's heads, window and shift."""
+    return lambda x, p: naive_window(x, p, module.num_heads, module.window_size, module.shift_size, qk_scale)
+
+
 def naive_shift_mask(hp: int, wp: int, ws: int, shift: int) -> torch.Tensor:
     """(windows, ws², ws²) mask of the rolled padded map, windows row-major, tokens row-major."""
     windows = []
@@ -115,23 +105,6 @@ def naive_shift_mask(hp: int, wp: int, ws: int, shift: int) -> torch.Tensor:
             labels = [(region_label(r, hp, ws, shift), region_label(c, wp, ws, shift)) for r, c in coords]
             windows.append([[-100.0 if li != lj else 0.0 for lj in labels] for li in labels])
     return torch.tensor(windows)
-
-
-def run_module(module, x, grad_out):
-    x = x.clone().requires_grad_(True)
-    module.zero_grad(set_to_none=True)
-    out = module(x)
-    out.backward(grad_out)
-    return out.detach(), x.grad.clone(), {n: p.grad.clone() for n, p in module.named_parameters()}
-
-
-def run_reference(module, x, grad_out, qk_scale=None):
-    p = ref_params(module)
-    x = x.detach().clone().to(torch.float64).requires_grad_(True)
-    out = naive_window(x, p, module.num_heads, module.window_size, module.shift_size, qk_scale)
-    names = [n for n, _ in module.named_parameters()]
-    grads = torch.autograd.grad(out, [x] + [p[n] for n in names], grad_out.to(torch.float64))
-    return out.detach(), grads[0], dict(zip(names, grads[1:]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,15 +135,8 @@ def test_matches_naive_reference_float64(backend, case):
                   backend=backend, **extra)
     x = torch.randn(2, height, width, dim, dtype=torch.float64)
     g = torch.randn(2, height, width, dim, dtype=torch.float64)
-    out, gx, gp = run_module(module, x, g)
-    rout, rgx, rgp = run_reference(module, x, g, qk_scale=extra.get("qk_scale"))
-    assert out.shape == x.shape
-    torch.testing.assert_close(out, rout, atol=1e-10, rtol=1e-10)
-    torch.testing.assert_close(gx, rgx, atol=1e-10, rtol=1e-10)
-    assert set(gp) == set(rgp)
+    gp, _ = check_against_reference(module, x, g, naive_for(module, extra.get("qk_scale")), atol=1e-10, rtol=1e-10)
     assert "relative_position_bias_table" in gp
-    for name in gp:
-        torch.testing.assert_close(gp[name], rgp[name], atol=1e-10, rtol=1e-10, msg=name)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -180,10 +146,8 @@ def test_float32_close_to_float64_reference(backend):
     module = make(seed=3, dtype=torch.float32, dim=dim, num_heads=heads, window_size=3, shift_size=1,
                   backend=backend)
     x = torch.randn(2, 7, 8, dim)
-    out = module(x)
-    assert out.dtype == torch.float32
-    ref = naive_window(x.double(), ref_params(module), heads, 3, 1)
-    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
+    check_float32_against_reference(module, x, lambda x64, p: naive_window(x64, p, heads, 3, 1),
+                                    atol=2e-5, rtol=1e-4)
 
 
 def test_reference_is_sensitive_to_shift_and_mask():
@@ -326,13 +290,7 @@ def test_backend_switch_keeps_state_and_output():
     torch.manual_seed(7)
     module = make(seed=7, dim=8, num_heads=2, window_size=3, shift_size=1)
     x = torch.randn(2, 7, 5, 8, dtype=torch.float64)
-    before = {k: v.clone() for k, v in module.state_dict().items()}
-    out = module(x)
-    module.backend = "sdpa"
-    after = module.state_dict()
-    assert before.keys() == after.keys()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    torch.testing.assert_close(module(x), out, atol=1e-12, rtol=1e-12)
+    check_backend_switch(module, x, atol=1e-12, rtol=1e-12)
 
 
 def test_macs_hand_count_on_padded_map():
@@ -346,43 +304,8 @@ def test_macs_hand_count_on_padded_map():
 
 
 # --------------------------------------------------------------------------------------------
-# bad inputs
+# bad options (the generic bad inputs of every family are in test_registry.py)
 # --------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("shape", [(3, 5, 8), (1, 1, 3, 5, 8)])
-def test_input_not_4d(shape):
-    module = attentions.build("window", dim=8, num_heads=2, window_size=3)
-    with pytest.raises(AttentionConfigError, match=r"NHWC.*" + re.escape(str(shape))):
-        module(torch.randn(*shape))
-
-
-def test_wrong_channels():
-    module = attentions.build("window", dim=8, num_heads=2, window_size=3)
-    with pytest.raises(AttentionConfigError, match=r"12 channels.*dim=8"):
-        module(torch.randn(1, 3, 3, 12))
-
-
-def test_integer_input_backend_unavailable():
-    for backend in BACKENDS:
-        module = attentions.build("window", dim=8, num_heads=2, window_size=3, backend=backend)
-        with pytest.raises(BackendUnavailableError, match="int32"):
-            module(torch.ones(1, 3, 3, 8, dtype=torch.int32))
-
-
-def test_dim_not_divisible_by_heads():
-    with pytest.raises(AttentionConfigError, match=r"dim 9 .*num_heads 2"):
-        attentions.build("window", dim=9, num_heads=2)
-
-
-def test_unknown_backend_lists_valid():
-    with pytest.raises(AttentionConfigError, match=r"'xformers'.*valid: 'torch', 'sdpa'"):
-        attentions.build("window", dim=8, num_heads=2, backend="xformers")
-
-
-def test_unknown_option():
-    with pytest.raises(AttentionConfigError, match=r"side_dwconv.*valid: .*window_size"):
-        attentions.build("window", dim=8, num_heads=2, side_dwconv=3)
-
 
 @pytest.mark.parametrize("ws", [0, -1])
 def test_bad_window_size(ws):
