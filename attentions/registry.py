@@ -71,6 +71,7 @@ class AttentionModule(nn.Module):
 
     family: ClassVar[str]
     backends: ClassVar[dict[str, Backend]]
+    reference_backend: ClassVar[str] = "torch"  # the plain implementation other backends are checked against
 
     def __init__(self, dim: int, num_heads: int, backend: str) -> None:
         super().__init__()
@@ -163,6 +164,7 @@ def list_attentions() -> dict[str, dict[str, Any]]:
         name: {
             "class": cls.__name__,
             "options": family_options(name),
+            "reference_backend": cls.reference_backend,
             "backends": {
                 b.name: {
                     "description": b.description,

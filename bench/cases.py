@@ -1,0 +1,125 @@
+"""Benchmark cases and the sweeps that generate them.
+
+A ``Case`` is one measurement: family, backend, family options, batch, resolution (H = W, in
+tokens), dim, heads, dtype, device and phase. A ``SweepBlock`` is a grid: its shapes (resolution,
+dim, heads, plus options tied to that shape) crossed with families, backends, batches, dtypes,
+phases and *option axes*. An option axis is a list of option bundles (dicts); it is crossed only
+with the families that have every option of the bundle (per ``attentions.family_options``), so
+full attention is not repeated once per topk. Option values may be ``Rule`` objects, resolved
+per shape (for example n_win from the resolution).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import attentions
+
+PHASES = ("fwd", "fwd+bwd")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An option value computed from the resolution and the case's other options."""
+
+    description: str
+    compute: Callable[[int, dict[str, Any]], Any]
+
+    def __repr__(self) -> str:
+        return f"Rule({self.description})"
+
+
+@dataclass(frozen=True)
+class Case:
+    family: str
+    backend: str
+    options: tuple[tuple[str, Any], ...]  # sorted (name, value) pairs, JSON-serialisable values
+    batch: int
+    resolution: int
+    dim: int
+    heads: int
+    dtype: str
+    device: str
+    phase: str
+
+    @property
+    def options_dict(self) -> dict[str, Any]:
+        return dict(self.options)
+
+    @property
+    def options_json(self) -> str:
+        return json.dumps(self.options_dict, sort_keys=True)
+
+    @property
+    def key(self) -> str:
+        """Stable identity of the case, used to skip completed cases on resume."""
+        return "|".join([self.family, self.backend, self.options_json, str(self.batch), str(self.resolution),
+                         str(self.dim), str(self.heads), self.dtype, self.device, self.phase])
+
+    def effective_options(self) -> dict[str, Any]:
+        """Family defaults overlaid with the case's options: what the module is built with."""
+        return {**attentions.family_options(self.family), **self.options_dict}
+
+    def label(self) -> str:
+        opts = ",".join(f"{k}={v}" for k, v in self.options)
+        return (f"{self.family}[{opts}]/{self.backend} {self.resolution}² C{self.dim} h{self.heads} "
+                f"b{self.batch} {self.dtype} {self.phase}")
+
+
+@dataclass
+class SweepBlock:
+    """One grid of cases; the sweep is the union of its blocks."""
+
+    name: str
+    shapes: list[tuple[int, int, int, dict[str, Any]]]  # (resolution, dim, heads, shape-tied options)
+    option_axes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    families: list[str] | None = None  # None: every registered family
+    backends: list[str] | None = None  # None: every backend of each family
+    batches: list[int] = field(default_factory=lambda: [1])
+    dtypes: list[str] = field(default_factory=lambda: ["float32"])
+    phases: list[str] = field(default_factory=lambda: list(PHASES))
+
+    def cases(self, device: str, common_options: dict[str, dict[str, Any]] | None = None) -> list[Case]:
+        """Expand the grid. ``common_options`` maps family -> options applied to all its cases."""
+        common_options = common_options or {}
+        families = self.families or list(attentions.list_attentions())
+        out: list[Case] = []
+        for family in families:
+            known = attentions.family_options(family)
+            backends = self.backends or list(attentions.list_attentions()[family]["backends"])
+            axes = [bundles for bundles in self.option_axes.values()
+                    if bundles and all(set(b) <= set(known) for b in bundles)]
+            for resolution, dim, heads, shape_options in self.shapes:
+                for bundle_choice in itertools.product(*axes):
+                    options: dict[str, Any] = {k: v for k, v in common_options.get(family, {}).items()}
+                    for bundle in bundle_choice:
+                        options.update(bundle)
+                    options.update({k: v for k, v in shape_options.items() if k in known})
+                    options = resolve_rules(options, resolution)
+                    for backend, batch, dtype, phase in itertools.product(
+                            backends, self.batches, self.dtypes, self.phases):
+                        out.append(Case(family, backend, tuple(sorted(options.items())), batch, resolution,
+                                        dim, heads, dtype, device, phase))
+        return out
+
+
+def resolve_rules(options: dict[str, Any], resolution: int) -> dict[str, Any]:
+    """Replace Rule values by their value for this resolution (rules see the plain options)."""
+    plain = {k: v for k, v in options.items() if not isinstance(v, Rule)}
+    for name, value in options.items():
+        if isinstance(value, Rule):
+            plain[name] = value.compute(resolution, plain)
+    return plain
+
+
+def unique_cases(blocks: list[SweepBlock], device: str,
+                 common_options: dict[str, dict[str, Any]] | None = None) -> list[Case]:
+    """All cases of the blocks, in order, without duplicates."""
+    seen: dict[str, Case] = {}
+    for block in blocks:
+        for case in block.cases(device, common_options):
+            seen.setdefault(case.key, case)
+    return list(seen.values())

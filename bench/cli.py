@@ -1,0 +1,246 @@
+"""Command line of ``run_bench.py``: pick a GPU profile and a preset, sweep, write rows, summarise."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import sys
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+import attentions
+
+from .cases import PHASES, Case, SweepBlock, unique_cases
+from .measure import TimingPolicy
+from .presets import COMMON_OPTIONS, KV_MODES, PRESETS, STAGE1_WIDTH, kv_axis, preset_blocks, topk_axis
+from .profiles import DTYPE_ALIASES, DTYPES, PROFILES, GpuProfile, canonical_dtype
+from .results import cpu_name, environment, load_results, now_iso, read_metadata, write_metadata
+from .runner import RunContext, run_sweep
+
+# The profile's marker in torch.cuda.get_device_name(), to warn when the profile and the GPU differ.
+DEVICE_MARKERS = {"a100": "A100", "h100": "H100", "h200": "H200", "l4": "L4", "rtx4090": "4090", "v100": "V100"}
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def dtype_name(text: str) -> str:
+    try:
+        return canonical_dtype(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_bench.py", description="Sweep the attention zoo and record FLOPs, memory, latency and error.")
+    parser.add_argument("--gpu", choices=list(PROFILES),
+                        help="GPU profile (peaks, defaults); default: the visible GPU's, else cpu")
+    parser.add_argument("--preset", choices=PRESETS, default="default", help="sweep preset (default: %(default)s)")
+    parser.add_argument("--families", nargs="+", metavar="NAME", help="attention families to include")
+    parser.add_argument("--backends", nargs="+", metavar="NAME", help="backends to include")
+    parser.add_argument("--resolutions", nargs="+", type=positive_int, metavar="N", help="map sides in tokens")
+    parser.add_argument("--topk", nargs="+", type=positive_int, metavar="K", help="BRA topk values")
+    parser.add_argument("--kv-modes", nargs="+", metavar="MODE", help=f"BRA kv modes: {', '.join(KV_MODES)}")
+    parser.add_argument("--batch", nargs="+", type=positive_int, metavar="B", help="batch sizes")
+    parser.add_argument("--dtype", nargs="+", type=dtype_name, metavar="DTYPE",
+                        help=f"dtypes: {', '.join(DTYPES)} (or {', '.join(DTYPE_ALIASES)})")
+    parser.add_argument("--phase", nargs="+", choices=PHASES, help="fwd and/or fwd+bwd")
+    parser.add_argument("--results-dir", type=Path, default=Path("results"), help="default: %(default)s")
+    parser.add_argument("--run-id", help="name of the run's files (default: UTC time and preset)")
+    parser.add_argument("--resume", metavar="RUN", help="run id or results path of a run to complete")
+    parser.add_argument("--min-time", type=float, default=None, metavar="S",
+                        help="minimum timed seconds per case (default 0.5 on GPU, 0.2 on CPU)")
+    parser.add_argument("--dry-run", action="store_true", help="list the cases and their count, run nothing")
+    parser.add_argument("--list", action="store_true", help="list attentions, backends and their availability")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def list_attentions_text() -> str:
+    lines = []
+    devices = ["cpu", "cuda"]
+    for name, info in attentions.list_attentions().items():
+        lines.append(f"{name} ({info['class']}), reference backend '{info['reference_backend']}'")
+        lines.append("  options: " + ", ".join(f"{k}={v!r}" for k, v in info["options"].items()))
+        for backend, spec in info["backends"].items():
+            here = []
+            for device in devices:
+                ok, reason = attentions.backend_available(name, backend, device)
+                here.append(f"{device}: {'yes' if ok else 'no (' + reason + ')'}")
+            lines.append(f"  {backend:<8} {spec['description']}")
+            lines.append(f"           devices {', '.join(spec['devices'])}; dtypes {', '.join(spec['dtypes'])}; "
+                         f"backward {'yes' if spec['backward'] else 'no'}; here: {'; '.join(here)}")
+    return "\n".join(lines)
+
+
+def select_profile(parser: argparse.ArgumentParser, requested: str | None) -> tuple[GpuProfile, str, str]:
+    """(profile, device, device name); warns when the profile names another GPU than the one present."""
+    cuda = torch.cuda.is_available()
+    if requested is None:
+        requested = "cpu"
+        if cuda:
+            name = torch.cuda.get_device_name(0)
+            requested = next((p for p, m in DEVICE_MARKERS.items() if m in name), None) or parser.error(
+                f"no profile matches the GPU {name!r}; pick one with --gpu")
+    profile = PROFILES[requested]
+    if profile.name == "cpu":
+        return profile, "cpu", cpu_name()
+    if not cuda:
+        parser.error(f"--gpu {profile.name} needs a CUDA device and none is visible; use --gpu cpu to benchmark "
+                     f"on the CPU")
+    name = torch.cuda.get_device_name(0)
+    if DEVICE_MARKERS[profile.name] not in name:
+        warnings.warn(f"profile {profile.name!r} ({profile.marketing_name}) requested on a {name}: peak figures "
+                      f"are the profile's; rows keep both names", stacklevel=2)
+    return profile, "cuda", name
+
+
+def apply_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                    blocks: list[SweepBlock]) -> list[SweepBlock]:
+    """Narrow or replace the preset's axes with the command line's flags (validated here)."""
+    known = list(attentions.list_attentions())
+    if args.families:
+        unknown = [f for f in args.families if f not in known]
+        if unknown:
+            parser.error(f"--families: unknown {', '.join(unknown)}; valid: {', '.join(known)}")
+    families = args.families or known
+    if args.backends:
+        valid = sorted({b for f in families for b in attentions.list_attentions()[f]["backends"]})
+        unknown = [b for b in args.backends if b not in valid]
+        if unknown:
+            parser.error(f"--backends: unknown {', '.join(unknown)} for {', '.join(families)}; valid: {', '.join(valid)}")
+    if args.kv_modes:
+        unknown = [m for m in args.kv_modes if m not in KV_MODES]
+        if unknown:
+            parser.error(f"--kv-modes: unknown {', '.join(unknown)}; valid: {', '.join(KV_MODES)}")
+    out = []
+    for block in blocks:
+        block_families = [f for f in (block.families or known) if f in families]
+        if not block_families:
+            continue
+        block.families = block_families
+        if args.backends:
+            block.backends = list(args.backends)
+        if args.resolutions:
+            dim, heads = STAGE1_WIDTH
+            block.shapes = [(r, dim, heads, {}) for r in args.resolutions]
+        if args.topk:
+            block.option_axes["topk"] = topk_axis(args.topk)
+            block.shapes = [(r, d, h, {k: v for k, v in o.items() if k != "topk"}) for r, d, h, o in block.shapes]
+        if args.kv_modes:
+            block.option_axes["kv"] = kv_axis(args.kv_modes)
+        block.batches = args.batch or block.batches
+        block.dtypes = args.dtype or block.dtypes
+        block.phases = args.phase or block.phases
+        out.append(block)
+    return out
+
+
+def plan(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str, profile: GpuProfile) -> list[Case]:
+    blocks = apply_overrides(parser, args, preset_blocks(args.preset, profile))
+    return unique_cases(blocks, device, COMMON_OPTIONS)
+
+
+def summary_table(frame: pd.DataFrame) -> str:
+    """One line per case and one column per backend: median latency and peak memory, or the status."""
+    if frame.empty:
+        return "(no rows)"
+    def cell(row: pd.Series) -> str:
+        if row["status"] in ("ok", "mismatch"):
+            text = f"{row['latency_ms_median']:.3g} ms, {row['peak_mem_mb']:.3g} MB"
+            return text if row["status"] == "ok" else f"MISMATCH {text}"
+        return row["status"]
+    options = frame["options"].map(lambda text: ",".join(f"{k}={v}" for k, v in json.loads(text).items()))
+    shown = frame.assign(cell=frame.apply(cell, axis=1), options=options)
+    keys = ["family", "options", "resolution", "batch", "dtype", "phase"]
+    groups = shown.groupby(keys, sort=False, dropna=False)
+    table = groups["cell"].agg(list).to_frame()  # keeps the case order of the run
+    for backend in shown["backend"].unique():
+        table[backend] = groups.apply(lambda g, b=backend: ", ".join(g.loc[g["backend"] == b, "cell"]),
+                                      include_groups=False)
+    table.insert(0, "gmacs", groups["gmacs"].max().map("{:.4g}".format))
+    table = table.drop(columns="cell").reset_index()
+    with pd.option_context("display.width", 250, "display.max_rows", 1000, "display.max_colwidth", 100):
+        return table.fillna("").to_string(index=False)
+
+
+def resume_target(args: argparse.Namespace) -> Path:
+    candidate = Path(args.resume)
+    if candidate.suffix in (".csv", ".json") or candidate.exists():
+        return candidate.with_suffix(".csv")
+    matches = sorted(args.results_dir.glob(f"*/{args.resume}.csv"))
+    if not matches:
+        raise SystemExit(f"run_bench.py: error: --resume: no run {args.resume!r} under {args.results_dir}/")
+    return matches[0]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    if args.list:
+        print(list_attentions_text())
+        return 0
+
+    metadata: dict = {}
+    if args.resume:
+        results_path = resume_target(args)
+        metadata = read_metadata(results_path)
+        stored = parser.parse_args(metadata["argv"])  # the sweep is the one the run was started with
+        stored.results_dir, stored.quiet = args.results_dir, args.quiet
+        args, argv_for_plan = stored, metadata["argv"]
+    else:
+        argv_for_plan = argv
+    profile, device, device_name = select_profile(parser, args.gpu)
+    cases = plan(parser, args, device, profile)
+    if args.dry_run:
+        for case in cases:
+            print(case.label())
+        print(f"{len(cases)} cases")
+        return 0
+
+    if not args.resume:
+        run_id = args.run_id or f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{args.preset}"
+        results_path = args.results_dir / profile.name / f"{run_id}.csv"
+        if results_path.exists():
+            parser.error(f"--run-id: {results_path} exists; use --resume {run_id} to complete it")
+        metadata = {"run_id": run_id, "preset": args.preset, "gpu_profile": profile.name,
+                    "device_name": device_name, "argv": argv_for_plan,
+                    "command": "python run_bench.py " + shlex.join(argv_for_plan),
+                    "started": now_iso(), "environment": environment(), "cases_planned": len(cases)}
+    else:
+        metadata.setdefault("resumed", []).append({"at": now_iso(), "environment": environment()})
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    write_metadata(results_path.with_suffix(".json"), metadata)
+
+    min_time = args.min_time if args.min_time is not None else (0.5 if device == "cuda" else 0.2)
+    ctx = RunContext(run_id=metadata["run_id"], profile=profile, device_name=device_name,
+                     timing=TimingPolicy(min_time_s=min_time), tf32=torch.backends.cuda.matmul.allow_tf32)
+    with tqdm(total=len(cases), disable=args.quiet, unit="case", dynamic_ncols=True) as bar:
+        def progress(case: Case, done_before: bool) -> None:
+            bar.update(1)
+            bar.set_postfix_str(("skip " if done_before else "") + case.label())
+
+        ran, skipped = run_sweep(cases, ctx, results_path, progress=progress)
+    frame = load_results(results_path)
+    metadata.update(finished=now_iso(), rows=len(frame),
+                    status_counts={k: int(v) for k, v in frame["status"].value_counts().items()})
+    write_metadata(results_path.with_suffix(".json"), metadata)
+    print(summary_table(frame))
+    print(f"\n{ran} cases run, {skipped} already complete; rows in {results_path}")
+    return 0

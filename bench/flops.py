@@ -1,0 +1,60 @@
+"""FLOP counting with fvcore, in the papers' convention (1 multiply-add = 1 "FLOP").
+
+fvcore traces the forward with TorchScript and counts matmuls, linears and convs (plus a few
+fixed per-element charges). It counts ops it has no handle for as zero, so every attention op the
+suite uses gets a handle here: ``F.scaled_dot_product_attention`` now, and later backends register
+theirs (FlexAttention, the suite's own custom ops) with ``register_flop_handle``.
+
+Hardware FLOPs are 2 × MACs. For a forward+backward pass the suite uses the usual 3× rule:
+the backward costs twice the forward (gradients of the inputs and of the weights).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from math import prod
+from typing import Any, Callable
+
+import torch
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import get_shape
+
+Handle = Callable[[list[Any], list[Any]], int]
+
+PHASE_FLOP_FACTOR = {"fwd": 1, "fwd+bwd": 3}
+
+
+def sdpa_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """MACs of scaled_dot_product_attention: q kᵀ and p v, i.e. L·S·(E + Ev) per batch and head."""
+    q_shape, k_shape, v_shape = (get_shape(v) for v in inputs[:3])
+    *lead, queries, qk_channels = q_shape
+    keys = k_shape[-2]
+    return prod(lead) * queries * keys * (qk_channels + v_shape[-1])
+
+
+FLOP_HANDLES: dict[str, Handle] = {"aten::scaled_dot_product_attention": sdpa_macs}
+
+
+def register_flop_handle(op_name: str, handle: Handle) -> None:
+    """Teach the counter an op fvcore does not know (e.g. 'aten::flex_attention')."""
+    FLOP_HANDLES[op_name] = handle
+
+
+def count_macs(module: torch.nn.Module, x: torch.Tensor) -> tuple[int, Counter]:
+    """fvcore MACs of ``module(x)``, and the ops it saw but could not count."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)  # fvcore logs every uncounted elementwise op
+    try:
+        with torch.no_grad():
+            analysis = FlopCountAnalysis(module, (x,)).set_op_handle(**FLOP_HANDLES)
+            analysis.unsupported_ops_warnings(False)
+            analysis.uncalled_modules_warnings(False)
+            return int(analysis.total()), analysis.unsupported_ops()
+    finally:
+        logging.disable(previous)
+
+
+def hardware_flops(macs: int, phase: str) -> int:
+    """Hardware FLOPs of a measured pass: 2 per MAC, ×3 for forward+backward."""
+    return 2 * macs * PHASE_FLOP_FACTOR[phase]

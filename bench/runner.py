@@ -1,0 +1,188 @@
+"""Run cases in isolation and turn them into result rows.
+
+The runner only talks to the ``attentions`` registry: it builds each case's module by name,
+asks for its backend's availability, its analytic ``macs()`` and its reference backend. One
+bad case never ends a sweep: it becomes a row with status ``unsupported``, ``oom`` or ``error``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+
+import attentions
+from attentions import BackendUnavailableError
+
+from .cases import Case
+from .flops import count_macs, hardware_flops
+from .measure import ERROR_TOLERANCE, TimingPolicy, error_against_reference, make_pass, peak_memory_bytes, time_pass
+from .profiles import DTYPES, GpuProfile
+from .results import ResultsWriter, completed_case_keys, now_iso
+
+SEED = 0
+FLOP_TOLERANCE = 0.01  # fvcore and macs() must agree within 1%
+MB = 2 ** 20
+
+
+@dataclass
+class RunContext:
+    """What every row of one run shares."""
+
+    run_id: str
+    profile: GpuProfile
+    device_name: str
+    timing: TimingPolicy = field(default_factory=TimingPolicy)
+    seed: int = SEED
+    tf32: bool = False
+    _mac_cache: dict[tuple, tuple[int, str]] = field(default_factory=dict)
+
+
+def build_module(case: Case, seed: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The case's module (seeded weights), input and upstream gradient, on its device and dtype."""
+    device, dtype = torch.device(case.device), DTYPES[case.dtype]
+    torch.manual_seed(seed)
+    module = attentions.build(case.family, dim=case.dim, num_heads=case.heads, backend=case.backend,
+                              **case.options_dict)
+    module = module.to(device=device, dtype=dtype)
+    generator = torch.Generator(device="cpu").manual_seed(seed + 1)
+    shape = (case.batch, case.resolution, case.resolution, case.dim)
+    x = torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+    grad_out = torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+    return module, x, grad_out
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def free_memory(device: str) -> None:
+    gc.collect()
+    if device == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def base_row(case: Case, ctx: RunContext) -> dict[str, Any]:
+    effective = case.effective_options()
+    return {
+        "family": case.family, "backend": case.backend, "resolution": case.resolution, "batch": case.batch,
+        "dim": case.dim, "heads": case.heads, "dtype": case.dtype, "phase": case.phase,
+        "n_win": effective.get("n_win"), "topk": effective.get("topk"),
+        "kv_downsample_mode": effective.get("kv_downsample_mode"),
+        "options": case.options_json, "device": case.device, "device_name": ctx.device_name,
+        "gpu_profile": ctx.profile.name, "reference_backend": attentions.list_attentions()[case.family][
+            "reference_backend"], "seed": ctx.seed, "run_id": ctx.run_id, "case_key": case.key,
+    }
+
+
+def count_case_macs(case: Case, module: torch.nn.Module, x: torch.Tensor, ctx: RunContext) -> tuple[int, str]:
+    """fvcore MACs at the case's batch (counted once per shape at batch 1) and the cross-check note."""
+    key = (case.family, case.backend, case.options_json, case.resolution, case.dim, case.heads, case.device)
+    if key not in ctx._mac_cache:
+        counted, unsupported = count_macs(module, x[:1])
+        analytic = module.macs(1, case.resolution, case.resolution).total
+        note = ""
+        if abs(counted - analytic) > FLOP_TOLERANCE * analytic:
+            note = (f"fvcore {counted} vs macs() {analytic} per image "
+                    f"({counted / analytic - 1:+.1%}); uncounted ops: {dict(unsupported)}")
+        ctx._mac_cache[key] = (counted, note)
+    counted, note = ctx._mac_cache[key]
+    return counted * case.batch, note
+
+
+def measure_case(case: Case, ctx: RunContext) -> dict[str, Any]:
+    """All measurements of one case; exceptions propagate to ``run_case``."""
+    device = torch.device(case.device)
+    ok, reason = attentions.backend_available(case.family, case.backend, device)
+    if not ok:
+        raise BackendUnavailableError(reason)
+    module, x, grad_out = build_module(case, ctx.seed)
+    row: dict[str, Any] = {
+        "param_mb": sum(p.numel() * p.element_size() for p in module.parameters()) / MB,
+        "input_mb": x.numel() * x.element_size() / MB,
+    }
+    reference_backend = attentions.list_attentions()[case.family]["reference_backend"]
+    tolerance = ERROR_TOLERANCE[case.dtype]
+    row["err_tolerance"] = tolerance
+    notes = []
+    if case.backend == reference_backend:
+        notes.append("reference backend: no error to measure")
+    else:
+        try:
+            row["max_abs_err"], row["rel_err"] = error_against_reference(
+                module, reference_backend, x, case.phase, grad_out)
+        except Exception as exc:  # the reference may not fit where the fast path does
+            if not is_oom(exc):
+                raise
+            notes.append("error not measured: the reference backend ran out of memory")
+        free_memory(case.device)
+
+    analytic = module.macs(case.batch, case.resolution, case.resolution)
+    row["gmacs_analytic"] = analytic.total / 1e9
+    row["macs_parts"] = json.dumps(dict(analytic))
+    macs, row["flops_check"] = count_case_macs(case, module, x, ctx)
+    row["gmacs"] = macs / 1e9
+    row["hw_gflops"] = hardware_flops(macs, case.phase) / 1e9
+
+    run = make_pass(module, x, case.phase, grad_out)
+    run()  # first call outside the measurements: lazy init, compilation
+    row["peak_mem_mb"] = peak_memory_bytes(run, device) / MB
+    timing = time_pass(run, device, ctx.timing)
+    row.update(latency_ms_median=timing.median_ms, latency_ms_p20=timing.p20_ms, latency_ms_p80=timing.p80_ms,
+               rounds=timing.rounds)
+    seconds = timing.median_ms / 1e3
+    row["throughput"] = case.batch / seconds
+    row["tflops_achieved"] = hardware_flops(macs, case.phase) / seconds / 1e12
+    peak = ctx.profile.peak_for(case.dtype, tf32=ctx.tf32)
+    row["pct_of_peak"] = 100 * row["tflops_achieved"] / peak if peak else None
+    mismatch = row.get("rel_err") is not None and not row["rel_err"] <= tolerance
+    row["status"] = "mismatch" if mismatch else "ok"
+    if mismatch:
+        notes.insert(0, f"rel_err {row['rel_err']:.3g} > tolerance {tolerance:g} for {case.dtype}")
+    row["status_detail"] = "; ".join(notes)
+    return row
+
+
+def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
+    """One row for one case, whatever happens to it."""
+    row = base_row(case, ctx)
+    try:
+        row.update(measure_case(case, ctx))
+    except BackendUnavailableError as exc:
+        row.update(status="unsupported", status_detail=str(exc))
+    except Exception as exc:  # noqa: BLE001 - isolation is the point: record and go on
+        if is_oom(exc):
+            row.update(status="oom", status_detail=str(exc).splitlines()[0][:300])
+        else:
+            row.update(status="error", status_detail=f"{type(exc).__name__}: {exc}"[:500])
+    finally:
+        free_memory(case.device)
+    row["timestamp"] = now_iso()
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+
+
+def run_sweep(cases: Iterable[Case], ctx: RunContext, results_path: Path,
+              progress: Callable[[Case, bool], None] | None = None) -> tuple[int, int]:
+    """Run every case that has no row yet in ``results_path``, appending each row durably.
+
+    ``progress(case, already_done)`` is called before each case. Returns (cases run now, cases
+    skipped because a row for them was already there).
+    """
+    writer = ResultsWriter(results_path)  # first: it cuts a half-written last row
+    done = completed_case_keys(results_path)
+    ran = skipped = 0
+    for case in cases:
+        already_done = case.key in done
+        if progress is not None:
+            progress(case, already_done)
+        if already_done:
+            skipped += 1
+            continue
+        writer.append(run_case(case, ctx))
+        ran += 1
+    return ran, skipped
