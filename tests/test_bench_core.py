@@ -1,0 +1,231 @@
+"""The harness's pieces in-process: sweeps, measurements, isolation of bad cases, result files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import attentions
+from attentions.registry import _FAMILIES, AttentionModule, Backend, MacCount
+from bench import COLUMNS, Case, ResultsFormatError, RunContext, SweepBlock, TimingPolicy, load_results, run_sweep
+from bench.flops import count_macs
+from bench.measure import compare, peak_memory_bytes, time_pass
+from bench.presets import COMMON_OPTIONS, preset_blocks
+from bench.profiles import PROFILES
+from bench.cases import unique_cases
+from bench.results import ResultsWriter
+
+FAST = TimingPolicy(warmup_rounds=1, min_time_s=0.0, min_rounds=3, max_rounds=3)
+
+
+def context() -> RunContext:
+    return RunContext(run_id="test", profile=PROFILES["cpu"], device_name="test-cpu", timing=FAST)
+
+
+def case(family: str, backend: str, phase: str = "fwd", resolution: int = 8, **options) -> Case:
+    return Case(family, backend, tuple(sorted(options.items())), 2, resolution, 16, 2, "float32", "cpu", phase)
+
+
+# --------------------------------------------------------------------------------------------
+# sweeps
+# --------------------------------------------------------------------------------------------
+
+def test_option_axes_are_crossed_only_with_families_that_have_them():
+    block = SweepBlock("t", [(28, 64, 2, {})], {"topk": [{"topk": 1}, {"topk": 4}],
+                                               "kv": [{"kv_downsample_mode": "identity"}]},
+                       backends=["torch"], phases=["fwd"])
+    cases = unique_cases([block], "cpu", COMMON_OPTIONS)
+    by_family = {f: [c for c in cases if c.family == f] for f in attentions.list_attentions()}
+    assert len(by_family["full"]) == len(by_family["window"]) == len(by_family["deformable"]) == 1
+    assert sorted(c.options_dict["topk"] for c in by_family["bra"]) == [1, 4]
+    assert "topk" not in by_family["full"][0].options_dict
+
+
+@pytest.mark.parametrize("resolution, n_win, region", [(14, 7, 2), (28, 7, 4), (56, 7, 8), (112, 14, 8),
+                                                       (224, 28, 8)])
+def test_n_win_rule_and_kv_rules(resolution, n_win, region):
+    cases = unique_cases(preset_blocks("default", PROFILES["h100"]), "cuda", COMMON_OPTIONS)
+    bra = [c for c in cases if c.family == "bra" and c.resolution == resolution]
+    if resolution in (14, 28):  # only the stage block has them
+        assert bra
+    for c in bra:
+        options = c.options_dict
+        assert options["n_win"] == n_win and resolution % n_win == 0 and resolution // n_win == region
+        if options.get("kv_downsample_mode", "identity").startswith("ada_"):
+            assert options["kv_per_win"] == max(1, region // 2)
+        assert 1 <= options.get("topk", 4) <= n_win ** 2
+
+
+def test_default_preset_covers_what_the_issue_names():
+    cases = unique_cases(preset_blocks("default", PROFILES["a100"]), "cuda", COMMON_OPTIONS)
+    assert {56, 112, 224} <= {c.resolution for c in cases}
+    bra = [c for c in cases if c.family == "bra"]
+    assert {1, 4, 16} <= {c.effective_options()["topk"] for c in bra}
+    assert {c.effective_options()["kv_downsample_mode"] for c in bra} == {
+        "identity", "avgpool", "maxpool", "ada_avgpool", "ada_maxpool"}
+    assert {(c.dim, c.heads) for c in cases} == {(64, 2), (128, 4), (256, 8)}  # BiFormer's stage widths
+    assert {c.dtype for c in cases} == {"bfloat16"} and {c.batch for c in cases} == {64}
+    assert len({c.key for c in cases}) == len(cases)
+
+
+# --------------------------------------------------------------------------------------------
+# measurements
+# --------------------------------------------------------------------------------------------
+
+def test_compare_judges_output_and_gradients():
+    torch.manual_seed(0)
+    out, grad_a, grad_b = torch.randn(100), torch.randn(50) * 100, torch.randn(3) * 1e-9
+    same = compare([out, grad_a, grad_b], [out, grad_a, grad_b])
+    assert same == (0.0, 0.0)
+    # a gradient that is zero in exact arithmetic, off by rounding noise: not a mismatch
+    noisy = compare([out, grad_a, grad_b + 1e-6], [out, grad_a, grad_b])
+    assert noisy[1] < 1e-5  # ‖1e-6‖ over 1e-3 of the largest gradient norm
+    # a real error in a small gradient is still seen
+    wrong = compare([out, grad_a, torch.ones(3)], [out, grad_a, torch.full((3,), 2.0)])
+    assert wrong[0] == pytest.approx(1.0) and wrong[1] == pytest.approx(0.5)
+    # and in the output, relative to its own norm
+    assert compare([out * 1.1, grad_a], [out, grad_a])[1] == pytest.approx(0.1)
+
+
+def test_time_pass_statistics():
+    calls = []
+    timing = time_pass(lambda: calls.append(torch.randn(64, 64) @ torch.randn(64, 64)), torch.device("cpu"),
+                       TimingPolicy(warmup_rounds=2, min_time_s=0.0, min_rounds=7, max_rounds=7))
+    assert timing.rounds == 7 and len(calls) == 9
+    assert 0 < timing.p20_ms <= timing.median_ms <= timing.p80_ms
+
+
+def test_cpu_peak_memory_sees_a_known_allocation():
+    megabytes = 16
+
+    def run():
+        a = torch.ones(megabytes * 2 ** 18)  # 16 MB of float32
+        b = a * 2                             # another 16 MB alive at the same time
+        return b.sum()
+
+    peak = peak_memory_bytes(run, torch.device("cpu"))
+    assert 2 * megabytes * 2 ** 20 <= peak < 2.2 * megabytes * 2 ** 20
+
+
+def test_fvcore_counts_sdpa_through_the_registered_handle():
+    module = attentions.build("full", dim=32, num_heads=4, backend="sdpa")
+    macs, unsupported = count_macs(module, torch.randn(1, 6, 6, 32))
+    assert macs == module.macs(1, 6, 6).total
+    assert "aten::scaled_dot_product_attention" not in unsupported
+
+
+# --------------------------------------------------------------------------------------------
+# isolation: every bad case becomes a row and the sweep goes on
+# --------------------------------------------------------------------------------------------
+
+def _raise_runtime(*_):
+    raise RuntimeError("kernel exploded")
+
+
+def _raise_oom(*_):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+
+
+class FakeAttention(AttentionModule):
+    """A one-Linear 'attention' whose backends misbehave on purpose."""
+
+    family = "fake"
+    backends = {
+        "torch": Backend("torch", lambda y: y, "identity after the projection"),
+        "boom": Backend("boom", _raise_runtime, "raises"),
+        "oom": Backend("oom", _raise_oom, "runs out of memory"),
+        "cuda_only": Backend("cuda_only", lambda y: y, "CUDA only", devices=("cuda",)),
+        "wrong": Backend("wrong", lambda y: y * 1.01, "1% off"),
+    }
+
+    def __init__(self, dim: int, num_heads: int = 1, *, backend: str = "torch") -> None:
+        super().__init__(dim, num_heads, backend)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        return self.attend(self.proj(x))
+
+    def macs(self, batch: int, height: int, width: int) -> MacCount:
+        return MacCount(projections=batch * height * width * self.dim * self.dim)
+
+
+@pytest.fixture
+def fake_family(monkeypatch):
+    monkeypatch.setitem(_FAMILIES, "fake", FakeAttention)
+
+
+def test_one_bad_case_never_ends_the_sweep(fake_family, tmp_path):
+    path = tmp_path / "run.csv"
+    cases = [case("fake", "boom"), case("fake", "oom"), case("fake", "cuda_only"), case("fake", "wrong"),
+             case("bra", "torch", n_win=3),  # 8 is not divisible by 3: a configuration error
+             case("fake", "torch"), case("fake", "wrong", phase="fwd+bwd"), case("full", "sdpa", phase="fwd+bwd")]
+    ran, skipped = run_sweep(cases, context(), path)
+    assert (ran, skipped) == (len(cases), 0)
+    rows = load_results(path)
+    assert list(rows["status"]) == ["error", "oom", "unsupported", "mismatch", "error", "ok", "mismatch", "ok"]
+    detail = list(rows["status_detail"])
+    assert "RuntimeError: kernel exploded" in detail[0]
+    assert "out of memory" in detail[1]
+    assert "runs on cuda, not on cpu" in detail[2]
+    assert "rel_err" in detail[3] and "tolerance" in detail[3]
+    assert "n_win=3" in detail[4] and "auto_pad" in detail[4]
+    wrong = rows.iloc[3]
+    assert wrong["rel_err"] == pytest.approx(0.01, rel=1e-3) and wrong["latency_ms_median"] > 0
+    assert rows.iloc[5]["gmacs"] == pytest.approx(2 * 8 * 8 * 16 * 16 / 1e9)
+    assert rows.iloc[7]["rel_err"] < 1e-4 and rows.iloc[7]["hw_gflops"] == pytest.approx(6 * rows.iloc[7]["gmacs"])
+
+
+def test_resume_skips_completed_cases(fake_family, tmp_path):
+    path = tmp_path / "run.csv"
+    first = [case("fake", "torch"), case("fake", "boom")]
+    assert run_sweep(first, context(), path) == (2, 0)
+    assert run_sweep(first + [case("fake", "wrong")], context(), path) == (1, 2)
+    assert len(load_results(path)) == 3
+
+
+def test_writer_cuts_a_half_written_row(tmp_path, fake_family):
+    path = tmp_path / "run.csv"
+    run_sweep([case("fake", "torch")], context(), path)
+    complete = path.read_bytes()
+    with open(path, "ab") as f:
+        f.write(b"fake,torch,8,2,16,2,float32,fw")  # a kill -9 in the middle of a row
+    ResultsWriter(path)
+    assert path.read_bytes() == complete
+
+
+# --------------------------------------------------------------------------------------------
+# result files
+# --------------------------------------------------------------------------------------------
+
+def test_load_results_rejects_what_is_not_ours(tmp_path):
+    with pytest.raises(ResultsFormatError, match="does not exist"):
+        load_results(tmp_path / "missing.csv")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ResultsFormatError, match="is empty"):
+        load_results(tmp_path / "empty.csv")
+    with pytest.raises(ResultsFormatError, match="directory"):
+        load_results(tmp_path)
+    (tmp_path / "foreign.csv").write_text("name,score\nalice,3\n")
+    with pytest.raises(ResultsFormatError, match="not a results file of this suite.*family"):
+        load_results(tmp_path / "foreign.csv")
+    (tmp_path / "binary.csv").write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ResultsFormatError):
+        load_results(tmp_path / "binary.csv")
+    row = {c: "" for c in COLUMNS} | {"family": "full", "status": "exploded", "resolution": 8, "batch": 1,
+                                        "dim": 8, "heads": 1}
+    bad = tmp_path / "bad_status.csv"
+    ResultsWriter(bad).append(row)
+    with pytest.raises(ResultsFormatError, match="unknown status.*exploded"):
+        load_results(bad)
+
+
+def test_load_results_accepts_the_metadata_path_and_keeps_types(tmp_path, fake_family):
+    path = tmp_path / "run.csv"
+    run_sweep([case("fake", "torch")], context(), path)
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": "run"}))
+    frame = load_results(tmp_path / "run.json")
+    assert len(frame) == 1 and frame["resolution"].dtype.kind == "i" and frame["gmacs"].dtype.kind == "f"
