@@ -198,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     metadata: dict = {}
-    if args.resume:
+    resuming = bool(args.resume)
+    if resuming:
         results_path = resume_target(args)
         metadata = read_metadata(results_path)
         stored = parser.parse_args(metadata["argv"])  # the sweep is the one the run was started with
@@ -214,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(cases)} cases")
         return 0
 
-    if not args.resume:
+    if not resuming:
         run_id = args.run_id or f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{args.preset}"
         results_path = args.results_dir / profile.name / f"{run_id}.csv"
         if results_path.exists():
