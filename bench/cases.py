@@ -98,7 +98,8 @@ class SweepBlock:
                     for bundle in bundle_choice:
                         options.update(bundle)
                     options.update({k: v for k, v in shape_options.items() if k in known})
-                    options = resolve_rules(options, resolution)
+                    # Drop options equal to the family's default: one configuration, one case key.
+                    options = {k: v for k, v in resolve_rules(options, resolution).items() if known[k] != v}
                     for backend, batch, dtype, phase in itertools.product(
                             backends, self.batches, self.dtypes, self.phases):
                         out.append(Case(family, backend, tuple(sorted(options.items())), batch, resolution,

@@ -40,7 +40,8 @@ def test_option_axes_are_crossed_only_with_families_that_have_them():
     cases = unique_cases([block], "cpu", COMMON_OPTIONS)
     by_family = {f: [c for c in cases if c.family == f] for f in attentions.list_attentions()}
     assert len(by_family["full"]) == len(by_family["window"]) == len(by_family["deformable"]) == 1
-    assert sorted(c.options_dict["topk"] for c in by_family["bra"]) == [1, 4]
+    assert sorted(c.effective_options()["topk"] for c in by_family["bra"]) == [1, 4]
+    assert "topk" not in by_family["bra"][1].options_dict  # defaults are not spelled out: one key per configuration
     assert "topk" not in by_family["full"][0].options_dict
 
 
@@ -52,7 +53,7 @@ def test_n_win_rule_and_kv_rules(resolution, n_win, region):
     if resolution in (14, 28):  # only the stage block has them
         assert bra
     for c in bra:
-        options = c.options_dict
+        options = c.effective_options()
         assert options["n_win"] == n_win and resolution % n_win == 0 and resolution // n_win == region
         if options.get("kv_downsample_mode", "identity").startswith("ada_"):
             assert options["kv_per_win"] == max(1, region // 2)

@@ -1,0 +1,70 @@
+"""Attention *variants* in a results frame: a family plus the options that tell its rows apart.
+
+An option is a variant key of a family when, at some resolution, the family's rows take more than
+one value of it (topk, kv mode, ...). Options that change only with the resolution (n_win chosen
+per resolution, a deformable stride) are sweep policies, not variants, and are left out, so one
+variant can be followed across resolutions.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+import attentions
+
+CASE_SHAPE = ["resolution", "batch", "dim", "heads", "dtype", "phase"]
+
+
+def effective_options(frame: pd.DataFrame) -> pd.Series:
+    """Each row's options over its family's defaults (from the registry, when the family is known)."""
+    known = attentions.list_attentions()
+    return frame.apply(lambda row: {**known.get(row["family"], {}).get("options", {}), **json.loads(row["options"])},
+                       axis=1)
+
+
+def variant_keys(frame: pd.DataFrame) -> dict[str, list[str]]:
+    """Per family, the option names that distinguish its variants.
+
+    First the options that, among the rows setting them, take several values at one resolution and
+    width (topk in a topk sweep, the kv mode); then, while two different cases of the same shape
+    would still share a label, the other options they set.
+    """
+    keys: dict[str, list[str]] = {}
+    explicit = frame["options"].map(json.loads)
+    effective = effective_options(frame)
+    for family, rows in frame.groupby("family", sort=False):
+        names = sorted({k for opts in explicit[rows.index] for k in opts})
+        varying = []
+        for name in names:
+            setting = rows[[name in explicit[i] for i in rows.index]]
+            values = pd.Series([json.dumps(effective[i][name]) for i in setting.index], index=setting.index)
+            if (values.groupby([setting["resolution"], setting["dim"]]).nunique() > 1).any():
+                varying.append(name)
+        for name in [n for n in names if n not in varying]:
+            if not _labels_collide(rows, effective, varying):
+                break
+            varying.append(name)
+        keys[family] = sorted(varying)
+    return keys
+
+
+def _label(family: str, options: dict, keys: list[str]) -> str:
+    return " ".join([family, *(f"{k}={options[k]}" for k in keys if k in options)])
+
+
+def _labels_collide(rows: pd.DataFrame, effective: pd.Series, keys: list[str]) -> bool:
+    """Whether two different cases of one shape and backend would get the same label."""
+    labels = [_label(f, effective[i], keys) for f, i in zip(rows["family"], rows.index)]
+    shape = rows[["backend", "device", *CASE_SHAPE]].assign(label=labels, case=rows["case_key"])
+    return bool((shape.groupby(["label", "backend", "device", *CASE_SHAPE])["case"].nunique() > 1).any())
+
+
+def with_variants(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` with a ``variant`` column such as 'bra kv_downsample_mode=avgpool topk=4'."""
+    if frame.empty:
+        return frame.assign(variant=pd.Series(dtype=str))
+    keys = variant_keys(frame)
+    effective = effective_options(frame)
+    return frame.assign(variant=[_label(f, effective[i], keys[f]) for f, i in zip(frame["family"], frame.index)])

@@ -1,0 +1,477 @@
+"""``run_bench.py`` end to end: a whole sweep in a subprocess, FLOPs through the harness, kill and
+resume, flag validation, dry runs and listings, and the GPU-profile check.
+
+The sweeps run in subprocesses, as a user runs them. They get one intra-op thread each
+(OMP_NUM_THREADS=1, like tests/conftest.py in-process): the tensors are small, and on a 2-core
+machine two threads per process only contend (the quick preset takes about twice as long).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import attentions
+import bench
+from bench import cli
+from bench.presets import KV_MODES
+from bench.profiles import PROFILES
+from bench.results import cpu_name
+
+REPO = Path(__file__).resolve().parent.parent
+RUN_BENCH = REPO / "run_bench.py"
+HAS_CUDA = torch.cuda.is_available()
+
+QUICK_FLAGS = ["--gpu", "cpu", "--preset", "quick", "--quiet", "--min-time", "0.01"]
+QUICK_CASES = 36  # full, window, deformable: 2 backends × 2 phases; bra: 5 kv modes × 2 × 2 + 2 topk × 2 × fwd
+ENVIRONMENT_KEYS = {"torch", "fvcore", "triton", "xformers", "cuda", "gpu_name", "gpu_count", "driver", "cpu", "os",
+                    "python", "suite_commit"}
+METADATA_KEYS = {"run_id", "preset", "gpu_profile", "device_name", "argv", "command", "started", "finished",
+                 "status_counts", "environment"}
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return env
+
+
+def run_bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(RUN_BENCH), *args], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def popen_bench(*args: str, stderr_path: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(RUN_BENCH), *args], cwd=REPO, env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=open(stderr_path, "w"))
+
+
+def dry_run_labels(stdout: str) -> list[str]:
+    """The case labels of a --dry-run, after checking its last line is 'N cases' with N of them."""
+    lines = stdout.strip().splitlines()
+    *labels, last = lines
+    assert last == f"{len(labels)} cases", f"dry run should end with the count of its {len(labels)} labels: {last!r}"
+    return labels
+
+
+def row_label(row: pd.Series) -> str:
+    """bench.cases.Case.label() rebuilt from a results row, to compare a run with its --dry-run."""
+    options = ",".join(f"{k}={v}" for k, v in sorted(json.loads(row["options"]).items()))
+    return (f"{row['family']}[{options}]/{row['backend']} {row['resolution']}² C{row['dim']} h{row['heads']} "
+            f"b{row['batch']} {row['dtype']} {row['phase']}")
+
+
+def data_lines(path: Path) -> list[bytes]:
+    """Complete lines of a CSV (header first); a torn last line without its newline is left out."""
+    data = path.read_bytes() if path.exists() else b""
+    return data[:data.rfind(b"\n") + 1].splitlines(keepends=True)
+
+
+def is_empty(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def assert_csv_well_formed(path: Path) -> None:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == bench.COLUMNS
+    widths = {len(r) for r in rows}
+    assert widths == {len(bench.COLUMNS)}, f"{path}: rows of {widths} fields, want {len(bench.COLUMNS)}"
+    assert path.read_bytes().endswith(b"\n")
+
+
+# --------------------------------------------------------------------------------------------
+# 1. the quick preset end to end (one run, shared by several tests)
+# --------------------------------------------------------------------------------------------
+
+def dry_run(argv: list[str]) -> str:
+    """``run_bench.py ... --dry-run`` in-process (it runs nothing): its stdout."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main([*argv, "--dry-run"]) == 0
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    results_dir = tmp_path_factory.mktemp("quick") / "results"
+    flags = [*QUICK_FLAGS, "--results-dir", str(results_dir)]
+    dry = dry_run(flags)
+    dry_files = sorted(p for p in results_dir.rglob("*")) if results_dir.exists() else []
+    started = time.monotonic()
+    proc = run_bench(*flags)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    csvs = sorted((results_dir / "cpu").glob("*.csv"))
+    assert len(csvs) == 1, f"one results file expected under {results_dir}/cpu, got {csvs}"
+    return {"dir": results_dir, "flags": flags, "dry": dry, "dry_files": dry_files, "proc": proc,
+            "csv": csvs[0], "json": csvs[0].with_suffix(".json"), "frame": bench.load_results(csvs[0]),
+            "seconds": time.monotonic() - started}
+
+
+def test_quick_run_writes_csv_json_and_prints_summary(quick_run):
+    csv_path, json_path = quick_run["csv"], quick_run["json"]
+    assert csv_path.parent.name == "cpu" and json_path.exists()
+    assert sorted(p.name for p in csv_path.parent.iterdir()) == sorted([csv_path.name, json_path.name])
+    assert_csv_well_formed(csv_path)
+    out = quick_run["proc"].stdout
+    header = next(line for line in out.splitlines() if line.strip())
+    for word in ("family", "options", "resolution", "batch", "dtype", "phase", "gmacs", "torch", "sdpa"):
+        assert word in header.split(), f"summary table header lacks {word!r}: {header!r}"
+    for family in attentions.list_attentions():
+        assert any(line.split()[:1] == [family] for line in out.splitlines()), f"no summary line for {family}"
+    assert f"{QUICK_CASES} cases run, 0 already complete" in out
+    assert str(csv_path) in out
+
+
+def test_quick_run_rows_match_the_dry_run(quick_run):
+    frame = quick_run["frame"]
+    labels = dry_run_labels(quick_run["dry"])
+    assert len(labels) == len(set(labels)) == QUICK_CASES
+    assert not frame["case_key"].duplicated().any(), frame.loc[frame["case_key"].duplicated(), "case_key"].tolist()
+    assert len(frame) == len(labels)
+    assert set(frame.apply(row_label, axis=1)) == set(labels)
+    # and the keys are the ones the planner makes for these flags
+    parser = cli.build_parser()
+    args = parser.parse_args(quick_run["flags"])
+    planned = cli.plan(parser, args, "cpu", PROFILES["cpu"])
+    assert set(frame["case_key"]) == {c.key for c in planned}
+
+
+def test_quick_run_covers_families_and_kv_modes(quick_run):
+    frame = quick_run["frame"]
+    assert set(frame["family"]) == set(attentions.list_attentions())
+    assert set(frame.loc[frame["family"] == "bra", "kv_downsample_mode"]) == set(KV_MODES)
+    for family, info in attentions.list_attentions().items():
+        assert set(frame.loc[frame["family"] == family, "backend"]) == set(info["backends"])
+    assert set(frame["phase"]) == {"fwd", "fwd+bwd"}
+
+
+def test_quick_run_rows_are_consistent(quick_run):
+    frame = quick_run["frame"]
+    assert [c for c in bench.REQUIRED_COLUMNS if c not in frame.columns] == []
+    assert list(frame.columns) == bench.COLUMNS
+    assert (frame["status"] == "ok").all(), frame.loc[frame["status"] != "ok", ["case_key", "status_detail"]]
+    reference = frame["backend"] == frame["reference_backend"]
+    assert (frame["reference_backend"] == "torch").all()
+    assert reference.any() and (~reference).any()
+    for _, row in frame[~reference].iterrows():
+        assert not is_empty(row["rel_err"]) and row["rel_err"] <= row["err_tolerance"], row["case_key"]
+        assert math.isfinite(row["max_abs_err"]), row["case_key"]
+    assert frame.loc[reference, "max_abs_err"].isna().all()
+    assert frame.loc[reference, "rel_err"].isna().all()
+    assert frame["flops_check"].isna().all(), frame["flops_check"].dropna().tolist()
+    assert ((frame["gmacs"] - frame["gmacs_analytic"]).abs() <= 0.01 * frame["gmacs_analytic"]).all()
+    assert (frame["gmacs"] > 0).all()
+    factor = frame["phase"].map({"fwd": 2, "fwd+bwd": 6})
+    assert ((frame["hw_gflops"] - factor * frame["gmacs"]).abs() <= 1e-9 * frame["hw_gflops"]).all()
+    assert (frame["latency_ms_p20"] <= frame["latency_ms_median"]).all()
+    assert (frame["latency_ms_median"] <= frame["latency_ms_p80"]).all()
+    assert (frame["latency_ms_p20"] > 0).all()
+    assert (frame["rounds"] >= 10).all()
+    assert (frame["peak_mem_mb"] > 0).all()
+    expected_throughput = frame["batch"] / (frame["latency_ms_median"] / 1000)
+    assert ((frame["throughput"] - expected_throughput).abs() <= 1e-6 * expected_throughput).all()
+    achieved = frame["hw_gflops"] * 1e9 / (frame["latency_ms_median"] / 1000) / 1e12
+    assert ((frame["tflops_achieved"] - achieved).abs() <= 1e-6 * achieved).all()
+    assert frame["pct_of_peak"].isna().all()  # the cpu profile has no peak figure
+    assert (frame["gpu_profile"] == "cpu").all() and (frame["device"] == "cpu").all()
+    names = frame["device_name"]
+    assert names.notna().all() and (names.astype(str).str.strip() != "").all()
+    assert frame["run_id"].nunique() == 1 and frame["run_id"].iloc[0] == quick_run["csv"].stem
+    assert (frame["batch"] == 2).all() and (frame["resolution"] == 28).all() and (frame["dtype"] == "float32").all()
+
+
+def test_quick_run_metadata(quick_run):
+    meta = json.loads(quick_run["json"].read_text())
+    assert METADATA_KEYS <= set(meta), METADATA_KEYS - set(meta)
+    assert meta["run_id"] == quick_run["csv"].stem
+    assert meta["preset"] == "quick" and meta["gpu_profile"] == "cpu"
+    assert meta["device_name"] and meta["device_name"] == quick_run["frame"]["device_name"].iloc[0]
+    assert meta["argv"] == quick_run["flags"]
+    assert meta["command"].startswith("python run_bench.py ") and "--preset quick" in meta["command"]
+    assert meta["started"] <= meta["finished"]
+    assert meta["status_counts"] == {"ok": QUICK_CASES}
+    assert meta.get("cases_planned", QUICK_CASES) == QUICK_CASES
+    assert "resumed" not in meta
+    assert ENVIRONMENT_KEYS <= set(meta["environment"]), ENVIRONMENT_KEYS - set(meta["environment"])
+    assert meta["environment"]["torch"] == torch.__version__
+    assert meta["environment"]["gpu_count"] == (torch.cuda.device_count() if HAS_CUDA else 0)
+
+
+def test_dry_run_writes_no_files(quick_run):
+    """The fixture ran --dry-run with the very flags of the run, before it, on an empty results dir."""
+    assert quick_run["dry_files"] == []
+
+
+def test_existing_run_id_is_refused_and_resume_suggested(quick_run, tmp_path, capsys):
+    run_id = quick_run["csv"].stem
+    results_dir = tmp_path / "results"
+    (results_dir / "cpu").mkdir(parents=True)
+    for path in (quick_run["csv"], quick_run["json"]):
+        (results_dir / "cpu" / path.name).write_bytes(path.read_bytes())
+    before = (results_dir / "cpu" / quick_run["csv"].name).read_bytes()
+    with pytest.raises(SystemExit) as exc:  # a one-case sweep, should it not be refused
+        cli.main(["--gpu", "cpu", "--preset", "quick", "--families", "full", "--backends", "sdpa", "--phase", "fwd",
+                  "--quiet", "--min-time", "0.01", "--results-dir", str(results_dir), "--run-id", run_id])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and run_id in err
+    assert (results_dir / "cpu" / quick_run["csv"].name).read_bytes() == before
+
+
+# --------------------------------------------------------------------------------------------
+# 2. one BRA layer's FLOPs through the harness
+# --------------------------------------------------------------------------------------------
+
+BRA_56_MACS = 156_100_672  # fvcore, one BRA layer at 56², C64 h2, n_win 7, topk 4, identity kv, batch 1
+
+
+def test_bra_layer_flops_through_the_harness(tmp_path):
+    flags = ["--gpu", "cpu", "--families", "bra", "--resolutions", "56", "--topk", "4", "--kv-modes", "identity",
+             "--batch", "1", "--phase", "fwd", "fwd+bwd", "--backends", "sdpa", "torch",
+             "--results-dir", str(tmp_path), "--run-id", "bra56", "--quiet", "--min-time", "0.01"]
+    proc = run_bench(*flags)
+    assert proc.returncode == 0, proc.stderr
+    frame = bench.load_results(tmp_path / "cpu" / "bra56.csv")
+    assert len(frame) == 4 and (frame["status"] == "ok").all(), frame[["case_key", "status_detail"]]
+    assert set(zip(frame["backend"], frame["phase"])) == {(b, p) for b in ("sdpa", "torch") for p in ("fwd", "fwd+bwd")}
+    assert (frame["n_win"] == 7).all() and (frame["topk"] == 4).all()
+    assert (frame["kv_downsample_mode"] == "identity").all()
+    for _, row in frame.iterrows():
+        # the sdpa row only counts right because bench gives fvcore a handle for SDPA
+        assert row["gmacs"] == pytest.approx(0.1561, rel=1e-3), (row["backend"], row["phase"])
+        assert round(row["gmacs"] * 1e9) == BRA_56_MACS, (row["backend"], row["phase"])
+        assert row["gmacs_analytic"] == pytest.approx(row["gmacs"], rel=1e-2)
+        assert is_empty(row["flops_check"])
+        factor = 2 if row["phase"] == "fwd" else 6
+        assert row["hw_gflops"] == pytest.approx(factor * row["gmacs"], rel=1e-9), (row["backend"], row["phase"])
+
+
+# --------------------------------------------------------------------------------------------
+# 3. kill a sweep and resume it
+# --------------------------------------------------------------------------------------------
+
+KILL_FLAGS = ["--gpu", "cpu", "--preset", "quick", "--families", "bra", "--backends", "sdpa", "--phase", "fwd",
+              "fwd+bwd", "--quiet", "--min-time", "0.05"]  # 14 cases
+
+
+def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
+    results_dir = tmp_path / "results"
+    flags = [*KILL_FLAGS, "--results-dir", str(results_dir)]
+    labels = dry_run_labels(dry_run(flags))
+    planned = len(labels)
+    assert planned == 14
+
+    # the uninterrupted run of the same sweep goes alongside (the machine has two cores)
+    whole = popen_bench(*flags, "--run-id", "whole", stderr_path=tmp_path / "whole.err")
+    killed = popen_bench(*flags, "--run-id", "killme", stderr_path=tmp_path / "killme.err")
+    csv_path = results_dir / "cpu" / "killme.csv"
+    try:
+        deadline = time.monotonic() + 180
+        while len(data_lines(csv_path)) - 1 < 3:
+            assert killed.poll() is None, f"the sweep ended before it was killed:\n{(tmp_path / 'killme.err').read_text()}"
+            assert time.monotonic() < deadline, "no 3 rows within 180 s"
+            time.sleep(0.05)
+        killed.kill()
+        killed.wait(timeout=30)
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+            killed.wait()
+    assert killed.returncode != 0
+
+    before = data_lines(csv_path)
+    n_before = len(before) - 1
+    assert 3 <= n_before < planned
+    meta = json.loads(csv_path.with_suffix(".json").read_text())
+    assert "finished" not in meta and "resumed" not in meta
+    # a torn write: half of a row, no newline; the writer must cut it before appending
+    with open(csv_path, "ab") as f:
+        f.write(before[-1][: len(before[-1]) // 2])
+
+    resumed = run_bench("--resume", "killme", "--results-dir", str(results_dir), "--quiet")
+    assert resumed.returncode == 0, f"stdout:\n{resumed.stdout}\nstderr:\n{resumed.stderr}"
+    assert f"{planned - n_before} cases run, {n_before} already complete" in resumed.stdout
+    assert whole.wait(timeout=240) == 0, (tmp_path / "whole.err").read_text()
+
+    after = data_lines(csv_path)
+    assert after[:len(before)] == before, "rows written before the kill changed"
+    assert_csv_well_formed(csv_path)
+    frame = bench.load_results(csv_path)
+    reference = bench.load_results(results_dir / "cpu" / "whole.csv")
+    assert not frame["case_key"].duplicated().any()
+    assert len(frame) == len(reference) == planned
+    assert set(frame["case_key"]) == set(reference["case_key"])
+    assert set(frame.apply(row_label, axis=1)) == set(labels)
+    assert (frame["status"] == "ok").all() and (frame["run_id"] == "killme").all()
+
+    meta = json.loads(csv_path.with_suffix(".json").read_text())
+    assert meta["run_id"] == "killme" and meta["argv"] == [*flags, "--run-id", "killme"]
+    assert isinstance(meta.get("resumed"), list) and len(meta["resumed"]) == 1
+    assert {"at", "environment"} <= set(meta["resumed"][0])
+    assert meta["status_counts"] == {"ok": planned}
+    assert sorted(p.name for p in (results_dir / "cpu").iterdir()) == [
+        "killme.csv", "killme.json", "whole.csv", "whole.json"]
+
+
+# --------------------------------------------------------------------------------------------
+# 4. resume of a run that does not exist
+# --------------------------------------------------------------------------------------------
+
+def test_resume_of_unknown_run_fails_naming_it(tmp_path, capsys):
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "other-run.csv").write_text(",".join(bench.COLUMNS) + "\n")
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--resume", "no-such-run", "--results-dir", str(tmp_path), "--quiet"])
+    code = exc.value.code
+    assert code not in (0, None)  # sys.exit with a message exits 1
+    message = (code if isinstance(code, str) else "") + capsys.readouterr().err
+    assert "no-such-run" in message
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["cpu", "other-run.csv"]
+
+
+# --------------------------------------------------------------------------------------------
+# 5. bad flag values
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, named", [
+    (["--gpu", "a200"], "a200"),
+    (["--preset", "huge"], "huge"),
+    (["--families", "swin"], "swin"),
+    (["--families", "bra", "swin"], "swin"),
+    (["--backends", "flash"], "flash"),
+    (["--kv-modes", "fracpool"], "fracpool"),
+    (["--dtype", "fp8"], "fp8"),
+    (["--resolutions", "0"], "0"),
+    (["--resolutions", "abc"], "abc"),
+    (["--topk", "-1"], "-1"),
+    (["--phase", "bwd"], "bwd"),
+    (["--batch", "0"], "0"),
+])
+def test_bad_flag_values_exit_2_naming_the_value(flags, named, tmp_path, capsys):
+    argv = ["--gpu", "cpu", "--preset", "quick", "--dry-run", "--results-dir", str(tmp_path / "r"), *flags]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    flag = flags[0]
+    message = captured.err.strip().splitlines()[-1]
+    assert flag in message and named in message, message
+    assert "cases" not in captured.out  # nothing was planned and listed
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the message on a machine without CUDA")
+def test_gpu_profile_without_cuda_exits_2_suggesting_cpu(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--gpu", "h100", "--preset", "quick", "--dry-run", "--results-dir", str(tmp_path / "r")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "h100" in err and "CUDA" in err and "none is visible" in err and "--gpu cpu" in err
+
+
+# --------------------------------------------------------------------------------------------
+# 6. dry runs and the listing
+# --------------------------------------------------------------------------------------------
+
+def test_full_attention_is_not_repeated_per_topk_or_kv_mode(tmp_path, capsys):
+    assert cli.main(["--gpu", "cpu", "--preset", "quick", "--families", "full", "--dry-run",
+                     "--results-dir", str(tmp_path / "r")]) == 0
+    labels = dry_run_labels(capsys.readouterr().out)
+    assert len(labels) == 4
+    assert sorted(labels) == sorted(f"full[]/{b} 28² C64 h2 b2 float32 {p}"
+                                    for b in ("torch", "sdpa") for p in ("fwd", "fwd+bwd"))
+    assert not (tmp_path / "r").exists()
+
+
+def test_dry_run_counts_per_family(quick_run):
+    labels = dry_run_labels(quick_run["dry"])
+    count = {f: sum(label.startswith(f + "[") for label in labels) for f in attentions.list_attentions()}
+    assert count == {"full": 4, "window": 4, "deformable": 4, "bra": 5 * 4 + 2 * 2}
+    assert not any("topk" in label for label in labels if not label.startswith("bra["))
+
+
+def test_list_shows_every_family_and_backend_with_availability(capsys):
+    assert cli.main(["--list"]) == 0
+    out = capsys.readouterr().out
+    blocks: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        if line and not line.startswith(" "):
+            current = blocks.setdefault(line.split()[0], [])
+        else:
+            current.append(line)
+    registry = attentions.list_attentions()
+    assert set(blocks) == set(registry)
+    for family, info in registry.items():
+        lines = blocks[family]
+        for backend in info["backends"]:
+            index = next((i for i, line in enumerate(lines) if line.split()[:1] == [backend]), None)
+            assert index is not None, f"--list lacks {family}/{backend}"
+            here = lines[index + 1]
+            assert "here: cpu: yes" in here, here
+            if not HAS_CUDA:
+                assert "cuda: no (" in here and "CUDA" in here.split("cuda: no (", 1)[1], here
+
+
+# --------------------------------------------------------------------------------------------
+# 7. the GPU profile against the GPU present
+# --------------------------------------------------------------------------------------------
+
+H100_NAME = "NVIDIA H100 80GB HBM3"
+
+
+@pytest.fixture
+def fake_h100(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: H100_NAME)
+
+
+def test_profile_for_another_gpu_warns_naming_both(fake_h100):
+    with pytest.warns(UserWarning, match=r"(?s)a100.*H100 80GB HBM3") as record:
+        profile, device, name = cli.select_profile(cli.build_parser(), "a100")
+    assert any(PROFILES["a100"].marketing_name in str(w.message) for w in record)
+    assert profile is PROFILES["a100"] and device == "cuda" and name == H100_NAME
+
+
+def test_matching_profile_does_not_warn(fake_h100):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        profile, device, name = cli.select_profile(cli.build_parser(), "h100")
+    assert profile is PROFILES["h100"] and device == "cuda" and name == H100_NAME
+
+
+def test_profile_is_picked_from_the_gpu(fake_h100):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        profile, device, name = cli.select_profile(cli.build_parser(), None)
+    assert profile.name == "h100" and device == "cuda" and name == H100_NAME
+
+
+def test_unknown_gpu_without_profile_exits_2(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce GTX 1080")
+    with pytest.raises(SystemExit) as exc:
+        cli.select_profile(cli.build_parser(), None)
+    assert exc.value.code == 2
+    assert "GTX 1080" in capsys.readouterr().err
+
+
+def test_no_cuda_picks_the_cpu_profile(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    profile, device, name = cli.select_profile(cli.build_parser(), None)
+    assert profile.name == "cpu" and device == "cpu" and name == cpu_name() and name
+    profile, device, _ = cli.select_profile(cli.build_parser(), "cpu")
+    assert profile.name == "cpu" and device == "cpu"
