@@ -21,7 +21,7 @@ from .cases import PHASES, Case, SweepBlock, unique_cases
 from .measure import TimingPolicy
 from .presets import COMMON_OPTIONS, KV_MODES, PRESETS, STAGE1_WIDTH, kv_axis, preset_blocks, topk_axis
 from .profiles import DTYPE_ALIASES, DTYPES, PROFILES, GpuProfile, canonical_dtype
-from .results import cpu_name, environment, load_results, now_iso, read_metadata, write_metadata
+from .results import ResultsFormatError, cpu_name, environment, load_results, now_iso, read_metadata, write_metadata
 from .runner import RunContext, run_sweep
 
 # The profile's marker in torch.cuda.get_device_name(), to warn when the profile and the GPU differ.
@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="list the cases and their count, run nothing")
     parser.add_argument("--list", action="store_true", help="list attentions, backends and their availability")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--no-report", action="store_true", help="skip the report at the end of the sweep")
+    parser.add_argument("--reports-dir", type=Path, default=None,
+                        help="where reports go (default: 'reports' beside the results folder)")
     return parser
 
 
@@ -190,8 +193,43 @@ def resume_target(args: argparse.Namespace) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    """``run_bench.py [sweep flags]``, ``run_bench.py report ...`` or ``run_bench.py compare ...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        return main_report(argv[1:])
+    if argv[:1] == ["compare"]:
+        from .compare import main_compare
+        return main_compare(argv[1:])
+    return main_sweep(argv)
+
+
+def default_reports_dir(results_dir: Path) -> Path:
+    return results_dir.parent / "reports"
+
+
+def main_report(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="run_bench.py report",
+                                     description="Tables, plots and an index from result files alone.")
+    parser.add_argument("results", type=Path, help="a results .csv (or its .json), or a folder of them")
+    parser.add_argument("--out", type=Path, help="report folder (default: reports/<gpu profile>/ beside results/)")
+    args = parser.parse_args(argv)
+    from .report import build_report, collect_results  # plotting libraries load only when reporting
+    try:
+        frame, _ = collect_results(args.results)
+        out = args.out
+        if out is None:
+            base = args.results if args.results.is_dir() else args.results.parent
+            out = default_reports_dir(base.parent) / str(frame["gpu_profile"].iloc[0])
+        readme = build_report(args.results, out)
+    except ResultsFormatError as exc:
+        print(f"run_bench.py report: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report written to {readme}")
+    return 0
+
+
+def main_sweep(argv: list[str]) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.list:
         print(list_attentions_text())
@@ -204,6 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metadata = read_metadata(results_path)
         stored = parser.parse_args(metadata["argv"])  # the sweep is the one the run was started with
         stored.results_dir, stored.quiet = args.results_dir, args.quiet
+        stored.no_report, stored.reports_dir = args.no_report, args.reports_dir
         args, argv_for_plan = stored, metadata["argv"]
     else:
         argv_for_plan = argv
@@ -244,4 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_metadata(results_path.with_suffix(".json"), metadata)
     print(summary_table(frame))
     print(f"\n{ran} cases run, {skipped} already complete; rows in {results_path}")
+    if not args.no_report:
+        from .report import build_report
+        reports_dir = args.reports_dir or default_reports_dir(args.results_dir)
+        print(f"report: {build_report(results_path, reports_dir / profile.name)}")
     return 0

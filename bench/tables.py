@@ -1,0 +1,297 @@
+"""Paper tables from result rows, rendered as markdown, LaTeX (booktabs) and CSV.
+
+Rules every table follows:
+- captions state units and conventions (GMACs are the papers' "FLOPs"; HW FLOPs = 2 × MACs);
+- the best value of each column is in bold, within each block of rows (a resolution and phase);
+- rows whose status is not ok keep their place and show the status instead of numbers;
+- a mismatch row never shows a speedup: it failed the error check against the reference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+import torch
+
+from .profiles import DTYPES
+from .variants import with_variants
+
+MB = 2 ** 20
+CONVENTIONS = ("GMACs are multiply-adds counted by fvcore, the papers' \"FLOPs\"; hardware FLOPs = 2 × MACs "
+               "(forward+backward: 3 × the forward). Latency is the median over timed rounds with the p20–p80 "
+               "spread; memory is the peak allocated during one pass above what was allocated before it.")
+CASE_SHAPE = ["resolution", "batch", "dim", "heads", "dtype", "phase"]
+
+
+@dataclass
+class Column:
+    """A table column: header, how to format a value, and which end is best (for bold)."""
+
+    header: str
+    format: Callable[[float], str] = lambda v: f"{v:.3g}"
+    best: str | None = None  # "min", "max" or None
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A number shown as custom text (e.g. a median with its spread); the number decides bold."""
+
+    value: float
+    text: str
+
+
+def _number(cell: object) -> float | None:
+    value = cell.value if isinstance(cell, Cell) else cell
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value):
+        return float(value)
+    return None
+
+
+@dataclass
+class Table:
+    name: str
+    caption: str
+    columns: list[Column]
+    rows: list[list[object]] = field(default_factory=list)  # float, Cell, str (label or status) or None
+    blocks: list[int] = field(default_factory=list)          # block id per row, for bold and rules
+
+    def frame(self) -> pd.DataFrame:
+        """The table's values (numbers as numbers) for CSV."""
+        return pd.DataFrame([[c.value if isinstance(c, Cell) else c for c in row] for row in self.rows],
+                            columns=[c.header for c in self.columns])
+
+    def best_cells(self) -> set[tuple[int, int]]:
+        cells = set()
+        for col, column in enumerate(self.columns):
+            if column.best is None:
+                continue
+            for block in set(self.blocks):
+                values = [(r, _number(row[col])) for r, row in enumerate(self.rows) if self.blocks[r] == block]
+                values = [(r, v) for r, v in values if v is not None]
+                if len(values) < 2:
+                    continue
+                target = (min if column.best == "min" else max)(v for _, v in values)
+                cells.update((r, col) for r, v in values if v == target)
+        return cells
+
+    def texts(self) -> list[list[str]]:
+        def text(cell: object, column: Column) -> str:
+            if isinstance(cell, str):
+                return cell
+            if isinstance(cell, Cell):
+                return cell.text
+            return "—" if _number(cell) is None else column.format(cell)
+        return [[text(cell, column) for cell, column in zip(row, self.columns)] for row in self.rows]
+
+    def to_markdown(self) -> str:
+        bold = self.best_cells()
+        lines = [f"**{self.caption}**", "", "| " + " | ".join(c.header for c in self.columns) + " |",
+                 "|" + "|".join("---" for _ in self.columns) + "|"]
+        for r, row in enumerate(self.texts()):
+            cells = [f"**{t}**" if (r, c) in bold else t for c, t in enumerate(row)]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def to_latex(self) -> str:
+        bold = self.best_cells()
+        align = "".join("l" if c.best is None else "r" for c in self.columns)
+        lines = ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{latex_escape(self.caption)}}}",
+                 f"\\label{{tab:{self.name}}}", f"\\begin{{tabular}}{{{align}}}", "\\toprule",
+                 " & ".join(latex_escape(c.header) for c in self.columns) + " \\\\", "\\midrule"]
+        previous = None
+        for r, row in enumerate(self.texts()):
+            if previous is not None and self.blocks[r] != previous:
+                lines.append("\\midrule")
+            previous = self.blocks[r]
+            cells = [f"\\textbf{{{latex_escape(t)}}}" if (r, c) in bold else latex_escape(t)
+                     for c, t in enumerate(row)]
+            lines.append(" & ".join(cells) + " \\\\")
+        lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+        return "\n".join(lines) + "\n"
+
+    def write(self, out_dir: Path) -> list[Path]:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = [out_dir / f"{self.name}.md", out_dir / f"{self.name}.tex", out_dir / f"{self.name}.csv"]
+        paths[0].write_text(self.to_markdown())
+        paths[1].write_text(self.to_latex())
+        self.frame().to_csv(paths[2], index=False)
+        return paths
+
+
+LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "×": r"$\times$", "²": r"$^2$", "–": "--", "—": "---", "≤": r"$\leq$", "‖": r"$\|$",
+                  "→": r"$\to$"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIALS.get(ch, ch) for ch in text)
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.2f}×"
+
+
+def _latency(row: pd.Series) -> Cell:
+    text = f"{row['latency_ms_median']:.3g} [{row['latency_ms_p20']:.3g}–{row['latency_ms_p80']:.3g}]"
+    return Cell(row["latency_ms_median"], text)
+
+
+def params_millions(row: pd.Series) -> float:
+    """Parameter count from the recorded parameter bytes and the dtype's element size."""
+    element = torch.empty((), dtype=DTYPES[row["dtype"]]).element_size()
+    return row["param_mb"] * MB / element / 1e6
+
+
+def _measured(row: pd.Series | None) -> bool:
+    return row is not None and row["status"] == "ok"
+
+
+def _lookup(frame: pd.DataFrame) -> dict[tuple, pd.Series]:
+    """Rows by (variant, backend, case shape)."""
+    return {(r["variant"], r["backend"], *(r[c] for c in CASE_SHAPE)): r for _, r in frame.iterrows()}
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    order = {"full": 0, "window": 1, "deformable": 2, "bra": 3}
+    return frame.assign(_family_order=frame["family"].map(lambda f: order.get(f, 9))).sort_values(
+        ["phase", "resolution", "dim", "_family_order", "variant", "backend"], kind="stable")
+
+
+def main_table(frame: pd.DataFrame) -> Table:
+    """(a) Every variant × backend × resolution: cost, speed, memory, and ratios to full and to the reference."""
+    rows = with_variants(frame)
+    by_key = _lookup(rows)
+    full_by_shape = {(r["backend"], *(r[c] for c in CASE_SHAPE)): r for _, r in rows[rows["family"] == "full"].iterrows()}
+    table = Table("main", "Attention variants: parameters, cost, latency (ms, median [p20–p80]), throughput "
+                  "(images/s) and peak memory (MB); speedup (×, higher is better) and memory ratio (×, lower is "
+                  "better) against full attention with the same backend and against the family's reference "
+                  "backend. Best per column within each resolution and phase in bold. " + CONVENTIONS,
+                  [Column("Variant"), Column("Backend"), Column("Res."), Column("C/heads"), Column("Phase"),
+                   Column("Params (M)", lambda v: f"{v:.3f}", None), Column("GMACs", lambda v: f"{v:.3g}", "min"),
+                   Column("Latency ms", best="min"), Column("Img/s", lambda v: f"{v:.4g}", "max"),
+                   Column("Mem MB", lambda v: f"{v:.4g}", "min"), Column("× full", _ratio, "max"),
+                   Column("Mem/full", _ratio, "min"), Column("× ref", _ratio, "max"), Column("Mem/ref", _ratio, "min")])
+    blocks: dict[tuple, int] = {}
+    for _, row in _sorted(rows).iterrows():
+        shape = tuple(row[c] for c in CASE_SHAPE)
+        measured = _measured(row)
+        full = full_by_shape.get((row["backend"], *shape))
+        reference = by_key.get((row["variant"], row["reference_backend"], *shape))
+        status = row["status"]
+        latency: object = status.upper()
+        if status == "ok":
+            latency = _latency(row)
+        elif status == "mismatch":  # shown, never as the best, never in a ratio
+            latency = f"{_latency(row).text} MISMATCH"
+        speed_full = full["latency_ms_median"] / row["latency_ms_median"] if measured and _measured(full) else None
+        mem_full = row["peak_mem_mb"] / full["peak_mem_mb"] if measured and _measured(full) else None
+        is_reference = row["backend"] == row["reference_backend"]
+        speed_ref = (reference["latency_ms_median"] / row["latency_ms_median"]
+                     if measured and _measured(reference) and not is_reference else None)
+        mem_ref = (row["peak_mem_mb"] / reference["peak_mem_mb"]
+                   if measured and _measured(reference) and not is_reference else None)
+        table.rows.append([
+            row["variant"], row["backend"], f"{row['resolution']}²", f"{row['dim']}/{row['heads']}", row["phase"],
+            params_millions(row) if not pd.isna(row["param_mb"]) else None,
+            row["gmacs"] if not pd.isna(row["gmacs"]) else None, latency,
+            row["throughput"] if measured else None,
+            row["peak_mem_mb"] if measured else None,
+            speed_full if row["family"] != "full" else None, mem_full if row["family"] != "full" else None,
+            speed_ref, mem_ref])
+        table.blocks.append(blocks.setdefault((row["phase"], row["resolution"], row["dim"]), len(blocks)))
+    return table
+
+
+def _stage1_width(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows at the family's most common (dim, heads): ablations compare like with like."""
+    if frame.empty:
+        return frame
+    width = frame.groupby(["dim", "heads"]).size().idxmax()
+    return frame[(frame["dim"] == width[0]) & (frame["heads"] == width[1])]
+
+
+def ablation_table(frame: pd.DataFrame, axis: str) -> Table | None:
+    """(b) BRA ablation over ``axis`` (topk or kv_downsample_mode) × resolution: GMACs, latency, memory."""
+    bra = _stage1_width(frame[frame["family"] == "bra"])
+    if axis == "topk":
+        bra = bra[bra["kv_downsample_mode"] == "identity"]
+    else:
+        common_topk = bra["topk"].mode()
+        bra = bra[bra["topk"] == common_topk.iloc[0]] if len(common_topk) else bra
+    if bra[axis].nunique() < 2:
+        return None
+    resolutions = sorted(bra["resolution"].unique())
+    columns = [Column("Phase"), Column("Backend"), Column(axis.replace("kv_downsample_mode", "kv mode"))]
+    for r in resolutions:
+        columns += [Column(f"{r}² GMACs", lambda v: f"{v:.3g}", "min"), Column(f"{r}² ms", best="min"),
+                    Column(f"{r}² MB", lambda v: f"{v:.4g}", "min")]
+    dim, heads = bra["dim"].iloc[0], bra["heads"].iloc[0]
+    what = "top-k routed regions" if axis == "topk" else "kv downsampling mode"
+    table = Table(f"bra_{'topk' if axis == 'topk' else 'kv_modes'}",
+                  f"BRA ablation over the {what} (C {dim}, {heads} heads, batch {bra['batch'].iloc[0]}, "
+                  f"{bra['dtype'].iloc[0]}): GMACs, median latency (ms) and peak memory (MB) per resolution. "
+                  f"Best per column within each phase and backend in bold. " + CONVENTIONS, columns)
+    blocks: dict[tuple, int] = {}
+    keyed = {(r["phase"], r["backend"], r[axis], r["resolution"]): r for _, r in bra.iterrows()}
+    values = sorted(bra[axis].unique(), key=lambda v: (str(type(v)), v))
+    label = (lambda v: str(int(v))) if axis == "topk" else str
+    for phase in sorted(bra["phase"].unique()):
+        for backend in sorted(bra["backend"].unique()):
+            for value in values:
+                cells: list[object] = [phase, backend, label(value)]
+                for r in resolutions:
+                    row = keyed.get((phase, backend, value, r))
+                    if row is None:
+                        cells += [None, None, None]
+                    elif row["status"] != "ok":
+                        cells += [row["gmacs"] if not pd.isna(row["gmacs"]) else None, row["status"].upper(), None]
+                    else:
+                        cells += [row["gmacs"], _latency(row), row["peak_mem_mb"]]
+                table.rows.append(cells)
+                table.blocks.append(blocks.setdefault((phase, backend), len(blocks)))
+    return table
+
+
+def backend_table(frame: pd.DataFrame) -> Table | None:
+    """(c) Every non-reference backend against its family's reference: speedup, memory saving, error."""
+    rows = with_variants(frame)
+    by_key = _lookup(rows)
+    others = rows[rows["backend"] != rows["reference_backend"]]
+    if others.empty:
+        return None
+    table = Table("backends", "Backends against their family's reference backend on the same case: speedup "
+                  "(reference latency / latency, ×), memory saving (reference peak / peak, ×) and error "
+                  "(‖out − ref‖ / ‖ref‖, worst of output and gradients; max |out − ref|). A mismatch exceeded "
+                  "the dtype's tolerance and shows no speedup. Best per column within each resolution and phase "
+                  "in bold. " + CONVENTIONS,
+                  [Column("Variant"), Column("Backend"), Column("Res."), Column("C/heads"), Column("Phase"),
+                   Column("Status"), Column("Speedup", _ratio, "max"), Column("Mem saving", _ratio, "max"),
+                   Column("Rel. err", lambda v: f"{v:.1e}", "min"), Column("Max abs err", lambda v: f"{v:.1e}")])
+    blocks: dict[tuple, int] = {}
+    for _, row in _sorted(others).iterrows():
+        shape = tuple(row[c] for c in CASE_SHAPE)
+        reference = by_key.get((row["variant"], row["reference_backend"], *shape))
+        both = _measured(row) and _measured(reference)
+        table.rows.append([
+            row["variant"], row["backend"], f"{row['resolution']}²", f"{row['dim']}/{row['heads']}", row["phase"],
+            row["status"] if not both or reference is None else "ok",
+            reference["latency_ms_median"] / row["latency_ms_median"] if both else None,
+            reference["peak_mem_mb"] / row["peak_mem_mb"] if both else None,
+            row["rel_err"] if not pd.isna(row["rel_err"]) else None,
+            row["max_abs_err"] if not pd.isna(row["max_abs_err"]) else None])
+        if row["status"] == "ok" and not _measured(reference):
+            table.rows[-1][5] = f"reference {reference['status'] if reference is not None else 'missing'}"
+        table.blocks.append(blocks.setdefault((row["phase"], row["resolution"], row["dim"]), len(blocks)))
+    return table
+
+
+def all_tables(frame: pd.DataFrame) -> list[Table]:
+    tables = [main_table(frame), ablation_table(frame, "topk"), ablation_table(frame, "kv_downsample_mode"),
+              backend_table(frame)]
+    return [t for t in tables if t is not None]
