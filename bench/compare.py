@@ -277,6 +277,7 @@ def judge(row: pd.Series, max_regression: float) -> tuple[str, str]:
     limit_up, limit_down = 1 + max_regression, 1 / (1 + max_regression)
     regression = False
     verdict = OK
+    judged: list[str] = []  # latency, then memory, before the GMACs note
     latency = row["latency_ratio"]
     spreads = _known(row["latency_ms_p20_base"], row["latency_ms_p80_base"], row["latency_ms_p20_new"],
                      row["latency_ms_p80_new"])
@@ -285,26 +286,26 @@ def judge(row: pd.Series, max_regression: float) -> tuple[str, str]:
             regression = True
             why = ("no spreads recorded" if not spreads else
                    f"NEW p20 {row['latency_ms_p20_new']:.3g} ms > BASE p80 {row['latency_ms_p80_base']:.3g} ms")
-            notes.insert(0, f"latency {_fmt_ratio(latency)} ({why})")
+            judged.append(f"latency {_fmt_ratio(latency)} ({why})")
         else:
             verdict = SLOWER_NOISE
-            notes.insert(0, f"latency {_fmt_ratio(latency)} within the runs' p20-p80 spreads")
+            judged.append(f"latency {_fmt_ratio(latency)} within the runs' p20-p80 spreads")
     elif _known(latency) and latency < limit_down:
         if not spreads or row["latency_ms_p80_new"] < row["latency_ms_p20_base"]:
             verdict = FASTER
         else:
             verdict = FASTER_NOISE
-            notes.insert(0, f"latency {_fmt_ratio(latency)} within the runs' p20-p80 spreads")
+            judged.append(f"latency {_fmt_ratio(latency)} within the runs' p20-p80 spreads")
 
     memory = row["mem_ratio"]
     if _known(memory, row["peak_mem_mb_base"], row["peak_mem_mb_new"]):
         delta = row["peak_mem_mb_new"] - row["peak_mem_mb_base"]
         if memory > limit_up and delta >= MIN_MEMORY_DELTA_MB:
             regression = True
-            notes.insert(1 if regression and notes and notes[0].startswith("latency") else 0,
-                         f"peak memory {_fmt_ratio(memory)} (+{delta:.3g} MB)")
+            judged.append(f"peak memory {_fmt_ratio(memory)} (+{delta:.3g} MB)")
         elif memory < limit_down and -delta >= MIN_MEMORY_DELTA_MB:
-            notes.append(f"peak memory {_fmt_ratio(memory)} ({delta:.3g} MB)")
+            judged.append(f"peak memory {_fmt_ratio(memory)} ({delta:.3g} MB)")
+    notes = judged + notes
     return (REGRESSION if regression else verdict), "; ".join(notes)
 
 
@@ -373,6 +374,18 @@ def _fmt_ms(value: float) -> str:
     return "–" if pd.isna(value) else f"{value:.3g}"
 
 
+def _text_table(frame: pd.DataFrame, right: set[str]) -> str:
+    """Fixed-width columns: text left-aligned, numbers and ratios right-aligned."""
+    cells = {c: [str(v) for v in frame[c]] for c in frame.columns}
+    widths = {c: max([len(c), *map(len, cells[c])]) for c in frame.columns}
+
+    def line(values: dict[str, str]) -> str:
+        return "  ".join(values[c].rjust(widths[c]) if c in right else values[c].ljust(widths[c])
+                         for c in frame.columns).rstrip()
+    return "\n".join([line({c: c for c in frame.columns}),
+                      *(line({c: cells[c][i] for c in frame.columns}) for i in range(len(frame)))])
+
+
 def format_comparison(c: Comparison) -> str:
     """The comparison as text: the table, warnings, cases in one run only, and a final verdict line."""
     lines = []
@@ -394,9 +407,8 @@ def format_comparison(c: Comparison) -> str:
             "GMACs": table["gmacs_ratio"].map(_fmt_ratio),
             "verdict": table["verdict"], "note": table["note"],
         })
-        with pd.option_context("display.width", 1000, "display.max_rows", None, "display.max_columns", None,
-                               "display.max_colwidth", 120):
-            lines.append(shown.to_string(index=False))
+        lines.append(_text_table(shown, right={"res", "C", "heads", "batch", "base ms", "new ms", "latency",
+                                               "memory", "GMACs"}))
     if c.warnings:
         lines += ["", f"Warnings ({len(c.warnings)}):", *(f"  - {w}" for w in c.warnings)]
     for name, labels in (("BASE", c.only_in_base), ("NEW", c.only_in_new)):
@@ -449,8 +461,14 @@ def main_compare(argv: Sequence[str] | None = None) -> int:
     unusable results file (one line on stderr).
     """
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # "--max-regression -5%" would read as a missing value: glue the value on so the error names it
+    for i in range(len(argv) - 1):
+        if argv[i] == "--max-regression" and argv[i + 1].startswith("-"):
+            argv[i:i + 2] = [f"--max-regression={argv[i + 1]}"]
+            break
     try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
