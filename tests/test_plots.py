@@ -1,0 +1,182 @@
+"""The figures of bench.plots, drawn from a small results file that the harness itself produces."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+import bench.runner
+from bench import Case, RunContext, TimingPolicy, load_results, run_sweep
+from bench.plots import (PLOT_NAMES, gmacs_table, kv_mode_table, main_widths, make_plots, plot_kv_mode_bars,
+                         plot_speedup_heatmap, plot_topk_sweep, resolution_table, speedup_table, topk_table)
+from bench.profiles import PROFILES
+
+FAST = TimingPolicy(warmup_rounds=1, min_time_s=0.0, min_rounds=3, max_rounds=3)
+BRA_OPTIONS = [{"topk": 1}, {}, {"kv_downsample_mode": "avgpool", "kv_downsample_ratio": 2}]  # {}: topk 4
+MISMATCH_LATENCY_MS = 1e-3  # a mismatch row's timing: a huge "speedup" if it were ever used
+
+
+def _cases() -> list[Case]:
+    """full / window / bra (topk 1, 4; kv identity, avgpool) x torch / sdpa x 7², 14² x both phases, C16 h2.
+
+    bra's n_win is its default, 7. avgpool with ratio 2 needs regions of 2×2 tokens: at 7² (1×1
+    regions) its rows are real 'error' rows.
+    """
+    cases = []
+    for family, options in [("full", {}), ("window", {})] + [("bra", o) for o in BRA_OPTIONS]:
+        for backend in ("torch", "sdpa"):
+            for resolution in (7, 14):
+                for phase in ("fwd", "fwd+bwd"):
+                    cases.append(Case(family, backend, tuple(sorted(options.items())), 1, resolution, 16, 2,
+                                      "float32", "cpu", phase))
+    return cases
+
+
+def _select(frame: pd.DataFrame, family: str, backend: str, resolution: int, phase: str, options: str = "{}"):
+    return ((frame["family"] == family) & (frame["backend"] == backend) & (frame["resolution"] == resolution)
+            & (frame["phase"] == phase) & (frame["options"] == options))
+
+
+@pytest.fixture(scope="module")
+def results_path(tmp_path_factory):
+    """A real results file, plus three injected rows: a mismatch, an oom, and an oom of a reference row."""
+    path = tmp_path_factory.mktemp("plots") / "run.csv"
+    context = RunContext(run_id="plots", profile=PROFILES["cpu"], device_name="test-cpu", timing=FAST)
+    with pytest.MonkeyPatch.context() as patch:
+        # gc.collect between cases costs more than these tiny cases themselves; nothing to free here
+        patch.setattr(bench.runner, "free_memory", lambda device: None)
+        assert run_sweep(_cases(), context, path) == (len(_cases()), 0)
+    frame = pd.read_csv(path)
+    assert set(frame["status"]) == {"ok", "error"}  # only the avgpool cases at 7²
+    numbers = ["latency_ms_median", "latency_ms_p20", "latency_ms_p80", "peak_mem_mb", "gmacs", "throughput"]
+    mismatch = _select(frame, "full", "sdpa", 14, "fwd")
+    frame.loc[mismatch, ["status", "rel_err", "status_detail"]] = ["mismatch", 0.5, "rel_err 0.5 > tolerance"]
+    frame.loc[mismatch, ["latency_ms_median", "latency_ms_p20", "latency_ms_p80"]] = MISMATCH_LATENCY_MS
+    for row in (_select(frame, "bra", "sdpa", 14, "fwd+bwd", '{"topk": 1}'),
+                _select(frame, "window", "torch", 14, "fwd+bwd")):
+        frame.loc[row, "status"] = "oom"
+        frame.loc[row, numbers] = np.nan
+    assert (mismatch.sum(), (frame["status"] == "oom").sum()) == (1, 2)
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture()
+def frame(results_path):
+    return load_results(results_path)
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    return struct.unpack(">II", data[16:24])
+
+
+def test_make_plots_writes_a_png_and_a_pdf_of_every_plot(frame, tmp_path):
+    backend, font_size = matplotlib.rcParams["backend"], matplotlib.rcParams["font.size"]
+    out = tmp_path / "figures"
+    written = make_plots(frame, out)
+    assert written == [out / f"{name}{suffix}" for name in PLOT_NAMES for suffix in (".png", ".pdf")]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)
+    for path in written:
+        data = path.read_bytes()
+        assert data.startswith(b"\x89PNG" if path.suffix == ".png" else b"%PDF"), path
+        if path.suffix == ".png":
+            width, height = _png_size(data)
+            assert width >= 3.5 * 200 and height >= 2 * 200, (path, width, height)  # >= 200 dpi at print size
+    # nothing leaks into other users of matplotlib: neither the backend nor the style
+    assert matplotlib.rcParams["backend"] == backend and matplotlib.rcParams["font.size"] == font_size
+
+
+def test_speedup_matches_a_hand_computation(frame):
+    table = speedup_table(frame)
+    for family, options in [("full", "{}"), ("bra", '{"topk": 1}')]:
+        for resolution, phase in [(7, "fwd"), (14, "fwd+bwd")]:
+            reference = frame.loc[_select(frame, family, "torch", resolution, phase, options), "latency_ms_median"]
+            fast = frame.loc[_select(frame, family, "sdpa", resolution, phase, options), "latency_ms_median"]
+            row = table[_select(table, family, "sdpa", resolution, phase, options)]
+            if family == "bra" and resolution == 14:  # the injected oom
+                continue
+            expected = reference.item() / fast.item()
+            assert row["speedup"].item() == pytest.approx(expected, rel=1e-12)
+            assert row["label"].item() == f"{expected:.2f}×" and row["cell_status"].item() == "ok"
+    references = table[table["backend"] == "torch"]
+    ok = references["status"] == "ok"
+    assert np.allclose(references.loc[ok, "speedup"], 1.0)
+
+
+def test_a_mismatch_row_is_never_a_valid_latency_or_speedup(frame):
+    row = speedup_table(frame)
+    row = row[_select(row, "full", "sdpa", 14, "fwd")]
+    assert math.isnan(row["speedup"].item())
+    assert row["cell_status"].item() == row["label"].item() == "mismatch"
+    for table in (resolution_table(frame), gmacs_table(frame), topk_table(frame), kv_mode_table(frame)):
+        assert not (table["latency_ms_median"] == MISMATCH_LATENCY_MS).any()
+    by_case = resolution_table(frame).set_index(["variant", "backend", "resolution", "phase"])
+    assert ("full", "sdpa", 14, "fwd") not in by_case.index and ("full", "torch", 14, "fwd") in by_case.index
+    # and in the drawn heatmap the cell reads 'mismatch', the ok pairs read their speedups
+    figure = plot_speedup_heatmap(frame)
+    texts = {ax.get_title(): [t.get_text() for t in ax.texts] for ax in figure.axes if ax.get_title()}
+    assert "mismatch" in texts["fwd"] and "mismatch" not in texts["fwd+bwd"]
+    sdpa_7_fwd = speedup_table(frame)
+    assert sdpa_7_fwd.loc[_select(sdpa_7_fwd, "full", "sdpa", 7, "fwd"), "label"].item() in texts["fwd"]
+
+
+def test_rows_without_numbers_are_labelled_with_their_status(frame):
+    table = speedup_table(frame)
+    cells = {
+        ("bra", 14, "fwd+bwd", '{"topk": 1}'): "oom",          # the row itself ran out of memory
+        ("window", 14, "fwd+bwd", "{}"): "ref oom",             # its reference did
+        ("bra", 7, "fwd", '{"kv_downsample_mode": "avgpool", "kv_downsample_ratio": 2}'): "error",
+    }
+    for (family, resolution, phase, options), status in cells.items():
+        row = table[_select(table, family, "sdpa", resolution, phase, options)]
+        assert math.isnan(row["speedup"].item()) and row["label"].item() == status
+    figure = plot_speedup_heatmap(frame)
+    drawn = [t.get_text() for ax in figure.axes for t in ax.texts]
+    assert {"oom", "ref oom", "error", "mismatch"} <= set(drawn)
+    assert not any(label == "nan" or "nan×" in label for label in drawn)
+
+
+def test_curves_follow_one_width_per_family(frame):
+    # a few rows of another width (more than one resolution would tempt a line) stay out of the curves
+    other = frame[(frame["family"] == "full") & (frame["resolution"] == 14)].assign(dim=32, heads=4)
+    mixed = pd.concat([frame, other], ignore_index=True)
+    assert main_widths(mixed) == {f: (16, 2, 1, "float32") for f in ("full", "window", "bra")}
+    table = resolution_table(mixed)
+    assert set(table["dim"]) == {16} and len(table) == len(resolution_table(frame))
+    assert 32 in set(gmacs_table(mixed)["dim"])  # the scatter shows every width
+
+
+def test_topk_and_kv_mode_data(frame):
+    topk = topk_table(frame)
+    assert sorted(topk["topk"].unique()) == [1, 4] and sorted(topk["resolution"].unique()) == [7, 14]
+    assert len(topk) == 2 * 2 * 2 * 2 - 1  # topk x resolution x backend x phase, less the oom
+    kv = kv_mode_table(frame)
+    assert set(kv["topk"]) == {4} and set(kv["label"]) == {"identity", "avgpool"}
+    assert set(kv.loc[kv["label"] == "avgpool", "resolution"]) == {14}  # the 7² rows are errors ...
+    bars = plot_kv_mode_bars(frame)
+    assert [t.get_text() for ax in bars.axes for t in ax.texts] == ["error"] * 4  # ... shown as such, 2 x 2 panels
+    # a frame without the sweep skips the plot
+    assert plot_topk_sweep(frame[frame["options"] != '{"topk": 1}']) is None
+    assert plot_kv_mode_bars(frame[~frame["options"].str.contains("avgpool")]) is None
+
+
+def test_reference_backend_alone_skips_the_heatmap(frame, tmp_path):
+    only_reference = frame[(frame["backend"] == frame["reference_backend"]) & (frame["family"] == "full")]
+    assert plot_speedup_heatmap(frame[frame["backend"] == frame["reference_backend"]]) is None
+    written = make_plots(only_reference, tmp_path)
+    assert [p.name for p in written] == [f"{name}{suffix}" for name in PLOT_NAMES[:3] for suffix in (".png", ".pdf")]
+
+
+def test_empty_or_unmeasured_frames_write_nothing(frame, tmp_path):
+    out = tmp_path / "figures"
+    assert make_plots(frame.iloc[:0], out) == []
+    failed = frame.assign(status="oom")
+    failed[["latency_ms_median", "latency_ms_p20", "latency_ms_p80", "peak_mem_mb", "gmacs"]] = np.nan
+    assert make_plots(failed, out) == []
+    assert make_plots(frame.assign(status="mismatch"), out) == []  # timed, but never valid
+    assert not out.exists()
