@@ -55,8 +55,15 @@ def run_bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 
 
 def popen_bench(*args: str, stderr_path: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(RUN_BENCH), *args], cwd=REPO, env=subprocess_env(),
-                            stdout=subprocess.DEVNULL, stderr=open(stderr_path, "w"))
+    with open(stderr_path, "w") as err:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, str(RUN_BENCH), *args], cwd=REPO, env=subprocess_env(),
+                                stdout=subprocess.DEVNULL, stderr=err)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 def dry_run_labels(stdout: str) -> list[str]:
@@ -134,6 +141,10 @@ def test_quick_run_writes_csv_json_and_prints_summary(quick_run):
         assert any(line.split()[:1] == [family] for line in out.splitlines()), f"no summary line for {family}"
     assert f"{QUICK_CASES} cases run, 0 already complete" in out
     assert str(csv_path) in out
+    # by default the sweep ends with a report, beside the results folder
+    report = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("report:")]
+    assert len(report) == 1 and Path(report[0]).is_file(), out[-500:]
+    assert Path(report[0]).is_relative_to(quick_run["dir"].parent)
 
 
 def test_quick_run_rows_match_the_dry_run(quick_run):
@@ -225,7 +236,8 @@ def test_existing_run_id_is_refused_and_resume_suggested(quick_run, tmp_path, ca
     before = (results_dir / "cpu" / quick_run["csv"].name).read_bytes()
     with pytest.raises(SystemExit) as exc:  # a one-case sweep, should it not be refused
         cli.main(["--gpu", "cpu", "--preset", "quick", "--families", "full", "--backends", "sdpa", "--phase", "fwd",
-                  "--quiet", "--min-time", "0.01", "--results-dir", str(results_dir), "--run-id", run_id])
+                  "--quiet", "--min-time", "0.01", "--no-report", "--results-dir", str(results_dir),
+                  "--run-id", run_id])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "--resume" in err and run_id in err
@@ -242,7 +254,7 @@ BRA_56_MACS = 156_100_672  # fvcore, one BRA layer at 56², C64 h2, n_win 7, top
 def test_bra_layer_flops_through_the_harness(tmp_path):
     flags = ["--gpu", "cpu", "--families", "bra", "--resolutions", "56", "--topk", "4", "--kv-modes", "identity",
              "--batch", "1", "--phase", "fwd", "fwd+bwd", "--backends", "sdpa", "torch",
-             "--results-dir", str(tmp_path), "--run-id", "bra56", "--quiet", "--min-time", "0.01"]
+             "--results-dir", str(tmp_path), "--run-id", "bra56", "--quiet", "--min-time", "0.01", "--no-report"]
     proc = run_bench(*flags)
     assert proc.returncode == 0, proc.stderr
     frame = bench.load_results(tmp_path / "cpu" / "bra56.csv")
@@ -265,7 +277,7 @@ def test_bra_layer_flops_through_the_harness(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 KILL_FLAGS = ["--gpu", "cpu", "--preset", "quick", "--families", "bra", "--backends", "sdpa", "--phase", "fwd",
-              "fwd+bwd", "--quiet", "--min-time", "0.05"]  # 14 cases
+              "fwd+bwd", "--quiet", "--min-time", "0.05", "--no-report"]  # 14 cases
 
 
 def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
@@ -282,30 +294,29 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     try:
         deadline = time.monotonic() + 180
         while len(data_lines(csv_path)) - 1 < 3:
-            assert killed.poll() is None, f"the sweep ended before it was killed:\n{(tmp_path / 'killme.err').read_text()}"
+            assert killed.poll() is None, \
+                f"the sweep ended before it was killed:\n{(tmp_path / 'killme.err').read_text()}"
             assert time.monotonic() < deadline, "no 3 rows within 180 s"
             time.sleep(0.05)
-        killed.kill()
-        killed.wait(timeout=30)
+        killed.kill()  # SIGKILL: no cleanup of any kind in the sweep
+        assert killed.wait(timeout=30) != 0
+
+        before = data_lines(csv_path)
+        n_before = len(before) - 1
+        assert 3 <= n_before < planned
+        meta = json.loads(csv_path.with_suffix(".json").read_text())
+        assert "finished" not in meta and "resumed" not in meta
+        # a torn write: half of a row, no newline; the writer must cut it before appending
+        with open(csv_path, "ab") as f:
+            f.write(before[-1][: len(before[-1]) // 2])
+
+        resumed = run_bench("--resume", "killme", "--results-dir", str(results_dir), "--quiet", "--no-report")
+        assert resumed.returncode == 0, f"stdout:\n{resumed.stdout}\nstderr:\n{resumed.stderr}"
+        assert f"{planned - n_before} cases run, {n_before} already complete" in resumed.stdout
+        assert whole.wait(timeout=240) == 0, (tmp_path / "whole.err").read_text()
     finally:
-        if killed.poll() is None:
-            killed.kill()
-            killed.wait()
-    assert killed.returncode != 0
-
-    before = data_lines(csv_path)
-    n_before = len(before) - 1
-    assert 3 <= n_before < planned
-    meta = json.loads(csv_path.with_suffix(".json").read_text())
-    assert "finished" not in meta and "resumed" not in meta
-    # a torn write: half of a row, no newline; the writer must cut it before appending
-    with open(csv_path, "ab") as f:
-        f.write(before[-1][: len(before[-1]) // 2])
-
-    resumed = run_bench("--resume", "killme", "--results-dir", str(results_dir), "--quiet")
-    assert resumed.returncode == 0, f"stdout:\n{resumed.stdout}\nstderr:\n{resumed.stderr}"
-    assert f"{planned - n_before} cases run, {n_before} already complete" in resumed.stdout
-    assert whole.wait(timeout=240) == 0, (tmp_path / "whole.err").read_text()
+        stop(killed)
+        stop(whole)
 
     after = data_lines(csv_path)
     assert after[:len(before)] == before, "rows written before the kill changed"
