@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import re
 import shlex
 import sys
 import warnings
@@ -21,11 +22,16 @@ from .cases import PHASES, Case, SweepBlock, unique_cases
 from .measure import TimingPolicy
 from .presets import COMMON_OPTIONS, KV_MODES, PRESETS, STAGE1_WIDTH, kv_axis, preset_blocks, topk_axis
 from .profiles import DTYPE_ALIASES, DTYPES, PROFILES, GpuProfile, canonical_dtype
-from .results import ResultsFormatError, cpu_name, environment, load_results, now_iso, read_metadata, write_metadata
+from .results import ResultsFormatError, completed_case_keys, cpu_name, environment, load_results, now_iso, read_metadata, write_metadata
 from .runner import RunContext, run_sweep
 
 # The profile's marker in torch.cuda.get_device_name(), to warn when the profile and the GPU differ.
 DEVICE_MARKERS = {"a100": "A100", "h100": "H100", "h200": "H200", "l4": "L4", "rtx4090": "4090", "v100": "V100"}
+
+
+def profile_matches(profile: str, device_name: str) -> bool:
+    """Whether the GPU name carries the profile's model as a whole word (an L40S is not an L4)."""
+    return re.search(rf"\b{DEVICE_MARKERS[profile]}\b", device_name, flags=re.IGNORECASE) is not None
 
 
 def positive_int(text: str) -> int:
@@ -98,7 +104,7 @@ def select_profile(parser: argparse.ArgumentParser, requested: str | None) -> tu
         requested = "cpu"
         if cuda:
             name = torch.cuda.get_device_name(0)
-            requested = next((p for p, m in DEVICE_MARKERS.items() if m in name), None) or parser.error(
+            requested = next((p for p in DEVICE_MARKERS if profile_matches(p, name)), None) or parser.error(
                 f"no profile matches the GPU {name!r}; pick one with --gpu")
     profile = PROFILES[requested]
     if profile.name == "cpu":
@@ -107,7 +113,7 @@ def select_profile(parser: argparse.ArgumentParser, requested: str | None) -> tu
         parser.error(f"--gpu {profile.name} needs a CUDA device and none is visible; use --gpu cpu to benchmark "
                      f"on the CPU")
     name = torch.cuda.get_device_name(0)
-    if DEVICE_MARKERS[profile.name] not in name:
+    if not profile_matches(profile.name, name):
         warnings.warn(f"profile {profile.name!r} ({profile.marketing_name}) requested on a {name}: peak figures "
                       f"are the profile's; rows keep both names", stacklevel=2)
     return profile, "cuda", name
@@ -182,14 +188,35 @@ def summary_table(frame: pd.DataFrame) -> str:
         return table.fillna("").to_string(index=False)
 
 
-def resume_target(args: argparse.Namespace) -> Path:
-    candidate = Path(args.resume)
-    if candidate.suffix in (".csv", ".json") or candidate.exists():
-        return candidate.with_suffix(".csv")
-    matches = sorted(args.results_dir.glob(f"*/{args.resume}.csv"))
-    if not matches:
-        raise SystemExit(f"run_bench.py: error: --resume: no run {args.resume!r} under {args.results_dir}/")
-    return matches[0]
+# Flags that only say where output goes or how it is shown: allowed beside --resume.
+RESUME_COMPATIBLE = {"resume", "results_dir", "reports_dir", "quiet", "no_report", "dry_run"}
+
+
+def resumed_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Path, dict, argparse.Namespace]:
+    """Results path, metadata and the stored sweep arguments of the run named by --resume."""
+    changed = sorted(f"--{dest.replace('_', '-')}" for dest, value in vars(args).items()
+                     if dest not in RESUME_COMPATIBLE and value != parser.get_default(dest))
+    if changed:
+        parser.error(f"--resume continues the run's own sweep; drop {', '.join(changed)} "
+                     f"(start a new run to sweep something else)")
+    named = Path(args.resume)
+    if named.suffix in (".csv", ".json"):
+        results_path = named.with_suffix(".csv")
+    else:
+        matches = sorted(args.results_dir.glob(f"*/{args.resume}.csv"))
+        if not matches:
+            parser.error(f"--resume: no run {args.resume!r} under {args.results_dir}/ (give the run id or "
+                         f"the path of its .csv)")
+        results_path = matches[0]
+    try:
+        metadata = read_metadata(results_path)
+        completed_case_keys(results_path)  # the rows must be readable too
+    except ResultsFormatError as exc:
+        parser.error(f"--resume: {exc}")
+    stored = parser.parse_args(metadata["argv"])  # the sweep is the one the run was started with
+    for dest in RESUME_COMPATIBLE - {"resume"}:
+        setattr(stored, dest, getattr(args, dest))
+    return results_path, metadata, stored
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -235,36 +262,30 @@ def main_sweep(argv: list[str]) -> int:
         print(list_attentions_text())
         return 0
 
-    metadata: dict = {}
     resuming = bool(args.resume)
     if resuming:
-        results_path = resume_target(args)
-        metadata = read_metadata(results_path)
-        stored = parser.parse_args(metadata["argv"])  # the sweep is the one the run was started with
-        stored.results_dir, stored.quiet = args.results_dir, args.quiet
-        stored.no_report, stored.reports_dir = args.no_report, args.reports_dir
-        args, argv_for_plan = stored, metadata["argv"]
-    else:
-        argv_for_plan = argv
+        results_path, metadata, args = resumed_run(parser, args)
+        argv = metadata["argv"]
     profile, device, device_name = select_profile(parser, args.gpu)
     cases = plan(parser, args, device, profile)
     if args.dry_run:
-        for case in cases:
+        done = completed_case_keys(results_path) if resuming else set()
+        todo = [case for case in cases if case.key not in done]
+        for case in todo:
             print(case.label())
-        print(f"{len(cases)} cases")
+        print(f"{len(todo)} cases" + (f" to run, {len(cases) - len(todo)} already complete" if resuming else ""))
         return 0
 
-    if not resuming:
+    if resuming:
+        metadata.setdefault("resumed", []).append({"at": now_iso(), "environment": environment()})
+    else:
         run_id = args.run_id or f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{args.preset}"
         results_path = args.results_dir / profile.name / f"{run_id}.csv"
         if results_path.exists():
             parser.error(f"--run-id: {results_path} exists; use --resume {run_id} to complete it")
         metadata = {"run_id": run_id, "preset": args.preset, "gpu_profile": profile.name,
-                    "device_name": device_name, "argv": argv_for_plan,
-                    "command": "python run_bench.py " + shlex.join(argv_for_plan),
+                    "device_name": device_name, "argv": argv, "command": "python run_bench.py " + shlex.join(argv),
                     "started": now_iso(), "environment": environment(), "cases_planned": len(cases)}
-    else:
-        metadata.setdefault("resumed", []).append({"at": now_iso(), "environment": environment()})
     results_path.parent.mkdir(parents=True, exist_ok=True)
     write_metadata(results_path.with_suffix(".json"), metadata)
 

@@ -354,6 +354,52 @@ def test_resume_of_unknown_run_fails_naming_it(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["cpu", "other-run.csv"]
 
 
+@pytest.fixture
+def partial_run(tmp_path):
+    """A one-case-short run of full attention: 2 planned cases, 1 row on disk."""
+    flags = ["--gpu", "cpu", "--preset", "quick", "--families", "full", "--phase", "fwd", "--quiet",
+             "--min-time", "0.01", "--no-report", "--results-dir", str(tmp_path), "--run-id", "partial"]
+    assert cli.main(flags) == 0
+    path = tmp_path / "cpu" / "partial.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    assert len(lines) == 3
+    path.write_text("".join(lines[:2]))
+    return tmp_path, path
+
+
+def test_resume_dry_run_lists_what_is_left_and_runs_nothing(partial_run, capsys):
+    results_dir, path = partial_run
+    before = path.read_bytes(), path.with_suffix(".json").read_bytes()
+    assert cli.main(["--resume", "partial", "--results-dir", str(results_dir), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "1 cases to run, 1 already complete" in out
+    assert (path.read_bytes(), path.with_suffix(".json").read_bytes()) == before
+
+
+@pytest.mark.parametrize("flag", [["--families", "bra"], ["--min-time", "1"], ["--preset", "full"]])
+def test_resume_refuses_flags_that_would_change_the_sweep(partial_run, flag, capsys):
+    results_dir, path = partial_run
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--resume", "partial", "--results-dir", str(results_dir), *flag])
+    assert exc.value.code == 2 and flag[0] in capsys.readouterr().err
+    assert len(data_lines(path)) == 2  # header and the one row: nothing ran
+
+
+def test_resume_without_metadata_is_a_clean_error(partial_run, capsys):
+    results_dir, path = partial_run
+    path.with_suffix(".json").unlink()
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--resume", "partial", "--results-dir", str(results_dir)])
+    assert exc.value.code == 2 and "partial.json does not exist" in capsys.readouterr().err
+
+
+def test_resume_looks_in_the_results_dir_before_the_working_directory(partial_run, monkeypatch, capsys):
+    results_dir, path = partial_run
+    monkeypatch.chdir(results_dir)
+    (results_dir / "partial").mkdir()  # a folder named like the run in the working directory
+    assert cli.main(["--resume", "partial", "--results-dir", str(results_dir), "--quiet", "--no-report"]) == 0
+    assert len(data_lines(path)) == 3  # header and both rows
+
 # --------------------------------------------------------------------------------------------
 # 5. bad flag values
 # --------------------------------------------------------------------------------------------
@@ -469,6 +515,17 @@ def test_profile_is_picked_from_the_gpu(fake_h100):
         warnings.simplefilter("error")
         profile, device, name = cli.select_profile(cli.build_parser(), None)
     assert profile.name == "h100" and device == "cuda" and name == H100_NAME
+
+
+@pytest.mark.parametrize("name", ["NVIDIA L40S", "NVIDIA GH200 480GB", "NVIDIA A10"])
+def test_profiles_match_whole_model_names(monkeypatch, name, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    with pytest.raises(SystemExit):  # no profile: an L40S is not an L4, a GH200 not an H200
+        cli.select_profile(cli.build_parser(), None)
+    assert name in capsys.readouterr().err
+    with pytest.warns(UserWarning, match=name):
+        cli.select_profile(cli.build_parser(), "l4" if "L40" in name else "h200" if "GH" in name else "a100")
 
 
 def test_unknown_gpu_without_profile_exits_2(monkeypatch, capsys):
