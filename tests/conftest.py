@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from small_results import make_small_results
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _single_intra_op_thread():
@@ -14,3 +16,9 @@ def _single_intra_op_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def small_results(tmp_path_factory):
+    """Path of a small real results file with a mismatch and two oom rows injected."""
+    return make_small_results(tmp_path_factory)

@@ -1,0 +1,143 @@
+"""Reports from result files alone: tables in three formats, plots, the index, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from bench import cli, load_results
+from bench.plots import PLOT_NAMES
+from bench.report import build_report
+from bench.results import write_metadata
+from bench.tables import Table, Column, ablation_table, backend_table, latex_escape, main_table
+from small_results import MISMATCH_LATENCY_MS
+
+TABLES = ("main", "bra_topk", "bra_kv_modes", "backends")
+
+
+@pytest.fixture(scope="module")
+def report(small_results, tmp_path_factory):
+    write_metadata(small_results.with_suffix(".json"), {
+        "run_id": "run", "preset": "test", "gpu_profile": "cpu", "device_name": "test-cpu",
+        "command": "python run_bench.py --gpu cpu", "environment": {"torch": "2.13.0", "suite_commit": "abc123"}})
+    out = tmp_path_factory.mktemp("report")
+    return build_report(small_results, out)
+
+
+def test_report_holds_every_table_and_plot(report):
+    out = report.parent
+    for name in TABLES:
+        for suffix in (".md", ".tex", ".csv"):
+            assert (out / "tables" / f"{name}{suffix}").stat().st_size > 0
+    for name in PLOT_NAMES:
+        assert (out / "plots" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+        assert (out / "plots" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+    index = report.read_text()
+    for name in TABLES:
+        assert f"tables/{name}.tex" in index
+    for name in PLOT_NAMES:
+        assert f"(plots/{name}.png)" in index
+    assert "test-cpu" in index and "abc123" in index and "2.13.0" in index and "python run_bench.py --gpu cpu" in index
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_latex_is_well_formed(report, name):
+    tex = (report.parent / "tables" / f"{name}.tex").read_text()
+    begins = re.findall(r"\\begin\{(\w+)\}", tex)
+    ends = re.findall(r"\\end\{(\w+)\}", tex)
+    assert begins == ["table", "tabular"] and ends == ["tabular", "table"]
+    assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
+    assert tex.count(r"\toprule") == tex.count(r"\bottomrule") == 1
+    spec = re.search(r"\\begin\{tabular\}\{(\w+)\}", tex).group(1)
+    body = tex[tex.index(r"\toprule"):tex.index(r"\bottomrule")]
+    for line in body.splitlines():
+        if line.endswith(r"\\"):  # every row has one cell per column
+            assert len(re.split(r"(?<!\\)&", line)) == len(spec), line
+    assert tex.count("{") == tex.count("}")
+    assert re.search(r"(?<!\\)[_%#]", re.sub(r"\\(label|begin|end)\{[^}]*\}", "", tex)) is None  # all escaped
+    assert r"\textbf{" in tex
+    assert "\\caption{" in tex and "GMACs" in tex and "2 $\\times$ MACs" in tex
+
+
+def test_main_table_keeps_failed_rows_and_never_ranks_a_mismatch(small_results):
+    frame = load_results(small_results)
+    table = main_table(frame)
+    shown = table.frame()
+    statuses = " ".join(str(c) for c in shown["Latency ms"])
+    assert "OOM" in statuses and "ERROR" in statuses and "MISMATCH" in statuses
+    assert len(shown) == len(frame)  # nothing silently dropped
+    mismatch = shown[shown["Latency ms"].astype(str).str.contains("MISMATCH")]
+    assert len(mismatch) == 1
+    assert mismatch[["× full", "× ref", "Img/s", "Mem MB"]].isna().all(axis=None)
+    assert not (shown["Latency ms"] == MISMATCH_LATENCY_MS).any()
+    markdown = table.to_markdown()
+    assert "**" in markdown and f"{MISMATCH_LATENCY_MS:.3g} [" in markdown  # shown as measured, not bold
+    assert f"**{MISMATCH_LATENCY_MS:.3g}" not in markdown
+
+
+def test_speedups_are_ratios_of_measured_latencies(small_results):
+    frame = load_results(small_results)
+    shown = main_table(frame).frame()
+    row = shown[(shown["Variant"] == "window") & (shown["Backend"] == "sdpa") & (shown["Res."] == "7²")
+                & (shown["Phase"] == "fwd")].iloc[0]
+    pick = lambda f, b: frame[(frame.family == f) & (frame.backend == b) & (frame.resolution == 7)  # noqa: E731
+                              & (frame.phase == "fwd")].iloc[0]
+    window, window_ref, full = pick("window", "sdpa"), pick("window", "torch"), pick("full", "sdpa")
+    assert row["× full"] == pytest.approx(full.latency_ms_median / window.latency_ms_median)
+    assert row["× ref"] == pytest.approx(window_ref.latency_ms_median / window.latency_ms_median)
+    assert row["Mem/full"] == pytest.approx(window.peak_mem_mb / full.peak_mem_mb)
+    backends = backend_table(frame).frame()
+    assert set(backends["Backend"]) == {"sdpa"}
+    assert backends["Status"].str.contains("mismatch").sum() == 1
+    assert backends.loc[backends["Status"] == "mismatch", "Speedup"].isna().all()
+
+
+def test_ablation_tables_cover_the_sweep(small_results):
+    frame = load_results(small_results)
+    topk = ablation_table(frame, "topk").frame()
+    assert sorted(set(topk["topk"])) == ["1", "4"]
+    kv = ablation_table(frame, "kv_downsample_mode").frame()
+    assert set(kv["kv mode"]) == {"identity", "avgpool"}
+    assert "ERROR" in set(kv["7² ms"].astype(str))  # avgpool cannot pool 1×1 regions: its status is shown
+    assert ablation_table(frame[frame["family"] != "bra"], "topk") is None
+
+
+def test_best_value_is_bold_per_block():
+    table = Table("t", "caption", [Column("name"), Column("ms", best="min"), Column("img/s", best="max")],
+                  rows=[["a", 2.0, 10.0], ["b", 1.0, 5.0], ["c", 3.0, None], ["d", 9.0, 1.0]], blocks=[0, 0, 0, 1])
+    assert table.best_cells() == {(1, 1), (0, 2)}  # block 1 has one row: nothing to rank
+    assert "| b | **1** | 5 |" in table.to_markdown() and "| c | 3 | — |" in table.to_markdown()
+    assert latex_escape("topk_1 50% a&b #2 3×") == r"topk\_1 50\% a\&b \#2 3$\times$"
+
+
+def test_report_cli_and_clear_errors(small_results, tmp_path, capsys):
+    assert cli.main(["report", str(small_results), "--out", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "README.md").exists()
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "foreign.csv").write_text("a,b\n1,2\n")
+    for bad, message in [(tmp_path / "missing.csv", "does not exist"), (tmp_path / "empty.csv", "is empty"),
+                         (tmp_path / "foreign.csv", "not a results file")]:
+        assert cli.main(["report", str(bad), "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    empty_dir = tmp_path / "nothing"
+    empty_dir.mkdir()
+    assert cli.main(["report", str(empty_dir)]) == 2
+    assert "no results .csv" in capsys.readouterr().err
+
+
+def test_a_folder_of_runs_keeps_the_newest_row_per_case(small_results, tmp_path):
+    frame = pd.read_csv(small_results)
+    older = frame.assign(timestamp="2000-01-01T00:00:00+00:00", latency_ms_median=frame["latency_ms_median"] * 100)
+    older.to_csv(tmp_path / "old.csv", index=False)
+    frame.to_csv(tmp_path / "new.csv", index=False)
+    (tmp_path / "new.json").write_text(json.dumps({"run_id": "new"}))
+    readme = build_report(tmp_path, tmp_path / "out")
+    main = pd.read_csv(tmp_path / "out" / "tables" / "main.csv")
+    assert len(main) == len(frame)
+    newest = pd.to_numeric(main["Latency ms"], errors="coerce").dropna()
+    assert newest.max() <= frame["latency_ms_median"].max()  # none of the 100× older rows
+    assert "Run `old`" in readme.read_text() and "no metadata file" in readme.read_text()
