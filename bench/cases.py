@@ -77,7 +77,7 @@ class SweepBlock:
     shapes: list[tuple[int, int, int, dict[str, Any]]]  # (resolution, dim, heads, shape-tied options)
     option_axes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     families: list[str] | None = None  # None: every registered family
-    backends: list[str] | None = None  # None: every backend of each family
+    backends: list[str] | None = None  # None: every backend of each family; else those the family has
     batches: list[int] = field(default_factory=lambda: [1])
     dtypes: list[str] = field(default_factory=lambda: ["float32"])
     phases: list[str] = field(default_factory=lambda: list(PHASES))
@@ -89,7 +89,8 @@ class SweepBlock:
         out: list[Case] = []
         for family in families:
             known = attentions.family_options(family)
-            backends = self.backends or list(attentions.list_attentions()[family]["backends"])
+            offered = list(attentions.list_attentions()[family]["backends"])
+            backends = [b for b in self.backends if b in offered] if self.backends else offered
             axes = [bundles for bundles in self.option_axes.values()
                     if bundles and all(set(b) <= set(known) for b in bundles)]
             for resolution, dim, heads, shape_options in self.shapes:
