@@ -40,7 +40,7 @@ from matplotlib.patches import Patch, Rectangle
 
 import attentions
 
-from .variants import with_variants
+from .variants import with_reference, with_variants
 
 PLOT_NAMES = ("latency_vs_resolution", "memory_vs_resolution", "gmacs_vs_latency", "topk_sweep", "kv_mode_bars",
               "speedup_heatmap")
@@ -48,7 +48,6 @@ BRA = "bra"
 PHASE_ORDER = ("fwd", "fwd+bwd")
 WIDTH_COLUMNS = ["dim", "heads", "batch", "dtype"]
 # A case apart from its backend: what a backend's row is compared with its reference row on.
-CASE_COLUMNS = ["family", "options", "resolution", "batch", "dim", "heads", "dtype", "phase", "device"]
 NUMERIC_COLUMNS = ["resolution", "batch", "dim", "heads", "topk", "latency_ms_median", "latency_ms_p20",
                    "latency_ms_p80", "peak_mem_mb", "gmacs"]
 KV_MODE_ORDER = ["identity", "avgpool", "maxpool", "ada_avgpool", "ada_maxpool"]
@@ -190,15 +189,8 @@ def speedup_table(frame: pd.DataFrame) -> pd.DataFrame:
     'ref <status>' when the reference row is not ok, or 'no reference' when it was not run.
     ``label`` is what a heatmap cell shows: '1.35×' or the cell status.
     """
-    frame = prepared(frame)
-    keys = [c for c in CASE_COLUMNS if c in frame.columns]
-    ref = frame[frame["backend"] == frame["reference_backend"]]
-    ref = ref[keys + ["status", "latency_ms_median"]].drop_duplicates(keys, keep="last").rename(
-        columns={"status": "reference_status", "latency_ms_median": "reference_latency_ms"})
-    table = frame.merge(ref, on=keys, how="left")
-    both_ok = (table["status"] == "ok") & (table["reference_status"] == "ok")
-    speedup = table["reference_latency_ms"] / table["latency_ms_median"]
-    table["speedup"] = speedup.where(both_ok & np.isfinite(speedup) & (speedup > 0))
+    table = with_reference(prepared(frame))
+    table["speedup"] = table["reference_speedup"]
     cell_status = np.where(table["status"] != "ok", table["status"],
                            np.where(table["reference_status"].isna(), "no reference",
                                     np.where(table["reference_status"] != "ok",

@@ -19,13 +19,12 @@ import pandas as pd
 import torch
 
 from .profiles import DTYPES
-from .variants import with_variants
+from .variants import with_full_attention, with_reference, with_variants
 
 MB = 2 ** 20
 CONVENTIONS = ("GMACs are multiply-adds counted by fvcore, the papers' \"FLOPs\"; hardware FLOPs = 2 × MACs "
                "(forward+backward: 3 × the forward). Latency is the median over timed rounds with the p20–p80 "
                "spread; memory is the peak allocated during one pass above what was allocated before it.")
-CASE_SHAPE = ["resolution", "batch", "dim", "heads", "dtype", "phase"]
 
 
 @dataclass
@@ -148,26 +147,19 @@ def params_millions(row: pd.Series) -> float:
     return row["param_mb"] * MB / element / 1e6
 
 
-def _measured(row: pd.Series | None) -> bool:
-    return row is not None and row["status"] == "ok"
-
-
-def _lookup(frame: pd.DataFrame) -> dict[tuple, pd.Series]:
-    """Rows by (variant, backend, case shape)."""
-    return {(r["variant"], r["backend"], *(r[c] for c in CASE_SHAPE)): r for _, r in frame.iterrows()}
-
-
 def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
     order = {"full": 0, "window": 1, "deformable": 2, "bra": 3}
     return frame.assign(_family_order=frame["family"].map(lambda f: order.get(f, 9))).sort_values(
         ["phase", "resolution", "dim", "_family_order", "variant", "backend"], kind="stable")
 
 
+def _value(value: float) -> float | None:
+    return None if pd.isna(value) else value
+
+
 def main_table(frame: pd.DataFrame) -> Table:
     """(a) Every variant × backend × resolution: cost, speed, memory, and ratios to full and to the reference."""
-    rows = with_variants(frame)
-    by_key = _lookup(rows)
-    full_by_shape = {(r["backend"], *(r[c] for c in CASE_SHAPE)): r for _, r in rows[rows["family"] == "full"].iterrows()}
+    rows = with_full_attention(with_reference(with_variants(frame)))
     table = Table("main", "Attention variants: parameters, cost, latency (ms, median [p20–p80]), throughput "
                   "(images/s) and peak memory (MB); speedup (×, higher is better) and memory ratio (×, lower is "
                   "better) against full attention with the same backend and against the family's reference "
@@ -179,31 +171,22 @@ def main_table(frame: pd.DataFrame) -> Table:
                    Column("Mem/full", _ratio, "min"), Column("× ref", _ratio, "max"), Column("Mem/ref", _ratio, "min")])
     blocks: dict[tuple, int] = {}
     for _, row in _sorted(rows).iterrows():
-        shape = tuple(row[c] for c in CASE_SHAPE)
-        measured = _measured(row)
-        full = full_by_shape.get((row["backend"], *shape))
-        reference = by_key.get((row["variant"], row["reference_backend"], *shape))
-        status = row["status"]
+        status, ok = row["status"], row["status"] == "ok"
         latency: object = status.upper()
-        if status == "ok":
+        if ok:
             latency = _latency(row)
         elif status == "mismatch":  # shown, never as the best, never in a ratio
             latency = f"{_latency(row).text} MISMATCH"
-        speed_full = full["latency_ms_median"] / row["latency_ms_median"] if measured and _measured(full) else None
-        mem_full = row["peak_mem_mb"] / full["peak_mem_mb"] if measured and _measured(full) else None
-        is_reference = row["backend"] == row["reference_backend"]
-        speed_ref = (reference["latency_ms_median"] / row["latency_ms_median"]
-                     if measured and _measured(reference) and not is_reference else None)
-        mem_ref = (row["peak_mem_mb"] / reference["peak_mem_mb"]
-                   if measured and _measured(reference) and not is_reference else None)
+        versus_full = row["family"] != "full"
+        versus_reference = row["backend"] != row["reference_backend"]
         table.rows.append([
             row["variant"], row["backend"], f"{row['resolution']}²", f"{row['dim']}/{row['heads']}", row["phase"],
-            params_millions(row) if not pd.isna(row["param_mb"]) else None,
-            row["gmacs"] if not pd.isna(row["gmacs"]) else None, latency,
-            row["throughput"] if measured else None,
-            row["peak_mem_mb"] if measured else None,
-            speed_full if row["family"] != "full" else None, mem_full if row["family"] != "full" else None,
-            speed_ref, mem_ref])
+            params_millions(row) if not pd.isna(row["param_mb"]) else None, _value(row["gmacs"]), latency,
+            _value(row["throughput"]) if ok else None, _value(row["peak_mem_mb"]) if ok else None,
+            _value(row["full_speedup"]) if versus_full else None,
+            _value(row["full_mem_ratio"]) if versus_full else None,
+            _value(row["reference_speedup"]) if versus_reference else None,
+            _value(row["reference_mem_ratio"]) if versus_reference else None])
         table.blocks.append(blocks.setdefault((row["phase"], row["resolution"], row["dim"]), len(blocks)))
     return table
 
@@ -260,8 +243,7 @@ def ablation_table(frame: pd.DataFrame, axis: str) -> Table | None:
 
 def backend_table(frame: pd.DataFrame) -> Table | None:
     """(c) Every non-reference backend against its family's reference: speedup, memory saving, error."""
-    rows = with_variants(frame)
-    by_key = _lookup(rows)
+    rows = with_reference(with_variants(frame))
     others = rows[rows["backend"] != rows["reference_backend"]]
     if others.empty:
         return None
@@ -275,18 +257,15 @@ def backend_table(frame: pd.DataFrame) -> Table | None:
                    Column("Rel. err", lambda v: f"{v:.1e}", "min"), Column("Max abs err", lambda v: f"{v:.1e}")])
     blocks: dict[tuple, int] = {}
     for _, row in _sorted(others).iterrows():
-        shape = tuple(row[c] for c in CASE_SHAPE)
-        reference = by_key.get((row["variant"], row["reference_backend"], *shape))
-        both = _measured(row) and _measured(reference)
+        status = row["status"]
+        if status == "ok" and row["reference_status"] != "ok":
+            reference = row["reference_status"]
+            status = f"reference {reference if isinstance(reference, str) else 'missing'}"
+        memory_saving = None if pd.isna(row["reference_mem_ratio"]) else 1 / row["reference_mem_ratio"]
         table.rows.append([
             row["variant"], row["backend"], f"{row['resolution']}²", f"{row['dim']}/{row['heads']}", row["phase"],
-            row["status"] if not both or reference is None else "ok",
-            reference["latency_ms_median"] / row["latency_ms_median"] if both else None,
-            reference["peak_mem_mb"] / row["peak_mem_mb"] if both else None,
-            row["rel_err"] if not pd.isna(row["rel_err"]) else None,
-            row["max_abs_err"] if not pd.isna(row["max_abs_err"]) else None])
-        if row["status"] == "ok" and not _measured(reference):
-            table.rows[-1][5] = f"reference {reference['status'] if reference is not None else 'missing'}"
+            status, _value(row["reference_speedup"]), memory_saving, _value(row["rel_err"]),
+            _value(row["max_abs_err"])])
         table.blocks.append(blocks.setdefault((row["phase"], row["resolution"], row["dim"]), len(blocks)))
     return table
 

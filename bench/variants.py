@@ -1,5 +1,6 @@
-"""Attention *variants* in a results frame: a family plus the options that tell its rows apart.
+"""Attention *variants* in a results frame, and the partner rows that ratios are taken against.
 
+A variant is a family plus the options that tell its rows apart.
 An option is a variant key of a family when, at some resolution, the family's rows take more than
 one value of it (topk, kv mode, ...). Options that change only with the resolution (n_win chosen
 per resolution, a deformable stride) are sweep policies, not variants, and are left out, so one
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 
 import attentions
 
 CASE_SHAPE = ["resolution", "batch", "dim", "heads", "dtype", "phase"]
+PAIRED = ["status", "latency_ms_median", "peak_mem_mb"]
 
 
 def effective_options(frame: pd.DataFrame) -> pd.Series:
@@ -68,3 +71,31 @@ def with_variants(frame: pd.DataFrame) -> pd.DataFrame:
     keys = variant_keys(frame)
     effective = effective_options(frame)
     return frame.assign(variant=[_label(f, effective[i], keys[f]) for f, i in zip(frame["family"], frame.index)])
+
+
+def _paired(frame: pd.DataFrame, partners: pd.DataFrame, keys: list[str], prefix: str) -> pd.DataFrame:
+    """``frame`` with each row's partner (matched on ``keys``) as ``<prefix>_status``, ``_latency_ms``,
+    ``_peak_mem_mb``, and ``<prefix>_speedup`` (partner latency / latency) and ``<prefix>_mem_ratio``
+    (peak / partner peak), both only where the row and its partner are ok."""
+    partners = partners[keys + PAIRED].drop_duplicates(keys, keep="last").rename(columns={
+        "status": f"{prefix}_status", "latency_ms_median": f"{prefix}_latency_ms", "peak_mem_mb": f"{prefix}_peak_mem_mb"})
+    out = frame.merge(partners, on=keys, how="left")
+    out.index = frame.index
+    both_ok = (out["status"] == "ok") & (out[f"{prefix}_status"] == "ok")
+    speedup = out[f"{prefix}_latency_ms"] / out["latency_ms_median"]
+    memory = out["peak_mem_mb"] / out[f"{prefix}_peak_mem_mb"]
+    out[f"{prefix}_speedup"] = speedup.where(both_ok & np.isfinite(speedup))
+    out[f"{prefix}_mem_ratio"] = memory.where(both_ok & np.isfinite(memory))
+    return out
+
+
+def with_reference(frame: pd.DataFrame) -> pd.DataFrame:
+    """Pair every row with its family's reference-backend row for the same case (prefix ``reference``)."""
+    keys = ["family", "options", "device", *CASE_SHAPE]
+    return _paired(frame, frame[frame["backend"] == frame["reference_backend"]], keys, "reference")
+
+
+def with_full_attention(frame: pd.DataFrame) -> pd.DataFrame:
+    """Pair every row with full attention on the same backend and case shape (prefix ``full``)."""
+    keys = ["backend", "device", *CASE_SHAPE]
+    return _paired(frame, frame[frame["family"] == "full"], keys, "full")
