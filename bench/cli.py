@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_bench.py", description="Sweep the attention zoo and record FLOPs, memory, latency and error.")
     parser.add_argument("--gpu", choices=list(PROFILES),
-                        help="GPU profile (peaks, defaults); default: the visible GPU's, else cpu")
+                        help="GPU profile (peaks, defaults); default: the visible GPU's (without one, say --gpu cpu)")
     parser.add_argument("--preset", choices=PRESETS, default="default", help="sweep preset (default: %(default)s)")
     parser.add_argument("--families", nargs="+", metavar="NAME", help="attention families to include")
     parser.add_argument("--backends", nargs="+", metavar="NAME", help="backends to include")
@@ -101,11 +101,11 @@ def select_profile(parser: argparse.ArgumentParser, requested: str | None) -> tu
     """(profile, device, device name); warns when the profile names another GPU than the one present."""
     cuda = torch.cuda.is_available()
     if requested is None:
-        requested = "cpu"
-        if cuda:
-            name = torch.cuda.get_device_name(0)
-            requested = next((p for p in DEVICE_MARKERS if profile_matches(p, name)), None) or parser.error(
-                f"no profile matches the GPU {name!r}; pick one with --gpu")
+        if not cuda:
+            parser.error("no CUDA device is visible; pass --gpu cpu to benchmark on the CPU")
+        name = torch.cuda.get_device_name(0)
+        requested = next((p for p in DEVICE_MARKERS if profile_matches(p, name)), None) or parser.error(
+            f"no profile matches the GPU {name!r}; pick one with --gpu")
     profile = PROFILES[requested]
     if profile.name == "cpu":
         return profile, "cpu", cpu_name()

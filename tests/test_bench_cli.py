@@ -537,9 +537,10 @@ def test_unknown_gpu_without_profile_exits_2(monkeypatch, capsys):
     assert "GTX 1080" in capsys.readouterr().err
 
 
-def test_no_cuda_picks_the_cpu_profile(monkeypatch):
+def test_no_cuda_needs_an_explicit_cpu_profile(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    profile, device, name = cli.select_profile(cli.build_parser(), None)
+    with pytest.raises(SystemExit) as exc:
+        cli.select_profile(cli.build_parser(), None)
+    assert exc.value.code == 2 and "--gpu cpu" in capsys.readouterr().err
+    profile, device, name = cli.select_profile(cli.build_parser(), "cpu")
     assert profile.name == "cpu" and device == "cpu" and name == cpu_name() and name
-    profile, device, _ = cli.select_profile(cli.build_parser(), "cpu")
-    assert profile.name == "cpu" and device == "cpu"
