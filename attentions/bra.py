@@ -22,13 +22,16 @@ What upstream leaves unimplemented ('fracpool', 'conv', hard differentiable rout
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-from .core import (REFERENCE_BACKENDS, check_lepe_kernel, conv_nhwc, depthwise_conv, lepe_macs, merge_heads,
-                   pad_to_multiple, split_heads)
+from .core import (check_lepe_kernel, conv_nhwc, depthwise_conv, explicit_attention, lepe_macs, merge_heads,
+                   pad_to_multiple, sdpa_attention, split_heads)
 from .errors import AttentionConfigError
-from .registry import AttentionModule, MacCount, check_choice, check_positive_int, register
+from .registry import AttentionModule, Backend, MacCount, check_choice, check_positive_int, register
 
 KV_DOWNSAMPLE_MODES = ("identity", "avgpool", "maxpool", "ada_avgpool", "ada_maxpool")
 UNIMPLEMENTED_KV_MODES = ("fracpool", "conv")
@@ -79,6 +82,51 @@ def kv_pooling(mode: str, kv_per_win: int, ratio: int) -> nn.Module | None:
     return None
 
 
+def gathered(kernel: Callable[..., tuple[Tensor, Tensor | None]]) -> Callable[..., tuple[Tensor, Tensor | None]]:
+    """A backend that gathers the routed K/V (the official algorithm) and runs ``kernel`` on them."""
+
+    def attend(module: "BiLevelRoutingAttention", q: Tensor, kv: Tensor, r_weight: Tensor,
+               r_idx: Tensor) -> tuple[Tensor, Tensor | None]:
+        routed = module.gather_routed(kv, r_weight, r_idx).flatten(2, 3)
+        k, v = routed.split([module.qk_dim, module.dim], dim=-1)
+        heads = module.num_heads
+        out, weights = kernel(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads), module.scale)
+        return merge_heads(out), weights
+
+    return attend
+
+
+_compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
+
+
+def routed_block_mask(r_idx: Tensor, query_tokens: int, key_tokens: int) -> BlockMask:
+    """A FlexAttention block mask with one block per region: query block i sees key blocks r_idx[i].
+
+    Tokens are in region-major order; a query block holds a region's tokens, a key block the
+    region's (pooled) key tokens. Heads share the routing, so the mask has one head.
+    """
+    batch, regions, topk = r_idx.shape
+    indices = torch.zeros(batch, 1, regions, regions, dtype=torch.int32, device=r_idx.device)
+    indices[:, 0, :, :topk] = r_idx.to(torch.int32)
+    counts = torch.full((batch, 1, regions), topk, dtype=torch.int32, device=r_idx.device)
+    return BlockMask.from_kv_blocks(counts, indices, BLOCK_SIZE=(query_tokens, key_tokens))
+
+
+def flex_routed_attention(module: "BiLevelRoutingAttention", q: Tensor, kv: Tensor, r_weight: Tensor,
+                          r_idx: Tensor) -> tuple[Tensor, None]:
+    """Token attention straight from the un-gathered pooled K/V through a routed block mask."""
+    batch, regions, query_tokens, _ = q.shape
+    key_tokens = kv.shape[2]
+    k, v = kv.split([module.qk_dim, module.dim], dim=-1)
+    heads = module.num_heads
+    out = _compiled_flex_attention(
+        split_heads(q.reshape(batch, regions * query_tokens, -1), heads),
+        split_heads(k.reshape(batch, regions * key_tokens, -1), heads),
+        split_heads(v.reshape(batch, regions * key_tokens, -1), heads),
+        block_mask=routed_block_mask(r_idx, query_tokens, key_tokens), scale=module.scale)
+    return merge_heads(out).reshape(batch, regions, query_tokens, module.dim), None
+
+
 @register
 class BiLevelRoutingAttention(AttentionModule):
     """BiFormer's bi-level routing attention on an NHWC map; options as upstream.
@@ -104,7 +152,15 @@ class BiLevelRoutingAttention(AttentionModule):
     """
 
     family = "bra"
-    backends = REFERENCE_BACKENDS
+    backends = {
+        "torch": Backend("torch", gathered(explicit_attention),
+                         "official algorithm: topk-times gathered K/V, explicit attention matrix"),
+        "sdpa": Backend("sdpa", gathered(sdpa_attention),
+                        "gathered K/V, token attention through F.scaled_dot_product_attention"),
+        "flex": Backend("flex", flex_routed_attention,
+                        "FlexAttention with a block mask built from the routing: one block per region, "
+                        "nothing gathered", backward_devices=("cuda",)),
+    }
 
     def __init__(self, dim: int, num_heads: int = 8, n_win: int = 7, qk_dim: int | None = None,
                  qk_scale: float | None = None, kv_per_win: int = 4, kv_downsample_ratio: int = 4,
@@ -213,10 +269,16 @@ class BiLevelRoutingAttention(AttentionModule):
             routed = routed * r_weight[..., None, None]
         return routed
 
+    def unsupported_reason(self) -> str | None:
+        if self.backend == "flex" and self.soft_routing:
+            return ("soft_routing scales each routed region's values by its routing weight, which a "
+                    "FlexAttention score_mod cannot express; use 'torch' or 'sdpa'")
+        return None
+
     def forward(self, x: Tensor, ret_attn_mask: bool = False):
         """NHWC -> NHWC; with ret_attn_mask also (r_weight, r_idx, attn_weight), as upstream."""
         self.check_input(x)
-        if ret_attn_mask and self.backend != "torch":
+        if ret_attn_mask and self.backend != self.reference_backend:
             raise AttentionConfigError(
                 f"ret_attn_mask=True needs the attention weights, which backend {self.backend!r} never "
                 f"forms; use backend='torch'")
@@ -228,13 +290,8 @@ class BiLevelRoutingAttention(AttentionModule):
         batch, regions, region_h, region_w, _ = q.shape
 
         r_weight, r_idx = self.router(q.mean((2, 3)), kv[..., :self.qk_dim].mean((2, 3)))
-        routed = self.gather_routed(self.pool_kv(kv), r_weight, r_idx)
-        routed_k, routed_v = routed.flatten(2, 3).split([self.qk_dim, self.dim], dim=-1)
-
-        out, attn_weight = self.attend(split_heads(q.flatten(2, 3), self.num_heads),
-                                       split_heads(routed_k, self.num_heads),
-                                       split_heads(routed_v, self.num_heads), self.scale)
-        out = self.from_regions(merge_heads(out).reshape(batch, regions, region_h, region_w, self.dim))
+        out, attn_weight = self.attend(self, q.flatten(2, 3), self.pool_kv(kv), r_weight, r_idx)
+        out = self.from_regions(out.reshape(batch, regions, region_h, region_w, self.dim))
         if self.lepe is not None:
             out = out + conv_nhwc(self.lepe, self.from_regions(kv[..., self.qk_dim:]))
         out = self.wo(out)[:, :height, :width]

@@ -29,15 +29,22 @@ class Backend:
     description: str
     devices: tuple[str, ...] = ("cpu", "cuda")
     dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
-    has_backward: bool = True
+    backward_devices: tuple[str, ...] | None = None  # None: a backward on every device it runs on
     requires: tuple[str, ...] = field(default=())  # importable modules the backend needs
 
-    def availability(self, device: torch.device | str) -> tuple[bool, str]:
-        """Whether this backend can run on ``device`` in this process, and why not."""
+    def has_backward(self, device: torch.device | str) -> bool:
+        devices = self.devices if self.backward_devices is None else self.backward_devices
+        return torch.device(device).type in devices
+
+    def availability(self, device: torch.device | str, backward: bool = False) -> tuple[bool, str]:
+        """Whether this backend can run on ``device`` (with a backward, if asked) here, and why not."""
         device_type = torch.device(device).type
         if device_type not in self.devices:
             return False, (f"backend '{self.name}' runs on {', '.join(self.devices)}, "
                            f"not on {device_type}")
+        if backward and not self.has_backward(device_type):
+            return False, (f"backend '{self.name}' has no backward on {device_type}; run it under "
+                           f"torch.no_grad() or torch.inference_mode(), or use another backend")
         if device_type == "cuda" and not torch.cuda.is_available():
             return False, "no CUDA device is available in this process"
         missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
@@ -105,13 +112,21 @@ class AttentionModule(nn.Module):
         if min(x.shape[:3]) < 1:
             raise AttentionConfigError(f"input has an empty dimension: {tuple(x.shape)}")
         spec = self.backends[self.backend]
-        ok, reason = spec.availability(x.device)
-        if not ok:
+        needs_backward = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in self.parameters()))
+        ok, reason = spec.availability(x.device, backward=needs_backward)
+        if ok:
+            reason = self.unsupported_reason() or ""
+        if reason:
             raise BackendUnavailableError(f"'{self.family}' backend '{self.backend}': {reason}")
         if x.dtype not in spec.dtypes:
             raise BackendUnavailableError(
                 f"'{self.family}' backend '{self.backend}' does not support dtype {x.dtype}; "
                 f"supported: {', '.join(str(d) for d in spec.dtypes)}")
+
+    def unsupported_reason(self) -> str | None:
+        """Why the current backend cannot express this module's options, or None when it can."""
+        return None
 
     @property
     def attend(self) -> Callable[..., Any]:
@@ -170,7 +185,7 @@ def list_attentions() -> dict[str, dict[str, Any]]:
                     "description": b.description,
                     "devices": list(b.devices),
                     "dtypes": [str(d).removeprefix("torch.") for d in b.dtypes],
-                    "backward": b.has_backward,
+                    "backward": [d for d in b.devices if b.has_backward(d)],
                     "requires": list(b.requires),
                 }
                 for b in cls.backends.values()
@@ -180,9 +195,11 @@ def list_attentions() -> dict[str, dict[str, Any]]:
     }
 
 
-def backend_available(name: str, backend: str, device: torch.device | str = "cpu") -> tuple[bool, str]:
-    """Whether ``backend`` of family ``name`` can run on ``device`` here, and the reason if not."""
+def backend_available(name: str, backend: str, device: torch.device | str = "cpu",
+                      backward: bool = False) -> tuple[bool, str]:
+    """Whether ``backend`` of family ``name`` can run on ``device`` here (with a backward, if asked),
+    and the reason if not."""
     cls = _family(name)
     if backend not in cls.backends:
         return False, f"'{name}' has no backend {backend!r}; valid: {', '.join(map(repr, cls.backends))}"
-    return cls.backends[backend].availability(device)
+    return cls.backends[backend].availability(device, backward=backward)

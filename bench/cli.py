@@ -93,7 +93,7 @@ def list_attentions_text() -> str:
                 here.append(f"{device}: {'yes' if ok else 'no (' + reason + ')'}")
             lines.append(f"  {backend:<8} {spec['description']}")
             lines.append(f"           devices {', '.join(spec['devices'])}; dtypes {', '.join(spec['dtypes'])}; "
-                         f"backward {'yes' if spec['backward'] else 'no'}; here: {'; '.join(here)}")
+                         f"backward on {', '.join(spec['backward']) or 'no device'}; here: {'; '.join(here)}")
     return "\n".join(lines)
 
 

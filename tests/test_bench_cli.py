@@ -36,7 +36,10 @@ RUN_BENCH = REPO / "run_bench.py"
 HAS_CUDA = torch.cuda.is_available()
 
 QUICK_FLAGS = ["--gpu", "cpu", "--preset", "quick", "--quiet", "--min-time", "0.01"]
-QUICK_CASES = 36  # full, window, deformable: 2 backends × 2 phases; bra: 5 kv modes × 2 × 2 + 2 topk × 2 × fwd
+# full, window, deformable: 2 backends × 2 phases; bra: 3 backends × (5 kv modes × 2 phases + 2 topk × fwd)
+QUICK_CASES = 3 * 2 * 2 + 3 * (5 * 2 + 2)
+# FlexAttention has no backward on the CPU: those rows are 'unsupported', with the reason
+CPU_FLEX_BACKWARD = 5
 ENVIRONMENT_KEYS = {"torch", "fvcore", "triton", "xformers", "cuda", "gpu_name", "gpu_count", "driver", "cpu", "os",
                     "python", "suite_commit"}
 METADATA_KEYS = {"run_id", "preset", "gpu_profile", "device_name", "argv", "command", "started", "finished",
@@ -174,6 +177,13 @@ def test_quick_run_rows_are_consistent(quick_run):
     frame = quick_run["frame"]
     assert [c for c in bench.REQUIRED_COLUMNS if c not in frame.columns] == []
     assert list(frame.columns) == bench.COLUMNS
+    unsupported = frame["status"] == "unsupported"
+    assert list(frame.loc[unsupported, "case_key"]) == list(frame.loc[(frame["backend"] == "flex")
+                                                                       & (frame["phase"] == "fwd+bwd"), "case_key"])
+    assert unsupported.sum() == CPU_FLEX_BACKWARD
+    assert frame.loc[unsupported, "status_detail"].str.contains("no backward on cpu").all()
+    assert frame.loc[unsupported, ["latency_ms_median", "gmacs"]].isna().all(axis=None)
+    frame = frame[~unsupported]
     assert (frame["status"] == "ok").all(), frame.loc[frame["status"] != "ok", ["case_key", "status_detail"]]
     reference = frame["backend"] == frame["reference_backend"]
     assert (frame["reference_backend"] == "torch").all()
@@ -214,7 +224,7 @@ def test_quick_run_metadata(quick_run):
     assert meta["argv"] == quick_run["flags"]
     assert meta["command"].startswith("python run_bench.py ") and "--preset quick" in meta["command"]
     assert meta["started"] <= meta["finished"]
-    assert meta["status_counts"] == {"ok": QUICK_CASES}
+    assert meta["status_counts"] == {"ok": QUICK_CASES - CPU_FLEX_BACKWARD, "unsupported": CPU_FLEX_BACKWARD}
     assert meta.get("cases_planned", QUICK_CASES) == QUICK_CASES
     assert "resumed" not in meta
     assert ENVIRONMENT_KEYS <= set(meta["environment"]), ENVIRONMENT_KEYS - set(meta["environment"])
@@ -457,7 +467,7 @@ def test_full_attention_is_not_repeated_per_topk_or_kv_mode(tmp_path, capsys):
 def test_dry_run_counts_per_family(quick_run):
     labels = dry_run_labels(quick_run["dry"])
     count = {f: sum(label.startswith(f + "[") for label in labels) for f in attentions.list_attentions()}
-    assert count == {"full": 4, "window": 4, "deformable": 4, "bra": 5 * 4 + 2 * 2}
+    assert count == {"full": 4, "window": 4, "deformable": 4, "bra": 3 * (5 * 2 + 2)}
     assert not any("topk" in label for label in labels if not label.startswith("bra["))
 
 

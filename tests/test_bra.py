@@ -639,3 +639,52 @@ def test_low_precision_forward(mode, topk, dtype, tol):
         out = low(x)
         assert out.dtype == dtype
         assert _rel_err(out, ref) < tol, (backend, _rel_err(out, ref))
+
+
+# --------------------------------------------------------------------------------------------
+# the flex backend: FlexAttention over a routed block mask, nothing gathered
+# --------------------------------------------------------------------------------------------
+
+FLEX_CASES = [  # two shapes only: every new shape costs a compilation of several seconds on the CPU
+    ((1, 6, 6), {"n_win": 3, "topk": 1}),
+    ((1, 6, 6), {"n_win": 3, "topk": 9, "param_attention": "qkv", "side_dwconv": 0}),
+    ((2, 6, 6), {"n_win": 3, "topk": 4, "qk_dim": 8, "auto_pad": True}),
+    ((1, 12, 12), {"n_win": 3, "topk": 3, "kv_downsample_mode": "avgpool", "kv_downsample_ratio": 2}),
+    ((1, 12, 12), {"n_win": 3, "topk": 5, "kv_downsample_mode": "ada_maxpool", "kv_per_win": 2}),
+]
+
+
+@pytest.mark.parametrize("shape, opts", FLEX_CASES)
+def test_flex_forward_matches_naive(shape, opts):
+    """fp32 flex (the CPU compiles it; it has no float64 kernel test here) against the float64 reference."""
+    module, o = make(16, 2, seed=11, backend="flex", **opts)
+    x = torch.randn(*shape, 16, generator=torch.Generator().manual_seed(5), dtype=F64)
+    expected = naive_bra(x, {k: v.detach() for k, v in module.state_dict().items()}, o)[0]
+    with torch.no_grad():
+        got = module.float()(x.float())
+    assert ((got.double() - expected).norm() / expected.norm()).item() < 1e-5
+
+
+def test_routed_block_mask_lets_each_region_see_exactly_its_routed_regions():
+    from attentions.bra import routed_block_mask
+    r_idx = torch.tensor([[[2, 0], [1, 3], [3, 2], [0, 1]]])  # 4 regions, topk 2
+    dense = routed_block_mask(r_idx, query_tokens=3, key_tokens=2).to_dense()[0, 0]  # (query, key) blocks
+    expected = torch.zeros(4, 4, dtype=dense.dtype)
+    for region, routed in enumerate(r_idx[0]):
+        expected[region, routed] = 1
+    assert torch.equal(dense, expected)
+
+
+def test_flex_refuses_what_it_cannot_express():
+    module, _ = make(16, 2, backend="flex", n_win=3, topk=2, soft_routing=True)
+    with torch.no_grad(), pytest.raises(attentions.BackendUnavailableError, match="soft_routing"):
+        module(torch.randn(1, 6, 6, 16, dtype=F64))
+    module, _ = make(16, 2, backend="flex", n_win=3, topk=2)
+    with pytest.raises(attentions.BackendUnavailableError, match="no backward on cpu"):
+        module(torch.randn(1, 6, 6, 16, dtype=F64))  # parameters require grad: a backward may follow
+    with torch.no_grad(), pytest.raises(AttentionConfigError, match="ret_attn_mask.*'flex'"):
+        module(torch.randn(1, 6, 6, 16, dtype=F64), ret_attn_mask=True)
+    assert attentions.backend_available("bra", "flex", "cpu") == (True, "")
+    ok, reason = attentions.backend_available("bra", "flex", "cpu", backward=True)
+    assert not ok and "no backward on cpu" in reason
+    assert attentions.list_attentions()["bra"]["backends"]["flex"]["backward"] == ["cuda"]
