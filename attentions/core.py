@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import AttentionConfigError
-from .registry import Backend
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .errors import AttentionConfigError, BackendUnavailableError
+from .registry import FLOAT_DTYPES, Backend
 
 
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
@@ -32,6 +34,39 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
     if bias is not None:
         bias = bias.to(q.dtype)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale), None
+
+
+SDPA_KERNELS = {  # name -> (SDPBackend, devices, dtypes) a user may force
+    # PyTorch has a CPU flash kernel too; on CUDA flash takes fp16/bf16 only, which the call reports
+    "flash": (SDPBackend.FLASH_ATTENTION, ("cpu", "cuda"), FLOAT_DTYPES),
+    "efficient": (SDPBackend.EFFICIENT_ATTENTION, ("cuda",), (torch.float16, torch.bfloat16, torch.float32)),
+    "cudnn": (SDPBackend.CUDNN_ATTENTION, ("cuda",), (torch.float16, torch.bfloat16)),
+    "math": (SDPBackend.MATH, ("cpu", "cuda"), FLOAT_DTYPES),
+}
+NO_KERNEL_MESSAGES = ("No available kernel", "No viable backend")
+
+
+def forced_sdpa(kernel_name: str) -> Backend:
+    """An ``sdpa_<kernel>`` backend: SDPA restricted to one kernel, for comparing the kernels themselves.
+
+    When the kernel cannot take the call (head size, bias, layout), the error is a
+    BackendUnavailableError naming the kernel, not PyTorch's generic one.
+    """
+    kernel, devices, dtypes = SDPA_KERNELS[kernel_name]
+
+    def attend(q: Tensor, k: Tensor, v: Tensor, scale: float, bias: Tensor | None = None) -> tuple[Tensor, None]:
+        try:
+            with sdpa_kernel(kernel):
+                return sdpa_attention(q, k, v, scale, bias)
+        except RuntimeError as exc:
+            if not any(m in str(exc) for m in NO_KERNEL_MESSAGES):
+                raise
+            raise BackendUnavailableError(
+                f"SDPA's {kernel_name} kernel cannot run this call (q {tuple(q.shape)}, {q.dtype}, "
+                f"bias {'yes' if bias is not None else 'no'}): {str(exc).splitlines()[0]}") from None
+
+    return Backend(f"sdpa_{kernel_name}", attend, f"F.scaled_dot_product_attention forced to its {kernel_name} kernel",
+                   devices=devices, dtypes=dtypes)
 
 
 REFERENCE_BACKENDS: dict[str, Backend] = {

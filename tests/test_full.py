@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import attentions
+from attentions import BackendUnavailableError
 from attentions import AttentionConfigError
 from reference_helpers import (BACKENDS, check_against_reference, check_backend_switch,
                                check_float32_against_reference, random_module, ref_params)
@@ -84,7 +85,7 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS + ("sdpa_math", "sdpa_flash"))
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
 def test_matches_naive_reference_float64(backend, cfg):
     torch.manual_seed(1)
@@ -196,3 +197,16 @@ def test_bad_side_dwconv(side):
     with pytest.raises(AttentionConfigError, match=rf"side_dwconv.*got {side}"):
         attentions.build("full", dim=8, num_heads=2, side_dwconv=side)
 
+
+
+@pytest.mark.parametrize("kernel", ["efficient", "cudnn"])
+def test_forced_sdpa_kernels_say_where_they_cannot_run(kernel):
+    ok, reason = attentions.backend_available("full", f"sdpa_{kernel}", "cpu")
+    assert not ok and "runs on cuda, not on cpu" in reason
+    module = attentions.build("full", dim=8, num_heads=2, backend=f"sdpa_{kernel}")
+    with pytest.raises(BackendUnavailableError, match=f"sdpa_{kernel}.*runs on cuda"):
+        module(torch.randn(1, 3, 3, 8))
+    # the kernel function itself, handed CPU tensors it cannot take: a named error, not PyTorch's generic one
+    q = torch.randn(1, 2, 9, 4)
+    with pytest.raises(BackendUnavailableError, match=f"SDPA's {kernel} kernel cannot run this call"):
+        module.backends[f"sdpa_{kernel}"].attend(q, q, q, 0.5)
