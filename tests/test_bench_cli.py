@@ -36,10 +36,11 @@ RUN_BENCH = REPO / "run_bench.py"
 HAS_CUDA = torch.cuda.is_available()
 
 QUICK_FLAGS = ["--gpu", "cpu", "--preset", "quick", "--quiet", "--min-time", "0.01"]
-# full, window, deformable: 2 backends × 2 phases; bra: 3 backends × (5 kv modes × 2 phases + 2 topk × fwd)
-QUICK_CASES = 3 * 2 * 2 + 3 * (5 * 2 + 2)
-# FlexAttention has no backward on the CPU: those rows are 'unsupported', with the reason
-CPU_FLEX_BACKWARD = 5
+FULL_BACKENDS = ("torch", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math")
+# full: 6 backends × 2 phases; window, deformable: 2 × 2; bra: 3 backends × (5 kv modes × 2 phases + 2 topk × fwd)
+QUICK_CASES = 6 * 2 + 2 * 2 * 2 + 3 * (5 * 2 + 2)
+# Not on a CPU: FlexAttention's backward (5 bra rows) and SDPA's efficient and cudnn kernels (4 full rows)
+CPU_UNSUPPORTED = 5 + 4
 ENVIRONMENT_KEYS = {"torch", "fvcore", "triton", "xformers", "cuda", "gpu_name", "gpu_count", "driver", "cpu", "os",
                     "python", "suite_commit"}
 METADATA_KEYS = {"run_id", "preset", "gpu_profile", "device_name", "argv", "command", "started", "finished",
@@ -178,10 +179,12 @@ def test_quick_run_rows_are_consistent(quick_run):
     assert [c for c in bench.REQUIRED_COLUMNS if c not in frame.columns] == []
     assert list(frame.columns) == bench.COLUMNS
     unsupported = frame["status"] == "unsupported"
-    assert list(frame.loc[unsupported, "case_key"]) == list(frame.loc[(frame["backend"] == "flex")
-                                                                       & (frame["phase"] == "fwd+bwd"), "case_key"])
-    assert unsupported.sum() == CPU_FLEX_BACKWARD
-    assert frame.loc[unsupported, "status_detail"].str.contains("no backward on cpu").all()
+    flex_backward = (frame["backend"] == "flex") & (frame["phase"] == "fwd+bwd")
+    cuda_kernels = frame["backend"].isin(["sdpa_efficient", "sdpa_cudnn"])
+    assert list(frame.loc[unsupported, "case_key"]) == list(frame.loc[flex_backward | cuda_kernels, "case_key"])
+    assert unsupported.sum() == CPU_UNSUPPORTED
+    assert frame.loc[flex_backward, "status_detail"].str.contains("no backward on cpu").all()
+    assert frame.loc[cuda_kernels, "status_detail"].str.contains("runs on cuda, not on cpu").all()
     assert frame.loc[unsupported, ["latency_ms_median", "gmacs"]].isna().all(axis=None)
     frame = frame[~unsupported]
     assert (frame["status"] == "ok").all(), frame.loc[frame["status"] != "ok", ["case_key", "status_detail"]]
@@ -224,7 +227,7 @@ def test_quick_run_metadata(quick_run):
     assert meta["argv"] == quick_run["flags"]
     assert meta["command"].startswith("python run_bench.py ") and "--preset quick" in meta["command"]
     assert meta["started"] <= meta["finished"]
-    assert meta["status_counts"] == {"ok": QUICK_CASES - CPU_FLEX_BACKWARD, "unsupported": CPU_FLEX_BACKWARD}
+    assert meta["status_counts"] == {"ok": QUICK_CASES - CPU_UNSUPPORTED, "unsupported": CPU_UNSUPPORTED}
     assert meta.get("cases_planned", QUICK_CASES) == QUICK_CASES
     assert "resumed" not in meta
     assert ENVIRONMENT_KEYS <= set(meta["environment"]), ENVIRONMENT_KEYS - set(meta["environment"])
@@ -367,8 +370,9 @@ def test_resume_of_unknown_run_fails_naming_it(tmp_path, capsys):
 @pytest.fixture
 def partial_run(tmp_path):
     """A one-case-short run of full attention: 2 planned cases, 1 row on disk."""
-    flags = ["--gpu", "cpu", "--preset", "quick", "--families", "full", "--phase", "fwd", "--quiet",
-             "--min-time", "0.01", "--no-report", "--results-dir", str(tmp_path), "--run-id", "partial"]
+    flags = ["--gpu", "cpu", "--preset", "quick", "--families", "full", "--backends", "torch", "sdpa",
+             "--phase", "fwd", "--quiet", "--min-time", "0.01", "--no-report", "--results-dir", str(tmp_path),
+             "--run-id", "partial"]
     assert cli.main(flags) == 0
     path = tmp_path / "cpu" / "partial.csv"
     lines = path.read_text().splitlines(keepends=True)
@@ -458,16 +462,16 @@ def test_full_attention_is_not_repeated_per_topk_or_kv_mode(tmp_path, capsys):
     assert cli.main(["--gpu", "cpu", "--preset", "quick", "--families", "full", "--dry-run",
                      "--results-dir", str(tmp_path / "r")]) == 0
     labels = dry_run_labels(capsys.readouterr().out)
-    assert len(labels) == 4
+    assert len(labels) == 12
     assert sorted(labels) == sorted(f"full[]/{b} 28² C64 h2 b2 float32 {p}"
-                                    for b in ("torch", "sdpa") for p in ("fwd", "fwd+bwd"))
+                                    for b in FULL_BACKENDS for p in ("fwd", "fwd+bwd"))
     assert not (tmp_path / "r").exists()
 
 
 def test_dry_run_counts_per_family(quick_run):
     labels = dry_run_labels(quick_run["dry"])
     count = {f: sum(label.startswith(f + "[") for label in labels) for f in attentions.list_attentions()}
-    assert count == {"full": 4, "window": 4, "deformable": 4, "bra": 3 * (5 * 2 + 2)}
+    assert count == {"full": 12, "window": 4, "deformable": 4, "bra": 3 * (5 * 2 + 2)}
     assert not any("topk" in label for label in labels if not label.startswith("bra["))
 
 
@@ -488,7 +492,8 @@ def test_list_shows_every_family_and_backend_with_availability(capsys):
             index = next((i for i, line in enumerate(lines) if line.split()[:1] == [backend]), None)
             assert index is not None, f"--list lacks {family}/{backend}"
             here = lines[index + 1]
-            assert "here: cpu: yes" in here, here
+            on_cpu, reason = attentions.backend_available(family, backend, "cpu")
+            assert ("here: cpu: yes" in here) == on_cpu and reason in here, here
             if not HAS_CUDA:
                 assert "cuda: no (" in here and "CUDA" in here.split("cuda: no (", 1)[1], here
 
