@@ -26,10 +26,10 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.nn.attention.flex_attention import BlockMask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask
 
-from .core import (check_lepe_kernel, conv_nhwc, depthwise_conv, explicit_attention, lepe_macs, merge_heads,
-                   pad_to_multiple, sdpa_attention, split_heads)
+from .core import (check_lepe_kernel, compiled_flex_attention, conv_nhwc, depthwise_conv, explicit_attention,
+                   lepe_macs, merge_heads, pad_to_multiple, sdpa_attention, split_heads)
 from .errors import AttentionConfigError
 from .registry import AttentionModule, Backend, MacCount, check_choice, check_positive_int, register
 
@@ -96,9 +96,6 @@ def gathered(kernel: Callable[..., tuple[Tensor, Tensor | None]]) -> Callable[..
     return attend
 
 
-_compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
-
-
 def routed_block_mask(r_idx: Tensor, query_tokens: int, key_tokens: int) -> BlockMask:
     """A FlexAttention block mask with one block per region: query block i sees key blocks r_idx[i].
 
@@ -119,7 +116,7 @@ def flex_routed_attention(module: "BiLevelRoutingAttention", q: Tensor, kv: Tens
     key_tokens = kv.shape[2]
     k, v = kv.split([module.qk_dim, module.dim], dim=-1)
     heads = module.num_heads
-    out = _compiled_flex_attention(
+    out = compiled_flex_attention(
         split_heads(q.reshape(batch, regions * query_tokens, -1), heads),
         split_heads(k.reshape(batch, regions * key_tokens, -1), heads),
         split_heads(v.reshape(batch, regions * key_tokens, -1), heads),

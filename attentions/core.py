@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import flex_attention
 
 from .errors import AttentionConfigError, BackendUnavailableError
 from .registry import FLOAT_DTYPES, Backend
@@ -68,6 +69,26 @@ def forced_sdpa(kernel_name: str) -> Backend:
     return Backend(f"sdpa_{kernel_name}", attend, f"F.scaled_dot_product_attention forced to its {kernel_name} kernel",
                    devices=devices, dtypes=dtypes)
 
+
+compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
+
+
+def flex_dense_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
+                         bias: Tensor | None = None) -> tuple[Tensor, None]:
+    """The attention through compiled FlexAttention over (B, heads, L, D) tensors; an additive bias
+    enters through a score_mod that reads it, so no score matrix is formed outside the kernel."""
+    score_mod = None
+    if bias is not None:
+        bias = bias.to(q.dtype).expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+
+        def score_mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            return score + bias[b, h, q_idx, kv_idx]
+    return compiled_flex_attention(q, k, v, score_mod=score_mod, scale=scale), None
+
+
+FLEX_BACKEND = Backend("flex", flex_dense_attention,
+                       "compiled FlexAttention; a bias enters through a score_mod (backward on CUDA only: "
+                       "PyTorch's CPU FlexAttention has none)", backward_devices=("cuda",))
 
 REFERENCE_BACKENDS: dict[str, Backend] = {
     "torch": Backend("torch", explicit_attention,

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .core import REFERENCE_BACKENDS, merge_heads, split_heads
+from .core import FLEX_BACKEND, REFERENCE_BACKENDS, merge_heads, split_heads
 from .errors import AttentionConfigError
 from .registry import AttentionModule, MacCount, check_positive_int, register
 
@@ -65,11 +65,11 @@ class DeformableAttention(AttentionModule):
         offset_kernel: odd kernel of the offset network's depthwise conv (DAT: 9/7/5/3 per stage).
         use_pe: DAT's relative position bias.
         fmap_size: map side (int or (h, w)) the bias table is laid out for.
-        backend: 'torch' (explicit matrix) or 'sdpa'.
+        backend: 'torch' (explicit matrix), 'sdpa', or 'flex' (the bias through a score_mod).
     """
 
     family = "deformable"
-    backends = REFERENCE_BACKENDS
+    backends = {**REFERENCE_BACKENDS, "flex": FLEX_BACKEND}
 
     def __init__(self, dim: int, num_heads: int = 8, *, n_groups: int = 1, stride: int = 1,
                  offset_range_factor: float = 2.0, offset_kernel: int = 5, use_pe: bool = True,

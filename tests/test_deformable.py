@@ -371,3 +371,15 @@ def test_stride_larger_than_map_raises_at_forward():
     module(torch.randn(1, 3, 4, 8))                                        # stride == min side: ok
     with pytest.raises(AttentionConfigError, match=r"stride 3 .*2×5"):
         module(torch.randn(1, 2, 5, 8))
+
+
+def test_flex_forward_with_the_bias_as_score_mod():
+    """Compiled FlexAttention (forward only on the CPU) with DAT's position bias in a score_mod."""
+    torch.manual_seed(9)
+    module = make(seed=9, dtype=torch.float32, dim=16, num_heads=4, n_groups=2, stride=2, fmap_size=4,
+                  backend="flex")
+    x = torch.randn(2, 5, 6, 16)
+    with torch.no_grad():
+        check_float32_against_reference(module, x, naive_for(module), atol=5e-5, rtol=1e-4)
+    with pytest.raises(attentions.BackendUnavailableError, match="no backward on cpu"):
+        module(x)

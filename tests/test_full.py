@@ -210,3 +210,15 @@ def test_forced_sdpa_kernels_say_where_they_cannot_run(kernel):
     q = torch.randn(1, 2, 9, 4)
     with pytest.raises(BackendUnavailableError, match=f"SDPA's {kernel} kernel cannot run this call"):
         module.backends[f"sdpa_{kernel}"].attend(q, q, q, 0.5)
+
+
+def test_flex_forward_close_to_float64_reference():
+    """Compiled FlexAttention (forward only on the CPU) against the float64 reference."""
+    torch.manual_seed(2)
+    module = make(seed=5, dtype=torch.float32, dim=16, num_heads=4, backend="flex", side_dwconv=5)
+    x = torch.randn(2, 4, 6, 16)
+    with torch.no_grad():
+        check_float32_against_reference(module, x, lambda x64, p: naive_full(x64, p, 4, side_dwconv=5),
+                                        atol=2e-5, rtol=1e-4)
+    with pytest.raises(BackendUnavailableError, match="no backward on cpu"):
+        module(x)

@@ -35,7 +35,9 @@ def test_every_family_is_registered_with_both_reference_backends():
         assert {"torch", "sdpa"} <= set(info["backends"]), name
         for backend in info["backends"].values():
             assert backend["devices"] and backend["dtypes"] and set(backend["backward"]) <= set(backend["devices"])
-            assert "float32" in backend["dtypes"]
+        reference = info["backends"][info["reference_backend"]]
+        assert set(reference["dtypes"]) == {"float16", "bfloat16", "float32", "float64"}
+        assert reference["devices"] == reference["backward"] == ["cpu", "cuda"]
 
 
 def test_list_attentions_reports_constructor_options_with_defaults():
