@@ -9,12 +9,16 @@ and ``relative_position_index`` match Swin's ``WindowAttention``.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import create_block_mask
 
-from .core import REFERENCE_BACKENDS, merge_heads, pad_to_multiple, split_heads
+from .core import (compiled_flex_attention, explicit_attention, merge_heads, pad_to_multiple, sdpa_attention,
+                   split_heads)
 from .errors import AttentionConfigError
-from .registry import AttentionModule, MacCount, check_positive_int, register
+from .registry import AttentionModule, Backend, MacCount, check_positive_int, register
 
 SHIFT_MASK_VALUE = -100.0  # Swin's additive mask between tokens of different shifted sub-regions
 
@@ -48,6 +52,67 @@ def merge_windows(windows: Tensor, window_size: int, height: int, width: int) ->
     return x.permute(0, 1, 3, 2, 4, 5).reshape(batch, height, width, channels)
 
 
+def windowed(kernel: Callable[..., tuple[Tensor, Tensor | None]]) -> Callable[["WindowAttention", Tensor], Tensor]:
+    """A backend that works as Swin does: roll, partition into windows, attend with ``kernel``, undo."""
+
+    def attend(module: "WindowAttention", x: Tensor) -> Tensor:
+        padded_h, padded_w = x.shape[1:3]
+        shift = module.shift_size
+        if shift:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        windows = partition_windows(x, module.window_size)
+        q, k, v = (split_heads(t, module.num_heads) for t in module.qkv(windows).chunk(3, dim=-1))
+        bias = module.relative_position_bias()
+        if shift:
+            bias = bias + module.shift_mask(padded_h, padded_w, x.device)[:, None].to(bias.dtype)
+        out, _ = kernel(q, k, v, module.scale, bias.to(q.dtype))
+        out = merge_windows(module.proj(merge_heads(out)), module.window_size, padded_h, padded_w)
+        if shift:
+            out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
+        return out
+
+    return attend
+
+
+def window_layout(height: int, width: int, window_size: int, shift_size: int,
+                  device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Per token of the padded map, in its own (unrolled, row-major) order: the window it falls in
+    after the cyclic shift, its position inside that window, and its shift sub-region label."""
+    ys = torch.arange(height, device=device)[:, None].expand(height, width)
+    xs = torch.arange(width, device=device)[None, :].expand(height, width)
+    rolled_y, rolled_x = (ys - shift_size) % height, (xs - shift_size) % width
+    window = (rolled_y // window_size) * (width // window_size) + rolled_x // window_size
+    position = (rolled_y % window_size) * window_size + rolled_x % window_size
+    rows = shift_region_labels(height, window_size, shift_size).to(device)
+    cols = shift_region_labels(width, window_size, shift_size).to(device)
+    label = rows[rolled_y] * 3 + cols[rolled_x]
+    return window.flatten(), position.flatten(), label.flatten()
+
+
+def flex_windowed(module: "WindowAttention", x: Tensor) -> Tensor:
+    """Windows as a FlexAttention mask_mod on the unpartitioned map, the relative position bias and
+    Swin's shift mask as a score_mod: no roll, no partition copies."""
+    batch, padded_h, padded_w, channels = x.shape
+    tokens = padded_h * padded_w
+    window, position, label = window_layout(padded_h, padded_w, module.window_size, module.shift_size, x.device)
+    bias = module.relative_position_bias()
+    shifted = module.shift_size > 0
+
+    def same_window(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return window[q_idx] == window[kv_idx]
+
+    def position_bias(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        score = score + bias[h, position[q_idx], position[kv_idx]]
+        if shifted:
+            score = score + (label[q_idx] != label[kv_idx]) * SHIFT_MASK_VALUE
+        return score
+
+    block_mask = create_block_mask(same_window, None, None, tokens, tokens, device=x.device)
+    q, k, v = (split_heads(t, module.num_heads) for t in module.qkv(x.reshape(batch, tokens, channels)).chunk(3, -1))
+    out = compiled_flex_attention(q, k, v, score_mod=position_bias, block_mask=block_mask, scale=module.scale)
+    return module.proj(merge_heads(out)).reshape(batch, padded_h, padded_w, channels)
+
+
 @register
 class WindowAttention(AttentionModule):
     """Swin (shifted) window attention on an NHWC map of any size.
@@ -59,11 +124,19 @@ class WindowAttention(AttentionModule):
         shift_size: cyclic shift in tokens, 0 for W-MSA (Swin's SW-MSA: window_size // 2).
         qkv_bias: bias in the qkv projection (Swin: True).
         qk_scale: override of the softmax scale.
-        backend: 'torch' (explicit matrix) or 'sdpa'.
+        backend: 'torch' (explicit matrix), 'sdpa', or 'flex' (no partition or roll copies).
     """
 
     family = "window"
-    backends = REFERENCE_BACKENDS
+    backends = {
+        "torch": Backend("torch", windowed(explicit_attention),
+                         "Swin's algorithm: roll, partition, explicit attention matrix per window"),
+        "sdpa": Backend("sdpa", windowed(sdpa_attention),
+                        "roll and partition, window attention through F.scaled_dot_product_attention"),
+        "flex": Backend("flex", flex_windowed,
+                        "FlexAttention on the unpartitioned map: window mask_mod, bias and shift mask in a "
+                        "score_mod (backward on CUDA only)", backward_devices=("cuda",)),
+    }
 
     def __init__(self, dim: int, num_heads: int = 8, *, window_size: int = 7, shift_size: int = 0,
                  qkv_bias: bool = True, qk_scale: float | None = None, backend: str = "torch") -> None:
@@ -99,22 +172,8 @@ class WindowAttention(AttentionModule):
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
-        _, height, width, channels = x.shape
-        x = pad_to_multiple(x, self.window_size)
-        padded_h, padded_w = x.shape[1:3]
-        shift = self.shift_size
-        if shift:
-            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-        windows = partition_windows(x, self.window_size)
-        q, k, v = (split_heads(t, self.num_heads) for t in self.qkv(windows).chunk(3, dim=-1))
-        bias = self.relative_position_bias()
-        if shift:
-            bias = bias + self.shift_mask(padded_h, padded_w, x.device)[:, None].to(bias.dtype)
-        out, _ = self.attend(q, k, v, self.scale, bias.to(q.dtype))
-        out = merge_windows(self.proj(merge_heads(out)), self.window_size, padded_h, padded_w)
-        if shift:
-            out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
-        return out[:, :height, :width, :]
+        _, height, width, _ = x.shape
+        return self.attend(self, pad_to_multiple(x, self.window_size))[:, :height, :width, :]
 
     def macs(self, batch: int, height: int, width: int) -> MacCount:
         window = self.window_size

@@ -37,10 +37,10 @@ HAS_CUDA = torch.cuda.is_available()
 
 QUICK_FLAGS = ["--gpu", "cpu", "--preset", "quick", "--quiet", "--min-time", "0.01"]
 FULL_BACKENDS = ("torch", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "flex")
-# 2 phases each: full 7 backends, window 2, deformable 3; bra: 3 backends × (5 kv modes × 2 phases + 2 topk × fwd)
-QUICK_CASES = (7 + 2 + 3) * 2 + 3 * (5 * 2 + 2)
-# Not on a CPU: FlexAttention's backward (full, deformable, 5 bra rows) and SDPA's efficient and cudnn kernels
-CPU_UNSUPPORTED = (1 + 1 + 5) + 2 * 2
+# 2 phases each: full 7 backends, window 3, deformable 3; bra: 3 backends × (5 kv modes × 2 phases + 2 topk × fwd)
+QUICK_CASES = (7 + 3 + 3) * 2 + 3 * (5 * 2 + 2)
+# Not on a CPU: FlexAttention's backward (full, window, deformable, 5 bra rows); SDPA's efficient and cudnn kernels
+CPU_UNSUPPORTED = (1 + 1 + 1 + 5) + 2 * 2
 ENVIRONMENT_KEYS = {"torch", "fvcore", "triton", "xformers", "cuda", "gpu_name", "gpu_count", "driver", "cpu", "os",
                     "python", "suite_commit"}
 METADATA_KEYS = {"run_id", "preset", "gpu_profile", "device_name", "argv", "command", "started", "finished",
@@ -471,7 +471,7 @@ def test_full_attention_is_not_repeated_per_topk_or_kv_mode(tmp_path, capsys):
 def test_dry_run_counts_per_family(quick_run):
     labels = dry_run_labels(quick_run["dry"])
     count = {f: sum(label.startswith(f + "[") for label in labels) for f in attentions.list_attentions()}
-    assert count == {"full": 14, "window": 4, "deformable": 6, "bra": 3 * (5 * 2 + 2)}
+    assert count == {"full": 14, "window": 6, "deformable": 6, "bra": 3 * (5 * 2 + 2)}
     assert not any("topk" in label for label in labels if not label.startswith("bra["))
 
 

@@ -322,3 +322,17 @@ def test_shift_not_smaller_than_window(ws, shift):
 def test_negative_shift():
     with pytest.raises(AttentionConfigError, match=r"shift_size.*got -1"):
         attentions.build("window", dim=8, num_heads=2, window_size=3, shift_size=-1)
+
+
+@pytest.mark.parametrize("height, width, ws, shift", [(7, 8, 3, 1), (6, 6, 3, 0)])
+def test_flex_on_the_unpartitioned_map_matches_the_reference(height, width, ws, shift):
+    """Window mask_mod + bias/shift score_mod (forward only on the CPU), padded maps included."""
+    torch.manual_seed(3)
+    module = make(seed=3, dtype=torch.float32, dim=16, num_heads=4, window_size=ws, shift_size=shift,
+                  backend="flex")
+    x = torch.randn(2, height, width, 16)
+    with torch.no_grad():
+        check_float32_against_reference(module, x, lambda x64, p: naive_window(x64, p, 4, ws, shift),
+                                        atol=2e-5, rtol=1e-4)
+    with pytest.raises(attentions.BackendUnavailableError, match="no backward on cpu"):
+        module(x)
