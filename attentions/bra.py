@@ -100,13 +100,21 @@ def routed_block_mask(r_idx: Tensor, query_tokens: int, key_tokens: int) -> Bloc
     """A FlexAttention block mask with one block per region: query block i sees key blocks r_idx[i].
 
     Tokens are in region-major order; a query block holds a region's tokens, a key block the
-    region's (pooled) key tokens. Heads share the routing, so the mask has one head.
+    region's (pooled) key tokens. Heads share the routing, so the mask has one head. The same
+    routing is also given as a mask_mod: FlexAttention's uncompiled path (taken, for one, once
+    torch.compile's recompilation limit is reached) reads only the mask_mod, not the block lists.
     """
     batch, regions, topk = r_idx.shape
     indices = torch.zeros(batch, 1, regions, regions, dtype=torch.int32, device=r_idx.device)
     indices[:, 0, :, :topk] = r_idx.to(torch.int32)
     counts = torch.full((batch, 1, regions), topk, dtype=torch.int32, device=r_idx.device)
-    return BlockMask.from_kv_blocks(counts, indices, BLOCK_SIZE=(query_tokens, key_tokens))
+    routed = torch.zeros(batch, regions, regions, dtype=torch.bool, device=r_idx.device)
+    routed.scatter_(2, r_idx, True)
+
+    def same_routing(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return routed[b, q_idx // query_tokens, kv_idx // key_tokens]
+
+    return BlockMask.from_kv_blocks(counts, indices, BLOCK_SIZE=(query_tokens, key_tokens), mask_mod=same_routing)
 
 
 def flex_routed_attention(module: "BiLevelRoutingAttention", q: Tensor, kv: Tensor, r_weight: Tensor,

@@ -70,7 +70,16 @@ def forced_sdpa(kernel_name: str) -> Backend:
                    devices=devices, dtypes=dtypes)
 
 
-compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
+_compiled_flex = torch.compile(flex_attention, dynamic=False)
+# One compilation per shape a sweep meets. Past torch.compile's default of 8, calls would fall back
+# to FlexAttention's slow uncompiled path, and a benchmark would time that instead.
+FLEX_RECOMPILE_LIMIT = 64
+
+
+def compiled_flex_attention(*args, **kwargs) -> Tensor:
+    """``flex_attention`` compiled, with room for as many shapes as a sweep brings."""
+    with torch._dynamo.config.patch(recompile_limit=FLEX_RECOMPILE_LIMIT):
+        return _compiled_flex(*args, **kwargs)
 
 
 def flex_dense_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,

@@ -688,3 +688,22 @@ def test_flex_refuses_what_it_cannot_express():
     ok, reason = attentions.backend_available("bra", "flex", "cpu", backward=True)
     assert not ok and "no backward on cpu" in reason
     assert attentions.list_attentions()["bra"]["backends"]["flex"]["backward"] == ["cuda"]
+
+
+def test_routed_block_mask_also_holds_for_uncompiled_flex():
+    """FlexAttention's uncompiled path reads only the mask_mod: it must say the same as the blocks."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from attentions.bra import routed_block_mask
+    torch.manual_seed(0)
+    batch, heads, regions, query_tokens, key_tokens, channels, topk = 2, 2, 9, 4, 2, 8, 3
+    q = torch.randn(batch, heads, regions * query_tokens, channels)
+    k = torch.randn(batch, heads, regions * key_tokens, channels)
+    v = torch.randn(batch, heads, regions * key_tokens, channels)
+    r_idx = torch.stack([torch.randperm(regions)[:topk] for _ in range(batch * regions)]).view(batch, regions, topk)
+    out = flex_attention(q, k, v, block_mask=routed_block_mask(r_idx, query_tokens, key_tokens), scale=0.3)
+    per_region = lambda t, n: t.view(batch, heads, regions, n, channels)  # noqa: E731
+    gather = lambda t: torch.stack([per_region(t, key_tokens)[b, :, r_idx[b]] for b in range(batch)])  # noqa: E731
+    keys, values = (gather(t).reshape(batch, heads, regions, topk * key_tokens, channels) for t in (k, v))
+    expected = ((per_region(q, query_tokens) * 0.3) @ keys.transpose(-1, -2)).softmax(-1) @ values
+    torch.testing.assert_close(out, expected.reshape(out.shape), atol=1e-5, rtol=1e-5)
