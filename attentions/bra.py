@@ -153,7 +153,8 @@ class BiLevelRoutingAttention(AttentionModule):
         soft_routing: scale gathered k and v by their region's routing weight.
         side_dwconv: LePE kernel, 0 for none.
         auto_pad: pad H, W up to multiples of n_win and crop the output.
-        backend: 'torch' (explicit matrix) or 'sdpa'.
+        backend: 'torch' (the official gather, explicit matrix), 'sdpa' (gathered K/V through SDPA) or
+            'flex' (a routed block mask, nothing gathered).
     """
 
     family = "bra"

@@ -86,13 +86,13 @@ def flex_dense_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
                          bias: Tensor | None = None) -> tuple[Tensor, None]:
     """The attention through compiled FlexAttention over (B, heads, L, D) tensors; an additive bias
     enters through a score_mod that reads it, so no score matrix is formed outside the kernel."""
-    score_mod = None
-    if bias is not None:
-        bias = bias.to(q.dtype).expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    if bias is None:
+        return compiled_flex_attention(q, k, v, scale=scale), None
+    bias = bias.to(q.dtype).expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
 
-        def score_mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-            return score + bias[b, h, q_idx, kv_idx]
-    return compiled_flex_attention(q, k, v, score_mod=score_mod, scale=scale), None
+    def add_bias(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return score + bias[b, h, q_idx, kv_idx]
+    return compiled_flex_attention(q, k, v, score_mod=add_bias, scale=scale), None
 
 
 FLEX_BACKEND = Backend("flex", flex_dense_attention,
