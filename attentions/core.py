@@ -1,9 +1,11 @@
 """Token-attention kernels shared by the families, and small NHWC helpers.
 
-Every family reduces its token attention to ``attend(q, k, v, scale, bias)`` over tensors of
-shape (..., L, D): queries (..., Lq, Dqk), keys (..., Lk, Dqk), values (..., Lk, Dv), and an
-optional additive bias broadcastable to (..., Lq, Lk). Each returns ``(out, weights)``, where
-``weights`` is the softmax matrix when the kernel forms one and ``None`` otherwise.
+The kernels take ``(q, k, v, scale, bias)`` over tensors of shape (..., L, D): queries
+(..., Lq, Dqk), keys (..., Lk, Dqk), values (..., Lk, Dv), and an optional additive bias
+broadcastable to (..., Lq, Lk). Each returns ``(out, weights)``, where ``weights`` is the softmax
+matrix when the kernel forms one and ``None`` otherwise. Full and deformable attention use them as
+their backends directly; window and BRA wrap them (partition, gather), and their flex backends
+work on the whole map instead.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import flex_attention
 

@@ -98,7 +98,7 @@ def count_case_macs(case: Case, module: torch.nn.Module, x: torch.Tensor,
             if is_oom(exc):
                 raise
             reference = copy.deepcopy(module)
-            reference.backend = attentions.list_attentions()[case.family]["reference_backend"]
+            reference.backend = module.reference_backend
             counted, unsupported = count_macs(reference, x[:1])
             note = f"fvcore cannot trace backend '{case.backend}': MACs counted on '{reference.backend}'"
         analytic = module.macs(1, case.resolution, case.resolution).total
@@ -122,7 +122,7 @@ def measure_case(case: Case, ctx: RunContext) -> dict[str, Any]:
         "param_mb": sum(p.numel() * p.element_size() for p in module.parameters()) / MB,
         "input_mb": x.numel() * x.element_size() / MB,
     }
-    reference_backend = attentions.list_attentions()[case.family]["reference_backend"]
+    reference_backend = module.reference_backend
     tolerance = ERROR_TOLERANCE[case.dtype]
     row["err_tolerance"] = tolerance
     notes = []
