@@ -22,6 +22,7 @@ What upstream leaves unimplemented ('fracpool', 'conv', hard differentiable rout
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import torch
@@ -132,6 +133,35 @@ def flex_routed_attention(module: "BiLevelRoutingAttention", q: Tensor, kv: Tens
     return merge_heads(out).reshape(batch, regions, query_tokens, module.dim), None
 
 
+def triton_routed_attention(module: "BiLevelRoutingAttention", q: Tensor, kv: Tensor, r_weight: Tensor,
+                            r_idx: Tensor) -> tuple[Tensor, None]:
+    """The suite's fused Triton kernels: routed regions read in place, soft routing inside."""
+    from .bra_triton import routed_attention  # imported on use: triton is an optional dependency
+
+    weights = r_weight if module.soft_routing else None
+    return routed_attention(q, kv, weights, r_idx, module.num_heads, module.qk_dim, module.scale), None
+
+
+def routed_attention_macs(inputs: list[tuple[int, ...]], outputs: list[tuple[int, ...]]) -> int:
+    """MACs of the fused token attention: every query meets topk pooled regions on q·k and p·v."""
+    (batch, regions, query_tokens, _), (_, _, key_tokens, kv_channels) = inputs[0], inputs[1]
+    topk = inputs[-1][-1]  # r_idx (B, regions, topk) is the last tensor input
+    return batch * regions * query_tokens * topk * key_tokens * kv_channels
+
+
+def triton_backend() -> Backend:
+    """The 'triton' backend record. Its kernels run on CUDA; under Triton's interpreter
+    (TRITON_INTERPRET=1 before the kernels are first imported) they also run on CPU tensors,
+    slowly and without bf16: that is how the CPU test suite checks them."""
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    return Backend(
+        "triton", triton_routed_attention,
+        "fused Triton kernels (forward and backward): online softmax over the routed regions of un-gathered K/V",
+        devices=("cuda", "cpu") if interpreted else ("cuda",),
+        dtypes=(torch.float16, torch.float32) if interpreted else (torch.float16, torch.bfloat16, torch.float32),
+        requires=("triton",), custom_ops=(("RoutedAttention", routed_attention_macs),))
+
+
 @register
 class BiLevelRoutingAttention(AttentionModule):
     """BiFormer's bi-level routing attention on an NHWC map; options as upstream.
@@ -153,8 +183,8 @@ class BiLevelRoutingAttention(AttentionModule):
         soft_routing: scale gathered k and v by their region's routing weight.
         side_dwconv: LePE kernel, 0 for none.
         auto_pad: pad H, W up to multiples of n_win and crop the output.
-        backend: 'torch' (the official gather, explicit matrix), 'sdpa' (gathered K/V through SDPA) or
-            'flex' (a routed block mask, nothing gathered).
+        backend: 'torch' (the official gather, explicit matrix), 'sdpa' (gathered K/V through SDPA),
+            'flex' (a routed block mask, nothing gathered) or 'triton' (the suite's fused kernels).
     """
 
     family = "bra"
@@ -166,6 +196,7 @@ class BiLevelRoutingAttention(AttentionModule):
         "flex": Backend("flex", flex_routed_attention,
                         "FlexAttention with a block mask built from the routing: one block per region, "
                         "nothing gathered", backward_devices=("cuda",)),
+        "triton": triton_backend(),
     }
 
     def __init__(self, dim: int, num_heads: int = 8, n_win: int = 7, qk_dim: int | None = None,

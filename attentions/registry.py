@@ -19,6 +19,10 @@ from .errors import AttentionConfigError, BackendUnavailableError
 
 FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+Shape = tuple[int, ...]
+# MACs of one call of a custom op (an autograd.Function) from its tensor inputs' and outputs' shapes
+MacFormula = Callable[[list[Shape], list[Shape]], int]
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -31,6 +35,9 @@ class Backend:
     dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
     backward_devices: tuple[str, ...] | None = None  # None: a backward on every device it runs on
     requires: tuple[str, ...] = field(default=())  # importable modules the backend needs
+    # the autograd.Functions it calls, by class name, with their MAC formulas, so that FLOP counters
+    # that cannot look inside a custom op still count it (the harness registers them with fvcore)
+    custom_ops: tuple[tuple[str, MacFormula], ...] = field(default=())
 
     def has_backward(self, device: torch.device | str) -> bool:
         devices = self.devices if self.backward_devices is None else self.backward_devices
@@ -193,6 +200,11 @@ def list_attentions() -> dict[str, dict[str, Any]]:
         }
         for name, cls in _FAMILIES.items()
     }
+
+
+def custom_op_macs() -> dict[str, MacFormula]:
+    """Every registered backend's custom ops (autograd.Function class names) and their MAC formulas."""
+    return {op: formula for cls in _FAMILIES.values() for b in cls.backends.values() for op, formula in b.custom_ops}
 
 
 def backend_available(name: str, backend: str, device: torch.device | str = "cpu",

@@ -2,8 +2,9 @@
 
 fvcore traces the forward with TorchScript and counts matmuls, linears and convs (plus a few
 fixed per-element charges). It counts ops it has no handle for as zero, so every attention op the
-suite uses gets a handle here: ``F.scaled_dot_product_attention`` now, and later backends register
-theirs (FlexAttention, the suite's own custom ops) with ``register_flop_handle``.
+suite uses gets a handle here: ``F.scaled_dot_product_attention``, and the custom ops (autograd
+Functions such as the fused Triton BRA) that backends declare in the registry with their MAC
+formulas. Other ops can be taught with ``register_flop_handle``.
 
 Hardware FLOPs are 2 × MACs. For a forward+backward pass the suite uses the usual 3× rule:
 the backward costs twice the forward (gradients of the inputs and of the weights).
@@ -20,6 +21,9 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 
+import attentions
+from attentions.registry import MacFormula
+
 Handle = Callable[[list[Any], list[Any]], int]
 
 PHASE_FLOP_FACTOR = {"fwd": 1, "fwd+bwd": 3}
@@ -33,7 +37,20 @@ def sdpa_macs(inputs: list[Any], outputs: list[Any]) -> int:
     return prod(lead) * queries * keys * (qk_channels + v_shape[-1])
 
 
-FLOP_HANDLES: dict[str, Handle] = {"aten::scaled_dot_product_attention": sdpa_macs}
+def custom_op_handle(formula: MacFormula) -> Handle:
+    """An fvcore handle that feeds a registry MAC formula the shapes of the op's tensors."""
+
+    def handle(inputs: list[Any], outputs: list[Any]) -> int:
+        return formula([get_shape(v) for v in inputs], [get_shape(v) for v in outputs])
+
+    return handle
+
+
+FLOP_HANDLES: dict[str, Handle] = {
+    "aten::scaled_dot_product_attention": sdpa_macs,
+    # TorchScript records an autograd.Function call as prim::PythonOp.<class name>
+    **{f"prim::PythonOp.{op}": custom_op_handle(formula) for op, formula in attentions.custom_op_macs().items()},
+}
 
 
 def register_flop_handle(op_name: str, handle: Handle) -> None:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
-from small_results import make_small_results
+if not torch.cuda.is_available():
+    # Without CUDA the suite's Triton kernels run under Triton's interpreter, on CPU tensors. It must
+    # be on before triton is first imported (FlexAttention imports it with attentions), since
+    # triton's own library functions are built for one mode or the other.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from small_results import make_small_results  # noqa: E402  (imports attentions, hence triton)
 
 
 @pytest.fixture(scope="session", autouse=True)

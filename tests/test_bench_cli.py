@@ -37,10 +37,11 @@ HAS_CUDA = torch.cuda.is_available()
 
 QUICK_FLAGS = ["--gpu", "cpu", "--preset", "quick", "--quiet", "--min-time", "0.01"]
 FULL_BACKENDS = ("torch", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "flex")
-# 2 phases each: full 7 backends, window 3, deformable 3; bra: 3 backends × (5 kv modes × 2 phases + 2 topk × fwd)
-QUICK_CASES = (7 + 3 + 3) * 2 + 3 * (5 * 2 + 2)
-# Not on a CPU: FlexAttention's backward (full, window, deformable, 5 bra rows); SDPA's efficient and cudnn kernels
-CPU_UNSUPPORTED = (1 + 1 + 1 + 5) + 2 * 2
+# 2 phases each: full 7 backends, window 3, deformable 3; bra: 4 backends × (5 kv modes × 2 phases + 2 topk × fwd)
+QUICK_CASES = (7 + 3 + 3) * 2 + 4 * (5 * 2 + 2)
+# Not on a CPU: FlexAttention's backward (full, window, deformable, 5 bra rows); SDPA's efficient and cudnn
+# kernels; every row of the Triton BRA kernels (CUDA only outside Triton's interpreter)
+CPU_UNSUPPORTED = (1 + 1 + 1 + 5) + 2 * 2 + (5 * 2 + 2)
 ENVIRONMENT_KEYS = {"torch", "fvcore", "triton", "xformers", "cuda", "gpu_name", "gpu_count", "driver", "cpu", "os",
                     "python", "suite_commit"}
 METADATA_KEYS = {"run_id", "preset", "gpu_profile", "device_name", "argv", "command", "started", "finished",
@@ -49,6 +50,7 @@ METADATA_KEYS = {"run_id", "preset", "gpu_profile", "device_name", "argv", "comm
 
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)  # a user's environment: the Triton kernels need CUDA (conftest sets it)
     env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     return env
 
