@@ -97,6 +97,53 @@ def gathered(kernel: Callable[..., tuple[Tensor, Tensor | None]]) -> Callable[..
     return attend
 
 
+GATHERED_EXPLICIT = gathered(explicit_attention)
+CHUNK_SCORES = 1 << 20  # score-matrix elements per chunk: 4 MB in fp32, cache-sized
+
+
+def head_major_blocks(x: Tensor, heads: int) -> Tensor:
+    """(B, regions, tokens, heads·d) -> (B·heads·regions, tokens, d): one contiguous block per
+    (batch, head, region), so that a routed region is one row of an index_select."""
+    batch, regions, tokens, channels = x.shape
+    blocks = x.reshape(batch, regions, tokens, heads, channels // heads).permute(0, 3, 1, 2, 4)
+    return blocks.reshape(batch * heads * regions, tokens, channels // heads)
+
+
+def chunked_gathered(module: "BiLevelRoutingAttention", q: Tensor, kv: Tensor, r_weight: Tensor,
+                     r_idx: Tensor) -> tuple[Tensor, None]:
+    """The official gather and explicit attention, over cache-sized chunks of query blocks.
+
+    K/V are laid out head-major once, so each chunk gathers its routed blocks with one
+    index_select into the layout the batched matmuls want, and the chunk's gathered K/V and score
+    matrix are freed before the next. The topk-times copy of the whole map never exists: on a CPU,
+    moving that copy and the full score matrix through memory costs more than the math.
+    """
+    batch, regions, query_tokens, _ = q.shape
+    heads, topk, key_tokens = module.num_heads, r_idx.shape[-1], kv.shape[2]
+    k, v = kv.split([module.qk_dim, module.dim], dim=-1)
+    q_blocks = head_major_blocks(q, heads)
+    k_blocks, v_blocks = head_major_blocks(k, heads), head_major_blocks(v, heads)
+    # the (batch, head, routed region) block of every (batch, head, query region, slot)
+    first_block = (torch.arange(batch * heads, device=q.device) * regions).view(batch, heads, 1, 1)
+    routed_blocks = (first_block + r_idx[:, None]).flatten(0, 2)  # (B·heads·regions, topk)
+    if module.soft_routing:
+        block_weights = r_weight[:, None].expand(batch, heads, regions, topk).flatten(0, 2)
+    step = max(1, CHUNK_SCORES // (query_tokens * topk * key_tokens))
+    chunks = []
+    for start in range(0, q_blocks.shape[0], step):
+        routed = routed_blocks[start:start + step]
+        keys = k_blocks.index_select(0, routed.flatten()).view(len(routed), topk, key_tokens, -1)
+        values = v_blocks.index_select(0, routed.flatten()).view(len(routed), topk, key_tokens, -1)
+        if module.soft_routing:
+            weights = block_weights[start:start + step, :, None, None]
+            keys, values = keys * weights, values * weights
+        out, _ = explicit_attention(q_blocks[start:start + step], keys.flatten(1, 2), values.flatten(1, 2),
+                                    module.scale)
+        chunks.append(out)
+    out = torch.cat(chunks).view(batch, heads, regions, query_tokens, -1)
+    return out.permute(0, 2, 3, 1, 4).reshape(batch, regions, query_tokens, module.dim), None
+
+
 def routed_block_mask(r_idx: Tensor, query_tokens: int, key_tokens: int) -> BlockMask:
     """A FlexAttention block mask with one block per region: query block i sees key blocks r_idx[i].
 
@@ -189,7 +236,7 @@ class BiLevelRoutingAttention(AttentionModule):
 
     family = "bra"
     backends = {
-        "torch": Backend("torch", gathered(explicit_attention),
+        "torch": Backend("torch", GATHERED_EXPLICIT,
                          "official algorithm: topk-times gathered K/V, explicit attention matrix"),
         "sdpa": Backend("sdpa", gathered(sdpa_attention),
                         "gathered K/V, token attention through F.scaled_dot_product_attention"),
@@ -197,6 +244,9 @@ class BiLevelRoutingAttention(AttentionModule):
                         "FlexAttention with a block mask built from the routing: one block per region, "
                         "nothing gathered", backward_devices=("cuda",)),
         "triton": triton_backend(),
+        "chunked": Backend("chunked", chunked_gathered,
+                           "the official gather and explicit attention over cache-sized chunks of query regions "
+                           "(the CPU fast path)", devices=("cpu",)),
     }
 
     def __init__(self, dim: int, num_heads: int = 8, n_win: int = 7, qk_dim: int | None = None,

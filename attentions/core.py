@@ -100,6 +100,42 @@ FLEX_BACKEND = Backend("flex", flex_dense_attention,
                        "compiled FlexAttention; a bias enters through a score_mod (backward on CUDA only: "
                        "PyTorch's CPU FlexAttention has none)", backward_devices=("cuda",))
 
+XFORMERS_BIAS_ALIGNMENT = 8  # xformers reads a bias tensor's rows as aligned vectors: row stride a multiple of 8
+
+
+def xformers_bias(bias: Tensor, lead: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """The additive bias as xformers takes it: one (heads, queries, keys) slice per folded batch
+    entry (it broadcasts nothing), with rows padded in memory to an aligned stride."""
+    *_, heads, queries, keys = bias.shape
+    padded_keys = -(-keys // XFORMERS_BIAS_ALIGNMENT) * XFORMERS_BIAS_ALIGNMENT
+    storage = bias.new_empty(*lead, heads, queries, padded_keys, dtype=dtype)
+    aligned = storage[..., :keys]
+    aligned.copy_(bias.expand(*lead, heads, queries, keys))
+    return aligned.flatten(0, len(lead) - 1)
+
+
+def xformers_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
+                       bias: Tensor | None = None) -> tuple[Tensor, None]:
+    """The attention through xformers' ``memory_efficient_attention`` (CUDA only: it has no CPU
+    operator). Leading dims (batch, windows) are folded into its batch; it wants (B, L, heads, d)."""
+    from xformers.ops import memory_efficient_attention  # imported on use: an optional dependency
+
+    *lead, heads, queries, _ = q.shape
+
+    def to_xformers(t: Tensor) -> Tensor:
+        return t.reshape(-1, heads, *t.shape[-2:]).transpose(1, 2)
+
+    attn_bias = None if bias is None else xformers_bias(bias, tuple(lead), q.dtype)
+    out = memory_efficient_attention(to_xformers(q), to_xformers(k), to_xformers(v), attn_bias=attn_bias,
+                                     scale=scale)
+    return out.transpose(1, 2).reshape(*lead, heads, queries, v.shape[-1]), None
+
+
+XFORMERS_BACKEND = Backend("xformers", xformers_attention,
+                           "xformers memory_efficient_attention; a bias is materialised per batch entry, "
+                           "as xformers needs", devices=("cuda",), dtypes=(torch.float16, torch.bfloat16, torch.float32),
+                           requires=("xformers",))
+
 REFERENCE_BACKENDS: dict[str, Backend] = {
     "torch": Backend("torch", explicit_attention,
                      "plain PyTorch reference: explicit attention matrix and softmax"),

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .core import (FLEX_BACKEND, REFERENCE_BACKENDS, SDPA_KERNELS, check_lepe_kernel, conv_nhwc, depthwise_conv,
-                   forced_sdpa, lepe_macs, merge_heads, split_heads)
+from .core import (FLEX_BACKEND, REFERENCE_BACKENDS, SDPA_KERNELS, XFORMERS_BACKEND, check_lepe_kernel, conv_nhwc,
+                   depthwise_conv, forced_sdpa, lepe_macs, merge_heads, split_heads)
 from .registry import AttentionModule, MacCount, register
 
 
@@ -25,11 +25,13 @@ class FullAttention(AttentionModule):
         qk_scale: override of the softmax scale.
         side_dwconv: LePE kernel size, 0 for none (BiFormer's last stage uses 5).
         backend: 'torch' (explicit matrix), 'sdpa', or SDPA forced to one kernel: 'sdpa_flash',
-            'sdpa_efficient', 'sdpa_cudnn' (CUDA) or 'sdpa_math'; 'flex' (compiled FlexAttention).
+            'sdpa_efficient', 'sdpa_cudnn' (CUDA) or 'sdpa_math'; 'flex' (compiled FlexAttention);
+            'xformers' (memory_efficient_attention, CUDA).
     """
 
     family = "full"
-    backends = {**REFERENCE_BACKENDS, **{f"sdpa_{k}": forced_sdpa(k) for k in SDPA_KERNELS}, "flex": FLEX_BACKEND}
+    backends = {**REFERENCE_BACKENDS, **{f"sdpa_{k}": forced_sdpa(k) for k in SDPA_KERNELS}, "flex": FLEX_BACKEND,
+                "xformers": XFORMERS_BACKEND}
 
     def __init__(self, dim: int, num_heads: int = 8, *, qkv_bias: bool = True,
                  qk_scale: float | None = None, side_dwconv: int = 0, backend: str = "torch") -> None:

@@ -9,14 +9,15 @@ and ``relative_position_index`` match Swin's ``WindowAttention``.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import create_block_mask
 
-from .core import (compiled_flex_attention, explicit_attention, merge_heads, pad_to_multiple, sdpa_attention,
-                   split_heads)
+from .core import (XFORMERS_BACKEND, compiled_flex_attention, explicit_attention, merge_heads, pad_to_multiple,
+                   sdpa_attention, split_heads, xformers_attention)
 from .errors import AttentionConfigError
 from .registry import AttentionModule, Backend, MacCount, check_positive_int, register
 
@@ -124,7 +125,8 @@ class WindowAttention(AttentionModule):
         shift_size: cyclic shift in tokens, 0 for W-MSA (Swin's SW-MSA: window_size // 2).
         qkv_bias: bias in the qkv projection (Swin: True).
         qk_scale: override of the softmax scale.
-        backend: 'torch' (explicit matrix), 'sdpa', or 'flex' (no partition or roll copies).
+        backend: 'torch' (explicit matrix), 'sdpa', 'flex' (no partition or roll copies) or 'xformers'
+            (CUDA).
     """
 
     family = "window"
@@ -136,6 +138,9 @@ class WindowAttention(AttentionModule):
         "flex": Backend("flex", flex_windowed,
                         "FlexAttention on the unpartitioned map: window mask_mod, bias and shift mask in a "
                         "score_mod (backward on CUDA only)", backward_devices=("cuda",)),
+        "xformers": replace(XFORMERS_BACKEND, attend=windowed(xformers_attention),
+                            description="roll and partition, xformers memory_efficient_attention with the bias "
+                                        "(and shift mask) materialised per window"),
     }
 
     def __init__(self, dim: int, num_heads: int = 8, *, window_size: int = 7, shift_size: int = 0,

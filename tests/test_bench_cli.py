@@ -36,12 +36,12 @@ RUN_BENCH = REPO / "run_bench.py"
 HAS_CUDA = torch.cuda.is_available()
 
 QUICK_FLAGS = ["--gpu", "cpu", "--preset", "quick", "--quiet", "--min-time", "0.01"]
-FULL_BACKENDS = ("torch", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "flex")
-# 2 phases each: full 7 backends, window 3, deformable 3; bra: 4 backends × (5 kv modes × 2 phases + 2 topk × fwd)
-QUICK_CASES = (7 + 3 + 3) * 2 + 4 * (5 * 2 + 2)
+FULL_BACKENDS = ("torch", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "flex", "xformers")
+# 2 phases each: full 8 backends, window 4, deformable 3; bra: 5 backends × (5 kv modes × 2 phases + 2 topk × fwd)
+QUICK_CASES = (8 + 4 + 3) * 2 + 5 * (5 * 2 + 2)
 # Not on a CPU: FlexAttention's backward (full, window, deformable, 5 bra rows); SDPA's efficient and cudnn
-# kernels; every row of the Triton BRA kernels (CUDA only outside Triton's interpreter)
-CPU_UNSUPPORTED = (1 + 1 + 1 + 5) + 2 * 2 + (5 * 2 + 2)
+# kernels; xformers (full and window); every row of the Triton BRA kernels (CUDA only outside Triton's interpreter)
+CPU_UNSUPPORTED = (1 + 1 + 1 + 5) + 2 * 2 + 2 * 2 + (5 * 2 + 2)
 ENVIRONMENT_KEYS = {"torch", "fvcore", "triton", "xformers", "cuda", "gpu_name", "gpu_count", "driver", "cpu", "os",
                     "python", "suite_commit"}
 METADATA_KEYS = {"run_id", "preset", "gpu_profile", "device_name", "argv", "command", "started", "finished",
@@ -182,7 +182,7 @@ def test_quick_run_rows_are_consistent(quick_run):
     assert list(frame.columns) == bench.COLUMNS
     unsupported = frame["status"] == "unsupported"
     flex_backward = (frame["backend"] == "flex") & (frame["phase"] == "fwd+bwd")
-    cuda_kernels = frame["backend"].isin(["sdpa_efficient", "sdpa_cudnn"])
+    cuda_kernels = frame["backend"].isin(["sdpa_efficient", "sdpa_cudnn", "xformers", "triton"])
     assert list(frame.loc[unsupported, "case_key"]) == list(frame.loc[flex_backward | cuda_kernels, "case_key"])
     assert unsupported.sum() == CPU_UNSUPPORTED
     assert frame.loc[flex_backward, "status_detail"].str.contains("no backward on cpu").all()
@@ -464,7 +464,7 @@ def test_full_attention_is_not_repeated_per_topk_or_kv_mode(tmp_path, capsys):
     assert cli.main(["--gpu", "cpu", "--preset", "quick", "--families", "full", "--dry-run",
                      "--results-dir", str(tmp_path / "r")]) == 0
     labels = dry_run_labels(capsys.readouterr().out)
-    assert len(labels) == 14
+    assert len(labels) == 2 * len(FULL_BACKENDS)
     assert sorted(labels) == sorted(f"full[]/{b} 28² C64 h2 b2 float32 {p}"
                                     for b in FULL_BACKENDS for p in ("fwd", "fwd+bwd"))
     assert not (tmp_path / "r").exists()
@@ -473,7 +473,7 @@ def test_full_attention_is_not_repeated_per_topk_or_kv_mode(tmp_path, capsys):
 def test_dry_run_counts_per_family(quick_run):
     labels = dry_run_labels(quick_run["dry"])
     count = {f: sum(label.startswith(f + "[") for label in labels) for f in attentions.list_attentions()}
-    assert count == {"full": 14, "window": 6, "deformable": 6, "bra": 3 * (5 * 2 + 2)}
+    assert count == {"full": 2 * len(FULL_BACKENDS), "window": 8, "deformable": 6, "bra": 5 * (5 * 2 + 2)}
     assert not any("topk" in label for label in labels if not label.startswith("bra["))
 
 
@@ -497,7 +497,9 @@ def test_list_shows_every_family_and_backend_with_availability(capsys):
             on_cpu, reason = attentions.backend_available(family, backend, "cpu")
             assert ("here: cpu: yes" in here) == on_cpu and reason in here, here
             if not HAS_CUDA:
-                assert "cuda: no (" in here and "CUDA" in here.split("cuda: no (", 1)[1], here
+                why_not = here.split("cuda: no (", 1)[1]
+                assert ("CUDA" in why_not) if "cuda" in info["backends"][backend]["devices"] else (
+                    "not on cuda" in why_not), here
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from attentions import AttentionConfigError, BiLevelRoutingAttention
 from reference_helpers import BACKENDS, F64, check_backend_switch, grads, random_module
 
 MODES = ("identity", "avgpool", "maxpool", "ada_avgpool", "ada_maxpool")
+BRA_BACKENDS = BACKENDS + ("chunked",)  # the eager backends; flex and triton are tested on their own
 
 # Constructor options and defaults of upstream BiFormer (besides dim / num_heads=8 / backend).
 SPEC_DEFAULTS = dict(n_win=7, qk_dim=None, qk_scale=None, kv_per_win=4, kv_downsample_ratio=4,
@@ -169,7 +170,7 @@ def params_of(module) -> dict:
     return dict(module.named_parameters())
 
 
-def check_against_naive(module, o, shape, seed, backends=BACKENDS, atol=1e-10, rtol=1e-9):
+def check_against_naive(module, o, shape, seed, backends=BRA_BACKENDS, atol=1e-10, rtol=1e-9):
     """Forward and gradients (input and every parameter) of each backend vs the naive reference."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=g, dtype=F64)
@@ -328,7 +329,7 @@ def test_heads_share_routing_gradient_support(routing, mode):
     _, _, r_idx, _ = module(x, ret_attn_mask=True)
     assert r_idx.shape == (2, n * n, 2)  # no head axis
     dv = dim // heads
-    for backend in BACKENDS:
+    for backend in BRA_BACKENDS:
         module.backend = backend
         xg = x.clone().requires_grad_()
         out = module(xg)
@@ -602,7 +603,7 @@ def test_float32_matches_float64_reference(mode, routing):
     gout = torch.randn(ref.shape, generator=g, dtype=F64)
     (ref_gx,) = torch.autograd.grad(ref, x_ref, gout)
     m32 = copy.deepcopy(module).float()
-    for backend in BACKENDS:
+    for backend in BRA_BACKENDS:
         m32.backend = backend
         x32 = x.float().requires_grad_()
         out = m32(x32)
@@ -634,7 +635,7 @@ def test_low_precision_forward(mode, topk, dtype, tol):
     if topk == 9:
         _, _, free_idx, _ = naive_bra(x.double(), P, o)
         assert torch.equal(free_idx.sort(-1).values, r_idx_low.sort(-1).values)  # all regions either way
-    for backend in BACKENDS:
+    for backend in BRA_BACKENDS:
         low.backend = backend
         out = low(x)
         assert out.dtype == dtype
@@ -663,6 +664,19 @@ def test_flex_forward_matches_naive(shape, opts):
     with torch.no_grad():
         got = module.float()(x.float())
     assert ((got.double() - expected).norm() / expected.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("scores", [1, 192])  # chunks of one query block, or of 3 (first opts) and 24 blocks
+@pytest.mark.parametrize("opts", [
+    dict(n_win=3, topk=4, **ROUTINGS["soft_diff_param"]),
+    dict(n_win=3, topk=2, kv_downsample_mode="ada_avgpool", kv_per_win=1, qk_dim=12),
+])
+def test_chunked_matches_naive_across_chunk_boundaries(monkeypatch, scores, opts):
+    """The chunk loop itself: chunks far smaller than the map, ending at no region boundary."""
+    import attentions.bra
+    monkeypatch.setattr(attentions.bra, "CHUNK_SCORES", scores)
+    module, o = make(8, 2, seed=71, **opts)
+    check_against_naive(module, o, (2, 6, 6, 8), seed=72, backends=("chunked",))
 
 
 def test_routed_block_mask_lets_each_region_see_exactly_its_routed_regions():
