@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from .profiles import DTYPES
-from .variants import with_full_attention, with_reference, with_variants
+from .variants import with_backend, with_dense, with_full_attention, with_reference, with_variants
 
 MB = 2 ** 20
 CONVENTIONS = ("GMACs are multiply-adds counted by fvcore, the papers' \"FLOPs\"; hardware FLOPs = 2 × MACs "
@@ -270,7 +270,43 @@ def backend_table(frame: pd.DataFrame) -> Table | None:
     return table
 
 
+def bra_fast_path_table(frame: pd.DataFrame) -> Table | None:
+    """(d) BRA's fast paths, in the terms of their targets: speedup and memory against the official
+    algorithm (memory target: 1/topk of it), speedup over the flex backend, and speedup over dense
+    flash attention as a share of the attention FLOP ratio (regions / topk; identity kv mode)."""
+    rows = with_dense(with_backend(with_reference(with_variants(frame)), "flex", "flex"), "sdpa_flash", "flash")
+    rows = rows[(rows["family"] == "bra") & (rows["kv_downsample_mode"].fillna("identity") == "identity")
+                & (rows["backend"] != rows["reference_backend"])]
+    if rows.empty:
+        return None
+    table = Table("bra_fast_paths", "BRA fast paths against the official algorithm (the reference backend): "
+                  "speedup (×) and peak memory ratio (target ≤ 1/topk), speedup over BRA's flex backend, and "
+                  "speedup over full attention through SDPA's flash kernel with that speedup as a share of the "
+                  "attention FLOP ratio (regions / topk). TFLOP/s from fvcore's MACs; % of the profile's dense "
+                  "peak. Best per column within each case in bold. " + CONVENTIONS,
+                  [Column("Variant"), Column("Backend"), Column("Res."), Column("C/heads"), Column("Phase"),
+                   Column("Latency ms", best="min"), Column("× ref", _ratio, "max"),
+                   Column("Mem/ref", _ratio, "min"), Column("1/topk", _ratio), Column("× flex", _ratio, "max"),
+                   Column("× flash", _ratio, "max"), Column("FLOP ratio", lambda v: f"{v:.3g}"),
+                   Column("% of FLOP ratio", lambda v: f"{v:.0%}", "max"),
+                   Column("TFLOP/s", lambda v: f"{v:.3g}", "max"), Column("% peak", lambda v: f"{v:.1f}", "max")])
+    blocks: dict[tuple, int] = {}
+    for _, row in _sorted(rows).iterrows():
+        ok = row["status"] == "ok"
+        flop_ratio = row["n_win"] ** 2 / row["topk"]
+        table.rows.append([
+            row["variant"], row["backend"], f"{row['resolution']}²", f"{row['dim']}/{row['heads']}", row["phase"],
+            _latency(row) if ok else row["status"].upper(), _value(row["reference_speedup"]),
+            _value(row["reference_mem_ratio"]), 1 / row["topk"],
+            None if row["backend"] == "flex" else _value(row["flex_speedup"]), _value(row["flash_speedup"]),
+            flop_ratio, _value(row["flash_speedup"] / flop_ratio),
+            _value(row["tflops_achieved"]) if ok else None, _value(row["pct_of_peak"]) if ok else None])
+        table.blocks.append(blocks.setdefault(
+            (row["phase"], row["resolution"], row["dim"], row["variant"]), len(blocks)))
+    return table
+
+
 def all_tables(frame: pd.DataFrame) -> list[Table]:
     tables = [main_table(frame), ablation_table(frame, "topk"), ablation_table(frame, "kv_downsample_mode"),
-              backend_table(frame)]
+              backend_table(frame), bra_fast_path_table(frame)]
     return [t for t in tables if t is not None]

@@ -99,3 +99,15 @@ def with_full_attention(frame: pd.DataFrame) -> pd.DataFrame:
     """Pair every row with full attention on the same backend and case shape (prefix ``full``)."""
     keys = ["backend", "device", *CASE_SHAPE]
     return _paired(frame, frame[frame["family"] == "full"], keys, "full")
+
+
+def with_backend(frame: pd.DataFrame, backend: str, prefix: str) -> pd.DataFrame:
+    """Pair every row with the same case of its own family on ``backend`` (e.g. 'flex')."""
+    keys = ["family", "options", "device", *CASE_SHAPE]
+    return _paired(frame, frame[frame["backend"] == backend], keys, prefix)
+
+
+def with_dense(frame: pd.DataFrame, backend: str, prefix: str) -> pd.DataFrame:
+    """Pair every row with full attention on ``backend`` (e.g. 'sdpa_flash') at the same case shape."""
+    keys = ["device", *CASE_SHAPE]
+    return _paired(frame, frame[(frame["family"] == "full") & (frame["backend"] == backend)], keys, prefix)

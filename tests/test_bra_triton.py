@@ -18,7 +18,7 @@ import attentions
 from attentions import AttentionConfigError, BackendUnavailableError
 from attentions.bra import triton_backend
 from reference_helpers import F64, grads
-from test_bra import ROUTINGS, make, naive_bra, params_of
+from test_bra import ROUTINGS, make, naive_bra
 
 pytest.importorskip("triton")
 

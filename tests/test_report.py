@@ -12,10 +12,11 @@ from bench import cli, load_results
 from bench.plots import PLOT_NAMES
 from bench.report import build_report
 from bench.results import write_metadata
-from bench.tables import Table, Column, ablation_table, backend_table, latex_escape, main_table
+from bench.tables import (Table, Column, ablation_table, backend_table, bra_fast_path_table, latex_escape,
+                          main_table)
 from small_results import MISMATCH_LATENCY_MS
 
-TABLES = ("main", "bra_topk", "bra_kv_modes", "backends")
+TABLES = ("main", "bra_topk", "bra_kv_modes", "backends", "bra_fast_paths")
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_latex_is_well_formed(report, name):
             assert len(re.split(r"(?<!\\)&", line)) == len(spec), line
     assert tex.count("{") == tex.count("}")
     assert re.search(r"(?<!\\)[_%#]", re.sub(r"\\(label|begin|end)\{[^}]*\}", "", tex)) is None  # all escaped
-    assert r"\textbf{" in tex
+    assert (r"\textbf{" in tex) == (name != "bra_fast_paths")  # the small run has one fast path: nothing to rank
     assert "\\caption{" in tex and "GMACs" in tex and "2 $\\times$ MACs" in tex
 
 
@@ -93,6 +94,32 @@ def test_speedups_are_ratios_of_measured_latencies(small_results):
     assert set(backends["Backend"]) == {"sdpa"}
     assert backends["Status"].str.contains("mismatch").sum() == 1
     assert backends.loc[backends["Status"] == "mismatch", "Speedup"].isna().all()
+
+
+def test_bra_fast_path_table_takes_its_ratios_from_the_rows(small_results):
+    """BRA's sdpa rows against the reference, a flex backend and dense flash attention; the flex and
+    flash rows are the run's own bra/full sdpa rows relabelled with 2× and 3× their latency."""
+    frame = load_results(small_results)
+    sdpa = (frame["backend"] == "sdpa") & (frame["status"] == "ok")
+    flex = frame[sdpa & (frame["family"] == "bra")].assign(backend="flex")
+    flash = frame[sdpa & (frame["family"] == "full")].assign(backend="sdpa_flash")
+    flex["latency_ms_median"] *= 2
+    flash["latency_ms_median"] *= 3
+    shown = bra_fast_path_table(pd.concat([frame, flex, flash], ignore_index=True)).frame()
+    assert set(shown["Backend"]) == {"sdpa", "flex"}
+    assert shown["Variant"].str.contains("avgpool").sum() == 0  # the FLOP ratio assumes unpooled regions
+    row = shown[(shown["Backend"] == "sdpa") & (shown["Res."] == "7²") & (shown["Phase"] == "fwd")
+                & shown["Variant"].str.contains("topk=4")].iloc[0]
+    pick = lambda f, b: frame[(frame.family == f) & (frame.backend == b) & (frame.resolution == 7)  # noqa: E731
+                              & (frame.phase == "fwd") & (frame.options == "{}")].iloc[0]
+    bra, bra_ref, full = pick("bra", "sdpa"), pick("bra", "torch"), pick("full", "sdpa")
+    assert row["× ref"] == pytest.approx(bra_ref.latency_ms_median / bra.latency_ms_median)
+    assert row["Mem/ref"] == pytest.approx(bra.peak_mem_mb / bra_ref.peak_mem_mb)
+    assert row["1/topk"] == 0.25 and row["FLOP ratio"] == 49 / 4
+    assert row["× flex"] == pytest.approx(2)
+    assert row["× flash"] == pytest.approx(3 * full.latency_ms_median / bra.latency_ms_median)
+    assert row["% of FLOP ratio"] == pytest.approx(row["× flash"] / (49 / 4))
+    assert shown.loc[shown["Backend"] == "flex", "× flex"].isna().all()
 
 
 def test_ablation_tables_cover_the_sweep(small_results):
