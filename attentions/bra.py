@@ -98,7 +98,7 @@ def gathered(kernel: Callable[..., tuple[Tensor, Tensor | None]]) -> Callable[..
 
 
 GATHERED_EXPLICIT = gathered(explicit_attention)
-CHUNK_SCORES = 1 << 20  # score-matrix elements per chunk: 4 MB in fp32, cache-sized
+CHUNK_SCORES = 1 << 19  # score-matrix elements per chunk: 2 MB in fp32, cache-sized
 
 
 def head_major_blocks(x: Tensor, heads: int) -> Tensor:
