@@ -1,8 +1,10 @@
-"""``run_bench.py --suite models``: a small sweep of whole backbones end to end in a subprocess, its rows,
+"""``run_bench.py --suite models``: a small sweep of whole backbones end to end through the CLI, its rows,
 metadata and report; planning, flag validation, resume, and a folder holding both suites."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 
@@ -18,7 +20,7 @@ from attentions.models import build_model, list_models
 from bench import cli
 from bench.results import MODEL_COLUMNS
 from bench.tables import model_table
-from test_bench_cli import data_lines, dry_run, dry_run_labels, run_bench
+from test_bench_cli import data_lines, dry_run, dry_run_labels
 
 MIXED = "window,deformable,bra,full"
 # 2 models × 2 resolutions × 2 phases. At 32² the last map is 1×1, which training-mode BatchNorm
@@ -36,13 +38,15 @@ def row_label(row: pd.Series) -> str:
 
 @pytest.fixture(scope="module")
 def model_run(tmp_path_factory):
+    """The sweep in-process (the attention suite's tests run the CLI in a subprocess already)."""
     results_dir = tmp_path_factory.mktemp("models") / "results"
     flags = [*FLAGS, "--results-dir", str(results_dir), "--run-id", "models"]
     dry = dry_run(flags)
-    proc = run_bench(*flags)
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(flags) == 0
     csv_path = results_dir / "cpu" / "models.csv"
-    return {"dir": results_dir, "flags": flags, "dry": dry, "proc": proc, "csv": csv_path,
+    return {"dir": results_dir, "flags": flags, "dry": dry, "stdout": out.getvalue(), "csv": csv_path,
             "frame": bench.load_results(csv_path), "reports": results_dir.parent / "reports" / "cpu"}
 
 
@@ -57,7 +61,7 @@ def test_rows_follow_the_model_schema_and_the_dry_run(model_run):
     options = frame.set_index("model")["options"].map(json.loads)
     assert options["swin_layout"].iloc[0] == {"attention": MIXED.split(","), "auto_pad": True}
     assert options["biformer_tiny"].iloc[0] == {"attention": "bra", "auto_pad": True}
-    summary = model_run["proc"].stdout
+    summary = model_run["stdout"]
     assert f"{CASES} cases run, 0 already complete" in summary and "swin_layout" in summary
 
 

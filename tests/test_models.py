@@ -255,7 +255,7 @@ def test_training_mode_with_stochastic_depth():
 def test_backends_switch_without_changing_the_output():
     model = randomized(build_model("swin_layout", attention=["window", "deformable", "bra", "bra"], auto_pad=True,
                                    num_classes=10)).eval()
-    x = image()
+    x = image(batch=1)
     with torch.no_grad():
         reference = model(x)
         assert model.backend == "torch"
