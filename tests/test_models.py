@@ -198,7 +198,7 @@ def reference_forward(model: torch.nn.Module, x: torch.Tensor, style: str) -> to
     return F.linear(pooled, p["head.weight"], p["head.bias"])
 
 
-@pytest.mark.parametrize("name,size", [("biformer_tiny", 96), ("swin_layout", 64)])
+@pytest.mark.parametrize("name,size", [("biformer_tiny", 64), ("swin_layout", 32)])  # BRA pads every stage map
 def test_forward_equals_a_functional_reference(name, size):
     model = randomized(build_model(name, auto_pad=True, num_classes=10)).eval()
     x = image(size=size)
@@ -255,7 +255,7 @@ def test_training_mode_with_stochastic_depth():
 def test_backends_switch_without_changing_the_output():
     model = randomized(build_model("swin_layout", attention=["window", "deformable", "bra", "bra"], auto_pad=True,
                                    num_classes=10)).eval()
-    x = image(batch=1)
+    x = image(batch=1, size=32)
     with torch.no_grad():
         reference = model(x)
         assert model.backend == "torch"
