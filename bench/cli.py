@@ -24,8 +24,8 @@ from .model_suite import MODEL_RESOLUTIONS, model_cases, run_model_case
 from .measure import TimingPolicy
 from .presets import COMMON_OPTIONS, KV_MODES, PRESETS, STAGE1_WIDTH, kv_axis, preset_blocks, topk_axis
 from .profiles import DTYPE_ALIASES, DTYPES, PROFILES, GpuProfile, canonical_dtype
-from .results import (COLUMNS, MODEL_COLUMNS, SUITES, ResultsFormatError, completed_case_keys, cpu_name, environment, load_results,
-                      now_iso, read_metadata, write_metadata)
+from .results import (COLUMNS, MODEL_COLUMNS, SUITES, ResultsFormatError, completed_case_keys, cpu_name, environment,
+                      load_results, now_iso, read_metadata, write_metadata)
 from .runner import RunContext, run_case, run_sweep
 
 # The profile's marker in torch.cuda.get_device_name(), to warn when the profile and the GPU differ.
@@ -375,7 +375,8 @@ def main_sweep(argv: list[str]) -> int:
 
         models = args.suite == "models"
         ran, skipped = run_sweep(cases, ctx, results_path, progress=progress,
-                                 run=run_model_case if models else run_case, columns=MODEL_COLUMNS if models else COLUMNS)
+                                 run=run_model_case if models else run_case,
+                                 columns=MODEL_COLUMNS if models else COLUMNS)
     frame = load_results(results_path)
     metadata.update(finished=now_iso(), rows=len(frame),
                     status_counts={k: int(v) for k, v in frame["status"].value_counts().items()})

@@ -159,9 +159,9 @@ def measure_case(case: Case, ctx: RunContext) -> dict[str, Any]:
 
 
 def speed_and_memory(module: torch.nn.Module, x: torch.Tensor, grad_out: torch.Tensor, phase: str, dtype: str,
-                     macs: int | None, ctx: RunContext) -> dict[str, Any]:
+                     macs: int, ctx: RunContext) -> dict[str, Any]:
     """Peak memory, latency, throughput and achieved TFLOP/s of the module's pass (``macs``: of its forward
-    at the input's batch; None when uncounted)."""
+    at the input's batch)."""
     device = x.device
     run = make_pass(module, x, phase, grad_out)
     run()  # first call outside the measurements: lazy init, compilation
@@ -171,10 +171,9 @@ def speed_and_memory(module: torch.nn.Module, x: torch.Tensor, grad_out: torch.T
                rounds=timing.rounds)
     seconds = timing.median_ms / 1e3
     row["throughput"] = x.shape[0] / seconds
-    if macs is not None:
-        row["tflops_achieved"] = hardware_flops(macs, phase) / seconds / 1e12
-        peak = ctx.profile.peak_for(dtype, tf32=ctx.tf32)
-        row["pct_of_peak"] = 100 * row["tflops_achieved"] / peak if peak else None
+    row["tflops_achieved"] = hardware_flops(macs, phase) / seconds / 1e12
+    peak = ctx.profile.peak_for(dtype, tf32=ctx.tf32)
+    row["pct_of_peak"] = 100 * row["tflops_achieved"] / peak if peak else None
     return row
 
 

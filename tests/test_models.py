@@ -102,7 +102,8 @@ def official_keys(depths: tuple[int, ...], dims: tuple[int, ...], style: str) ->
     else:
         keys |= conv("downsample_layers.0.0", dims[0], 3, 4) | bn("downsample_layers.0.1", dims[0])
         for i in range(1, 4):
-            keys |= bn(f"downsample_layers.{i}.0", dims[i - 1]) | conv(f"downsample_layers.{i}.1", dims[i], dims[i - 1], 2)
+            keys |= bn(f"downsample_layers.{i}.0", dims[i - 1])
+            keys |= conv(f"downsample_layers.{i}.1", dims[i], dims[i - 1], 2)
     ratio, fc2 = (3, 3) if style == "biformer" else (4, 2)
     for i, (depth, dim) in enumerate(zip(depths, dims)):
         for j in range(depth):
@@ -191,7 +192,8 @@ def reference_forward(model: torch.nn.Module, x: torch.Tensor, style: str) -> to
                 x = x + conv2d(x, f"{block}.pos_embed", 1, 1, groups=x.shape[1])
             t = x.permute(0, 2, 3, 1)
             t = t + model.get_submodule(f"{block}.attn")(layer_norm(t, f"{block}.norm1"))
-            hidden = F.gelu(F.linear(layer_norm(t, f"{block}.norm2"), p[f"{block}.mlp.0.weight"], p[f"{block}.mlp.0.bias"]))
+            hidden = F.linear(layer_norm(t, f"{block}.norm2"), p[f"{block}.mlp.0.weight"], p[f"{block}.mlp.0.bias"])
+            hidden = F.gelu(hidden)
             t = t + F.linear(hidden, p[f"{block}.mlp.{fc2}.weight"], p[f"{block}.mlp.{fc2}.bias"])
             x = t.permute(0, 3, 1, 2)
     pooled = batch_norm(x, "norm").mean((2, 3))
