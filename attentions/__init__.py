@@ -5,9 +5,12 @@
 >>> attn(torch.randn(2, 56, 56, 64)).shape
 torch.Size([2, 56, 56, 64])
 >>> attn.backend = "sdpa"  # same weights, another backend
+>>> attentions.models.build_model("biformer_tiny")(torch.randn(1, 3, 224, 224)).shape
+torch.Size([1, 1000])
 """
 
 from . import full, window, deformable, bra  # noqa: F401  (registration order is listing order)
+from . import models  # noqa: F401  (whole backbones built from the registry: attentions.models.build_model)
 from .bra import BiLevelRoutingAttention
 from .deformable import DeformableAttention
 from .errors import AttentionConfigError, BackendUnavailableError

@@ -125,3 +125,39 @@ def unique_cases(blocks: list[SweepBlock], device: str,
         for case in block.cases(device, common_options):
             seen.setdefault(case.key, case)
     return list(seen.values())
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    """One measurement of the model suite: a backbone of ``attentions.models`` with an attention choice
+    (a family for every stage, or four comma-separated) and backend, at an image size in pixels."""
+
+    model: str
+    attention: str
+    backend: str
+    batch: int
+    resolution: int
+    dtype: str
+    device: str
+    phase: str
+
+    @property
+    def options_dict(self) -> dict[str, Any]:
+        """The ``build_model`` options besides the backend. auto_pad pads only the maps that BRA's regions
+        do not divide (stage maps of 512² and 1024² inputs); at 224² it changes nothing."""
+        names = self.attention.split(",")
+        return {"attention": names[0] if len(names) == 1 else names, "auto_pad": True}
+
+    @property
+    def options_json(self) -> str:
+        return json.dumps(self.options_dict, sort_keys=True)
+
+    @property
+    def key(self) -> str:
+        """Stable identity of the case, used to skip completed cases on resume."""
+        return "|".join([self.model, self.attention, self.backend, str(self.batch), str(self.resolution),
+                         self.dtype, self.device, self.phase])
+
+    def label(self) -> str:
+        return (f"{self.model}[{self.attention}]/{self.backend} {self.resolution}px b{self.batch} {self.dtype} "
+                f"{self.phase}")

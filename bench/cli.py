@@ -17,13 +17,16 @@ import torch
 from tqdm import tqdm
 
 import attentions
+from attentions.models import list_models
 
-from .cases import PHASES, Case, SweepBlock, unique_cases
+from .cases import PHASES, Case, ModelCase, SweepBlock, unique_cases
+from .model_suite import MODEL_RESOLUTIONS, model_cases, run_model_case
 from .measure import TimingPolicy
 from .presets import COMMON_OPTIONS, KV_MODES, PRESETS, STAGE1_WIDTH, kv_axis, preset_blocks, topk_axis
 from .profiles import DTYPE_ALIASES, DTYPES, PROFILES, GpuProfile, canonical_dtype
-from .results import ResultsFormatError, completed_case_keys, cpu_name, environment, load_results, now_iso, read_metadata, write_metadata
-from .runner import RunContext, run_sweep
+from .results import (COLUMNS, MODEL_COLUMNS, SUITES, ResultsFormatError, completed_case_keys, cpu_name, environment,
+                      load_results, now_iso, read_metadata, write_metadata)
+from .runner import RunContext, run_case, run_sweep
 
 # The profile's marker in torch.cuda.get_device_name(), to warn when the profile and the GPU differ.
 DEVICE_MARKERS = {"a100": "A100", "h100": "H100", "h200": "H200", "l4": "L4", "rtx4090": "4090", "v100": "V100"}
@@ -56,10 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="run_bench.py", description="Sweep the attention zoo and record FLOPs, memory, latency and error.")
     parser.add_argument("--gpu", choices=list(PROFILES),
                         help="GPU profile (peaks, defaults); default: the visible GPU's (without one, say --gpu cpu)")
+    parser.add_argument("--suite", choices=list(SUITES), default="attentions",
+                        help="attention layers, or whole backbones of attentions.models (default: %(default)s)")
     parser.add_argument("--preset", choices=PRESETS, default="default", help="sweep preset (default: %(default)s)")
     parser.add_argument("--families", nargs="+", metavar="NAME", help="attention families to include")
-    parser.add_argument("--backends", nargs="+", metavar="NAME", help="backends to include")
-    parser.add_argument("--resolutions", nargs="+", type=positive_int, metavar="N", help="map sides in tokens")
+    parser.add_argument("--models", nargs="+", metavar="NAME",
+                        help=f"--suite models: backbones to include (default: all of {', '.join(list_models())})")
+    parser.add_argument("--attentions", nargs="+", metavar="CHOICE",
+                        help="--suite models: attention choices of swin_layout, each a family or four comma-separated "
+                             "(default: every family)")
+    parser.add_argument("--backends", nargs="+", metavar="NAME",
+                        help="backends to include (--suite models: default torch)")
+    parser.add_argument("--resolutions", nargs="+", type=positive_int, metavar="N",
+                        help="map sides in tokens; --suite models: image sides in pixels (default: "
+                             f"{' '.join(map(str, MODEL_RESOLUTIONS))})")
     parser.add_argument("--topk", nargs="+", type=positive_int, metavar="K", help="BRA topk values")
     parser.add_argument("--kv-modes", nargs="+", metavar="MODE", help=f"BRA kv modes: {', '.join(KV_MODES)}")
     parser.add_argument("--batch", nargs="+", type=positive_int, metavar="B", help="batch sizes")
@@ -94,6 +107,16 @@ def list_attentions_text() -> str:
             lines.append(f"  {backend:<8} {spec['description']}")
             lines.append(f"           devices {', '.join(spec['devices'])}; dtypes {', '.join(spec['dtypes'])}; "
                          f"backward on {', '.join(spec['backward']) or 'no device'}; here: {'; '.join(here)}")
+    return "\n".join(lines)
+
+
+def list_models_text() -> str:
+    lines = ["models (attentions.models.build_model):"]
+    for name, info in list_models().items():
+        lines.append(f"  {name:<15} {info['display_name']}: depths {info['depths']}, widths {info['dims']}, "
+                     f"MLP ratio {info['mlp_ratio']}")
+    options = next(iter(list_models().values()))["options"]
+    lines.append("  options: " + ", ".join(f"{k}={v!r}" for k, v in options.items()))
     return "\n".join(lines)
 
 
@@ -160,22 +183,71 @@ def apply_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace,
     return out
 
 
-def plan(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str, profile: GpuProfile) -> list[Case]:
+def plan(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str,
+         profile: GpuProfile) -> list[Case] | list[ModelCase]:
+    if args.suite == "models":
+        return plan_models(parser, args, device, profile)
+    misplaced = [flag for flag, value in (("--models", args.models), ("--attentions", args.attentions)) if value]
+    if misplaced:
+        parser.error(f"{', '.join(misplaced)}: only with --suite models")
     blocks = apply_overrides(parser, args, preset_blocks(args.preset, profile))
     return unique_cases(blocks, device, COMMON_OPTIONS)
+
+
+def plan_models(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str,
+                profile: GpuProfile) -> list[ModelCase]:
+    """The model suite's cases for the command line (validated here)."""
+    misplaced = [f"--{dest.replace('_', '-')}" for dest in ("preset", "families", "topk", "kv_modes")
+                 if getattr(args, dest) != parser.get_default(dest)]
+    if misplaced:
+        parser.error(f"{', '.join(misplaced)}: not used by --suite models (it takes --models, --attentions, "
+                     f"--backends, --resolutions, --batch, --dtype, --phase)")
+    models = list(list_models())
+    unknown = [m for m in args.models or [] if m not in models]
+    if unknown:
+        parser.error(f"--models: unknown {', '.join(unknown)}; valid: {', '.join(models)}")
+    families = list(attentions.list_attentions())
+    for choice in args.attentions or []:
+        names = choice.split(",")
+        if len(names) not in (1, 4) or any(name not in families for name in names):
+            parser.error(f"--attentions: {choice!r} is not a family or four comma-separated families; "
+                         f"families: {', '.join(families)}")
+    if args.backends:
+        valid = sorted({b for info in attentions.list_attentions().values() for b in info["backends"]})
+        unknown = [b for b in args.backends if b not in valid]
+        if unknown:
+            parser.error(f"--backends: unknown {', '.join(unknown)}; valid: {', '.join(valid)}")
+    return model_cases(args.models or models, args.attentions or families, args.backends or ["torch"],
+                       args.resolutions or list(MODEL_RESOLUTIONS), args.batch, args.dtype or [profile.default_dtype],
+                       args.phase or list(PHASES), device, profile)
+
+
+def _cell(row: pd.Series) -> str:
+    """A row's median latency and peak memory, or its status."""
+    if row["status"] in ("ok", "mismatch"):
+        text = f"{row['latency_ms_median']:.3g} ms, {row['peak_mem_mb']:.3g} MB"
+        return text if row["status"] == "ok" else f"MISMATCH {text}"
+    return row["status"]
+
+
+def model_summary_table(frame: pd.DataFrame) -> str:
+    """One line per model case: parameters, GMACs per image, and latency and memory (or the status)."""
+    if frame.empty:
+        return "(no rows)"
+    shown = frame.assign(result=frame.apply(_cell, axis=1), params_m=frame["params_m"].map("{:.2f}".format),
+                         gmacs_per_image=frame["gmacs_per_image"].map("{:.4g}".format))
+    columns = ["model", "attention", "backend", "resolution", "batch", "dtype", "phase", "params_m", "gmacs_per_image",
+               "result"]
+    with pd.option_context("display.width", 250, "display.max_rows", 1000, "display.max_colwidth", 100):
+        return shown[columns].to_string(index=False)
 
 
 def summary_table(frame: pd.DataFrame) -> str:
     """One line per case and one column per backend: median latency and peak memory, or the status."""
     if frame.empty:
         return "(no rows)"
-    def cell(row: pd.Series) -> str:
-        if row["status"] in ("ok", "mismatch"):
-            text = f"{row['latency_ms_median']:.3g} ms, {row['peak_mem_mb']:.3g} MB"
-            return text if row["status"] == "ok" else f"MISMATCH {text}"
-        return row["status"]
     options = frame["options"].map(lambda text: ",".join(f"{k}={v}" for k, v in json.loads(text).items()))
-    shown = frame.assign(cell=frame.apply(cell, axis=1), options=options)
+    shown = frame.assign(cell=frame.apply(_cell, axis=1), options=options)
     keys = ["family", "options", "resolution", "batch", "dtype", "phase"]
     groups = shown.groupby(keys, sort=False, dropna=False)
     table = groups["cell"].agg(list).to_frame()  # keeps the case order of the run
@@ -242,7 +314,7 @@ def main_report(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     from .report import build_report, collect_results  # plotting libraries load only when reporting
     try:
-        frame, _ = collect_results(args.results)
+        frame, _ = next(iter(collect_results(args.results).values()))
         out = args.out
         if out is None:
             base = args.results if args.results.is_dir() else args.results.parent
@@ -260,6 +332,8 @@ def main_sweep(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.list:
         print(list_attentions_text())
+        if args.suite == "models":
+            print(list_models_text())
         return 0
 
     resuming = bool(args.resume)
@@ -279,11 +353,13 @@ def main_sweep(argv: list[str]) -> int:
     if resuming:
         metadata.setdefault("resumed", []).append({"at": now_iso(), "environment": environment()})
     else:
-        run_id = args.run_id or f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{args.preset}"
+        name = args.preset if args.suite == "attentions" else args.suite
+        run_id = args.run_id or f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{name}"
         results_path = args.results_dir / profile.name / f"{run_id}.csv"
         if results_path.exists():
             parser.error(f"--run-id: {results_path} exists; use --resume {run_id} to complete it")
-        metadata = {"run_id": run_id, "preset": args.preset, "gpu_profile": profile.name,
+        metadata = {"run_id": run_id, "suite": args.suite,
+                    "preset": args.preset if args.suite == "attentions" else None, "gpu_profile": profile.name,
                     "device_name": device_name, "argv": argv, "command": "python run_bench.py " + shlex.join(argv),
                     "started": now_iso(), "environment": environment(), "cases_planned": len(cases)}
     results_path.parent.mkdir(parents=True, exist_ok=True)
@@ -297,12 +373,15 @@ def main_sweep(argv: list[str]) -> int:
             bar.update(1)
             bar.set_postfix_str(("skip " if done_before else "") + case.label())
 
-        ran, skipped = run_sweep(cases, ctx, results_path, progress=progress)
+        models = args.suite == "models"
+        ran, skipped = run_sweep(cases, ctx, results_path, progress=progress,
+                                 run=run_model_case if models else run_case,
+                                 columns=MODEL_COLUMNS if models else COLUMNS)
     frame = load_results(results_path)
     metadata.update(finished=now_iso(), rows=len(frame),
                     status_counts={k: int(v) for k, v in frame["status"].value_counts().items()})
     write_metadata(results_path.with_suffix(".json"), metadata)
-    print(summary_table(frame))
+    print(model_summary_table(frame) if models else summary_table(frame))
     print(f"\n{ran} cases run, {skipped} already complete; rows in {results_path}")
     if not args.no_report:
         from .report import build_report

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from .cases import Case
-from .results import ResultsFormatError, load_results, read_metadata, resolve_results_path
+from .results import ResultsFormatError, load_results, read_metadata, resolve_results_path, results_suite
 
 DEFAULT_MAX_REGRESSION = 0.10
 MIN_MEMORY_DELTA_MB = 1.0  # peak-memory differences below this are never judged
@@ -138,6 +138,9 @@ def _percent(fraction: float) -> str:
 
 def _load(path: str | Path, name: str, warnings: list[str]) -> pd.DataFrame:
     frame = load_results(path)
+    if results_suite(frame.columns) != "attentions":
+        raise ResultsFormatError(f"{resolve_results_path(path)} is a {results_suite(frame.columns)}-suite run; "
+                                 f"compare aligns attention-suite runs")
     if frame.empty:
         raise ResultsFormatError(f"results file {resolve_results_path(path)} has no rows")
     duplicated = frame["case_key"].duplicated(keep="last")

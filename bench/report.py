@@ -1,4 +1,8 @@
-"""A report folder from result files alone: tables, plots and an index README with the run's metadata."""
+"""A report folder from result files alone: tables, plots and an index README with the runs' metadata.
+
+A folder may hold runs of both suites: attention runs give the attention tables and plots, model runs
+(``--suite models``) the model table.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +12,34 @@ from pathlib import Path
 import pandas as pd
 
 from .plots import make_plots
-from .results import ResultsFormatError, load_results, read_metadata
-from .tables import all_tables
+from .results import ResultsFormatError, load_results, read_metadata, results_suite
+from .tables import all_tables, model_table
 
 
-def collect_results(path: Path) -> tuple[pd.DataFrame, list[dict]]:
-    """Rows and metadata of a results file, or of every results file in a folder (newest row per case)."""
+def collect_results(path: Path) -> dict[str, tuple[pd.DataFrame, list[dict]]]:
+    """Per suite ('attentions', 'models'), the rows and metadata of a results file, or of every results file
+    in a folder (newest row per case)."""
     path = Path(path)
     files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
     if not files:
         raise ResultsFormatError(f"no results .csv files in {path}")
-    frames, metadata = [], []
+    collected: dict[str, tuple[list[pd.DataFrame], list[dict]]] = {}
     for file in files:
-        frames.append(load_results(file))
+        frame = load_results(file)
+        frames, metadata = collected.setdefault(results_suite(frame.columns), ([], []))
+        frames.append(frame)
         try:
             metadata.append(read_metadata(file))
         except ResultsFormatError:
             metadata.append({"run_id": Path(file).stem, "note": "no metadata file"})
-    frame = pd.concat(frames, ignore_index=True)
-    if frame.empty:
+    out = {}
+    for suite, (frames, metadata) in collected.items():
+        frame = pd.concat(frames, ignore_index=True)
+        frame = frame.sort_values("timestamp", kind="stable").drop_duplicates("case_key", keep="last")
+        out[suite] = frame.reset_index(drop=True), metadata
+    if all(frame.empty for frame, _ in out.values()):
         raise ResultsFormatError(f"{path} holds no result rows")
-    frame = frame.sort_values("timestamp", kind="stable").drop_duplicates("case_key", keep="last")
-    return frame.reset_index(drop=True), metadata
+    return {suite: (frame, metadata) for suite, (frame, metadata) in out.items() if not frame.empty}
 
 
 def _metadata_markdown(metadata: list[dict]) -> str:
@@ -44,7 +54,8 @@ def _metadata_markdown(metadata: list[dict]) -> str:
                   f"- torch {env.get('torch')}, triton {env.get('triton')}, xformers {env.get('xformers')}, "
                   f"fvcore {env.get('fvcore')}",
                   f"- suite commit `{env.get('suite_commit')}`{' (with local changes)' if env.get('suite_dirty') else ''}",
-                  f"- started {meta.get('started')}, finished {meta.get('finished')}; preset `{meta.get('preset')}`",
+                  f"- started {meta.get('started')}, finished {meta.get('finished')}; "
+                  + ("suite `models`" if meta.get("suite") == "models" else f"preset `{meta.get('preset')}`"),
                   f"- command: `{meta.get('command')}`",
                   f"- rows by status: {json.dumps(meta.get('status_counts', {}))}", ""]
         if meta.get("note"):
@@ -53,14 +64,23 @@ def _metadata_markdown(metadata: list[dict]) -> str:
 
 
 def build_report(results: Path, out_dir: Path) -> Path:
-    """Write tables (.md, .tex, .csv), plots (.png, .pdf) and README.md into ``out_dir``; return the README."""
-    frame, metadata = collect_results(results)
+    """Write tables (.md, .tex, .csv), plots (.png, .pdf) and README.md into ``out_dir``; return the README.
+
+    Attention-suite rows give the attention tables and plots; model-suite rows the model table.
+    """
+    suites = collect_results(results)
     out_dir = Path(out_dir)
     tables_dir, plots_dir = out_dir / "tables", out_dir / "plots"
-    tables = all_tables(frame)
+    tables, plots = [], None
+    if "attentions" in suites:
+        tables += all_tables(suites["attentions"][0])
+        plots = [p for p in make_plots(suites["attentions"][0], plots_dir) if p.suffix == ".png"]
+    if "models" in suites:
+        tables.append(model_table(suites["models"][0]))
     for table in tables:
         table.write(tables_dir)
-    plots = [p for p in make_plots(frame, plots_dir) if p.suffix == ".png"]
+    frame = pd.concat([frame[["gpu_profile", "device_name", "status"]] for frame, _ in suites.values()])
+    metadata = [meta for _, suite_metadata in suites.values() for meta in suite_metadata]
     profile = ", ".join(sorted(frame["gpu_profile"].astype(str).unique()))
     devices = ", ".join(sorted(frame["device_name"].astype(str).unique()))
     counts = frame["status"].value_counts().to_dict()
@@ -72,9 +92,10 @@ def build_report(results: Path, out_dir: Path) -> Path:
     for table in tables:
         lines += [f"### {table.name}", "", f"[LaTeX](tables/{table.name}.tex) · [CSV](tables/{table.name}.csv)",
                   "", table.to_markdown(), ""]
-    lines += ["## Plots", ""]
-    for png in plots:
-        lines += [f"### {png.stem}", "", f"![{png.stem}](plots/{png.name}) ([PDF](plots/{png.stem}.pdf))", ""]
+    if plots is not None:
+        lines += ["## Plots", ""]
+        for png in plots:
+            lines += [f"### {png.stem}", "", f"![{png.stem}](plots/{png.name}) ([PDF](plots/{png.stem}.pdf))", ""]
     readme = out_dir / "README.md"
     readme.write_text("\n".join(lines))
     return readme

@@ -44,7 +44,26 @@ COLUMNS = REQUIRED_COLUMNS + [
     "reference_backend",  # backend the error was measured against
     "seed", "run_id", "case_key", "timestamp",
 ]
+# Rows of the model suite (``--suite models``): one whole backbone of ``attentions.models`` per row.
+MODEL_COLUMNS = [
+    "model", "attention", "backend", "resolution", "batch", "dtype", "phase", "status",
+    "params_m",           # parameters, millions
+    "gmacs_per_image",    # fvcore's count of one image's forward (batch 1, eval mode): the papers' GFLOPs
+    "throughput", "latency_ms_median", "latency_ms_p20", "latency_ms_p80", "peak_mem_mb",
+    "tflops_achieved", "pct_of_peak",
+    "hw_gflops",          # hardware FLOPs of the measured pass: 2 × MACs × batch, × 3 for fwd+bwd
+    "device_name", "gpu_profile",
+    "options",            # JSON of the build_model options (attention choice, auto_pad)
+    "device", "status_detail", "rounds", "param_mb", "input_mb", "seed", "run_id", "case_key", "timestamp",
+]
+SUITES = {"attentions": COLUMNS, "models": MODEL_COLUMNS}  # suite -> its row schema
+NUMERIC_COLUMNS = {"attentions": ("resolution", "batch", "dim", "heads"), "models": ("resolution", "batch")}
 STATUSES = ("ok", "mismatch", "unsupported", "oom", "error")
+
+
+def results_suite(columns) -> str:
+    """The suite whose schema a results header (or DataFrame) follows: a model column marks the model suite."""
+    return "models" if "model" in list(columns) else "attentions"
 
 
 class ResultsFormatError(ValueError):
@@ -52,24 +71,28 @@ class ResultsFormatError(ValueError):
 
 
 class ResultsWriter:
-    """Appends rows to a CSV, one fsync per row, so a killed run loses at most the case in progress."""
+    """Appends rows to a CSV, one fsync per row, so a killed run loses at most the case in progress.
 
-    def __init__(self, path: Path) -> None:
+    ``columns`` is the schema of the file's suite (``COLUMNS`` or ``MODEL_COLUMNS``).
+    """
+
+    def __init__(self, path: Path, columns: list[str] = COLUMNS) -> None:
         self.path = Path(path)
+        self.columns = columns
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             _drop_partial_last_line(self.path)
         if not self.path.exists() or self.path.stat().st_size == 0:
             with open(self.path, "w", newline="") as f:
-                csv.writer(f).writerow(COLUMNS)
+                csv.writer(f).writerow(columns)
                 _sync(f)
 
     def append(self, row: dict[str, Any]) -> None:
-        unknown = set(row) - set(COLUMNS)
+        unknown = set(row) - set(self.columns)
         if unknown:
             raise ValueError(f"row has columns outside the schema: {sorted(unknown)}")
         with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=COLUMNS).writerow(row)
+            csv.DictWriter(f, fieldnames=self.columns).writerow(row)
             _sync(f)
 
 
@@ -100,7 +123,7 @@ def resolve_results_path(path: str | os.PathLike) -> Path:
 
 
 def load_results(path: str | os.PathLike) -> pd.DataFrame:
-    """Load a results CSV and check it is one of ours; raises ResultsFormatError otherwise."""
+    """Load a results CSV of either suite and check it is one of ours; raises ResultsFormatError otherwise."""
     path = resolve_results_path(path)
     if path.is_dir():
         raise ResultsFormatError(f"{path} is a directory; give a results .csv file")
@@ -112,15 +135,16 @@ def load_results(path: str | os.PathLike) -> pd.DataFrame:
         frame = pd.read_csv(path, keep_default_na=True)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise ResultsFormatError(f"{path} is not a readable CSV: {exc}") from exc
-    missing = [c for c in COLUMNS if c not in frame.columns]
+    suite = results_suite(frame.columns)
+    missing = [c for c in SUITES[suite] if c not in frame.columns]
     if missing:
         raise ResultsFormatError(
-            f"{path} is not a results file of this suite (schema {SCHEMA_VERSION}): missing columns "
+            f"{path} is not a results file of this suite (schema {SCHEMA_VERSION}, {suite}): missing columns "
             f"{', '.join(missing[:8])}{' …' if len(missing) > 8 else ''}")
     bad_status = sorted(set(frame["status"].dropna()) - set(STATUSES))
     if bad_status or frame["status"].isna().any():
         raise ResultsFormatError(f"{path}: unknown status values {bad_status or ['<empty>']}; valid: {STATUSES}")
-    for column in ("resolution", "batch", "dim", "heads"):
+    for column in NUMERIC_COLUMNS[suite]:
         if len(frame) and not pd.api.types.is_numeric_dtype(frame[column]):
             raise ResultsFormatError(f"{path}: column {column!r} must be numeric")
     return frame

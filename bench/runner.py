@@ -24,7 +24,7 @@ from .cases import Case
 from .flops import count_macs, hardware_flops
 from .measure import ERROR_TOLERANCE, TimingPolicy, error_against_reference, make_pass, peak_memory_bytes, time_pass
 from .profiles import DTYPES, GpuProfile
-from .results import ResultsWriter, completed_case_keys, now_iso
+from .results import COLUMNS, ResultsWriter, completed_case_keys, now_iso
 
 SEED = 0
 FLOP_TOLERANCE = 0.01  # fvcore and macs() must agree within 1%
@@ -59,7 +59,9 @@ def build_module(case: Case, seed: int) -> tuple[torch.nn.Module, torch.Tensor, 
 
 
 def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    """CUDA's out-of-memory error, or the CPU allocator failing to allocate."""
+    message = str(exc).lower()
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in message or "can't allocate memory" in message
 
 
 def free_memory(device: str) -> None:
@@ -147,17 +149,7 @@ def measure_case(case: Case, ctx: RunContext) -> dict[str, Any]:
     row["gmacs"] = macs / 1e9
     row["hw_gflops"] = hardware_flops(macs, case.phase) / 1e9
 
-    run = make_pass(module, x, case.phase, grad_out)
-    run()  # first call outside the measurements: lazy init, compilation
-    row["peak_mem_mb"] = peak_memory_bytes(run, device) / MB
-    timing = time_pass(run, device, ctx.timing)
-    row.update(latency_ms_median=timing.median_ms, latency_ms_p20=timing.p20_ms, latency_ms_p80=timing.p80_ms,
-               rounds=timing.rounds)
-    seconds = timing.median_ms / 1e3
-    row["throughput"] = case.batch / seconds
-    row["tflops_achieved"] = hardware_flops(macs, case.phase) / seconds / 1e12
-    peak = ctx.profile.peak_for(case.dtype, tf32=ctx.tf32)
-    row["pct_of_peak"] = 100 * row["tflops_achieved"] / peak if peak else None
+    row.update(speed_and_memory(module, x, grad_out, case.phase, case.dtype, macs, ctx))
     mismatch = row.get("rel_err") is not None and not row["rel_err"] <= tolerance
     row["status"] = "mismatch" if mismatch else "ok"
     if mismatch:
@@ -166,11 +158,29 @@ def measure_case(case: Case, ctx: RunContext) -> dict[str, Any]:
     return row
 
 
-def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
-    """One row for one case, whatever happens to it."""
-    row = base_row(case, ctx)
+def speed_and_memory(module: torch.nn.Module, x: torch.Tensor, grad_out: torch.Tensor, phase: str, dtype: str,
+                     macs: int, ctx: RunContext) -> dict[str, Any]:
+    """Peak memory, latency, throughput and achieved TFLOP/s of the module's pass (``macs``: of its forward
+    at the input's batch)."""
+    device = x.device
+    run = make_pass(module, x, phase, grad_out)
+    run()  # first call outside the measurements: lazy init, compilation
+    row: dict[str, Any] = {"peak_mem_mb": peak_memory_bytes(run, device) / MB}
+    timing = time_pass(run, device, ctx.timing)
+    row.update(latency_ms_median=timing.median_ms, latency_ms_p20=timing.p20_ms, latency_ms_p80=timing.p80_ms,
+               rounds=timing.rounds)
+    seconds = timing.median_ms / 1e3
+    row["throughput"] = x.shape[0] / seconds
+    row["tflops_achieved"] = hardware_flops(macs, phase) / seconds / 1e12
+    peak = ctx.profile.peak_for(dtype, tf32=ctx.tf32)
+    row["pct_of_peak"] = 100 * row["tflops_achieved"] / peak if peak else None
+    return row
+
+
+def isolated(row: dict[str, Any], measure: Callable[[], dict[str, Any]], device: str) -> dict[str, Any]:
+    """``row`` completed by ``measure()``, or by the status of what it raised, whatever happens."""
     try:
-        row.update(measure_case(case, ctx))
+        row.update(measure())
     except BackendUnavailableError as exc:
         row.update(status="unsupported", status_detail=str(exc))
     except Exception as exc:  # noqa: BLE001 - isolation is the point: record and go on
@@ -179,19 +189,27 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
         else:
             row.update(status="error", status_detail=f"{type(exc).__name__}: {exc}"[:500])
     finally:
-        free_memory(case.device)
+        free_memory(device)
     row["timestamp"] = now_iso()
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
 
-def run_sweep(cases: Iterable[Case], ctx: RunContext, results_path: Path,
-              progress: Callable[[Case, bool], None] | None = None) -> tuple[int, int]:
+def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
+    """One row for one case, whatever happens to it."""
+    return isolated(base_row(case, ctx), lambda: measure_case(case, ctx), case.device)
+
+
+def run_sweep(cases: Iterable[Any], ctx: RunContext, results_path: Path,
+              progress: Callable[[Any, bool], None] | None = None,
+              run: Callable[[Any, RunContext], dict[str, Any]] = run_case,
+              columns: list[str] = COLUMNS) -> tuple[int, int]:
     """Run every case that has no row yet in ``results_path``, appending each row durably.
 
-    ``progress(case, already_done)`` is called before each case. Returns (cases run now, cases
-    skipped because a row for them was already there).
+    ``run(case, ctx)`` makes a case's row (``run_case``; the model suite's ``run_model_case`` with
+    ``columns=MODEL_COLUMNS``). ``progress(case, already_done)`` is called before each case. Returns
+    (cases run now, cases skipped because a row for them was already there).
     """
-    writer = ResultsWriter(results_path)  # first: it cuts a half-written last row
+    writer = ResultsWriter(results_path, columns)  # first: it cuts a half-written last row
     done = completed_case_keys(results_path)
     ran = skipped = 0
     for case in cases:
@@ -201,6 +219,6 @@ def run_sweep(cases: Iterable[Case], ctx: RunContext, results_path: Path,
         if already_done:
             skipped += 1
             continue
-        writer.append(run_case(case, ctx))
+        writer.append(run(case, ctx))
         ran += 1
     return ran, skipped

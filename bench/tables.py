@@ -18,6 +18,9 @@ import pandas as pd
 
 import torch
 
+import attentions
+from attentions.models import list_models
+
 from .profiles import DTYPES
 from .variants import with_backend, with_dense, with_full_attention, with_reference, with_variants
 
@@ -310,3 +313,50 @@ def all_tables(frame: pd.DataFrame) -> list[Table]:
     tables = [main_table(frame), ablation_table(frame, "topk"), ablation_table(frame, "kv_downsample_mode"),
               backend_table(frame), bra_fast_path_table(frame)]
     return [t for t in tables if t is not None]
+
+
+MODEL_PHASES = ("fwd", "fwd+bwd")
+
+
+def _model_order(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows by resolution, batch and dtype, then models in ``list_models`` order, attentions in registry order."""
+    models = {name: i for i, name in enumerate(list_models())}
+    families = {name: i for i, name in enumerate(attentions.list_attentions())}
+    return frame.assign(_model=frame["model"].map(lambda m: models.get(m, len(models))),
+                        _attention=frame["attention"].map(lambda a: families.get(a, len(families)))).sort_values(
+        ["resolution", "batch", "dtype", "_model", "_attention", "attention", "backend"], kind="stable")
+
+
+def model_table(frame: pd.DataFrame) -> Table:
+    """The model-level paper table: per model, attention choice, backend and resolution, parameters, GFLOPs
+    (fvcore MACs per image) and, for the forward and for forward+backward, throughput, latency and memory."""
+    names = {name: info["display_name"] for name, info in list_models().items()}
+    columns = [Column("Model"), Column("Attention"), Column("Backend"), Column("Res."), Column("Batch"),
+               Column("Dtype"), Column("Params (M)", lambda v: f"{v:.2f}"), Column("FLOPs (G)", lambda v: f"{v:.3f}")]
+    for phase in MODEL_PHASES:
+        columns += [Column(f"{phase} img/s", lambda v: f"{v:.4g}", "max"), Column(f"{phase} ms", best="min"),
+                    Column(f"{phase} MB", lambda v: f"{v:.4g}", "min")]
+    table = Table("models", "Backbones: parameters (M), FLOPs (G, fvcore multiply-adds of one image's forward in "
+                  "eval mode, as the papers count them) and, for the forward (eval mode) and forward+backward "
+                  "(training mode), throughput (images/s), latency (ms, median [p20–p80]) and peak memory (MB). "
+                  "Best per column within each resolution, batch and dtype in bold. " + CONVENTIONS, columns)
+    keys = ["model", "attention", "backend", "resolution", "batch", "dtype"]
+    ordered = _model_order(frame)
+    blocks: dict[tuple, int] = {}
+    for key, rows in ordered.groupby(keys, sort=False):
+        model, attention, backend, resolution, batch, dtype = key
+        first = rows.iloc[0]
+        cells: list[object] = [names.get(model, model), attention, backend, f"{resolution}²", int(batch), dtype,
+                               _value(rows["params_m"].max()), _value(rows["gmacs_per_image"].max())]
+        for phase in MODEL_PHASES:
+            row = rows[rows["phase"] == phase]
+            if row.empty:
+                cells += [None, None, None]
+            elif row.iloc[-1]["status"] != "ok":
+                cells += [None, row.iloc[-1]["status"].upper(), None]
+            else:
+                row = row.iloc[-1]
+                cells += [_value(row["throughput"]), _latency(row), _value(row["peak_mem_mb"])]
+        table.rows.append(cells)
+        table.blocks.append(blocks.setdefault((first["resolution"], first["batch"], first["dtype"]), len(blocks)))
+    return table

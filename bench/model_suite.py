@@ -1,0 +1,135 @@
+"""The model suite (``run_bench.py --suite models``): whole backbones of ``attentions.models``.
+
+Cases are model × attention choice × backend × resolution (image side, pixels) × batch × dtype ×
+phase. The BiFormer models run with their own attention; ``swin_layout``, the comparison backbone,
+with every attention choice asked for. Everything about a model comes from ``attentions.models``
+(``list_models``, ``build_model``) and its attention modules' registry interface.
+
+Policies (documented in the README):
+
+- **Resolutions**: 224² (classification) and 512², 1024² (dense prediction); BRA pads the stage
+  maps its 7×7 regions do not divide (``auto_pad``, a no-op at 224²).
+- **Batch**: the profile's default batch at 224² and below, 1 above, unless ``--batch`` is given.
+- **Mode**: ``fwd`` in eval mode under ``torch.inference_mode``; ``fwd+bwd`` in training mode (BatchNorm
+  on batch statistics), gradients of the input and every parameter.
+- **FLOPs**: fvcore's MACs of one image's forward in eval mode, the convention of the published
+  figures, counted once per model, attention choice and resolution.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any
+
+import torch
+
+import attentions
+from attentions import BackendUnavailableError
+from attentions.models import build_model, list_models
+
+from .cases import ModelCase
+from .flops import count_macs, hardware_flops
+from .profiles import DTYPES, GpuProfile
+from .runner import MB, RunContext, is_oom, isolated, speed_and_memory
+
+COMPARISON_MODEL = "swin_layout"  # the backbone whose attention the suite swaps
+MODEL_RESOLUTIONS = (224, 512, 1024)
+CLASSIFICATION_RESOLUTION = 224
+
+
+def default_model_batch(resolution: int, profile: GpuProfile) -> int:
+    return profile.default_batch if resolution <= CLASSIFICATION_RESOLUTION else 1
+
+
+def model_cases(models: list[str], choices: list[str], backends: list[str], resolutions: list[int],
+                batches: list[int] | None, dtypes: list[str], phases: list[str], device: str,
+                profile: GpuProfile) -> list[ModelCase]:
+    """Every case of the sweep, in order: the BiFormer models with their own attention, the comparison
+    backbone with each of ``choices``."""
+    described = list_models()
+    cases = []
+    for model in models:
+        own = [described[model]["options"]["attention"]]
+        for attention, resolution in itertools.product(choices if model == COMPARISON_MODEL else own, resolutions):
+            for batch, dtype, backend, phase in itertools.product(
+                    batches or [default_model_batch(resolution, profile)], dtypes, backends, phases):
+                cases.append(ModelCase(model, attention, backend, batch, resolution, dtype, device, phase))
+    return cases
+
+
+def base_model_row(case: ModelCase, ctx: RunContext) -> dict[str, Any]:
+    return {
+        "model": case.model, "attention": case.attention, "backend": case.backend, "resolution": case.resolution,
+        "batch": case.batch, "dtype": case.dtype, "phase": case.phase, "options": case.options_json,
+        "device": case.device, "device_name": ctx.device_name, "gpu_profile": ctx.profile.name, "seed": ctx.seed,
+        "run_id": ctx.run_id, "case_key": case.key,
+    }
+
+
+def check_backend(model: torch.nn.Module, case: ModelCase) -> None:
+    """Raise BackendUnavailableError unless every attention family of the model can run the case's backend."""
+    for family in sorted({module.family for module in model.attention_modules()}):
+        ok, reason = attentions.backend_available(family, case.backend, case.device,
+                                                  backward=case.phase == "fwd+bwd")
+        if not ok:
+            raise BackendUnavailableError(f"'{family}': {reason}")
+
+
+def count_model_macs(case: ModelCase, model: torch.nn.Module, x: torch.Tensor, ctx: RunContext) -> tuple[int, str]:
+    """fvcore MACs of one image's forward in eval mode, and a note on how they were counted.
+
+    A backend that TorchScript cannot trace (a compiled kernel) is counted on a copy with every
+    attention on its reference backend: the same mechanism, so the same multiply-adds.
+    """
+    key = ("model", case.model, case.options_json, case.resolution)
+    if key not in ctx._mac_cache:
+        counted_model, note = model, ""
+        training = model.training
+        model.eval()
+        try:
+            try:
+                counted, _ = count_macs(model, x[:1])
+            except RuntimeError as exc:
+                if is_oom(exc):
+                    raise
+                counted_model = copy.deepcopy(model)
+                for module in counted_model.attention_modules():
+                    module.backend = module.reference_backend
+                counted, _ = count_macs(counted_model, x[:1])
+                note = f"fvcore cannot trace backend '{case.backend}': MACs counted on the reference backends"
+        finally:
+            model.train(training)
+        ctx._mac_cache[key] = (counted, note)
+    return ctx._mac_cache[key]
+
+
+def measure_model_case(case: ModelCase, ctx: RunContext) -> dict[str, Any]:
+    """All measurements of one model case; exceptions propagate to ``run_model_case``."""
+    device, dtype = torch.device(case.device), DTYPES[case.dtype]
+    torch.manual_seed(ctx.seed)
+    model = build_model(case.model, **case.options_dict)
+    check_backend(model, case)
+    model.backend = case.backend
+    model = model.to(device=device, dtype=dtype).train(case.phase == "fwd+bwd")
+    generator = torch.Generator(device="cpu").manual_seed(ctx.seed + 1)
+    x = torch.randn(case.batch, 3, case.resolution, case.resolution, generator=generator).to(device, dtype)
+    classes = list_models()[case.model]["options"]["num_classes"]
+    grad_out = torch.randn(case.batch, classes, generator=generator).to(device, dtype)
+    params = list(model.parameters())
+    row: dict[str, Any] = {
+        "params_m": sum(p.numel() for p in params) / 1e6,
+        "param_mb": sum(p.numel() * p.element_size() for p in params) / MB,
+        "input_mb": x.numel() * x.element_size() / MB,
+    }
+    macs, note = count_model_macs(case, model, x, ctx)
+    row["gmacs_per_image"] = macs / 1e9
+    row["hw_gflops"] = hardware_flops(macs * case.batch, case.phase) / 1e9
+    row.update(speed_and_memory(model, x, grad_out, case.phase, case.dtype, macs * case.batch, ctx))
+    row.update(status="ok", status_detail=note)
+    return row
+
+
+def run_model_case(case: ModelCase, ctx: RunContext) -> dict[str, Any]:
+    """One row for one model case, whatever happens to it."""
+    return isolated(base_model_row(case, ctx), lambda: measure_model_case(case, ctx), case.device)

@@ -1,0 +1,225 @@
+"""``run_bench.py --suite models``: a small sweep of whole backbones end to end through the CLI, its rows,
+metadata and report; planning, flag validation, resume, and a folder holding both suites."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+
+import pandas as pd
+import pytest
+import torch
+from fvcore.nn import FlopCountAnalysis
+
+import attentions
+import bench
+import bench.report
+from attentions.models import build_model, list_models
+from bench import cli
+from bench.results import MODEL_COLUMNS
+from bench.tables import model_table
+from test_bench_cli import data_lines, dry_run, dry_run_labels
+
+MIXED = "window,deformable,bra,full"
+# 2 models × 2 resolutions × 2 phases. At 32² the last map is 1×1, which training-mode BatchNorm
+# cannot normalise over one image: both fwd+bwd rows at 32² are real 'error' rows.
+FLAGS = ["--suite", "models", "--gpu", "cpu", "--models", "biformer_tiny", "swin_layout", "--attentions", MIXED,
+         "--resolutions", "32", "64", "--batch", "1", "--min-time", "0.01", "--quiet"]
+CASES = 8
+
+
+def row_label(row: pd.Series) -> str:
+    """bench.cases.ModelCase.label() rebuilt from a results row."""
+    return (f"{row['model']}[{row['attention']}]/{row['backend']} {row['resolution']}px b{row['batch']} "
+            f"{row['dtype']} {row['phase']}")
+
+
+@pytest.fixture(scope="module")
+def model_run(tmp_path_factory):
+    """The sweep in-process (the attention suite's tests run the CLI in a subprocess already)."""
+    results_dir = tmp_path_factory.mktemp("models") / "results"
+    flags = [*FLAGS, "--results-dir", str(results_dir), "--run-id", "models"]
+    dry = dry_run(flags)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli.main(flags) == 0
+    csv_path = results_dir / "cpu" / "models.csv"
+    return {"dir": results_dir, "flags": flags, "dry": dry, "stdout": out.getvalue(), "csv": csv_path,
+            "frame": bench.load_results(csv_path), "reports": results_dir.parent / "reports" / "cpu"}
+
+
+def test_rows_follow_the_model_schema_and_the_dry_run(model_run):
+    frame = model_run["frame"]
+    assert data_lines(model_run["csv"])[0].decode().strip() == ",".join(MODEL_COLUMNS)
+    assert list(frame.columns) == MODEL_COLUMNS
+    labels = dry_run_labels(model_run["dry"])
+    assert len(labels) == CASES and sorted(frame.apply(row_label, axis=1)) == sorted(labels)
+    assert not frame["case_key"].duplicated().any() and (frame["run_id"] == "models").all()
+    assert set(zip(frame["model"], frame["attention"])) == {("biformer_tiny", "bra"), ("swin_layout", MIXED)}
+    options = frame.set_index("model")["options"].map(json.loads)
+    assert options["swin_layout"].iloc[0] == {"attention": MIXED.split(","), "auto_pad": True}
+    assert options["biformer_tiny"].iloc[0] == {"attention": "bra", "auto_pad": True}
+    summary = model_run["stdout"]
+    assert f"{CASES} cases run, 0 already complete" in summary and "swin_layout" in summary
+
+
+def test_failed_cases_are_rows_with_their_reason(model_run):
+    frame = model_run["frame"]
+    failed = frame[frame["status"] != "ok"]
+    assert set(zip(failed["resolution"], failed["phase"])) == {(32, "fwd+bwd")} and len(failed) == 2
+    assert (failed["status"] == "error").all()
+    assert failed["status_detail"].str.contains("Expected more than 1 value per channel when training").all()
+    assert failed[["latency_ms_median", "throughput", "peak_mem_mb"]].isna().all(axis=None)
+
+
+def test_measurements_are_consistent(model_run):
+    frame = model_run["frame"]
+    ok = frame[frame["status"] == "ok"]
+    assert len(ok) == CASES - 2
+    for (model, attention), rows in ok.groupby(["model", "attention"]):
+        options = {"attention": attention.split(",") if "," in attention else attention}
+        params = sum(p.numel() for p in build_model(model, **options).parameters()) / 1e6
+        assert rows["params_m"].to_numpy() == pytest.approx(params, rel=1e-12)
+        assert rows["param_mb"].to_numpy() == pytest.approx(params * 1e6 * 4 / 2 ** 20, rel=1e-12)
+    assert (ok["latency_ms_p20"] <= ok["latency_ms_median"]).all()
+    assert (ok["latency_ms_median"] <= ok["latency_ms_p80"]).all() and (ok["latency_ms_p20"] > 0).all()
+    assert (ok["rounds"] >= 10).all() and (ok["peak_mem_mb"] > 0).all()
+    assert ok["throughput"].to_numpy() == pytest.approx((ok["batch"] / (ok["latency_ms_median"] / 1e3)).to_numpy())
+    factor = ok["phase"].map({"fwd": 2, "fwd+bwd": 6})
+    assert ok["hw_gflops"].to_numpy() == pytest.approx((factor * ok["batch"] * ok["gmacs_per_image"]).to_numpy())
+    training = ok[ok["phase"] == "fwd+bwd"]
+    assert len(training) == 2 and (training["peak_mem_mb"] >= training["param_mb"]).all()  # every weight's gradient
+    assert ok["pct_of_peak"].isna().all() and ok["status_detail"].isna().all()
+
+
+def test_gmacs_are_fvcore_counts_of_one_image_in_eval_mode(model_run):
+    frame = model_run["frame"]
+    row = frame[(frame["model"] == "biformer_tiny") & (frame["resolution"] == 64)].iloc[0]
+    model = build_model("biformer_tiny", auto_pad=True).eval()
+    analysis = FlopCountAnalysis(model, torch.randn(1, 3, 64, 64))
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    assert row["gmacs_per_image"] * 1e9 == pytest.approx(analysis.total(), rel=1e-12)
+    counts = frame.groupby(["model", "resolution"])["gmacs_per_image"].agg(["min", "max"]).dropna()
+    assert (counts["min"] == counts["max"]).all()  # one count per model and resolution, whatever the phase
+    assert (counts.xs(64, level="resolution")["min"] > counts.xs(32, level="resolution")["min"]).all()
+
+
+def test_metadata_names_the_suite(model_run):
+    meta = json.loads(model_run["csv"].with_suffix(".json").read_text())
+    assert meta["suite"] == "models" and meta["preset"] is None and meta["run_id"] == "models"
+    assert meta["argv"] == model_run["flags"] and "--suite models" in meta["command"]
+    assert meta["status_counts"] == {"ok": CASES - 2, "error": 2} and meta["cases_planned"] == CASES
+    assert meta["environment"]["torch"] == torch.__version__ and meta["started"] <= meta["finished"]
+
+
+def test_report_has_the_model_table_in_three_formats(model_run):
+    out = model_run["reports"]
+    assert sorted(p.name for p in (out / "tables").iterdir()) == ["models.csv", "models.md", "models.tex"]
+    assert not (out / "plots").exists()
+    table = pd.read_csv(out / "tables" / "models.csv")
+    assert list(table.columns[:8]) == ["Model", "Attention", "Backend", "Res.", "Batch", "Dtype", "Params (M)",
+                                       "FLOPs (G)"]
+    assert len(table) == 4 and set(table["Model"]) == {"BiFormer-T", "Swin-T layout"}
+    assert list(table["Res."]) == ["32²", "32²", "64²", "64²"]  # by resolution, then models in list_models order
+    assert (table.loc[table["Res."] == "32²", "fwd+bwd ms"] == "ERROR").all()
+    frame = model_run["frame"]
+    swin64 = frame[(frame["model"] == "swin_layout") & (frame["resolution"] == 64)]
+    shown = table[(table["Model"] == "Swin-T layout") & (table["Res."] == "64²")].iloc[0]
+    assert shown["FLOPs (G)"] == pytest.approx(swin64["gmacs_per_image"].iloc[0])
+    assert shown["fwd ms"] == pytest.approx(swin64.loc[swin64["phase"] == "fwd", "latency_ms_median"].iloc[0])
+    tex = (out / "tables" / "models.tex").read_text()
+    assert re.findall(r"\\(begin|end)\{(\w+)\}", tex) == [("begin", "table"), ("begin", "tabular"),
+                                                           ("end", "tabular"), ("end", "table")]
+    columns = len(re.search(r"\\begin\{tabular\}\{(\w+)\}", tex).group(1))
+    body = tex[tex.index(r"\toprule"):tex.index(r"\bottomrule")]
+    assert all(len(re.split(r"(?<!\\)&", line)) == columns for line in body.splitlines() if line.endswith("\\\\"))
+    assert r"\textbf{" in tex and "BiFormer-T" in tex and "64$^2$" in tex
+    readme = (out / "README.md").read_text()
+    assert "### models" in readme and "suite `models`" in readme and "## Plots" not in readme
+
+
+def test_model_table_keeps_failed_rows_out_of_the_ranking(model_run):
+    frame = model_run["frame"].copy()
+    fast = frame[(frame["status"] == "ok") & (frame["phase"] == "fwd") & (frame["resolution"] == 64)]
+    oom = fast["latency_ms_median"].idxmax()
+    frame.loc[oom, "status"] = "oom"
+    frame.loc[oom, "latency_ms_median"] = 1e-6  # a number left behind must never be shown or ranked
+    table = model_table(frame)
+    rows = table.frame()
+    assert (rows["fwd ms"] == "OOM").sum() == 1
+    assert rows.loc[rows["fwd ms"] == "OOM", ["fwd img/s", "fwd MB"]].isna().all(axis=None)
+    assert "1e-06" not in table.to_markdown()
+
+
+def test_resume_of_a_complete_model_run_has_nothing_left(model_run, capsys):
+    assert cli.main(["--resume", "models", "--results-dir", str(model_run["dir"]), "--dry-run"]) == 0
+    assert f"0 cases to run, {CASES} already complete" in capsys.readouterr().out
+
+
+def test_compare_refuses_model_runs(model_run, capsys):
+    assert cli.main(["compare", str(model_run["csv"]), str(model_run["csv"])]) == 2
+    assert "models-suite run" in capsys.readouterr().err
+
+
+def test_a_folder_with_both_suites_reports_both(model_run, small_results, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench.report, "make_plots", lambda frame, out: [])  # drawn and tested in test_plots.py
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    (folder / "attention.csv").write_bytes(small_results.read_bytes())
+    (folder / "models.csv").write_bytes(model_run["csv"].read_bytes())
+    readme = bench.report.build_report(folder, tmp_path / "out").read_text()
+    assert "### main" in readme and "### models" in readme and "## Plots" in readme
+    models = pd.read_csv(tmp_path / "out" / "tables" / "models.csv")
+    main = pd.read_csv(tmp_path / "out" / "tables" / "main.csv")
+    assert len(models) == 4 and len(main) == len(bench.load_results(small_results))
+
+
+# --------------------------------------------------------------------------------------------
+# planning and flags (in-process, nothing runs)
+# --------------------------------------------------------------------------------------------
+
+def test_default_model_sweep(tmp_path):
+    labels = dry_run_labels(dry_run(["--suite", "models", "--gpu", "cpu", "--results-dir", str(tmp_path / "r")]))
+    families = list(attentions.list_attentions())
+    expected = {f"{model}[bra]" for model in list_models() if model != "swin_layout"}
+    expected |= {f"swin_layout[{family}]" for family in families}
+    assert {label.split("/")[0] for label in labels} == expected
+    assert len(labels) == len(expected) * 3 * 2  # 224, 512, 1024 px; fwd and fwd+bwd
+    assert all(" 224px b8 float32 " in label for label in labels if "224px" in label)  # the CPU profile's batch
+    assert all(" b1 " in label for label in labels if "224px" not in label)
+    assert all("/torch " in label for label in labels)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--models", "resnet50"], "resnet50"),
+    (["--attentions", "linear"], "linear"),
+    (["--attentions", "window,bra"], "window,bra"),
+    (["--backends", "cuda_magic"], "cuda_magic"),
+    (["--families", "bra"], "--families"),
+    (["--topk", "4"], "--topk"),
+    (["--preset", "quick"], "--preset"),
+])
+def test_bad_model_suite_flags_exit_2_naming_the_value(flags, named, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--suite", "models", "--gpu", "cpu", "--dry-run", "--results-dir", str(tmp_path / "r"), *flags])
+    assert exc.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert named in message, message
+
+
+def test_model_flags_need_the_model_suite(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--gpu", "cpu", "--models", "biformer_tiny", "--dry-run", "--results-dir", str(tmp_path / "r")])
+    assert exc.value.code == 2 and "--models: only with --suite models" in capsys.readouterr().err
+
+
+def test_list_with_the_model_suite_names_every_model(capsys):
+    assert cli.main(["--list", "--suite", "models"]) == 0
+    out = capsys.readouterr().out
+    for name, info in list_models().items():
+        assert re.search(rf"^  {name}\s+{re.escape(info['display_name'])}: depths", out, flags=re.MULTILINE), name
+    assert "attention='bra'" in out and "auto_pad=False" in out
