@@ -109,6 +109,67 @@ def head_major_blocks(x: Tensor, heads: int) -> Tensor:
     return blocks.reshape(batch * heads * regions, tokens, channels // heads)
 
 
+class ChunkedRoutedAttention(torch.autograd.Function):
+    """Token attention of head-major blocks over their routed blocks, a chunk of query blocks at a time.
+
+    q_blocks (N, L, dq), k_blocks (N, M, dq), v_blocks (N, M, dv); routed (N, topk) indexes the
+    key blocks of every query block; weights (N, topk) scale a routed block's k and v (soft
+    routing) or are None. The backward recomputes each chunk's scores instead of keeping them and
+    adds the chunk's K/V gradients into one buffer, so the gathered copy never exists in either pass.
+    """
+
+    @staticmethod
+    def chunk(q_blocks: Tensor, k_blocks: Tensor, v_blocks: Tensor, weights: Tensor | None, routed: Tensor,
+              scale: float, rows: slice) -> tuple[Tensor, ...]:
+        """One chunk's routed K/V (unweighted and weighted) and attention probabilities."""
+        index = routed[rows].flatten()
+        count, topk = routed[rows].shape
+        raw_keys = k_blocks.index_select(0, index).view(count, topk, k_blocks.shape[1], -1)
+        raw_values = v_blocks.index_select(0, index).view(count, topk, v_blocks.shape[1], -1)
+        keys, values = raw_keys, raw_values
+        if weights is not None:
+            keys, values = raw_keys * weights[rows, :, None, None], raw_values * weights[rows, :, None, None]
+        keys, values = keys.flatten(1, 2), values.flatten(1, 2)
+        probs = torch.bmm(q_blocks[rows], keys.transpose(1, 2)).mul_(scale).softmax(dim=-1)
+        return raw_keys, raw_values, keys, values, probs
+
+    @staticmethod
+    def forward(ctx, q_blocks: Tensor, k_blocks: Tensor, v_blocks: Tensor, weights: Tensor | None, routed: Tensor,
+                scale: float, step: int) -> Tensor:
+        out = q_blocks.new_empty(q_blocks.shape[:2] + (v_blocks.shape[-1],))
+        for start in range(0, len(q_blocks), step):
+            rows = slice(start, start + step)
+            *_, values, probs = ChunkedRoutedAttention.chunk(q_blocks, k_blocks, v_blocks, weights, routed, scale,
+                                                             rows)
+            torch.bmm(probs, values, out=out[rows])
+        ctx.save_for_backward(q_blocks, k_blocks, v_blocks, weights, routed, out)
+        ctx.scale, ctx.step = scale, step
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        q_blocks, k_blocks, v_blocks, weights, routed, out = ctx.saved_tensors
+        scale = ctx.scale
+        dq, dk, dv = torch.empty_like(q_blocks), torch.zeros_like(k_blocks), torch.zeros_like(v_blocks)
+        dweights = None if weights is None else torch.empty_like(weights)
+        delta = (dout * out).sum(-1, keepdim=True)  # rowsum(dO ∘ O): the softmax backward's correction
+        for start in range(0, len(q_blocks), ctx.step):
+            rows = slice(start, start + ctx.step)
+            raw_keys, raw_values, keys, values, probs = ChunkedRoutedAttention.chunk(
+                q_blocks, k_blocks, v_blocks, weights, routed, scale, rows)
+            dlogits = probs * (torch.bmm(dout[rows], values.transpose(1, 2)) - delta[rows]) * scale
+            dq[rows] = torch.bmm(dlogits, keys)
+            dkeys = torch.bmm(dlogits.transpose(1, 2), q_blocks[rows]).view(raw_keys.shape)
+            dvalues = torch.bmm(probs.transpose(1, 2), dout[rows]).view(raw_values.shape)
+            if weights is not None:
+                dweights[rows] = (dkeys * raw_keys).sum((2, 3)) + (dvalues * raw_values).sum((2, 3))
+                dkeys, dvalues = dkeys * weights[rows, :, None, None], dvalues * weights[rows, :, None, None]
+            index = routed[rows].flatten()
+            dk.index_add_(0, index, dkeys.flatten(0, 1))
+            dv.index_add_(0, index, dvalues.flatten(0, 1))
+        return dq, dk, dv, dweights, None, None, None
+
+
 def chunked_gathered(module: "BiLevelRoutingAttention", q: Tensor, kv: Tensor, r_weight: Tensor,
                      r_idx: Tensor) -> tuple[Tensor, None]:
     """The official gather and explicit attention, over cache-sized chunks of query blocks.
@@ -121,26 +182,14 @@ def chunked_gathered(module: "BiLevelRoutingAttention", q: Tensor, kv: Tensor, r
     batch, regions, query_tokens, _ = q.shape
     heads, topk, key_tokens = module.num_heads, r_idx.shape[-1], kv.shape[2]
     k, v = kv.split([module.qk_dim, module.dim], dim=-1)
-    q_blocks = head_major_blocks(q, heads)
-    k_blocks, v_blocks = head_major_blocks(k, heads), head_major_blocks(v, heads)
     # the (batch, head, routed region) block of every (batch, head, query region, slot)
     first_block = (torch.arange(batch * heads, device=q.device) * regions).view(batch, heads, 1, 1)
-    routed_blocks = (first_block + r_idx[:, None]).flatten(0, 2)  # (B·heads·regions, topk)
-    if module.soft_routing:
-        block_weights = r_weight[:, None].expand(batch, heads, regions, topk).flatten(0, 2)
+    routed = (first_block + r_idx[:, None]).flatten(0, 2)
+    weights = r_weight[:, None].expand(batch, heads, regions, topk).flatten(0, 2) if module.soft_routing else None
     step = max(1, CHUNK_SCORES // (query_tokens * topk * key_tokens))
-    chunks = []
-    for start in range(0, q_blocks.shape[0], step):
-        routed = routed_blocks[start:start + step]
-        keys = k_blocks.index_select(0, routed.flatten()).view(len(routed), topk, key_tokens, -1)
-        values = v_blocks.index_select(0, routed.flatten()).view(len(routed), topk, key_tokens, -1)
-        if module.soft_routing:
-            weights = block_weights[start:start + step, :, None, None]
-            keys, values = keys * weights, values * weights
-        out, _ = explicit_attention(q_blocks[start:start + step], keys.flatten(1, 2), values.flatten(1, 2),
-                                    module.scale)
-        chunks.append(out)
-    out = torch.cat(chunks).view(batch, heads, regions, query_tokens, -1)
+    out = ChunkedRoutedAttention.apply(head_major_blocks(q, heads), head_major_blocks(k, heads),
+                                       head_major_blocks(v, heads), weights, routed, module.scale, step)
+    out = out.view(batch, heads, regions, query_tokens, -1)
     return out.permute(0, 2, 3, 1, 4).reshape(batch, regions, query_tokens, module.dim), None
 
 
