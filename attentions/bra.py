@@ -97,7 +97,6 @@ def gathered(kernel: Callable[..., tuple[Tensor, Tensor | None]]) -> Callable[..
     return attend
 
 
-GATHERED_EXPLICIT = gathered(explicit_attention)
 CHUNK_SCORES = 1 << 19  # score-matrix elements per chunk: 2 MB in fp32, cache-sized
 
 
@@ -151,7 +150,7 @@ class ChunkedRoutedAttention(torch.autograd.Function):
         q_blocks, k_blocks, v_blocks, weights, routed, out = ctx.saved_tensors
         scale = ctx.scale
         dq, dk, dv = torch.empty_like(q_blocks), torch.zeros_like(k_blocks), torch.zeros_like(v_blocks)
-        dweights = None if weights is None else torch.empty_like(weights)
+        dweights = torch.empty_like(weights) if ctx.needs_input_grad[3] else None
         delta = (dout * out).sum(-1, keepdim=True)  # rowsum(dO ∘ O): the softmax backward's correction
         for start in range(0, len(q_blocks), ctx.step):
             rows = slice(start, start + ctx.step)
@@ -161,8 +160,9 @@ class ChunkedRoutedAttention(torch.autograd.Function):
             dq[rows] = torch.bmm(dlogits, keys)
             dkeys = torch.bmm(dlogits.transpose(1, 2), q_blocks[rows]).view(raw_keys.shape)
             dvalues = torch.bmm(probs.transpose(1, 2), dout[rows]).view(raw_values.shape)
-            if weights is not None:
+            if dweights is not None:
                 dweights[rows] = (dkeys * raw_keys).sum((2, 3)) + (dvalues * raw_values).sum((2, 3))
+            if weights is not None:
                 dkeys, dvalues = dkeys * weights[rows, :, None, None], dvalues * weights[rows, :, None, None]
             index = routed[rows].flatten()
             dk.index_add_(0, index, dkeys.flatten(0, 1))
@@ -280,12 +280,13 @@ class BiLevelRoutingAttention(AttentionModule):
         side_dwconv: LePE kernel, 0 for none.
         auto_pad: pad H, W up to multiples of n_win and crop the output.
         backend: 'torch' (the official gather, explicit matrix), 'sdpa' (gathered K/V through SDPA),
-            'flex' (a routed block mask, nothing gathered) or 'triton' (the suite's fused kernels).
+            'flex' (a routed block mask, nothing gathered), 'triton' (the suite's fused kernels, CUDA) or
+            'chunked' (the gather and explicit attention a cache-sized chunk at a time, CPU).
     """
 
     family = "bra"
     backends = {
-        "torch": Backend("torch", GATHERED_EXPLICIT,
+        "torch": Backend("torch", gathered(explicit_attention),
                          "official algorithm: topk-times gathered K/V, explicit attention matrix"),
         "sdpa": Backend("sdpa", gathered(sdpa_attention),
                         "gathered K/V, token attention through F.scaled_dot_product_attention"),
