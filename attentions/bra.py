@@ -186,7 +186,8 @@ def chunked_gathered(module: "BiLevelRoutingAttention", q: Tensor, kv: Tensor, r
     first_block = (torch.arange(batch * heads, device=q.device) * regions).view(batch, heads, 1, 1)
     routed = (first_block + r_idx[:, None]).flatten(0, 2)
     weights = r_weight[:, None].expand(batch, heads, regions, topk).flatten(0, 2) if module.soft_routing else None
-    step = max(1, CHUNK_SCORES // (query_tokens * topk * key_tokens))
+    # a plain int: under torch.jit.trace (fvcore) sizes are tensors, and a tensor step would be an op input
+    step = max(1, CHUNK_SCORES // int(query_tokens * topk * key_tokens))
     out = ChunkedRoutedAttention.apply(head_major_blocks(q, heads), head_major_blocks(k, heads),
                                        head_major_blocks(v, heads), weights, routed, module.scale, step)
     out = out.view(batch, heads, regions, query_tokens, -1)
@@ -245,6 +246,13 @@ def routed_attention_macs(inputs: list[tuple[int, ...]], outputs: list[tuple[int
     return batch * regions * query_tokens * topk * key_tokens * kv_channels
 
 
+def chunked_attention_macs(inputs: list[tuple[int, ...]], outputs: list[tuple[int, ...]]) -> int:
+    """MACs of ``ChunkedRoutedAttention``: every query block meets topk key blocks on q·k and p·v."""
+    (blocks, query_tokens, qk_channels), (_, key_tokens, _), (_, _, v_channels) = inputs[:3]
+    topk = inputs[-1][-1]  # routed (blocks, topk) is the last tensor input
+    return blocks * query_tokens * topk * key_tokens * (qk_channels + v_channels)
+
+
 def triton_backend() -> Backend:
     """The 'triton' backend record. Its kernels run on CUDA; under Triton's interpreter
     (TRITON_INTERPRET=1 before the kernels are first imported) they also run on CPU tensors,
@@ -296,7 +304,8 @@ class BiLevelRoutingAttention(AttentionModule):
         "triton": triton_backend(),
         "chunked": Backend("chunked", chunked_gathered,
                            "the official gather and explicit attention over cache-sized chunks of query regions "
-                           "(the CPU fast path)", devices=("cpu",)),
+                           "(the CPU fast path)", devices=("cpu",),
+                           custom_ops=(("ChunkedRoutedAttention", chunked_attention_macs),)),
     }
 
     def __init__(self, dim: int, num_heads: int = 8, n_win: int = 7, qk_dim: int | None = None,

@@ -587,6 +587,21 @@ def test_macs_agree_with_fvcore(opts, hw):
     assert module.macs(1, *hw).total == flops.total()
 
 
+@pytest.mark.parametrize("opts,hw", [
+    (dict(), (14, 14)),
+    (dict(kv_downsample_mode="maxpool", kv_downsample_ratio=2, qk_dim=8), (28, 14)),
+    (dict(auto_pad=True, **ROUTINGS["soft"]), (13, 12)),  # the routing weights are one more tensor input
+])
+def test_harness_counts_the_chunked_op(opts, hw):
+    """fvcore sees ChunkedRoutedAttention as one opaque op: the harness counts it through the MAC
+    formula the backend declares."""
+    from bench.flops import count_macs
+    module = attentions.build("bra", dim=16, num_heads=2, n_win=7, backend="chunked", **opts)
+    counted, uncounted = count_macs(module, torch.randn(1, *hw, 16))
+    assert counted == module.macs(1, *hw).total
+    assert not any("Chunked" in op for op in uncounted)
+
+
 # --------------------------------------------------------------------------------------------------
 # reduced precision
 # --------------------------------------------------------------------------------------------------
