@@ -133,8 +133,8 @@ def xformers_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
 
 XFORMERS_BACKEND = Backend("xformers", xformers_attention,
                            "xformers memory_efficient_attention; a bias is materialised per batch entry, "
-                           "as xformers needs", devices=("cuda",), dtypes=(torch.float16, torch.bfloat16, torch.float32),
-                           requires=("xformers",))
+                           "as xformers needs", devices=("cuda",),
+                           dtypes=(torch.float16, torch.bfloat16, torch.float32), requires=("xformers",))
 
 REFERENCE_BACKENDS: dict[str, Backend] = {
     "torch": Backend("torch", explicit_attention,

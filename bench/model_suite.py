@@ -18,7 +18,6 @@ Policies (documented in the README):
 
 from __future__ import annotations
 
-import copy
 import itertools
 from typing import Any
 
@@ -29,9 +28,9 @@ from attentions import BackendUnavailableError
 from attentions.models import build_model, list_models
 
 from .cases import ModelCase
-from .flops import count_macs, hardware_flops
+from .flops import hardware_flops
 from .profiles import DTYPES, GpuProfile
-from .runner import MB, RunContext, is_oom, isolated, speed_and_memory
+from .runner import MB, RunContext, count_macs_any_backend, isolated, speed_and_memory
 
 COMPARISON_MODEL = "swin_layout"  # the backbone whose attention the suite swaps
 MODEL_RESOLUTIONS = (224, 512, 1024)
@@ -77,27 +76,13 @@ def check_backend(model: torch.nn.Module, case: ModelCase) -> None:
 
 
 def count_model_macs(case: ModelCase, model: torch.nn.Module, x: torch.Tensor, ctx: RunContext) -> tuple[int, str]:
-    """fvcore MACs of one image's forward in eval mode, and a note on how they were counted.
-
-    A backend that TorchScript cannot trace (a compiled kernel) is counted on a copy with every
-    attention on its reference backend: the same mechanism, so the same multiply-adds.
-    """
+    """fvcore MACs of one image's forward in eval mode, and a note on how they were counted."""
     key = ("model", case.model, case.options_json, case.resolution)
     if key not in ctx._mac_cache:
-        counted_model, note = model, ""
         training = model.training
         model.eval()
         try:
-            try:
-                counted, _ = count_macs(model, x[:1])
-            except RuntimeError as exc:
-                if is_oom(exc):
-                    raise
-                counted_model = copy.deepcopy(model)
-                for module in counted_model.attention_modules():
-                    module.backend = module.reference_backend
-                counted, _ = count_macs(counted_model, x[:1])
-                note = f"fvcore cannot trace backend '{case.backend}': MACs counted on the reference backends"
+            counted, _, note = count_macs_any_backend(model, x[:1], case.backend)
         finally:
             model.train(training)
         ctx._mac_cache[key] = (counted, note)

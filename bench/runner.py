@@ -11,6 +11,7 @@ import copy
 import gc
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -83,26 +84,32 @@ def base_row(case: Case, ctx: RunContext) -> dict[str, Any]:
     }
 
 
+def count_macs_any_backend(module: torch.nn.Module, x: torch.Tensor, backend: str) -> tuple[int, Counter, str]:
+    """fvcore MACs of ``module(x)``, the ops it could not count, and a note on how it was counted.
+
+    A backend that TorchScript cannot trace (a compiled kernel) is counted on a copy whose
+    attentions all run their reference backends: the same mechanism, so the same multiply-adds.
+    """
+    try:
+        return (*count_macs(module, x), "")
+    except RuntimeError as exc:
+        if is_oom(exc):
+            raise
+    reference = copy.deepcopy(module)
+    for attention in reference.modules():
+        if isinstance(attention, attentions.AttentionModule):
+            attention.backend = attention.reference_backend
+    note = f"fvcore cannot trace backend '{backend}': MACs counted on the reference backend"
+    return (*count_macs(reference, x), note)
+
+
 def count_case_macs(case: Case, module: torch.nn.Module, x: torch.Tensor,
                     ctx: RunContext) -> tuple[int, str, str]:
     """fvcore MACs at the case's batch (counted once per shape at batch 1), the cross-check against
-    ``macs()`` (empty when within 1%), and a note on how it was counted.
-
-    A backend that TorchScript cannot trace (a compiled kernel) is counted on a reference-backend
-    copy of the module: the same mechanism, so the same multiply-adds.
-    """
+    ``macs()`` (empty when within 1%), and a note on how it was counted."""
     key = (case.family, case.backend, case.options_json, case.resolution, case.dim, case.heads, case.device)
     if key not in ctx._mac_cache:
-        note = ""
-        try:
-            counted, unsupported = count_macs(module, x[:1])
-        except RuntimeError as exc:
-            if is_oom(exc):
-                raise
-            reference = copy.deepcopy(module)
-            reference.backend = module.reference_backend
-            counted, unsupported = count_macs(reference, x[:1])
-            note = f"fvcore cannot trace backend '{case.backend}': MACs counted on '{reference.backend}'"
+        counted, unsupported, note = count_macs_any_backend(module, x[:1], case.backend)
         analytic = module.macs(1, case.resolution, case.resolution).total
         check = ""
         if abs(counted - analytic) > FLOP_TOLERANCE * analytic:
