@@ -69,6 +69,32 @@ def _row_stats_offsets(batch, region, head0, REGIONS, HEADS, QUERY_TOKENS: tl.co
 
 
 @triton.jit
+def _program_region(REGIONS):
+    """This program's flat (batch, region) index, its batch and its region, in int64."""
+    pid = tl.program_id(0).to(tl.int64)
+    return pid, pid // REGIONS, pid % REGIONS
+
+
+@triton.jit
+def _routed_region(kv_ptr, index_ptr, weight_ptr, batch, region, slot, skv_b, skv_r, skv_t, skv_c, si_b, si_r, si_k,
+                   head0, QK_DIM, KEY_TOKENS: tl.constexpr, HEAD_DQ: tl.constexpr, HEAD_DV: tl.constexpr,
+                   HEADS_PER_TILE: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_DQ: tl.constexpr,
+                   BLOCK_DV: tl.constexpr, SOFT: tl.constexpr):
+    """K and V tiles of the ``slot``-th region routed from ``region``, and its routing weight (1 without
+    soft routing). Weights share the routing indices' strides."""
+    offset = batch * si_b + region * si_r + slot * si_k
+    routed = tl.load(index_ptr + offset).to(tl.int64)
+    k, _, _ = _region_tile(kv_ptr, batch, routed, skv_b, skv_r, skv_t, skv_c, 0, head0, KEY_TOKENS, HEAD_DQ,
+                           HEADS_PER_TILE, BLOCK_K, BLOCK_DQ)
+    v, _, _ = _region_tile(kv_ptr, batch, routed, skv_b, skv_r, skv_t, skv_c, QK_DIM, head0, KEY_TOKENS, HEAD_DV,
+                           HEADS_PER_TILE, BLOCK_K, BLOCK_DV)
+    weight = 1.0
+    if SOFT:
+        weight = tl.load(weight_ptr + offset).to(tl.float32)
+    return k, v, weight
+
+
+@triton.jit
 def _routed_forward(q_ptr, kv_ptr, weight_ptr, index_ptr, out_ptr, lse_ptr,
                     sq_b, sq_r, sq_t, sq_c, skv_b, skv_r, skv_t, skv_c, si_b, si_r, si_k,
                     so_b, so_r, so_t, so_c, scale, REGIONS, HEADS, QK_DIM, TOPK,
@@ -77,9 +103,7 @@ def _routed_forward(q_ptr, kv_ptr, weight_ptr, index_ptr, out_ptr, lse_ptr,
                     BLOCK_K: tl.constexpr, BLOCK_DQ: tl.constexpr, BLOCK_DV: tl.constexpr,
                     SOFT: tl.constexpr, PRECISION: tl.constexpr):
     """out = softmax(q kᵀ·scale) v over the routed regions of one (batch, query region, head group)."""
-    pid = tl.program_id(0).to(tl.int64)
-    batch = pid // REGIONS
-    region = pid % REGIONS
+    _, batch, region = _program_region(REGIONS)
     head0 = tl.program_id(1) * HEADS_PER_TILE
     q, _, _ = _region_tile(q_ptr, batch, region, sq_b, sq_r, sq_t, sq_c, 0, head0, QUERY_TOKENS, HEAD_DQ,
                            HEADS_PER_TILE, BLOCK_Q, BLOCK_DQ)
@@ -88,16 +112,10 @@ def _routed_forward(q_ptr, kv_ptr, weight_ptr, index_ptr, out_ptr, lse_ptr,
     row_sum = tl.zeros([BLOCK_Q], tl.float32)
     acc = tl.zeros([BLOCK_Q, BLOCK_DV], tl.float32)
     for slot in range(TOPK):
-        routed = tl.load(index_ptr + batch * si_b + region * si_r + slot * si_k).to(tl.int64)
-        k, _, _ = _region_tile(kv_ptr, batch, routed, skv_b, skv_r, skv_t, skv_c, 0, head0, KEY_TOKENS,
-                               HEAD_DQ, HEADS_PER_TILE, BLOCK_K, BLOCK_DQ)
-        v, _, _ = _region_tile(kv_ptr, batch, routed, skv_b, skv_r, skv_t, skv_c, QK_DIM, head0, KEY_TOKENS,
-                               HEAD_DV, HEADS_PER_TILE, BLOCK_K, BLOCK_DV)
-        logit_scale = scale
-        if SOFT:
-            weight = tl.load(weight_ptr + batch * si_b + region * si_r + slot * si_k).to(tl.float32)
-            logit_scale = scale * weight
-        logits = tl.dot(q, tl.trans(k), input_precision=PRECISION) * logit_scale
+        k, v, weight = _routed_region(kv_ptr, index_ptr, weight_ptr, batch, region, slot, skv_b, skv_r, skv_t, skv_c,
+                                      si_b, si_r, si_k, head0, QK_DIM, KEY_TOKENS, HEAD_DQ, HEAD_DV, HEADS_PER_TILE,
+                                      BLOCK_K, BLOCK_DQ, BLOCK_DV, SOFT)
+        logits = tl.dot(q, tl.trans(k), input_precision=PRECISION) * (scale * weight)
         logits = tl.where(valid, logits, float("-inf"))
         new_max = tl.maximum(row_max, tl.max(logits, 1))
         rescale = tl.exp(row_max - new_max)
@@ -126,9 +144,7 @@ def _routed_backward_query(q_ptr, kv_ptr, weight_ptr, index_ptr, dout_ptr, lse_p
                            BLOCK_K: tl.constexpr, BLOCK_DQ: tl.constexpr, BLOCK_DV: tl.constexpr,
                            SOFT: tl.constexpr, WEIGHT_GRAD: tl.constexpr, PRECISION: tl.constexpr):
     """dQ of one (batch, query region, head group), and its share of the routing-weight gradient."""
-    pid = tl.program_id(0).to(tl.int64)
-    batch = pid // REGIONS
-    region = pid % REGIONS
+    _, batch, region = _program_region(REGIONS)
     group = tl.program_id(1)
     head0 = group * HEADS_PER_TILE
     q, _, _ = _region_tile(q_ptr, batch, region, sq_b, sq_r, sq_t, sq_c, 0, head0, QUERY_TOKENS, HEAD_DQ,
@@ -142,14 +158,9 @@ def _routed_backward_query(q_ptr, kv_ptr, weight_ptr, index_ptr, dout_ptr, lse_p
     valid = _pair_mask(QUERY_TOKENS, KEY_TOKENS, HEADS_PER_TILE, BLOCK_Q, BLOCK_K)
     dq = tl.zeros([BLOCK_Q, BLOCK_DQ], tl.float32)
     for slot in range(TOPK):
-        routed = tl.load(index_ptr + batch * si_b + region * si_r + slot * si_k).to(tl.int64)
-        k, _, _ = _region_tile(kv_ptr, batch, routed, skv_b, skv_r, skv_t, skv_c, 0, head0, KEY_TOKENS,
-                               HEAD_DQ, HEADS_PER_TILE, BLOCK_K, BLOCK_DQ)
-        v, _, _ = _region_tile(kv_ptr, batch, routed, skv_b, skv_r, skv_t, skv_c, QK_DIM, head0, KEY_TOKENS,
-                               HEAD_DV, HEADS_PER_TILE, BLOCK_K, BLOCK_DV)
-        weight = 1.0
-        if SOFT:
-            weight = tl.load(weight_ptr + batch * si_b + region * si_r + slot * si_k).to(tl.float32)
+        k, v, weight = _routed_region(kv_ptr, index_ptr, weight_ptr, batch, region, slot, skv_b, skv_r, skv_t, skv_c,
+                                      si_b, si_r, si_k, head0, QK_DIM, KEY_TOKENS, HEAD_DQ, HEAD_DV, HEADS_PER_TILE,
+                                      BLOCK_K, BLOCK_DQ, BLOCK_DV, SOFT)
         scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
         p = tl.where(valid, tl.exp(scores * weight - lse[:, None]), 0.0)
         dp_unweighted = tl.dot(dout, tl.trans(v), input_precision=PRECISION)
@@ -172,9 +183,7 @@ def _routed_backward_key(q_ptr, kv_ptr, weight_ptr, dout_ptr, lse_ptr, delta_ptr
                          BLOCK_K: tl.constexpr, BLOCK_DQ: tl.constexpr, BLOCK_DV: tl.constexpr,
                          SOFT: tl.constexpr, PRECISION: tl.constexpr):
     """dK and dV of one (batch, key region, head group), summed over the query regions routed to it."""
-    pid = tl.program_id(0).to(tl.int64)
-    batch = pid // REGIONS
-    region = pid % REGIONS
+    pid, batch, region = _program_region(REGIONS)
     head0 = tl.program_id(1) * HEADS_PER_TILE
     k, _, _ = _region_tile(kv_ptr, batch, region, skv_b, skv_r, skv_t, skv_c, 0, head0, KEY_TOKENS, HEAD_DQ,
                            HEADS_PER_TILE, BLOCK_K, BLOCK_DQ)

@@ -18,7 +18,7 @@ import attentions
 from attentions import AttentionConfigError, BackendUnavailableError
 from attentions.bra import triton_backend
 from reference_helpers import F64, grads
-from test_bra import ROUTINGS, make, naive_bra
+from test_bra import ROUTINGS, _rel_err as rel_err, make, naive_bra
 
 pytest.importorskip("triton")
 
@@ -30,10 +30,6 @@ def triton_kernels():
     """The kernel module (interpreted on the CPU: conftest sets TRITON_INTERPRET=1 without CUDA)."""
     from attentions import bra_triton
     return bra_triton
-
-
-def rel_err(got: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((got.double().cpu() - expected).norm() / expected.norm()).item()
 
 
 def check_triton(shape, dtype, tol_out, tol_grad, seed=0, **opts):
