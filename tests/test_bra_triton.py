@@ -3,8 +3,11 @@
 On a machine without CUDA the kernels run under Triton's interpreter (conftest sets TRITON_INTERPRET=1
 before triton is first imported), which executes them on CPU tensors in fp32 and fp16. The shapes
 are tiny because the interpreter runs every program in Python, but they reach every code path:
-regions of 7×7 (padded, masked) tokens, pooled key regions of another size, heads packed into one
-tile, qk_dim ≠ dim, soft routing with the routing-weight gradient, and topk = every region.
+regions of 7×7 (padded, masked) tokens, regions larger than a tile (several row blocks, and a
+routed region spread over several column tiles), several small routed regions sharing one tile,
+pooled key regions of another size, qk_dim ≠ dim, soft routing with the routing-weight gradient,
+and topk = every region. What the interpreter cannot check (a real compile for sm_90 / sm_80) is
+tests/test_triton_aot.py's.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from attentions.bra import triton_backend
 from reference_helpers import F64, grads
 from test_bra import ROUTINGS, _rel_err as rel_err, make, naive_bra
 
+pytestmark = pytest.mark.cuda
 pytest.importorskip("triton")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -67,7 +71,8 @@ def check_triton(shape, dtype, tol_out, tol_grad, seed=0, **opts):
 
 SHAPES = [  # (B, H, W), options: every one reaches a distinct path of the kernels
     ((1, 14, 14), dict(n_win=2, topk=2)),  # 7×7 regions: 49 tokens padded to 64 and masked
-    ((2, 6, 6), dict(n_win=3, topk=4, num_heads=4)),  # 2×2 regions: four heads packed per tile
+    ((2, 6, 6), dict(n_win=3, topk=4, num_heads=4)),  # 2×2 regions: four routed regions per column tile
+    ((1, 18, 18), dict(n_win=2, topk=2)),  # 9×9 = 81 tokens: two row blocks, a region over two column tiles
     ((1, 8, 8), dict(n_win=2, topk=3, kv_downsample_mode="avgpool", kv_downsample_ratio=2)),  # 16 q, 4 k tokens
     ((1, 12, 12), dict(n_win=2, topk=2, kv_downsample_mode="ada_maxpool", kv_per_win=3)),  # 36 q, 9 k tokens
     ((1, 6, 6), dict(n_win=3, topk=9, qk_dim=8, param_attention="qkv")),  # every region; qk 4 / v 8 per head
@@ -81,10 +86,13 @@ def test_fp32_forward_and_gradients_match_naive(shape, opts):
 
 
 @pytest.mark.parametrize("routing", ["soft", "soft_diff_param"])
-def test_soft_routing_inside_the_kernels(routing):
+@pytest.mark.parametrize("shape, n_win, topk", [((1, 8, 8), 2, 3), ((1, 18, 18), 2, 3), ((1, 6, 6), 3, 5)])
+def test_soft_routing_inside_the_kernels(routing, shape, n_win, topk):
     """soft_diff_param trains the routing through the weights: router.emb's gradient comes from the
-    kernels' routing-weight gradient alone."""
-    check_triton((1, 8, 8), torch.float32, 1e-5, 1e-5, n_win=2, topk=3, **ROUTINGS[routing])
+    kernels' routing-weight gradient alone, summed per slot over the column tiles a routed region
+    spans (81 tokens: two) or shares (2×2 regions: several slots per tile, topk 5 leaving one
+    partly empty)."""
+    check_triton(shape, torch.float32, 1e-5, 1e-5, n_win=n_win, topk=topk, **ROUTINGS[routing])
 
 
 @pytest.mark.parametrize("shape, opts", [SHAPES[0], SHAPES[1], SHAPES[3]])
@@ -107,20 +115,78 @@ def test_backward_is_deterministic():
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
-def test_heads_per_tile(triton_kernels):
-    pack = triton_kernels.heads_per_tile
-    assert pack(8, 4, 4) == 8  # BiFormer stage 3 (2×2 regions): all 8 heads in a 32-row tile
-    assert pack(4, 16, 16) == 4  # stage 2 (4×4 regions): 64 rows
-    assert pack(2, 64, 64) == 1  # stage 1 (8×8 regions)
-    assert pack(6, 4, 4) == 2  # only powers of two that divide the heads
-    assert pack(8, 4, 49) == 1  # the key side counts too
+def test_routed_tiling(triton_kernels):
+    """Items (routed regions, or query regions routed to a key region) share a column tile when small,
+    spread over several when large; the tile sides follow the default table."""
+    tiling, config = triton_kernels.RoutedTiling, triton_kernels.default_config
+    bf16, fp32 = torch.bfloat16, torch.float32
+    stage2 = tiling(16, 16, config("forward", 16, 16, 4, bf16))  # BiFormer's 28²: 4×4 tokens, topk 4
+    assert (stage2.config.block_rows, stage2.config.block_cols) == (16, 64)
+    assert (stage2.span, stage2.items_per_tile, stage2.blocks_per_item) == (16, 4, 1)
+    assert stage2.issued_columns(4) == 64 and stage2.issued_columns(5) == 128
+    stage3 = tiling(4, 4, config("forward", 4, 4, 16, bf16))  # 14²: 2×2 tokens, topk 16
+    assert (stage3.config.block_rows, stage3.span, stage3.items_per_tile) == (16, 4, 16)
+    large = tiling(361, 361, config("forward", 361, 361, 1, bf16))  # 19×19 tokens (512 px model suite)
+    assert (large.row_blocks, large.span, large.blocks_per_item) == (6, 64, 6)
+    assert large.issued_columns(1) == 384
+    pooled = tiling(49, 9, config("backward_key", 49, 9, 4, fp32))  # 7×7 queries, 3×3 pooled keys, fp32
+    assert (pooled.config.block_cols, pooled.span, pooled.items_per_tile) == (32, 16, 2)
+    assert pooled.config.num_stages == 1
+
+
+def stub_kernels(monkeypatch, triton_kernels):
+    """Launches that do nothing: the tile accounting runs on the real tiles and routing without the
+    (interpreted, slow) kernels."""
+    class Stub:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: None
+    for name in ("_routed_forward", "_routed_backward_query", "_routed_backward_key"):
+        monkeypatch.setattr(triton_kernels, name, Stub())
+
+
+EFFICIENCY_SHAPES = [  # (resolution, dim, heads, n_win, topk): BiFormer's stages, 8×8-token regions at 112²/224²
+    (56, 64, 2, 7, 1), (28, 128, 4, 7, 4), (14, 256, 8, 7, 16), (112, 64, 2, 14, 4), (224, 64, 2, 28, 4)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])  # bf16 tiles as fp16
+@pytest.mark.parametrize("resolution, dim, heads, n_win, topk", EFFICIENCY_SHAPES)
+def test_tile_efficiency_at_the_target_shapes(monkeypatch, triton_kernels, dtype, resolution, dim, heads, n_win,
+                                              topk):
+    """Useful ÷ issued multiply-adds of the real launches (tile sides, routing of a random input):
+    ≥ 75% at BiFormer's 56² and 28² stages and the 8×8-token 112²/224² maps, forward and
+    forward+backward; at 14² the forward is bounded at 25% by 4 query tokens per region and head
+    against tl.dot's 16 rows."""
+    stub_kernels(monkeypatch, triton_kernels)
+    module = attentions.build("bra", dim=dim, num_heads=heads, n_win=n_win, topk=topk, backend="triton").to(dtype)
+    x = torch.randn(1, resolution, resolution, dim, dtype=dtype)
+    with triton_kernels.tile_accounting() as forward, torch.no_grad():
+        module(x)
+    with triton_kernels.tile_accounting() as both:
+        x.requires_grad_()
+        module(x).backward(torch.randn_like(x))
+    tokens = resolution ** 2
+    assert forward.useful == tokens * topk * (resolution // n_win) ** 2 * dim * 2  # q·kᵀ and p·v, every head
+    if resolution == 14:
+        assert forward.efficiency == 0.25 and 0.15 < both.efficiency < 0.25
+    else:
+        assert forward.efficiency == 1.0 and both.efficiency >= 0.75
+
+
+def test_tile_efficiency_of_padded_regions(monkeypatch, triton_kernels):
+    """7×7 regions, topk 2, fp16: 49 of 64 rows, and each routed region's 49 keys in a 64-column tile."""
+    stub_kernels(monkeypatch, triton_kernels)
+    module = attentions.build("bra", dim=32, num_heads=1, n_win=2, topk=2, backend="triton").half()
+    with triton_kernels.tile_accounting() as work, torch.no_grad():
+        module(torch.randn(1, 14, 14, 32, dtype=torch.float16))
+    assert work.efficiency == pytest.approx((49 / 64) ** 2)
 
 
 def test_transposed_routing_lists_each_key_regions_routers(triton_kernels):
     r_idx = torch.tensor([[[1, 2], [2, 0], [2, 1]], [[0, 1], [0, 2], [1, 0]]])  # B 2, 3 regions, topk 2
     q, kv = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 4, 16)
     launch = triton_kernels.RoutedLaunch(q, kv, r_idx, num_heads=2, qk_dim=8, scale=1.0)
-    entries, starts = launch.transposed_routing(r_idx)
+    entries, starts, counts = launch.transposed_routing(r_idx)
+    assert counts.tolist() == [1, 2, 3, 3, 2, 1]
     flat = r_idx.flatten()
     for batch in range(2):
         for region in range(3):
@@ -154,3 +220,32 @@ def test_refusals():
         with torch.no_grad(), pytest.raises(BackendUnavailableError, match="bfloat16"):
             module.bfloat16()(torch.randn(1, 8, 8, 16, dtype=torch.bfloat16))
     assert "triton" in attentions.list_attentions()["bra"]["backends"]
+
+
+def test_tuning_is_the_default_table_unless_asked_for_on_cuda(monkeypatch, triton_kernels):
+    """Without BRA_TRITON_TUNE=1 or without CUDA the explicit table decides, the same everywhere; with
+    both, the fastest candidate that launches wins, once per key (timings stand in for do_bench)."""
+    default = triton_kernels.default_config("forward", 16, 16, 4, torch.bfloat16)
+    candidates = triton_kernels.candidate_configs(default)
+    assert candidates[0] == default and len(set(candidates)) == len(candidates)
+    launched = []
+    assert triton_kernels.tuned_config(("k", 1), default, launched.append) == default and not launched
+    monkeypatch.setenv(triton_kernels.TUNE_ENV, "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert triton_kernels.tuned_config(("k", 2), default, launched.append) == default and not launched
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    fastest, broken = candidates[5], candidates[3]
+
+    def fake_bench(run, warmup, rep):
+        run()
+        config = launched[-1]
+        if config == broken:
+            raise RuntimeError("out of resources: shared memory")
+        return 1.0 if config == fastest else 2.0 + candidates.index(config)
+
+    monkeypatch.setattr(triton_kernels.triton.testing, "do_bench", fake_bench)
+    monkeypatch.setattr(triton_kernels, "_TUNED", {})
+    assert triton_kernels.tuned_config(("k", 3), default, launched.append) == fastest
+    assert len(launched) == len(candidates)
+    assert triton_kernels.tuned_config(("k", 3), default, launched.append) == fastest  # once per key
+    assert len(launched) == len(candidates)
