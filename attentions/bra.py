@@ -194,25 +194,42 @@ def chunked_gathered(module: "BiLevelRoutingAttention", q: Tensor, kv: Tensor, r
     return out.permute(0, 2, 3, 1, 4).reshape(batch, regions, query_tokens, module.dim), None
 
 
-def routed_block_mask(r_idx: Tensor, query_tokens: int, key_tokens: int) -> BlockMask:
-    """A FlexAttention block mask with one block per region: query block i sees key blocks r_idx[i].
+FLEX_BLOCK = 128  # FlexAttention's default block: every kernel configuration of its fwd and bwd divides it
 
-    Tokens are in region-major order; a query block holds a region's tokens, a key block the
-    region's (pooled) key tokens. Heads share the routing, so the mask has one head. The same
-    routing is also given as a mask_mod: FlexAttention's uncompiled path (taken, for one, once
-    torch.compile's recompilation limit is reached) reads only the mask_mod, not the block lists.
+
+def region_blocks(regions: int, tokens: int, block: int, device: torch.device) -> Tensor:
+    """(regions, blocks) float: 1 where a region's tokens (region-major order) meet a block."""
+    first = torch.arange(regions, device=device) * tokens
+    blocks = torch.arange(-(-regions * tokens // block), device=device) * block
+    return ((blocks[None, :] < first[:, None] + tokens) & (first[:, None] < blocks[None, :] + block)).float()
+
+
+def routed_block_mask(r_idx: Tensor, query_tokens: int, key_tokens: int, block: int | None = None) -> BlockMask:
+    """A FlexAttention block mask of the routing, in blocks of ``block`` tokens (default FLEX_BLOCK).
+
+    Tokens are in region-major order. A (query block, key block) pair is listed when a query region
+    with tokens in the first routes to a key region with tokens in the second; inside the listed
+    blocks the routing itself, given as the mask_mod, keeps each query to its routed regions' keys.
+    Blocks of regions (as small as 2×2 tokens, or 7×7) would be exact, but FlexAttention's CUDA
+    kernels take only block sizes that their tiles divide (64 or 128 tokens, forward and backward),
+    hence the fixed block. Heads share the routing, so the mask has one head. FlexAttention's
+    uncompiled path reads only the mask_mod.
     """
+    block = block or FLEX_BLOCK
     batch, regions, topk = r_idx.shape
-    indices = torch.zeros(batch, 1, regions, regions, dtype=torch.int32, device=r_idx.device)
-    indices[:, 0, :, :topk] = r_idx.to(torch.int32)
-    counts = torch.full((batch, 1, regions), topk, dtype=torch.int32, device=r_idx.device)
     routed = torch.zeros(batch, regions, regions, dtype=torch.bool, device=r_idx.device)
     routed.scatter_(2, r_idx, True)
+    query_blocks = region_blocks(regions, query_tokens, block, r_idx.device)
+    key_blocks = region_blocks(regions, key_tokens, block, r_idx.device)
+    pairs = query_blocks.T @ routed.float() @ key_blocks > 0  # (B, query blocks, key blocks)
+    counts = pairs.sum(-1, dtype=torch.int32)
+    indices = torch.argsort(pairs.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
 
     def same_routing(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return routed[b, q_idx // query_tokens, kv_idx // key_tokens]
 
-    return BlockMask.from_kv_blocks(counts, indices, BLOCK_SIZE=(query_tokens, key_tokens), mask_mod=same_routing)
+    return BlockMask.from_kv_blocks(counts[:, None], indices[:, None], BLOCK_SIZE=block, mask_mod=same_routing,
+                                    seq_lengths=(regions * query_tokens, regions * key_tokens))
 
 
 def flex_routed_attention(module: "BiLevelRoutingAttention", q: Tensor, kv: Tensor, r_weight: Tensor,

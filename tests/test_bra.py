@@ -695,13 +695,16 @@ def test_chunked_matches_naive_across_chunk_boundaries(monkeypatch, scores, opts
 
 
 def test_routed_block_mask_lets_each_region_see_exactly_its_routed_regions():
+    """Token by token, the mask's mask_mod lets a query see the keys of its region's routed regions only."""
     from attentions.bra import routed_block_mask
     r_idx = torch.tensor([[[2, 0], [1, 3], [3, 2], [0, 1]]])  # 4 regions, topk 2
-    dense = routed_block_mask(r_idx, query_tokens=3, key_tokens=2).to_dense()[0, 0]  # (query, key) blocks
-    expected = torch.zeros(4, 4, dtype=dense.dtype)
+    mask = routed_block_mask(r_idx, query_tokens=3, key_tokens=2)
+    q_idx, kv_idx = torch.arange(12)[:, None], torch.arange(8)[None, :]
+    dense = mask.mask_mod(torch.tensor(0), torch.tensor(0), q_idx, kv_idx)
+    expected = torch.zeros(4, 4, dtype=torch.bool)
     for region, routed in enumerate(r_idx[0]):
-        expected[region, routed] = 1
-    assert torch.equal(dense, expected)
+        expected[region, routed] = True
+    assert torch.equal(dense, expected.repeat_interleave(3, 0).repeat_interleave(2, 1))
 
 
 def test_flex_refuses_what_it_cannot_express():
@@ -717,6 +720,32 @@ def test_flex_refuses_what_it_cannot_express():
     ok, reason = attentions.backend_available("bra", "flex", "cpu", backward=True)
     assert not ok and "no backward on cpu" in reason
     assert attentions.list_attentions()["bra"]["backends"]["flex"]["backward"] == ["cuda"]
+
+
+def test_routed_block_mask_lists_exactly_the_blocks_with_a_routed_pair():
+    """Blocks that cut across regions (5 query and 3 key tokens per region, blocks of 4): the listed
+    key blocks of each query block are those holding a routed (query, key) pair, in ascending order."""
+    from attentions.bra import routed_block_mask
+    torch.manual_seed(1)
+    batch, regions, query_tokens, key_tokens, topk, block = 2, 9, 5, 3, 3, 4
+    r_idx = torch.stack([torch.randperm(regions)[:topk] for _ in range(batch * regions)]).view(batch, regions, topk)
+    mask = routed_block_mask(r_idx, query_tokens, key_tokens, block)
+    counts, indices = mask.kv_num_blocks[:, 0], mask.kv_indices[:, 0]
+    for b in range(batch):
+        for qb in range(-(-regions * query_tokens // block)):
+            expected = sorted({k // block for q in range(qb * block, min((qb + 1) * block, regions * query_tokens))
+                               for slot in range(topk) for k in range(regions * key_tokens)
+                               if k // key_tokens == r_idx[b, q // query_tokens, slot]})
+            assert indices[b, qb, :counts[b, qb]].tolist() == expected
+
+
+def test_flex_with_blocks_across_regions(monkeypatch):
+    """Compiled flex over blocks of 16 tokens on 25-token query and 9-token key regions: several
+    blocks per sequence, most of them partial, cut through the middle of regions."""
+    import attentions.bra
+    monkeypatch.setattr(attentions.bra, "FLEX_BLOCK", 16)
+    test_flex_forward_matches_naive((1, 10, 10), {"n_win": 2, "topk": 2, "kv_downsample_mode": "ada_maxpool",
+                                                  "kv_per_win": 3})
 
 
 def test_routed_block_mask_also_holds_for_uncompiled_flex():
