@@ -21,6 +21,7 @@ from reference_helpers import F64, random_module, run_module, run_reference
 from test_full import naive_full
 from test_window import naive_for
 
+pytestmark = pytest.mark.cuda
 REAL = torch.cuda.is_available() and attentions.backend_available("full", "xformers", "cuda")[0]
 DEVICE = "cuda" if REAL else "cpu"
 DTYPE, TOLERANCE = (torch.float32, 1e-4) if REAL else (F64, 1e-10)  # xformers has no float64

@@ -1,0 +1,182 @@
+"""Every backend that runs on CUDA against its family's naive float64 reference, driven by the registry.
+
+With CUDA (``pytest -m cuda`` on a GPU): for every family and every backend whose record lists
+"cuda", a small module with random weights on a random input, in bfloat16 and, where the backend
+takes it, float32. Its output and, where the backend has a backward there, the gradients of the
+input and of every parameter are compared with the family's naive float64 reference (imported
+from the family's test file), computed on the CPU from float64 copies of the same weights and
+input. The verdict is the harness's: ``bench.measure.compare`` (norm-relative errors; gradients
+against max(own norm, 1e-3 × the largest gradient norm)) within ``bench.measure.ERROR_TOLERANCE``.
+A backend that cannot run there (xformers not installed, say) skips with the registry's reason, a
+call that a kernel refuses (SDPA's flash kernel in float32) with the backend's own refusal.
+
+Without CUDA (CI): only the float32 ``torch`` and ``sdpa`` cases run, on the CPU, in a few
+seconds; they check this file's machinery. Every other case skips as "needs CUDA".
+
+FlexAttention compiles once per shape and dtype: one shape per family keeps that to one
+compilation per (family, dtype), well under the recompile limit that attentions/core.py sets.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import pytest
+import torch
+from torch import Tensor
+
+import attentions
+from attentions import AttentionModule, BackendUnavailableError
+from bench.measure import ERROR_TOLERANCE, compare, error_against_reference
+from reference_helpers import F64, Naive, random_module, ref_params, run_module, run_reference
+from test_bra import full_options, naive_bra
+from test_deformable import naive_for as deformable_naive
+from test_full import naive_full
+from test_window import naive_for as window_naive
+
+pytestmark = pytest.mark.cuda
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+CPU_BACKENDS = ("torch", "sdpa")  # what runs without CUDA, in float32: this file's own check in CI
+DIM, HEADS = 32, 2
+WEIGHT_STD = 0.3  # softmax logits of a few units: peaked enough to matter, not so peaked that bf16 rounding rules
+BRA_OPTIONS = dict(n_win=2, topk=2)
+
+
+def bra_naive(module: AttentionModule, x: Tensor) -> Naive:
+    """``naive_bra`` following the run's own routing, as test_bra_triton does: in low precision a
+    near-tie of two routing logits may pick another region than in float64. Every backend routes
+    with the same code, so the reference backend's routing is the run's."""
+    router = copy.deepcopy(module)
+    router.backend = router.reference_backend
+    with torch.no_grad():
+        _, _, routing, _ = router(x, ret_attn_mask=True)
+    options = full_options(module.dim, module.num_heads, **BRA_OPTIONS)
+    return lambda x64, params: naive_bra(x64, params, options, force_idx=routing.cpu())[0]
+
+
+@dataclass(frozen=True)
+class FamilyCase:
+    """One small module of a family, its input size and its naive float64 reference."""
+
+    size: tuple[int, int, int]  # batch, height, width
+    options: dict[str, Any]  # constructor options besides dim and num_heads
+    naive: Callable[[AttentionModule, Tensor], Naive]  # (module as run, its input) -> reference
+    overrides: dict[str, float] = field(default_factory=dict)  # random_module's std by parameter prefix
+    # dtypes in which the family's own arithmetic, shared by all its backends, strays from float64
+    # by more than the harness tolerates, with the bound it keeps: there only the forward is
+    # compared with the naive reference, at that bound, and each backend's forward with the
+    # reference backend's in the same dtype (same shared arithmetic) at the harness's tolerance
+    loose_dtypes: dict[torch.dtype, float] = field(default_factory=dict)
+
+
+FAMILIES: dict[str, FamilyCase] = {
+    "full": FamilyCase((2, 14, 14), {}, lambda module, x: lambda x64, p: naive_full(x64, p, module.num_heads)),
+    "window": FamilyCase((2, 14, 14), dict(window_size=7, shift_size=3), lambda module, x: window_naive(module)),
+    # DAT's defaults (fmap_size 14 sizes the position-bias table for this map). Its offset network,
+    # sampling points and bilinear sampling run in the input dtype: in bfloat16 they alone move the
+    # output 4-12 % from float64 (more than a dropped position bias does) and the offset network's
+    # gradients 10-250 %, for every backend alike (measured with torch and sdpa on the CPU)
+    "deformable": FamilyCase((2, 14, 14), dict(fmap_size=14), lambda module, x: deformable_naive(module),
+                             overrides={"conv_offset.1": 1.0}, loose_dtypes={torch.bfloat16: 0.15}),
+    # 8×8-token regions, BiFormer's at 224² (the flex backend's block mask is in FlexAttention's
+    # 128-token blocks whatever the region size: its CUDA kernels take no other)
+    "bra": FamilyCase((2, 16, 16), BRA_OPTIONS, bra_naive),
+}
+
+
+def cuda_backend_cases() -> list:
+    """(family, backend, dtype) for every registered backend that lists "cuda": bfloat16 always,
+    float32 where the backend declares it."""
+    cases = []
+    for family, listing in attentions.list_attentions().items():
+        for backend, record in listing["backends"].items():
+            if "cuda" not in record["devices"]:
+                continue
+            dtypes = [torch.bfloat16] + ([torch.float32] if "float32" in record["dtypes"] else [])
+            cases += [pytest.param(family, backend, dtype, id=f"{family}-{backend}-{dtype_name(dtype)}")
+                      for dtype in dtypes]
+    return cases
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def skip_reason(family: str, backend: str, dtype: torch.dtype, backward: bool) -> str | None:
+    """Why this case cannot run here, or None. On the CPU only the float32 torch and sdpa cases run."""
+    if DEVICE == "cpu" and (backend not in CPU_BACKENDS or dtype != torch.float32):
+        ok, reason = attentions.backend_available(family, backend, "cpu", backward=backward)
+        if ok:
+            reason = (f"{backend!r} in {dtype_name(dtype)} is for the GPU; without CUDA only the float32 "
+                      f"{' and '.join(map(repr, CPU_BACKENDS))} cases run, to check this file's machinery")
+        return f"needs CUDA: {reason}"
+    ok, reason = attentions.backend_available(family, backend, DEVICE, backward=backward)
+    return None if ok else reason
+
+
+def judge(got: dict[str, Tensor], expected: dict[str, Tensor], tolerance: float, label: str) -> None:
+    """``bench.measure.compare`` over the output and the gradients (in that order); on failure the
+    message gives every tensor's error against its own norm."""
+    results = [got[name].cpu() for name in expected]
+    _, error = compare(results, list(expected.values()))
+    assert error <= tolerance, (
+        f"{label}: norm-relative error {error:.2e} > {tolerance:.2g}; each against its own norm: "
+        + ", ".join(f"{name} {compare([r], [expected[name]])[1]:.1e}" for name, r in zip(expected, results)))
+
+
+@pytest.fixture(autouse=True)
+def exact_float32() -> Iterator[None]:
+    """float32 is judged at 1e-4 against float64: no TF32 in cuBLAS, nor in cuDNN (whose
+    convolutions use it by default)."""
+    switches = (torch.backends.cuda.matmul, torch.backends.cudnn)
+    before = [switch.allow_tf32 for switch in switches]
+    for switch in switches:
+        switch.allow_tf32 = False
+    yield
+    for switch, allowed in zip(switches, before):
+        switch.allow_tf32 = allowed
+
+
+@pytest.mark.parametrize("family, backend, dtype", cuda_backend_cases())
+def test_backend_matches_naive_reference(family: str, backend: str, dtype: torch.dtype) -> None:
+    """Output and (where the backend has a backward here) every gradient against the naive float64
+    reference on the same rounded weights and input."""
+    case = FAMILIES[family]
+    module = random_module(family, seed=0, std=WEIGHT_STD, overrides=case.overrides, dim=DIM, num_heads=HEADS,
+                           backend=backend, **case.options)
+    has_backward = module.backends[backend].has_backward(DEVICE)
+    reason = skip_reason(family, backend, dtype, backward=has_backward)
+    if reason:
+        pytest.skip(reason)
+    module = module.to(DEVICE, dtype)
+    generator = torch.Generator().manual_seed(1)
+    x, grad_out = (torch.randn(*case.size, DIM, generator=generator, dtype=F64).to(DEVICE, dtype) for _ in range(2))
+    naive = case.naive(module, x)
+    reference = copy.deepcopy(module).to("cpu", F64)  # the weights as run (rounded to dtype), in float64
+    gradients = has_backward and dtype not in case.loose_dtypes
+    try:
+        if gradients:
+            out, grad_x, grad_params = run_module(module, x, grad_out)
+        else:
+            with torch.no_grad():
+                out = module(x)
+    except BackendUnavailableError as refusal:
+        pytest.skip(str(refusal))
+
+    if gradients:
+        ref_out, ref_grad_x, ref_grad_params = run_reference(reference, x.cpu(), grad_out.cpu(), naive)
+        got = {"output": out, "input": grad_x, **grad_params}
+        expected = {"output": ref_out, "input": ref_grad_x, **ref_grad_params}
+    else:
+        got = {"output": out}
+        expected = {"output": naive(x.cpu().to(F64), ref_params(reference)).detach()}
+    label = f"{family} '{backend}' in {dtype_name(dtype)} on {DEVICE}"
+    judge(got, expected, case.loose_dtypes.get(dtype, ERROR_TOLERANCE[dtype_name(dtype)]), label)
+
+    if dtype in case.loose_dtypes and backend != module.reference_backend:
+        _, error = error_against_reference(module, module.reference_backend, x, "fwd", None)
+        tolerance = ERROR_TOLERANCE[dtype_name(dtype)]
+        assert error <= tolerance, f"{label}: forward {error:.2e} from '{module.reference_backend}' > {tolerance:.2g}"
