@@ -270,6 +270,15 @@ def chunked_attention_macs(inputs: list[tuple[int, ...]], outputs: list[tuple[in
     return blocks * query_tokens * topk * key_tokens * (qk_channels + v_channels)
 
 
+def triton_tile_metrics(run_pass: Callable[[], object]) -> dict[str, float]:
+    """The share of the kernels' issued matrix multiply-adds that is useful, over one pass."""
+    from .bra_triton import tile_accounting
+
+    with tile_accounting() as work:
+        run_pass()
+    return {"tile_efficiency": work.efficiency}
+
+
 def triton_backend() -> Backend:
     """The 'triton' backend record. Its kernels run on CUDA; under Triton's interpreter
     (TRITON_INTERPRET=1 before the kernels are first imported) they also run on CPU tensors,
@@ -280,7 +289,8 @@ def triton_backend() -> Backend:
         "fused Triton kernels (forward and backward): online softmax over the routed regions of un-gathered K/V",
         devices=("cuda", "cpu") if interpreted else ("cuda",),
         dtypes=(torch.float16, torch.float32) if interpreted else (torch.float16, torch.bfloat16, torch.float32),
-        requires=("triton",), custom_ops=(("RoutedAttention", routed_attention_macs),))
+        requires=("triton",), custom_ops=(("RoutedAttention", routed_attention_macs),),
+        pass_metrics=triton_tile_metrics)
 
 
 @register

@@ -22,6 +22,9 @@ FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.fl
 Shape = tuple[int, ...]
 # MACs of one call of a custom op (an autograd.Function) from its tensor inputs' and outputs' shapes
 MacFormula = Callable[[list[Shape], list[Shape]], int]
+# Measurements only a backend can take, over one pass of the module (a closure it calls once):
+# {results column: value}
+PassMetrics = Callable[[Callable[[], object]], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class Backend:
     # the autograd.Functions it calls, by class name, with their MAC formulas, so that FLOP counters
     # that cannot look inside a custom op still count it (the harness registers them with fvcore)
     custom_ops: tuple[tuple[str, MacFormula], ...] = field(default=())
+    # what the harness records for this backend beyond latency and memory (e.g. its kernels' tile efficiency)
+    pass_metrics: PassMetrics | None = None
 
     def has_backward(self, device: torch.device | str) -> bool:
         devices = self.devices if self.backward_devices is None else self.backward_devices

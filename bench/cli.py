@@ -8,6 +8,7 @@ import json
 import re
 import shlex
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -44,6 +45,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive, finite number of seconds")
     return value
 
 
@@ -84,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="RUN", help="run id or results path of a run to complete")
     parser.add_argument("--min-time", type=float, default=None, metavar="S",
                         help="minimum timed seconds per case (default 0.5 on GPU, 0.2 on CPU)")
+    parser.add_argument("--time-budget", type=positive_seconds, metavar="S",
+                        help="start no case after S seconds of sweeping; --resume completes the ones left")
     parser.add_argument("--dry-run", action="store_true", help="list the cases and their count, run nothing")
     parser.add_argument("--list", action="store_true", help="list attentions, backends and their availability")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -261,7 +274,7 @@ def summary_table(frame: pd.DataFrame) -> str:
 
 
 # Flags that only say where output goes or how it is shown: allowed beside --resume.
-RESUME_COMPATIBLE = {"resume", "results_dir", "reports_dir", "quiet", "no_report", "dry_run"}
+RESUME_COMPATIBLE = {"resume", "results_dir", "reports_dir", "quiet", "no_report", "dry_run", "time_budget"}
 
 
 def resumed_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Path, dict, argparse.Namespace]:
@@ -374,15 +387,20 @@ def main_sweep(argv: list[str]) -> int:
             bar.set_postfix_str(("skip " if done_before else "") + case.label())
 
         models = args.suite == "models"
+        stop_at = None if args.time_budget is None else time.monotonic() + args.time_budget
         ran, skipped = run_sweep(cases, ctx, results_path, progress=progress,
                                  run=run_model_case if models else run_case,
-                                 columns=MODEL_COLUMNS if models else COLUMNS)
+                                 columns=MODEL_COLUMNS if models else COLUMNS, stop_at=stop_at)
     frame = load_results(results_path)
-    metadata.update(finished=now_iso(), rows=len(frame),
+    not_started = len(cases) - ran - skipped
+    metadata.update(finished=now_iso(), rows=len(frame), cases_not_started=not_started,
                     status_counts={k: int(v) for k, v in frame["status"].value_counts().items()})
     write_metadata(results_path.with_suffix(".json"), metadata)
     print(model_summary_table(frame) if models else summary_table(frame))
     print(f"\n{ran} cases run, {skipped} already complete; rows in {results_path}")
+    if not_started:
+        print(f"time budget of {args.time_budget:g} s reached: {not_started} cases not started; "
+              f"--resume {metadata['run_id']} completes them")
     if not args.no_report:
         from .report import build_report
         reports_dir = args.reports_dir or default_reports_dir(args.results_dir)

@@ -8,6 +8,10 @@ formulas. Other ops can be taught with ``register_flop_handle``.
 
 Hardware FLOPs are 2 × MACs. For a forward+backward pass the suite uses the usual 3× rule:
 the backward costs twice the forward (gradients of the inputs and of the weights).
+
+fvcore is imported when something is counted: where it is not installed (a GPU machine without
+network, say), ``count_macs`` raises ``FlopCounterUnavailable`` and the harness falls back to the
+families' analytic ``macs()``.
 """
 
 from __future__ import annotations
@@ -18,8 +22,6 @@ from math import prod
 from typing import Any, Callable
 
 import torch
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
 
 import attentions
 from attentions.registry import MacFormula
@@ -27,6 +29,16 @@ from attentions.registry import MacFormula
 Handle = Callable[[list[Any], list[Any]], int]
 
 PHASE_FLOP_FACTOR = {"fwd": 1, "fwd+bwd": 3}
+
+
+class FlopCounterUnavailable(ImportError):
+    """fvcore, the FLOP counter, is not installed."""
+
+
+def get_shape(value: Any) -> list[int]:
+    """The shape of a traced tensor value (fvcore's helper)."""
+    from fvcore.nn.jit_handles import get_shape as fvcore_get_shape
+    return fvcore_get_shape(value)
 
 
 def sdpa_macs(inputs: list[Any], outputs: list[Any]) -> int:
@@ -60,6 +72,10 @@ def register_flop_handle(op_name: str, handle: Handle) -> None:
 
 def count_macs(module: torch.nn.Module, x: torch.Tensor) -> tuple[int, Counter]:
     """fvcore MACs of ``module(x)``, and the ops it saw but could not count."""
+    try:
+        from fvcore.nn import FlopCountAnalysis
+    except ImportError as exc:
+        raise FlopCounterUnavailable(f"fvcore is not installed ({exc})") from None
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)  # fvcore logs every uncounted elementwise op
     try:

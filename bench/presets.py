@@ -9,6 +9,9 @@ Policies (documented in the README):
   of its tokens: avgpool / maxpool with ratio 2, ada_avgpool / ada_maxpool with kv_per_win equal
   to half the region side.
 - **window**: Swin's window 7 with the SW-MSA shift 3.
+- **gpu-check**: the shapes of the fast-path figures only (BiFormer-T's three stage shapes, and
+  112² / 224² with 8×8-token regions at topk 4), every BRA backend and dense full attention
+  through SDPA's flash and memory-efficient kernels, sized to finish in minutes on one GPU.
 - **deformable**: DAT's sampled grid of about 14×14 points at any resolution (stride =
   resolution // 14, at least 1), an odd offset kernel at least as wide as the stride (at least 5,
   DAT's stage-3 kernel), and the bias table laid out for the input size.
@@ -79,10 +82,21 @@ BIFORMER_STAGES = [(56, 64, 2, 1), (28, 128, 4, 4), (14, 256, 8, 16)]
 STAGE1_WIDTH = (64, 2)  # BiFormer's first stage; larger maps are stage 1 of larger inputs
 
 
+# The gpu-check preset: BiFormer-T's stage shapes, then stage-1 width at 112² and 224² (8×8-token regions).
+GPU_CHECK_SHAPES = [*BIFORMER_STAGES, (112, *STAGE1_WIDTH, 4), (224, *STAGE1_WIDTH, 4)]
+GPU_CHECK_BACKENDS = {"bra": ["torch", "triton", "sdpa", "chunked"], "full": ["sdpa_flash", "sdpa_efficient"]}
+GPU_CHECK_LAST = {"bra": ["flex"]}  # compiled per shape and phase, the slowest to start: after the rest
+
+
 def preset_blocks(preset: str, profile: GpuProfile) -> list[SweepBlock]:
     """The blocks of a preset, sized by the profile's defaults (batch, dtype, resolutions)."""
     batch, dtype = [profile.default_batch], [profile.default_dtype]
     dim, heads = STAGE1_WIDTH
+    if preset == "gpu-check":  # shape by shape, so that a time budget cuts whole comparisons
+        return [SweepBlock(f"gpu-check {r}² {family}", [(r, d, h, {"topk": k})], families=[family], backends=backends,
+                           batches=batch, dtypes=dtype)
+                for order in (GPU_CHECK_BACKENDS, GPU_CHECK_LAST) for r, d, h, k in GPU_CHECK_SHAPES
+                for family, backends in order.items()]
     if preset == "quick":
         shapes = [(28, dim, heads, {})]
         return [
@@ -105,4 +119,4 @@ def preset_blocks(preset: str, profile: GpuProfile) -> list[SweepBlock]:
     return blocks
 
 
-PRESETS = ("quick", "default", "full")
+PRESETS = ("quick", "default", "full", "gpu-check")

@@ -43,7 +43,11 @@ COLUMNS = REQUIRED_COLUMNS + [
     "err_tolerance",      # the dtype's tolerance on rel_err
     "reference_backend",  # backend the error was measured against
     "seed", "run_id", "case_key", "timestamp",
+    "tile_efficiency",    # useful ÷ issued matrix multiply-adds of the backend's kernels (backends that declare it)
 ]
+# Columns added after results files of the same schema were written: a file without them loads with
+# them empty, and a resumed run's file gets them added.
+LATE_COLUMNS = {"attentions": ("tile_efficiency",), "models": ()}
 # Rows of the model suite (``--suite models``): one whole backbone of ``attentions.models`` per row.
 MODEL_COLUMNS = [
     "model", "attention", "backend", "resolution", "batch", "dtype", "phase", "status",
@@ -82,6 +86,7 @@ class ResultsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             _drop_partial_last_line(self.path)
+            _add_late_columns(self.path, columns)
         if not self.path.exists() or self.path.stat().st_size == 0:
             with open(self.path, "w", newline="") as f:
                 csv.writer(f).writerow(columns)
@@ -107,6 +112,24 @@ def _drop_partial_last_line(path: Path) -> None:
     if data and not data.endswith(b"\n"):
         with open(path, "r+b") as f:
             f.truncate(data.rfind(b"\n") + 1)
+
+
+def _add_late_columns(path: Path, columns: list[str]) -> None:
+    """Rewrite (atomically) a results file written before some of ``columns`` existed with them empty."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0] == columns:
+        return
+    missing = [c for c in columns if c not in rows[0]]
+    if set(rows[0]) - set(columns) or set(missing) - set(LATE_COLUMNS[results_suite(columns)]):
+        return  # not an older file of this schema: load_results says what is wrong with it
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(dict(zip(rows[0], row)) for row in rows[1:])
+        _sync(f)
+    os.replace(tmp, path)
 
 
 def completed_case_keys(path: Path) -> set[str]:
@@ -136,6 +159,9 @@ def load_results(path: str | os.PathLike) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise ResultsFormatError(f"{path} is not a readable CSV: {exc}") from exc
     suite = results_suite(frame.columns)
+    for column in LATE_COLUMNS[suite]:
+        if column not in frame.columns:
+            frame[column] = float("nan")
     missing = [c for c in SUITES[suite] if c not in frame.columns]
     if missing:
         raise ResultsFormatError(

@@ -286,13 +286,15 @@ def bra_fast_path_table(frame: pd.DataFrame) -> Table | None:
                   "speedup (×) and peak memory ratio (target ≤ 1/topk), speedup over BRA's flex backend, and "
                   "speedup over full attention through SDPA's flash kernel with that speedup as a share of the "
                   "attention FLOP ratio (regions / topk). TFLOP/s from fvcore's MACs; % of the profile's dense "
-                  "peak. Best per column within each case in bold. " + CONVENTIONS,
+                  "peak. Tile eff.: the share of the multiply-adds its kernels' matrix tiles issue that is useful "
+                  "(the backends that report it). Best per column within each case in bold. " + CONVENTIONS,
                   [Column("Variant"), Column("Backend"), Column("Res."), Column("C/heads"), Column("Phase"),
                    Column("Latency ms", best="min"), Column("× ref", _ratio, "max"),
                    Column("Mem/ref", _ratio, "min"), Column("1/topk", _ratio), Column("× flex", _ratio, "max"),
                    Column("× flash", _ratio, "max"), Column("FLOP ratio", lambda v: f"{v:.3g}"),
                    Column("% of FLOP ratio", lambda v: f"{v:.0%}", "max"),
-                   Column("TFLOP/s", lambda v: f"{v:.3g}", "max"), Column("% peak", lambda v: f"{v:.1f}", "max")])
+                   Column("TFLOP/s", lambda v: f"{v:.3g}", "max"), Column("% peak", lambda v: f"{v:.1f}", "max"),
+                   Column("Tile eff.", lambda v: f"{v:.0%}", "max")])
     blocks: dict[tuple, int] = {}
     for _, row in _sorted(rows).iterrows():
         ok = row["status"] == "ok"
@@ -303,7 +305,8 @@ def bra_fast_path_table(frame: pd.DataFrame) -> Table | None:
             _value(row["reference_mem_ratio"]), 1 / row["topk"],
             None if row["backend"] == "flex" else _value(row["flex_speedup"]), _value(row["flash_speedup"]),
             flop_ratio, _value(row["flash_speedup"] / flop_ratio),
-            _value(row["tflops_achieved"]) if ok else None, _value(row["pct_of_peak"]) if ok else None])
+            _value(row["tflops_achieved"]) if ok else None, _value(row["pct_of_peak"]) if ok else None,
+            _value(row["tile_efficiency"]) if ok else None])
         table.blocks.append(blocks.setdefault(
             (row["phase"], row["resolution"], row["dim"], row["variant"]), len(blocks)))
     return table

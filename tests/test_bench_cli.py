@@ -416,6 +416,25 @@ def test_resume_looks_in_the_results_dir_before_the_working_directory(partial_ru
     assert cli.main(["--resume", "partial", "--results-dir", str(results_dir), "--quiet", "--no-report"]) == 0
     assert len(data_lines(path)) == 3  # header and both rows
 
+def test_a_time_budget_stops_starting_cases_and_resume_completes_them(tmp_path, capsys):
+    """With a budget shorter than one case (1 s against at least 1.5 s of timed rounds), the first
+    case runs and the rest are left without a row, said so on stdout and in the metadata; --resume
+    (with a budget of its own) runs them."""
+    flags = ["--gpu", "cpu", "--preset", "quick", "--families", "full", "--backends", "torch", "sdpa",
+             "--phase", "fwd", "--quiet", "--min-time", "1.5", "--no-report", "--results-dir", str(tmp_path),
+             "--run-id", "budget", "--time-budget", "1"]
+    assert cli.main(flags) == 0
+    out = capsys.readouterr().out
+    assert "1 cases run" in out and "1 cases not started" in out and "--resume budget" in out
+    path = tmp_path / "cpu" / "budget.csv"
+    assert len(data_lines(path)) == 2  # header and the first case
+    assert json.loads(path.with_suffix(".json").read_text())["cases_not_started"] == 1
+    assert cli.main(["--resume", "budget", "--results-dir", str(tmp_path), "--time-budget", "600", "--quiet",
+                     "--no-report"]) == 0
+    assert len(data_lines(path)) == 3
+    assert json.loads(path.with_suffix(".json").read_text())["cases_not_started"] == 0
+
+
 # --------------------------------------------------------------------------------------------
 # 5. bad flag values
 # --------------------------------------------------------------------------------------------
@@ -433,6 +452,9 @@ def test_resume_looks_in_the_results_dir_before_the_working_directory(partial_ru
     (["--topk", "-1"], "-1"),
     (["--phase", "bwd"], "bwd"),
     (["--batch", "0"], "0"),
+    (["--time-budget", "0"], "0"),
+    (["--time-budget", "inf"], "inf"),
+    (["--time-budget", "soon"], "soon"),
 ])
 def test_bad_flag_values_exit_2_naming_the_value(flags, named, tmp_path, capsys):
     argv = ["--gpu", "cpu", "--preset", "quick", "--dry-run", "--results-dir", str(tmp_path / "r"), *flags]

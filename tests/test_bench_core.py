@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import sys
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ from torch import nn
 import attentions
 from attentions.registry import _FAMILIES, AttentionModule, Backend, MacCount
 from bench import COLUMNS, Case, ResultsFormatError, RunContext, SweepBlock, TimingPolicy, load_results, run_sweep
+from bench.runner import run_case
 from bench.flops import count_macs
 from bench.measure import compare, peak_memory_bytes, time_pass
 from bench.presets import COMMON_OPTIONS, preset_blocks
@@ -70,6 +73,24 @@ def test_default_preset_covers_what_the_issue_names():
     assert {(c.dim, c.heads) for c in cases} == {(64, 2), (128, 4), (256, 8)}  # BiFormer's stage widths
     assert {c.dtype for c in cases} == {"bfloat16"} and {c.batch for c in cases} == {64}
     assert len({c.key for c in cases}) == len(cases)
+
+
+def test_gpu_check_preset_holds_the_fast_path_figures_cases():
+    """BiFormer-T's stage shapes and 112²/224² with 8×8-token regions, every BRA backend (the
+    reference included) and dense full attention through flash and memory-efficient SDPA, bf16,
+    batch 64, both phases; flex, the slowest to compile, after everything else."""
+    cases = unique_cases(preset_blocks("gpu-check", PROFILES["h100"]), "cuda", COMMON_OPTIONS)
+    shapes = {(c.resolution, c.dim, c.heads, c.effective_options().get("topk")) for c in cases if c.family == "bra"}
+    assert shapes == {(56, 64, 2, 1), (28, 128, 4, 4), (14, 256, 8, 16), (112, 64, 2, 4), (224, 64, 2, 4)}
+    for c in cases:
+        if c.family == "bra":
+            options = c.effective_options()
+            assert (c.resolution // options["n_win"]) in (8, 4, 2) and options["kv_downsample_mode"] == "identity"
+    assert {c.backend for c in cases if c.family == "bra"} == set(attentions.list_attentions()["bra"]["backends"])
+    assert {c.backend for c in cases if c.family == "full"} == {"sdpa_flash", "sdpa_efficient"}
+    assert {(c.dtype, c.batch) for c in cases} == {("bfloat16", 64)} and {c.phase for c in cases} == {"fwd", "fwd+bwd"}
+    backends = [c.backend for c in cases]
+    assert backends.index("flex") == len(cases) - 10  # 5 shapes × 2 phases of flex close the sweep
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,9 +219,50 @@ def test_writer_cuts_a_half_written_row(tmp_path, fake_family):
     assert path.read_bytes() == complete
 
 
+def test_without_fvcore_the_macs_come_from_the_family(monkeypatch):
+    """A machine without fvcore (a GPU machine without network) still gets GMACs: the family's
+    analytic count, and the row says so."""
+    monkeypatch.setitem(sys.modules, "fvcore", None)  # import fvcore -> ImportError
+    monkeypatch.setitem(sys.modules, "fvcore.nn", None)
+    row = run_case(case("bra", "torch", resolution=8, n_win=2, topk=2), context())
+    module = attentions.build("bra", dim=16, num_heads=2, n_win=2, topk=2)
+    assert row["status"] == "ok" and row["gmacs"] == pytest.approx(module.macs(2, 8, 8).total / 1e9)
+    assert "fvcore is not installed" in row["status_detail"] and "macs()" in row["status_detail"]
+
+
+def test_a_backend_declared_metric_lands_in_its_row():
+    """The Triton BRA backend reports its kernels' tile efficiency through ``Backend.pass_metrics``
+    (here under Triton's interpreter): one region of 6×6 tokens, fp32. Rows: 36 of a 64-row tile;
+    columns: the routed region's 36 keys in two 32-column tiles; depth: head dim 8 of a 16-wide tile."""
+    bra = dict(resolution=6, n_win=1, topk=1)
+    row = run_case(case("bra", "triton", **bra), context())
+    assert row["status"] == "ok", row["status_detail"]
+    assert row["tile_efficiency"] == pytest.approx((36 / 64) ** 2 * 8 / 16)
+    row = run_case(case("bra", "triton", "fwd+bwd", **bra), context())
+    assert row["status"] == "ok" and row["tile_efficiency"] == pytest.approx((36 / 64) ** 2 * 8 / 16)
+    assert "tile_efficiency" not in run_case(case("bra", "torch", **bra), context())
+
+
 # --------------------------------------------------------------------------------------------
 # result files
 # --------------------------------------------------------------------------------------------
+
+def test_a_file_from_before_a_late_column_loads_and_resumes(tmp_path, fake_family):
+    """A results file written before ``tile_efficiency`` existed loads with the column empty, and a
+    resumed run rewrites it with the column before appending."""
+    path = tmp_path / "run.csv"
+    run_sweep([case("fake", "torch")], context(), path)
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    index = COLUMNS.index("tile_efficiency")
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([cell for i, cell in enumerate(row) if i != index] for row in rows)
+    assert load_results(path)["tile_efficiency"].isna().all()
+    assert run_sweep([case("fake", "torch"), case("fake", "wrong")], context(), path) == (1, 1)
+    assert path.read_text().splitlines()[0].split(",") == COLUMNS
+    frame = load_results(path)
+    assert len(frame) == 2 and list(frame["backend"]) == ["torch", "wrong"]
+
 
 def test_load_results_rejects_what_is_not_ours(tmp_path):
     with pytest.raises(ResultsFormatError, match="does not exist"):
