@@ -194,7 +194,15 @@ def chunked_gathered(module: "BiLevelRoutingAttention", q: Tensor, kv: Tensor, r
     return out.permute(0, 2, 3, 1, 4).reshape(batch, regions, query_tokens, module.dim), None
 
 
-FLEX_BLOCK = 128  # FlexAttention's default block: every kernel configuration of its fwd and bwd divides it
+FLEX_BLOCK = 128  # FlexAttention's default block: every tile of its CUDA kernels, forward and backward, divides it
+
+
+def flex_block(device: torch.device, query_tokens: int, key_tokens: int) -> tuple[int, int]:
+    """Block sides of the routed mask: one region each on the CPU (exact: no listed block holds an
+    unrouted pair); FLEX_BLOCK tokens on CUDA, whose FlexAttention kernels take only blocks their
+    tiles divide (64 or 128 tokens at BiFormer's head size; read from torch's Inductor source), which
+    2×2-, 4×4- and 7×7-token regions are not."""
+    return (query_tokens, key_tokens) if device.type == "cpu" else (FLEX_BLOCK, FLEX_BLOCK)
 
 
 def region_blocks(regions: int, tokens: int, block: int, device: torch.device) -> Tensor:
@@ -204,23 +212,20 @@ def region_blocks(regions: int, tokens: int, block: int, device: torch.device) -
     return ((blocks[None, :] < first[:, None] + tokens) & (first[:, None] < blocks[None, :] + block)).float()
 
 
-def routed_block_mask(r_idx: Tensor, query_tokens: int, key_tokens: int, block: int | None = None) -> BlockMask:
-    """A FlexAttention block mask of the routing, in blocks of ``block`` tokens (default FLEX_BLOCK).
+def routed_block_mask(r_idx: Tensor, query_tokens: int, key_tokens: int, block: tuple[int, int]) -> BlockMask:
+    """A FlexAttention block mask of the routing, in blocks of ``block`` (query, key) tokens.
 
     Tokens are in region-major order. A (query block, key block) pair is listed when a query region
     with tokens in the first routes to a key region with tokens in the second; inside the listed
-    blocks the routing itself, given as the mask_mod, keeps each query to its routed regions' keys.
-    Blocks of regions (as small as 2×2 tokens, or 7×7) would be exact, but FlexAttention's CUDA
-    kernels take only block sizes that their tiles divide (64 or 128 tokens, forward and backward),
-    hence the fixed block. Heads share the routing, so the mask has one head. FlexAttention's
-    uncompiled path reads only the mask_mod.
+    blocks the routing itself, given as the mask_mod, keeps each query to its routed regions' keys
+    (with blocks of one region each, nothing is left for it to mask). Heads share the routing, so
+    the mask has one head. FlexAttention's uncompiled path reads only the mask_mod.
     """
-    block = block or FLEX_BLOCK
     batch, regions, topk = r_idx.shape
     routed = torch.zeros(batch, regions, regions, dtype=torch.bool, device=r_idx.device)
     routed.scatter_(2, r_idx, True)
-    query_blocks = region_blocks(regions, query_tokens, block, r_idx.device)
-    key_blocks = region_blocks(regions, key_tokens, block, r_idx.device)
+    query_blocks = region_blocks(regions, query_tokens, block[0], r_idx.device)
+    key_blocks = region_blocks(regions, key_tokens, block[1], r_idx.device)
     pairs = query_blocks.T @ routed.float() @ key_blocks > 0  # (B, query blocks, key blocks)
     counts = pairs.sum(-1, dtype=torch.int32)
     indices = torch.argsort(pairs.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
@@ -243,7 +248,8 @@ def flex_routed_attention(module: "BiLevelRoutingAttention", q: Tensor, kv: Tens
         split_heads(q.reshape(batch, regions * query_tokens, -1), heads),
         split_heads(k.reshape(batch, regions * key_tokens, -1), heads),
         split_heads(v.reshape(batch, regions * key_tokens, -1), heads),
-        block_mask=routed_block_mask(r_idx, query_tokens, key_tokens), scale=module.scale)
+        block_mask=routed_block_mask(r_idx, query_tokens, key_tokens, flex_block(q.device, query_tokens, key_tokens)),
+        scale=module.scale)
     return merge_heads(out).reshape(batch, regions, query_tokens, module.dim), None
 
 

@@ -698,7 +698,7 @@ def test_routed_block_mask_lets_each_region_see_exactly_its_routed_regions():
     """Token by token, the mask's mask_mod lets a query see the keys of its region's routed regions only."""
     from attentions.bra import routed_block_mask
     r_idx = torch.tensor([[[2, 0], [1, 3], [3, 2], [0, 1]]])  # 4 regions, topk 2
-    mask = routed_block_mask(r_idx, query_tokens=3, key_tokens=2)
+    mask = routed_block_mask(r_idx, query_tokens=3, key_tokens=2, block=(128, 128))
     q_idx, kv_idx = torch.arange(12)[:, None], torch.arange(8)[None, :]
     dense = mask.mask_mod(torch.tensor(0), torch.tensor(0), q_idx, kv_idx)
     expected = torch.zeros(4, 4, dtype=torch.bool)
@@ -729,7 +729,7 @@ def test_routed_block_mask_lists_exactly_the_blocks_with_a_routed_pair():
     torch.manual_seed(1)
     batch, regions, query_tokens, key_tokens, topk, block = 2, 9, 5, 3, 3, 4
     r_idx = torch.stack([torch.randperm(regions)[:topk] for _ in range(batch * regions)]).view(batch, regions, topk)
-    mask = routed_block_mask(r_idx, query_tokens, key_tokens, block)
+    mask = routed_block_mask(r_idx, query_tokens, key_tokens, (block, block))
     counts, indices = mask.kv_num_blocks[:, 0], mask.kv_indices[:, 0]
     for b in range(batch):
         for qb in range(-(-regions * query_tokens // block)):
@@ -740,10 +740,11 @@ def test_routed_block_mask_lists_exactly_the_blocks_with_a_routed_pair():
 
 
 def test_flex_with_blocks_across_regions(monkeypatch):
-    """Compiled flex over blocks of 16 tokens on 25-token query and 9-token key regions: several
-    blocks per sequence, most of them partial, cut through the middle of regions."""
+    """Compiled flex over blocks of 16 tokens (as CUDA's blocks of 128, not one region each as on the
+    CPU) on 25-token query and 9-token key regions: several blocks per sequence, most of them
+    partial, cut through the middle of regions."""
     import attentions.bra
-    monkeypatch.setattr(attentions.bra, "FLEX_BLOCK", 16)
+    monkeypatch.setattr(attentions.bra, "flex_block", lambda device, query_tokens, key_tokens: (16, 16))
     test_flex_forward_matches_naive((1, 10, 10), {"n_win": 2, "topk": 2, "kv_downsample_mode": "ada_maxpool",
                                                   "kv_per_win": 3})
 
@@ -759,7 +760,7 @@ def test_routed_block_mask_also_holds_for_uncompiled_flex():
     k = torch.randn(batch, heads, regions * key_tokens, channels)
     v = torch.randn(batch, heads, regions * key_tokens, channels)
     r_idx = torch.stack([torch.randperm(regions)[:topk] for _ in range(batch * regions)]).view(batch, regions, topk)
-    out = flex_attention(q, k, v, block_mask=routed_block_mask(r_idx, query_tokens, key_tokens), scale=0.3)
+    out = flex_attention(q, k, v, block_mask=routed_block_mask(r_idx, query_tokens, key_tokens, (8, 8)), scale=0.3)
     per_region = lambda t, n: t.view(batch, heads, regions, n, channels)  # noqa: E731
     gather = lambda t: torch.stack([per_region(t, key_tokens)[b, :, r_idx[b]] for b in range(batch)])  # noqa: E731
     keys, values = (gather(t).reshape(batch, heads, regions, topk * key_tokens, channels) for t in (k, v))
