@@ -3,11 +3,13 @@
 Triton's interpreter (how the CPU tests run the kernels) checks none of what a real compile
 checks: loop-carried types, tile limits, shared memory, registers. So this module runs every
 registered backend that needs Triton forward and backward, on CPU tensors, at every case the
-presets and the model suite launch (and the tests' soft-routing cases). Each kernel launch is
-intercepted before it runs (Triton's ``jit_cache_hook``, asked by a driver that answers for
-the target GPU) and compiled instead, down to a cubin with the ptxas of the triton wheel, for each
-target: sm_90 (H100, H200) and sm_80 (A100). A launch that fails to compile, or needs more shared
-memory than the target has, is an error; registers and spills come from ``ptxas -v``.
+presets and the model suite launch, and in every routing mode and dtype at BiFormer's stage shapes.
+Each kernel launch is intercepted before it runs (Triton's ``jit_cache_hook``, asked by a driver
+that answers for the target GPU) and compiled instead, down to a cubin with the ptxas of the triton
+wheel, for each target: sm_90 (H100, H200) and sm_80 (A100). A launch that fails to compile, or
+needs more shared memory than the target has, is an error; registers and spills come from the log
+of Triton's own ``ptxas -v``. With ``--metrics`` nothing is compiled: each case's pass reports what
+its backend measures (``Backend.pass_metrics``: BRA's tile efficiency).
 
 Run it in a process where Triton's interpreter is off (``TRITON_INTERPRET`` unset when triton is
 first imported): ``python -m bench.triton_aot`` (the tests start it as a subprocess).
@@ -23,10 +25,10 @@ import json
 import os
 import re
 import sys
-from multiprocessing import get_context
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from importlib import import_module
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -45,7 +47,6 @@ from .profiles import DTYPES, PROFILES
 
 # Opt-in dynamic shared memory per block (bytes), by compute capability.
 SHARED_MEMORY_LIMIT = {90: 232448, 80: 166912}
-TARGET_NAMES = {90: "sm_90 (H100/H200)", 80: "sm_80 (A100)"}
 SETS = ("presets", "models", "tests")
 # BRA's routing modes: hard, soft weights, and weights trained through the routing (their gradient
 # comes out of the kernels).
@@ -415,8 +416,9 @@ def report(results: Sequence[CompileResult]) -> str:
                      f"{r.registers if r.registers is not None else '?':>4} {spills:>7}  {r.summary}{over}")
     failed = [r for r in results if not r.ok]
     spilling = [r for r in results if r.spill_stores]
-    lines.append(f"{len(results)} compilations ({len({(r.kernel, r.summary) for r in results})} launches × "
-                 f"{len({r.arch for r in results})} targets): {len(failed)} failed, {len(spilling)} spill registers")
+    targets = len({r.arch for r in results}) or 1
+    lines.append(f"{len(results)} compilations ({len(results) // targets} launches × {targets} targets): "
+                 f"{len(failed)} failed, {len(spilling)} spill registers")
     return "\n".join(lines)
 
 
