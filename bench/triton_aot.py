@@ -3,7 +3,8 @@
 Triton's interpreter (how the CPU tests run the kernels) checks none of what a real compile
 checks: loop-carried types, tile limits, shared memory, registers. So this module runs every
 registered backend that needs Triton forward and backward, on CPU tensors, at every case the
-presets and the model suite launch, and in every routing mode and dtype at BiFormer's stage shapes.
+presets and the model suite launch on the target GPUs (the A100, H100 and H200 profiles), and in
+every routing mode and dtype at BiFormer's stage shapes.
 Each kernel launch is intercepted before it runs (Triton's ``jit_cache_hook``, asked by a driver
 that answers for the target GPU) and compiled instead, down to a cubin with the ptxas of the triton
 wheel, for each target: sm_90 (H100, H200) and sm_80 (A100). A launch that fails to compile, or
@@ -47,6 +48,9 @@ from .profiles import DTYPES, PROFILES
 
 # Opt-in dynamic shared memory per block (bytes), by compute capability.
 SHARED_MEMORY_LIMIT = {90: 232448, 80: 166912}
+# The GPU profiles whose GPUs the targets are: the cases the presets and the model suite launch there
+# (bf16, and the quick preset's fp32). fp16 comes in through the routing modes' cases.
+TARGET_PROFILES = ("a100", "h100", "h200")
 SETS = ("presets", "models", "tests")
 # BRA's routing modes: hard, soft weights, and weights trained through the routing (their gradient
 # comes out of the kernels).
@@ -73,11 +77,11 @@ def triton_backends(module: AttentionModule) -> list[str]:
 
 
 def preset_layers() -> list[LayerCase]:
-    """Every Triton-backend case of every preset under every GPU profile, at batch 1 (the batch is a
-    runtime argument: it changes no compilation)."""
+    """Every Triton-backend case of every preset under the target GPUs' profiles, at batch 1 (the
+    batch is a runtime argument: it changes no compilation)."""
     layers, modules = [], {}
     for preset in PRESETS:
-        for profile in (p for p in PROFILES.values() if p.name != "cpu"):
+        for profile in (PROFILES[name] for name in TARGET_PROFILES):
             for case in unique_cases(preset_blocks(preset, profile), "cuda", COMMON_OPTIONS):
                 key = (case.family, case.backend, case.dim, case.heads, case.options_json)
                 if key not in modules:
@@ -111,8 +115,8 @@ def attention_inputs(model: torch.nn.Module, resolution: int) -> dict[str, tuple
 
 def model_layers() -> list[LayerCase]:
     """The attention layers with a Triton backend of every model-suite case (every model with BRA,
-    at 224, 512 and 1024 px, in every GPU profile's dtype, both phases)."""
-    dtypes = sorted({p.default_dtype for p in PROFILES.values() if p.name != "cpu"})
+    at 224, 512 and 1024 px, in the target GPUs' profiles' dtypes, both phases)."""
+    dtypes = sorted({PROFILES[name].default_dtype for name in TARGET_PROFILES})
     layers = []
     cases = model_cases(list(list_models()), ["bra"], ["torch"], list(MODEL_RESOLUTIONS), [1], dtypes,
                         ["fwd", "fwd+bwd"], "cuda", PROFILES["h100"])

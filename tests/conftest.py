@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +17,25 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from small_results import make_small_results  # noqa: E402  (imports attentions, hence triton)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Start the ahead-of-time compile check of tests/test_triton_aot.py now, in the background, with
+    one compile process: the rest of the suite runs on one intra-op thread and leaves the second
+    core mostly idle, so the check's two minutes of compiling overlap the other tests."""
+    if any("aot_results" in getattr(item, "fixturenames", ()) for item in items):
+        from test_triton_aot import COMPILE_CHECK, start_compile_check
+        config.stash[COMPILE_CHECK] = start_compile_check(Path(tempfile.mkdtemp(prefix="triton-aot-")), workers=1)
+
+
+def pytest_unconfigure(config):
+    """Stop the compile check if the session ended before it did, and remove its folder."""
+    from test_triton_aot import COMPILE_CHECK
+    check = config.stash.get(COMPILE_CHECK, None)
+    if check is not None:
+        check.process.kill()
+        check.process.wait()
+        shutil.rmtree(check.folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
