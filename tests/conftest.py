@@ -19,6 +19,7 @@ if not torch.cuda.is_available():
 from small_results import make_small_results  # noqa: E402  (imports attentions, hence triton)
 
 
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected what they do not run
 def pytest_collection_modifyitems(config, items):
     """Start the ahead-of-time compile check of tests/test_triton_aot.py now, in the background, with
     one compile process: the rest of the suite runs on one intra-op thread and leaves the second

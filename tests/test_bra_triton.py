@@ -136,7 +136,7 @@ def test_routed_tiling(triton_kernels):
 
 def stub_kernels(monkeypatch, triton_kernels):
     """Launches that do nothing: the tile accounting runs on the real tiles and routing without the
-    (interpreted, slow) kernels."""
+    kernels (slow when interpreted)."""
     class Stub:
         def __getitem__(self, grid):
             return lambda *args, **kwargs: None
@@ -157,8 +157,9 @@ def test_tile_efficiency_at_the_target_shapes(monkeypatch, triton_kernels, dtype
     forward+backward; at 14² the forward is bounded at 25% by 4 query tokens per region and head
     against tl.dot's 16 rows."""
     stub_kernels(monkeypatch, triton_kernels)
-    module = attentions.build("bra", dim=dim, num_heads=heads, n_win=n_win, topk=topk, backend="triton").to(dtype)
-    x = torch.randn(1, resolution, resolution, dim, dtype=dtype)
+    module = attentions.build("bra", dim=dim, num_heads=heads, n_win=n_win, topk=topk, backend="triton")
+    module = module.to(DEVICE, dtype)
+    x = torch.randn(1, resolution, resolution, dim, dtype=dtype, device=DEVICE)
     with triton_kernels.tile_accounting() as forward, torch.no_grad():
         module(x)
     with triton_kernels.tile_accounting() as both:
@@ -175,9 +176,9 @@ def test_tile_efficiency_at_the_target_shapes(monkeypatch, triton_kernels, dtype
 def test_tile_efficiency_of_padded_regions(monkeypatch, triton_kernels):
     """7×7 regions, topk 2, fp16: 49 of 64 rows, and each routed region's 49 keys in a 64-column tile."""
     stub_kernels(monkeypatch, triton_kernels)
-    module = attentions.build("bra", dim=32, num_heads=1, n_win=2, topk=2, backend="triton").half()
+    module = attentions.build("bra", dim=32, num_heads=1, n_win=2, topk=2, backend="triton").to(DEVICE, torch.float16)
     with triton_kernels.tile_accounting() as work, torch.no_grad():
-        module(torch.randn(1, 14, 14, 32, dtype=torch.float16))
+        module(torch.randn(1, 14, 14, 32, dtype=torch.float16, device=DEVICE))
     assert work.efficiency == pytest.approx((49 / 64) ** 2)
 
 
@@ -198,6 +199,7 @@ def test_transposed_routing_lists_each_key_regions_routers(triton_kernels):
 
 def test_fvcore_counts_the_fused_op():
     """Without its handle fvcore would count the fused attention as zero."""
+    pytest.importorskip("fvcore")
     from bench.flops import count_macs
     module, _ = make(16, 2, backend="triton", n_win=2, topk=3, kv_downsample_mode="avgpool", kv_downsample_ratio=2)
     module = module.float().to(DEVICE)
