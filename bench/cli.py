@@ -21,13 +21,13 @@ import attentions
 from attentions.models import list_models
 
 from .cases import PHASES, Case, ModelCase, SweepBlock, unique_cases
-from .model_suite import MODEL_RESOLUTIONS, model_cases, run_model_case
+from .model_suite import MODEL_RESOLUTIONS, model_cases, one_per_group, run_model_group
 from .measure import TimingPolicy
 from .presets import COMMON_OPTIONS, KV_MODES, PRESETS, STAGE1_WIDTH, kv_axis, preset_blocks, topk_axis
 from .profiles import DTYPE_ALIASES, DTYPES, PROFILES, GpuProfile, canonical_dtype
-from .results import (COLUMNS, MODEL_COLUMNS, SUITES, ResultsFormatError, completed_case_keys, cpu_name, environment,
-                      load_results, now_iso, read_metadata, write_metadata)
-from .runner import RunContext, run_case, run_sweep
+from .results import (COLUMNS, MEASURED_STATUSES, MODEL_COLUMNS, SUITES, ResultsFormatError, completed_case_keys,
+                      cpu_name, drop_torn_last_row, environment, load_results, now_iso, read_metadata, write_metadata)
+from .runner import RunContext, comparison_groups, run_group, run_sweep
 
 # The profile's marker in torch.cuda.get_device_name(), to warn when the profile and the GPU differ.
 DEVICE_MARKERS = {"a100": "A100", "h100": "H100", "h200": "H200", "l4": "L4", "rtx4090": "4090", "v100": "V100"}
@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="RUN", help="run id or results path of a run to complete")
     parser.add_argument("--min-time", type=float, default=None, metavar="S",
                         help="minimum timed seconds per case (default 0.5 on GPU, 0.2 on CPU)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="time replays of each pass captured in a CUDA graph (small shapes, where CPU launch "
+                             "overhead dominates); a pass that cannot be captured is timed eagerly, and its row says so")
     parser.add_argument("--time-budget", type=positive_seconds, metavar="S",
                         help="start no case after S seconds of sweeping; --resume completes the ones left")
     parser.add_argument("--dry-run", action="store_true", help="list the cases and their count, run nothing")
@@ -204,7 +207,8 @@ def plan(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str,
     if misplaced:
         parser.error(f"{', '.join(misplaced)}: only with --suite models")
     blocks = apply_overrides(parser, args, preset_blocks(args.preset, profile))
-    return unique_cases(blocks, device, COMMON_OPTIONS)
+    # in the order they run: each comparison group's cases together (timed in paired rounds)
+    return [case for group in comparison_groups(unique_cases(blocks, device, COMMON_OPTIONS)) for case in group]
 
 
 def plan_models(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str,
@@ -236,11 +240,23 @@ def plan_models(parser: argparse.ArgumentParser, args: argparse.Namespace, devic
 
 
 def _cell(row: pd.Series) -> str:
-    """A row's median latency and peak memory, or its status."""
-    if row["status"] in ("ok", "mismatch"):
+    """A row's median latency and peak memory (marked when noisy or a mismatch), or its status."""
+    if row["status"] in MEASURED_STATUSES:
         text = f"{row['latency_ms_median']:.3g} ms, {row['peak_mem_mb']:.3g} MB"
-        return text if row["status"] == "ok" else f"MISMATCH {text}"
+        return text if row["status"] == "ok" else f"{row['status'].upper()} {text}"
     return row["status"]
+
+
+def noise_summary(frame: pd.DataFrame, min_time: float) -> str | None:
+    """How many rows were noisy, and what helps; None when none was."""
+    noisy = frame[frame["status"] == "noisy"]
+    if noisy.empty:
+        return None
+    loads = pd.concat([frame["load_before"], frame["load_after"]]).dropna()
+    load = f"; the machine's load average was {loads.min():.2f}–{loads.max():.2f}" if len(loads) else ""
+    return (f"{len(noisy)} of {len(frame)} rows are noisy (timing spread or speedup interval beyond the device's "
+            f"limit){load}: their numbers are shown but never ranked. A longer --min-time (now {min_time:g} s "
+            f"per pass) or a quieter machine helps.")
 
 
 def model_summary_table(frame: pd.DataFrame) -> str:
@@ -295,6 +311,8 @@ def resumed_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
         results_path = matches[0]
     try:
         metadata = read_metadata(results_path)
+        if results_path.exists():
+            drop_torn_last_row(results_path)  # a kill during a write: the half row goes before the file is read
         completed_case_keys(results_path)  # the rows must be readable too
     except ResultsFormatError as exc:
         parser.error(f"--resume: {exc}")
@@ -375,12 +393,18 @@ def main_sweep(argv: list[str]) -> int:
                     "preset": args.preset if args.suite == "attentions" else None, "gpu_profile": profile.name,
                     "device_name": device_name, "argv": argv, "command": "python run_bench.py " + shlex.join(argv),
                     "started": now_iso(), "environment": environment(), "cases_planned": len(cases)}
+    min_time = args.min_time if args.min_time is not None else (0.5 if device == "cuda" else 0.2)
+    policy = TimingPolicy(min_time_s=min_time, l2_flush=device == "cuda", cuda_graphs=args.cuda_graphs)
+    metadata["timing"] = {
+        "rounds": "paired: a shape's cases round-robin in one process" if args.suite == "attentions" else "unpaired",
+        "min_time_s_per_pass": min_time, "min_rounds": policy.min_rounds, "warmup_rounds": policy.warmup_rounds,
+        "l2_flush": policy.l2_flush, "cuda_graphs": policy.cuda_graphs,
+        "noise_limit": policy.noise_limit_for(torch.device(device))}
     results_path.parent.mkdir(parents=True, exist_ok=True)
     write_metadata(results_path.with_suffix(".json"), metadata)
 
-    min_time = args.min_time if args.min_time is not None else (0.5 if device == "cuda" else 0.2)
-    ctx = RunContext(run_id=metadata["run_id"], profile=profile, device_name=device_name,
-                     timing=TimingPolicy(min_time_s=min_time), tf32=torch.backends.cuda.matmul.allow_tf32)
+    ctx = RunContext(run_id=metadata["run_id"], profile=profile, device_name=device_name, timing=policy,
+                     tf32=torch.backends.cuda.matmul.allow_tf32)
     with tqdm(total=len(cases), disable=args.quiet, unit="case", dynamic_ncols=True) as bar:
         def progress(case: Case, done_before: bool) -> None:
             bar.update(1)
@@ -389,8 +413,9 @@ def main_sweep(argv: list[str]) -> int:
         models = args.suite == "models"
         stop_at = None if args.time_budget is None else time.monotonic() + args.time_budget
         ran, skipped = run_sweep(cases, ctx, results_path, progress=progress,
-                                 run=run_model_case if models else run_case,
-                                 columns=MODEL_COLUMNS if models else COLUMNS, stop_at=stop_at)
+                                 run=run_model_group if models else run_group,
+                                 columns=MODEL_COLUMNS if models else COLUMNS, stop_at=stop_at,
+                                 groups=one_per_group if models else comparison_groups)
     frame = load_results(results_path)
     not_started = len(cases) - ran - skipped
     metadata.update(finished=now_iso(), rows=len(frame), cases_not_started=not_started,
@@ -398,6 +423,9 @@ def main_sweep(argv: list[str]) -> int:
     write_metadata(results_path.with_suffix(".json"), metadata)
     print(model_summary_table(frame) if models else summary_table(frame))
     print(f"\n{ran} cases run, {skipped} already complete; rows in {results_path}")
+    noise = None if models else noise_summary(frame, min_time)
+    if noise:
+        print(noise)
     if not_started:
         print(f"time budget of {args.time_budget:g} s reached: {not_started} cases not started; "
               f"--resume {metadata['run_id']} completes them")

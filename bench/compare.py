@@ -11,6 +11,12 @@ Judgement of a case that is ``ok`` in both runs:
   ``1 / (1 + max_regression)`` and NEW's p80 below BASE's p20 (else ``faster (noise)``).
 - **Peak memory.** A regression when the ratio exceeds ``1 + max_regression`` and the growth is at
   least 1 MB (smaller differences are allocator noise, whatever their ratio).
+- **Speedup over the reference.** Where both runs timed a case and its reference in paired rounds
+  (``speedup_vs_ref`` with a confidence interval), a drop is a regression when NEW's interval lies
+  wholly below BASE's, by more than ``max_regression``: unlike latencies taken in two runs, a paired
+  speedup does not drift with the machine.
+- **Noise.** A case that is ``noisy`` in either run has no latency or speedup regression (``slower
+  (noise)`` at most); its memory is judged as usual.
 - **GMACs.** A change (beyond a relative 1e-6) means the measured work changed: it is shown and
   warned about, never a failure.
 
@@ -60,7 +66,8 @@ FAILURE_STATUSES = ("mismatch", "error", "oom")
 
 IDENTITY = ["family", "backend", "options", "resolution", "batch", "dim", "heads", "dtype", "device", "phase"]
 MEASURED = ["status", "status_detail", "latency_ms_median", "latency_ms_p20", "latency_ms_p80", "peak_mem_mb",
-            "gmacs", "rel_err"]
+            "gmacs", "rel_err", "speedup_vs_ref", "speedup_ci_low", "speedup_ci_high"]
+TIMED = ("ok", "noisy")  # statuses with a latency worth comparing
 
 # (label, where in the metadata): top-level keys, or keys of metadata["environment"]
 ENVIRONMENT_FIELDS = [
@@ -262,21 +269,22 @@ def judge(row: pd.Series, max_regression: float) -> tuple[str, str]:
     if _known(row["gmacs_ratio"]) and abs(row["gmacs_ratio"] - 1) > GMACS_TOLERANCE:
         notes.append(f"GMACs {row['gmacs_base']:.4g} -> {row['gmacs_new']:.4g} (work changed)")
 
-    if base_status != "ok" or new_status != "ok":
-        if base_status == "ok" and new_status in FAILURE_STATUSES:
+    if base_status not in TIMED or new_status not in TIMED:
+        if base_status in TIMED and new_status in FAILURE_STATUSES:
             verdict = NEW_FAILURE
-        elif base_status == "ok":
+        elif base_status in TIMED:
             verdict = NOW_UNSUPPORTED
-        elif new_status == "ok":
+        elif new_status in TIMED:
             verdict = FIXED if base_status in FAILURE_STATUSES else NOW_SUPPORTED
         elif base_status == new_status:
             verdict = f"still {new_status}"
         else:
             verdict = f"{base_status} -> {new_status}"
-        if new_status != "ok" and _short(row["status_detail_new"]):
+        if new_status not in TIMED and _short(row["status_detail_new"]):
             notes.insert(0, _short(row["status_detail_new"]))
         return verdict, "; ".join(notes)
 
+    noisy = "noisy" in (base_status, new_status)
     limit_up, limit_down = 1 + max_regression, 1 / (1 + max_regression)
     regression = False
     verdict = OK
@@ -285,7 +293,11 @@ def judge(row: pd.Series, max_regression: float) -> tuple[str, str]:
     spreads = _known(row["latency_ms_p20_base"], row["latency_ms_p80_base"], row["latency_ms_p20_new"],
                      row["latency_ms_p80_new"])
     if _known(latency) and latency > limit_up:
-        if not spreads or row["latency_ms_p20_new"] > row["latency_ms_p80_base"]:
+        if noisy:
+            verdict = SLOWER_NOISE
+            judged.append(f"latency {_fmt_ratio(latency)}, but the case is noisy in "
+                          f"{'both runs' if base_status == new_status else 'BASE' if base_status == 'noisy' else 'NEW'}")
+        elif not spreads or row["latency_ms_p20_new"] > row["latency_ms_p80_base"]:
             regression = True
             why = ("no spreads recorded" if not spreads else
                    f"NEW p20 {row['latency_ms_p20_new']:.3g} ms > BASE p80 {row['latency_ms_p80_base']:.3g} ms")
@@ -299,6 +311,14 @@ def judge(row: pd.Series, max_regression: float) -> tuple[str, str]:
         else:
             verdict = FASTER_NOISE
             judged.append(f"latency {_fmt_ratio(latency)} within the runs' p20-p80 spreads")
+
+    if not noisy and _known(row["speedup_ci_high_new"], row["speedup_ci_low_base"]):
+        speedups = (f"speedup over the reference {row['speedup_vs_ref_base']:.2f}× "
+                    f"[{row['speedup_ci_low_base']:.2f}–{row['speedup_ci_high_base']:.2f}] -> "
+                    f"{row['speedup_vs_ref_new']:.2f}× [{row['speedup_ci_low_new']:.2f}–{row['speedup_ci_high_new']:.2f}]")
+        if row["speedup_ci_high_new"] * limit_up < row["speedup_ci_low_base"]:
+            regression = True
+            judged.append(f"{speedups} (paired rounds, intervals apart)")
 
     memory = row["mem_ratio"]
     if _known(memory, row["peak_mem_mb_base"], row["peak_mem_mb_new"]):

@@ -4,8 +4,15 @@
   forward is deployed. ``fwd+bwd`` runs the forward and ``torch.autograd.grad`` of a fixed random
   upstream gradient with respect to the input and every parameter.
 - **Latency.** Warm-up rounds first (compilation, caches, allocator). Then every round is timed
-  on its own: CUDA events on a GPU, ``time.perf_counter`` on the CPU. Rounds continue until both a
-  minimum time and a minimum number of rounds are reached, or a maximum count is.
+  on its own: CUDA events on a GPU (after writing a buffer larger than L2, so every pass starts
+  with a cold cache), ``time.perf_counter`` on the CPU. Rounds continue until both a minimum time
+  and a minimum number of rounds are reached, or a maximum count is.
+- **Paired rounds.** Passes whose latencies are compared run round-robin in one process: in each
+  round every pass runs once, each round starting one pass later, so that drift of the machine
+  (clocks, load, temperature) lands on all of them alike. A speedup is the median of per-round
+  ratios, with a 95% bootstrap confidence interval over the rounds.
+- **Noise.** A timing whose spread (p80 / p20), or a speedup whose confidence interval (high /
+  low), is wider than the device's limit is noise, not a finding.
 - **Memory.** On CUDA, the allocator's peak during one pass minus what was allocated before it.
   On the CPU, the PyTorch profiler's allocation events during one pass: the peak of the running
   sum of bytes allocated minus freed by PyTorch's CPU allocator (kernel workspaces included,
@@ -24,8 +31,9 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Hashable
 
+import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -33,20 +41,59 @@ from torch.profiler import ProfilerActivity, profile
 ERROR_TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
 
 
+# Widest timing spread (p80 / p20) and speedup confidence interval (high / low) that are still a
+# measurement on each device type; wider is noise. A shared CPU drifts by tens of percent between
+# seconds; a GPU's kernels repeat within a few percent.
+NOISE_LIMIT = {"cpu": 1.3, "cuda": 1.1}
+BOOTSTRAP_RESAMPLES = 2000
+
+
 @dataclass(frozen=True)
 class TimingPolicy:
     warmup_rounds: int = 3
-    min_time_s: float = 0.5
+    min_time_s: float = 0.5  # per pass: paired rounds of n passes run at least n times this
     min_rounds: int = 10
     max_rounds: int = 1000
+    l2_flush: bool = True  # CUDA: write a buffer larger than L2 before every timed pass
+    cuda_graphs: bool = False  # CUDA: time replays of a captured graph of the pass (small shapes)
+    noise_limit: float | None = None  # None: the device type's NOISE_LIMIT
+
+    def noise_limit_for(self, device: torch.device) -> float:
+        return self.noise_limit if self.noise_limit is not None else NOISE_LIMIT[device.type]
 
 
 @dataclass(frozen=True)
 class Timing:
-    median_ms: float
-    p20_ms: float
-    p80_ms: float
-    rounds: int
+    """Per-round latencies of one pass (ms, in round order) and a note on how they were taken."""
+
+    times_ms: tuple[float, ...]
+    note: str = ""
+
+    @property
+    def rounds(self) -> int:
+        return len(self.times_ms)
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.times_ms)
+
+    @property
+    def p20_ms(self) -> float:
+        return self._quintiles()[0]
+
+    @property
+    def p80_ms(self) -> float:
+        return self._quintiles()[3]
+
+    @property
+    def spread(self) -> float:
+        """p80 / p20: how far the rounds scatter."""
+        return self.p80_ms / self.p20_ms
+
+    def _quintiles(self) -> list[float]:
+        if len(self.times_ms) == 1:
+            return [self.times_ms[0]] * 4
+        return statistics.quantiles(self.times_ms, n=5, method="inclusive")
 
 
 def make_pass(module: torch.nn.Module, x: torch.Tensor, phase: str,
@@ -103,29 +150,115 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_pass(run: Callable[[], object], device: torch.device, policy: TimingPolicy) -> Timing:
-    """Median and spread of per-round latency, timed as the module docstring says."""
-    for _ in range(policy.warmup_rounds):
+def l2_flusher(device: torch.device) -> Callable[[], None] | None:
+    """On CUDA, a function that overwrites a buffer twice the size of the L2 cache."""
+    if device.type != "cuda":
+        return None
+    size = 2 * getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 64 << 20)
+    buffer = torch.empty(size, dtype=torch.int8, device=device)
+    return buffer.zero_
+
+
+def captured(run: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """The pass captured in a CUDA graph (after a warm-up on a side stream); replays cost one launch."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
         run()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return graph.replay
+
+
+def timed_once(run: Callable[[], object], device: torch.device, flush: Callable[[], None] | None) -> float:
+    """Milliseconds of one call of ``run``."""
+    if device.type == "cuda":
+        if flush is not None:
+            flush()
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        run()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end)
+    begin_s = time.perf_counter()
+    run()
+    return (time.perf_counter() - begin_s) * 1e3
+
+
+def time_rounds(runs: dict[Hashable, Callable[[], object]], device: torch.device,
+                policy: TimingPolicy) -> dict[Hashable, Timing | Exception]:
+    """Each pass's latencies over paired rounds (see the module docstring); one pass alone is timed
+    the same way, unpaired. A pass that raises leaves the rotation, and its exception is its result."""
+    results: dict[Hashable, Timing | Exception] = {}
+    active: dict[Hashable, Callable[[], object]] = {}
+    notes: dict[Hashable, str] = {}
+    for key, run in runs.items():
+        try:
+            for _ in range(policy.warmup_rounds):
+                run()
+            if policy.cuda_graphs and device.type == "cuda":
+                try:
+                    run = captured(run, device)
+                    notes[key] = "timed as CUDA graph replays"
+                except RuntimeError as exc:
+                    notes[key] = f"CUDA graph capture failed, timed eagerly: {str(exc).splitlines()[0][:200]}"
+            active[key] = run
+        except Exception as exc:  # noqa: BLE001 - the pass's own failure, recorded as its result
+            results[key] = exc
     synchronize(device)
-    times_ms: list[float] = []
-    started = time.perf_counter()
-    while len(times_ms) < policy.max_rounds:
-        if device.type == "cuda":
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            run()
-            end.record()
-            end.synchronize()
-            times_ms.append(begin.elapsed_time(end))
-        else:
-            begin_s = time.perf_counter()
-            run()
-            times_ms.append((time.perf_counter() - begin_s) * 1e3)
-        if len(times_ms) >= policy.min_rounds and time.perf_counter() - started >= policy.min_time_s:
+    flush = l2_flusher(device) if policy.l2_flush else None
+    order = list(active)
+    times: dict[Hashable, list[float]] = {key: [] for key in order}
+    started, rounds = time.perf_counter(), 0
+    while active and rounds < policy.max_rounds:
+        for offset in range(len(order)):
+            key = order[(rounds + offset) % len(order)]
+            if key not in active:
+                continue
+            try:
+                times[key].append(timed_once(active[key], device, flush))
+            except Exception as exc:  # noqa: BLE001 - as in the warm-up
+                results[key] = exc
+                del active[key]
+        rounds += 1
+        if rounds >= policy.min_rounds and time.perf_counter() - started >= policy.min_time_s * len(runs):
             break
-    p20, _, _, p80 = statistics.quantiles(times_ms, n=5, method="inclusive")
-    return Timing(statistics.median(times_ms), p20, p80, len(times_ms))
+    results.update({key: Timing(tuple(times[key]), notes.get(key, "")) for key in active})
+    return results
+
+
+def time_pass(run: Callable[[], object], device: torch.device, policy: TimingPolicy) -> Timing:
+    """One pass timed alone (unpaired); its exception propagates."""
+    result = time_rounds({0: run}, device, policy)[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def paired_speedup(reference: Timing, timing: Timing, seed: int = 0) -> tuple[float, float, float]:
+    """Speedup over ``reference`` timed in the same rounds: the median of the per-round ratios
+    (reference ÷ this), and a 95% bootstrap confidence interval of that median over the rounds."""
+    ratios = np.asarray(reference.times_ms) / np.asarray(timing.times_ms)
+    resampled = np.random.default_rng(seed).choice(ratios, size=(BOOTSTRAP_RESAMPLES, len(ratios)))
+    low, high = np.percentile(np.median(resampled, axis=1), [2.5, 97.5])
+    return float(np.median(ratios)), float(low), float(high)
+
+
+def machine_state(device: torch.device) -> dict[str, float | None]:
+    """The machine's 1-minute load average and, on CUDA, the GPU's SM clock, temperature and power
+    (through NVML, when the pynvml module is there)."""
+    state: dict[str, float | None] = {"load_avg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+    if device.type == "cuda":
+        for name, read in (("sm_clock_mhz", torch.cuda.clock_rate), ("temperature_c", torch.cuda.temperature),
+                           ("power_w", lambda d: torch.cuda.power_draw(d) / 1e3)):
+            try:
+                state[name] = float(read(device))
+            except Exception:  # noqa: BLE001 - NVML missing or refusing: the reading is simply absent
+                state[name] = None
+    return state
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ Policies (documented in the README):
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -30,7 +30,8 @@ from attentions.models import build_model, list_models
 from .cases import ModelCase
 from .flops import hardware_flops
 from .profiles import DTYPES, GpuProfile
-from .runner import MB, RunContext, count_macs_any_backend, isolated, speed_and_memory
+from .measure import make_pass, peak_memory_bytes, time_pass
+from .runner import MB, RunContext, count_macs_any_backend, isolated, latency_row
 
 COMPARISON_MODEL = "swin_layout"  # the backbone whose attention the suite swaps
 MODEL_RESOLUTIONS = (224, 512, 1024)
@@ -110,7 +111,11 @@ def measure_model_case(case: ModelCase, ctx: RunContext) -> dict[str, Any]:
     macs, note = count_model_macs(case, model, x, ctx)
     row["gmacs_per_image"] = macs / 1e9
     row["hw_gflops"] = hardware_flops(macs * case.batch, case.phase) / 1e9
-    row.update(speed_and_memory(model, x, grad_out, case.phase, case.dtype, macs * case.batch, ctx))
+    run = make_pass(model, x, case.phase, grad_out)
+    run()  # first call outside the measurements: lazy init, compilation
+    row["peak_mem_mb"] = peak_memory_bytes(run, device) / MB
+    row.update(latency_row(time_pass(run, device, ctx.timing), case.batch, macs * case.batch, case.phase, case.dtype,
+                           ctx))
     row.update(status="ok", status_detail=note)
     return row
 
@@ -118,3 +123,14 @@ def measure_model_case(case: ModelCase, ctx: RunContext) -> dict[str, Any]:
 def run_model_case(case: ModelCase, ctx: RunContext) -> dict[str, Any]:
     """One row for one model case, whatever happens to it."""
     return isolated(base_model_row(case, ctx), lambda: measure_model_case(case, ctx), case.device)
+
+
+def run_model_group(cases: Sequence[ModelCase], ctx: RunContext,
+                    companions: Sequence[ModelCase] = ()) -> list[dict[str, Any]]:
+    """``run_sweep``'s ``run`` for the model suite: each case timed alone (groups of one)."""
+    return [run_model_case(case, ctx) for case in cases]
+
+
+def one_per_group(cases: Sequence[ModelCase]) -> list[list[ModelCase]]:
+    """``run_sweep``'s ``groups`` for the model suite."""
+    return [[case] for case in cases]

@@ -184,8 +184,9 @@ def kv_mode_table(frame: pd.DataFrame) -> pd.DataFrame:
 def speedup_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Every row with its family's reference-backend row for the same case, and the speedup.
 
-    ``speedup`` = reference median latency / the row's median latency, only when both rows are
-    ``ok``; otherwise NaN. ``cell_status`` is 'ok', the row's own status (mismatch, oom, ...),
+    ``speedup`` = the paired speedup over the reference where the run timed them in the same rounds,
+    else reference median latency / the row's median latency; only when both rows are ``ok``,
+    otherwise NaN. ``cell_status`` is 'ok', the row's own status (mismatch, oom, ...),
     'ref <status>' when the reference row is not ok, or 'no reference' when it was not run.
     ``label`` is what a heatmap cell shows: '1.35×' or the cell status.
     """

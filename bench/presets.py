@@ -84,19 +84,17 @@ STAGE1_WIDTH = (64, 2)  # BiFormer's first stage; larger maps are stage 1 of lar
 
 # The gpu-check preset: BiFormer-T's stage shapes, then stage-1 width at 112² and 224² (8×8-token regions).
 GPU_CHECK_SHAPES = [*BIFORMER_STAGES, (112, *STAGE1_WIDTH, 4), (224, *STAGE1_WIDTH, 4)]
-GPU_CHECK_BACKENDS = {"bra": ["torch", "triton", "sdpa", "chunked"], "full": ["sdpa_flash", "sdpa_efficient"]}
-GPU_CHECK_LAST = {"bra": ["flex"]}  # compiled per shape and phase, the slowest to start: after the rest
+GPU_CHECK_BACKENDS = {"bra": ["torch", "sdpa", "flex", "triton", "chunked"], "full": ["sdpa_flash", "sdpa_efficient"]}
 
 
 def preset_blocks(preset: str, profile: GpuProfile) -> list[SweepBlock]:
     """The blocks of a preset, sized by the profile's defaults (batch, dtype, resolutions)."""
     batch, dtype = [profile.default_batch], [profile.default_dtype]
     dim, heads = STAGE1_WIDTH
-    if preset == "gpu-check":  # shape by shape, so that a time budget cuts whole comparisons
+    if preset == "gpu-check":  # shape by shape: a shape's cases are timed together, and a time budget cuts shapes
         return [SweepBlock(f"gpu-check {r}² {family}", [(r, d, h, {"topk": k})], families=[family], backends=backends,
                            batches=batch, dtypes=dtype)
-                for order in (GPU_CHECK_BACKENDS, GPU_CHECK_LAST) for r, d, h, k in GPU_CHECK_SHAPES
-                for family, backends in order.items()]
+                for r, d, h, k in GPU_CHECK_SHAPES for family, backends in GPU_CHECK_BACKENDS.items()]
     if preset == "quick":
         shapes = [(28, dim, heads, {})]
         return [

@@ -44,10 +44,17 @@ COLUMNS = REQUIRED_COLUMNS + [
     "reference_backend",  # backend the error was measured against
     "seed", "run_id", "case_key", "timestamp",
     "tile_efficiency",    # useful ÷ issued matrix multiply-adds of the backend's kernels (backends that declare it)
+    "speedup_vs_ref",     # reference latency ÷ latency: the median of per-round ratios of paired rounds
+    "speedup_ci_low", "speedup_ci_high",  # its 95% bootstrap confidence interval
+    "timing_spread",      # p80 / p20 of the latency; beyond the device's noise limit the row is noisy
+    "load_before", "load_after",  # the machine's 1-minute load average around the case's timing
+    "gpu_state",          # JSON: SM clock, temperature and power before and after (CUDA, through NVML)
 ]
 # Columns added after results files of the same schema were written: a file without them loads with
 # them empty, and a resumed run's file gets them added.
-LATE_COLUMNS = {"attentions": ("tile_efficiency",), "models": ()}
+LATE_COLUMNS = {"attentions": ("tile_efficiency", "speedup_vs_ref", "speedup_ci_low", "speedup_ci_high",
+                               "timing_spread", "load_before", "load_after", "gpu_state"),
+                "models": ("timing_spread",)}
 # Rows of the model suite (``--suite models``): one whole backbone of ``attentions.models`` per row.
 MODEL_COLUMNS = [
     "model", "attention", "backend", "resolution", "batch", "dtype", "phase", "status",
@@ -59,10 +66,12 @@ MODEL_COLUMNS = [
     "device_name", "gpu_profile",
     "options",            # JSON of the build_model options (attention choice, auto_pad)
     "device", "status_detail", "rounds", "param_mb", "input_mb", "seed", "run_id", "case_key", "timestamp",
+    "timing_spread",      # p80 / p20 of the latency
 ]
 SUITES = {"attentions": COLUMNS, "models": MODEL_COLUMNS}  # suite -> its row schema
 NUMERIC_COLUMNS = {"attentions": ("resolution", "batch", "dim", "heads"), "models": ("resolution", "batch")}
-STATUSES = ("ok", "mismatch", "unsupported", "oom", "error")
+STATUSES = ("ok", "noisy", "mismatch", "unsupported", "oom", "error")
+MEASURED_STATUSES = ("ok", "noisy", "mismatch")  # rows with a latency: noisy and mismatch rows are never ranked
 
 
 def results_suite(columns) -> str:
@@ -85,7 +94,7 @@ class ResultsWriter:
         self.columns = columns
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            _drop_partial_last_line(self.path)
+            drop_torn_last_row(self.path)
             _add_late_columns(self.path, columns)
         if not self.path.exists() or self.path.stat().st_size == 0:
             with open(self.path, "w", newline="") as f:
@@ -96,8 +105,9 @@ class ResultsWriter:
         unknown = set(row) - set(self.columns)
         if unknown:
             raise ValueError(f"row has columns outside the schema: {sorted(unknown)}")
+        one_line = {k: " ".join(v.splitlines()) if isinstance(v, str) else v for k, v in row.items()}
         with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, fieldnames=self.columns).writerow(row)
+            csv.DictWriter(f, fieldnames=self.columns).writerow(one_line)
             _sync(f)
 
 
@@ -106,8 +116,9 @@ def _sync(f) -> None:
     os.fsync(f.fileno())
 
 
-def _drop_partial_last_line(path: Path) -> None:
-    """A kill during a write can leave half a row: cut the file back to its last complete line."""
+def drop_torn_last_row(path: Path) -> None:
+    """A kill during a write can leave half a row: cut the file back to its last complete line (a
+    row is one line: ``append`` writes no line break inside a value)."""
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         with open(path, "r+b") as f:

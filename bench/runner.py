@@ -13,9 +13,9 @@ import json
 import math
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -24,7 +24,8 @@ from attentions import BackendUnavailableError
 
 from .cases import Case
 from .flops import FlopCounterUnavailable, count_macs, hardware_flops
-from .measure import ERROR_TOLERANCE, TimingPolicy, error_against_reference, make_pass, peak_memory_bytes, time_pass
+from .measure import (ERROR_TOLERANCE, Timing, TimingPolicy, error_against_reference, machine_state,
+                      make_pass, paired_speedup, peak_memory_bytes, time_rounds)
 from .profiles import DTYPES, GpuProfile
 from .results import COLUMNS, ResultsWriter, completed_case_keys, now_iso
 
@@ -124,8 +125,26 @@ def count_case_macs(case: Case, module: torch.nn.Module, x: torch.Tensor,
     return counted * case.batch, check, note
 
 
-def measure_case(case: Case, ctx: RunContext) -> dict[str, Any]:
-    """All measurements of one case; exceptions propagate to ``run_case``."""
+@dataclass
+class Prepared:
+    """A case measured up to its timing: its row so far, the pass to time, and what finishing it needs."""
+
+    case: Case
+    row: dict[str, Any]
+    module: torch.nn.Module
+    x: torch.Tensor
+    grad_out: torch.Tensor
+    macs: int
+    notes: list[str]
+
+    @property
+    def run(self) -> Callable[[], list[torch.Tensor]]:
+        return make_pass(self.module, self.x, self.case.phase, self.grad_out)
+
+
+def prepare_case(case: Case, ctx: RunContext) -> Prepared:
+    """Everything of one case but its latency: error against the reference, FLOPs, peak memory.
+    Exceptions propagate (``failure`` turns them into a status)."""
     device = torch.device(case.device)
     ok, reason = attentions.backend_available(case.family, case.backend, device, backward=case.phase == "fwd+bwd")
     if not ok:
@@ -134,17 +153,15 @@ def measure_case(case: Case, ctx: RunContext) -> dict[str, Any]:
     row: dict[str, Any] = {
         "param_mb": sum(p.numel() * p.element_size() for p in module.parameters()) / MB,
         "input_mb": x.numel() * x.element_size() / MB,
+        "err_tolerance": ERROR_TOLERANCE[case.dtype],
     }
-    reference_backend = module.reference_backend
-    tolerance = ERROR_TOLERANCE[case.dtype]
-    row["err_tolerance"] = tolerance
     notes = []
-    if case.backend == reference_backend:
+    if case.backend == module.reference_backend:
         notes.append("reference backend: no error to measure")
     else:
         try:
             row["max_abs_err"], row["rel_err"] = error_against_reference(
-                module, reference_backend, x, case.phase, grad_out)
+                module, module.reference_backend, x, case.phase, grad_out)
         except Exception as exc:  # the reference may not fit where the fast path does
             if not is_oom(exc):
                 raise
@@ -159,83 +176,176 @@ def measure_case(case: Case, ctx: RunContext) -> dict[str, Any]:
         notes.append(flop_note)
     row["gmacs"] = macs / 1e9
     row["hw_gflops"] = hardware_flops(macs, case.phase) / 1e9
+    prepared = Prepared(case, row, module, x, grad_out, macs, notes)
+    run = prepared.run
+    run()  # first call outside the measurements: lazy init, compilation
+    row["peak_mem_mb"] = peak_memory_bytes(run, device) / MB
+    return prepared
 
-    row.update(speed_and_memory(module, x, grad_out, case.phase, case.dtype, macs, ctx))
-    pass_metrics = module.backends[module.backend].pass_metrics
+
+def latency_row(timing: Timing, batch: int, macs: int, phase: str, dtype: str, ctx: RunContext) -> dict[str, Any]:
+    """Latency statistics, throughput and achieved TFLOP/s of a timed pass (``macs``: of its forward
+    at ``batch``)."""
+    seconds = timing.median_ms / 1e3
+    tflops = hardware_flops(macs, phase) / seconds / 1e12
+    peak = ctx.profile.peak_for(dtype, tf32=ctx.tf32)
+    return {"latency_ms_median": timing.median_ms, "latency_ms_p20": timing.p20_ms,
+            "latency_ms_p80": timing.p80_ms, "rounds": timing.rounds, "timing_spread": timing.spread,
+            "throughput": batch / seconds, "tflops_achieved": tflops,
+            "pct_of_peak": 100 * tflops / peak if peak else None}
+
+
+def finish_case(prepared: Prepared, timing: Timing, reference: Timing | None, ctx: RunContext) -> dict[str, Any]:
+    """The rest of a prepared case's row from its timing (and its reference's, from the same rounds):
+    latency, its speedup over the reference with a confidence interval, the backend's own metrics,
+    and the status: mismatch beyond the dtype's tolerance, noisy beyond the device's noise limit."""
+    case, row, notes = prepared.case, dict(prepared.row), list(prepared.notes)
+    row.update(latency_row(timing, case.batch, prepared.macs, case.phase, case.dtype, ctx))
+    if timing.note:
+        notes.append(timing.note)
+    if reference is not None:
+        row["speedup_vs_ref"], row["speedup_ci_low"], row["speedup_ci_high"] = paired_speedup(reference, timing)
+    pass_metrics = prepared.module.backends[prepared.module.backend].pass_metrics
     if pass_metrics is not None:
-        row.update(pass_metrics(make_pass(module, x, case.phase, grad_out)))
-    mismatch = row.get("rel_err") is not None and not row["rel_err"] <= tolerance
-    row["status"] = "mismatch" if mismatch else "ok"
-    if mismatch:
+        row.update(pass_metrics(prepared.run))
+    tolerance, limit = row["err_tolerance"], ctx.timing.noise_limit_for(torch.device(case.device))
+    ci_width = row["speedup_ci_high"] / row["speedup_ci_low"] if reference is not None else 1.0
+    if row.get("rel_err") is not None and not row["rel_err"] <= tolerance:
+        row["status"] = "mismatch"
         notes.insert(0, f"rel_err {row['rel_err']:.3g} > tolerance {tolerance:g} for {case.dtype}")
+    elif timing.spread > limit or ci_width > limit:
+        row["status"] = "noisy"
+        notes.insert(0, f"timing spread p80/p20 {timing.spread:.2f}, speedup interval high/low {ci_width:.2f}: "
+                        f"beyond the {limit:g} of a {case.device}; a longer --min-time or a quieter machine helps")
+    else:
+        row["status"] = "ok"
     row["status_detail"] = "; ".join(notes)
     return row
 
 
-def speed_and_memory(module: torch.nn.Module, x: torch.Tensor, grad_out: torch.Tensor, phase: str, dtype: str,
-                     macs: int, ctx: RunContext) -> dict[str, Any]:
-    """Peak memory, latency, throughput and achieved TFLOP/s of the module's pass (``macs``: of its forward
-    at the input's batch)."""
-    device = x.device
-    run = make_pass(module, x, phase, grad_out)
-    run()  # first call outside the measurements: lazy init, compilation
-    row: dict[str, Any] = {"peak_mem_mb": peak_memory_bytes(run, device) / MB}
-    timing = time_pass(run, device, ctx.timing)
-    row.update(latency_ms_median=timing.median_ms, latency_ms_p20=timing.p20_ms, latency_ms_p80=timing.p80_ms,
-               rounds=timing.rounds)
-    seconds = timing.median_ms / 1e3
-    row["throughput"] = x.shape[0] / seconds
-    row["tflops_achieved"] = hardware_flops(macs, phase) / seconds / 1e12
-    peak = ctx.profile.peak_for(dtype, tf32=ctx.tf32)
-    row["pct_of_peak"] = 100 * row["tflops_achieved"] / peak if peak else None
-    return row
+def failure(exc: BaseException) -> dict[str, Any]:
+    """The status (unsupported, oom or error) and detail of what a case raised."""
+    if isinstance(exc, BackendUnavailableError):
+        return {"status": "unsupported", "status_detail": str(exc)}
+    if is_oom(exc):
+        return {"status": "oom", "status_detail": str(exc).splitlines()[0][:300]}
+    return {"status": "error", "status_detail": f"{type(exc).__name__}: {exc}"[:500]}
+
+
+def stamped(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with its timestamp, NaNs as empty cells."""
+    row["timestamp"] = now_iso()
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
 
 def isolated(row: dict[str, Any], measure: Callable[[], dict[str, Any]], device: str) -> dict[str, Any]:
     """``row`` completed by ``measure()``, or by the status of what it raised, whatever happens."""
     try:
         row.update(measure())
-    except BackendUnavailableError as exc:
-        row.update(status="unsupported", status_detail=str(exc))
     except Exception as exc:  # noqa: BLE001 - isolation is the point: record and go on
-        if is_oom(exc):
-            row.update(status="oom", status_detail=str(exc).splitlines()[0][:300])
-        else:
-            row.update(status="error", status_detail=f"{type(exc).__name__}: {exc}"[:500])
+        row.update(failure(exc))
     finally:
         free_memory(device)
-    row["timestamp"] = now_iso()
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+    return stamped(row)
+
+
+def configuration_key(case: Case) -> tuple:
+    """What a case shares with its reference: everything but the backend."""
+    return (case.family, case.options_json, case.batch, case.resolution, case.dim, case.heads, case.dtype,
+            case.device, case.phase)
+
+
+def reference_case(case: Case) -> Case:
+    """The same case on its family's reference backend."""
+    return replace(case, backend=attentions.list_attentions()[case.family]["reference_backend"])
+
+
+def comparison_groups(cases: Sequence[Case]) -> list[list[Case]]:
+    """The cases timed together in paired rounds: every case of one shape (batch, resolution, dim,
+    heads, dtype, device, phase), whatever its family, options and backend, so that a configuration's
+    reference, its fast paths and full attention of the same shape share their rounds. Groups come
+    in the order of their first case."""
+    groups: dict[tuple, list[Case]] = {}
+    for case in cases:
+        groups.setdefault((case.batch, case.resolution, case.dim, case.heads, case.dtype, case.device, case.phase),
+                          []).append(case)
+    return list(groups.values())
+
+
+def run_group(cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case] = ()) -> list[dict[str, Any]]:
+    """One row per case of ``cases``, whatever happens to each. Their passes (and those of
+    ``companions``, references timed only for their cases' speedups) are timed together in paired
+    rounds; a case alone is timed unpaired. The machine's state before and after is in every row."""
+    device = torch.device(cases[0].device)
+    before = machine_state(device)
+    rows: dict[str, dict[str, Any]] = {}
+    prepared: dict[str, Prepared] = {}
+    for case in [*cases, *companions]:
+        row = base_row(case, ctx)
+        try:
+            prepared[case.key] = prepare_case(case, ctx)
+            prepared[case.key].row = {**row, **prepared[case.key].row}
+        except Exception as exc:  # noqa: BLE001 - recorded as the case's status; the group goes on
+            rows[case.key] = {**row, **failure(exc)}
+            free_memory(case.device)
+    timings = time_rounds({key: p.run for key, p in prepared.items()}, device, ctx.timing)
+    after = machine_state(device)
+    for key, item in prepared.items():
+        timing = timings[key]
+        reference = timings.get(reference_case(item.case).key)
+        paired = isinstance(reference, Timing) and reference_case(item.case).key != key
+        try:
+            if isinstance(timing, Exception):
+                raise timing
+            rows[key] = finish_case(item, timing, reference if paired else None, ctx)
+        except Exception as exc:  # noqa: BLE001 - as above
+            rows[key] = {**item.row, **failure(exc)}
+        rows[key].update(load_before=before["load_avg"], load_after=after["load_avg"],
+                         gpu_state=json.dumps({"before": before, "after": after}) if device.type == "cuda" else None)
+    prepared.clear()
+    free_memory(device.type)
+    return [stamped(rows[case.key]) for case in cases]
 
 
 def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
-    """One row for one case, whatever happens to it."""
-    return isolated(base_row(case, ctx), lambda: measure_case(case, ctx), case.device)
+    """One row for one case, timed alone."""
+    return run_group([case], ctx)[0]
 
 
-def run_sweep(cases: Iterable[Any], ctx: RunContext, results_path: Path,
+def run_sweep(cases: Sequence[Any], ctx: RunContext, results_path: Path,
               progress: Callable[[Any, bool], None] | None = None,
-              run: Callable[[Any, RunContext], dict[str, Any]] = run_case,
-              columns: list[str] = COLUMNS, stop_at: float | None = None) -> tuple[int, int]:
+              run: Callable[..., list[dict[str, Any]]] = run_group,
+              columns: list[str] = COLUMNS, stop_at: float | None = None,
+              groups: Callable[[Sequence[Any]], list[list[Any]]] = comparison_groups) -> tuple[int, int]:
     """Run every case that has no row yet in ``results_path``, appending each row durably.
 
-    ``run(case, ctx)`` makes a case's row (``run_case``; the model suite's ``run_model_case`` with
-    ``columns=MODEL_COLUMNS``). ``progress(case, already_done)`` is called before each case. No case
-    starts once ``time.monotonic()`` passes ``stop_at``: the ones left have no row, so a resume runs
-    them. Returns (cases run now, cases skipped because a row for them was already there).
+    Cases are measured in ``groups`` (by default ``comparison_groups``: timed together in paired
+    rounds). ``run(cases, ctx, companions)`` makes the rows of a group's cases that have none yet;
+    ``companions`` are the references of those cases that already have a row, timed again for the
+    pairing. The model suite runs one case per group (``run_model_group``, ``columns=MODEL_COLUMNS``).
+    ``progress(case, already_done)`` is called once per case: at once for the ones with a row, after
+    its row is written for the others. No group starts once ``time.monotonic()`` passes
+    ``stop_at``: its cases have no row, so a resume runs them. Returns (cases run now, cases skipped
+    because a row for them was already there).
     """
     writer = ResultsWriter(results_path, columns)  # first: it cuts a half-written last row
     done = completed_case_keys(results_path)
     ran = skipped = 0
-    for case in cases:
-        already_done = case.key in done
-        if not already_done and stop_at is not None and time.monotonic() >= stop_at:
-            continue  # out of time: no row, so a resume runs it
-        if progress is not None:
-            progress(case, already_done)
-        if already_done:
-            skipped += 1
-            continue
-        writer.append(run(case, ctx))
-        ran += 1
+    for members in groups(cases):
+        todo = [case for case in members if case.key not in done]
+        for case in members:
+            if case.key in done:
+                skipped += 1
+                if progress is not None:
+                    progress(case, True)
+        if not todo or (stop_at is not None and time.monotonic() >= stop_at):
+            continue  # nothing left, or out of time: no row, so a resume runs them
+        todo_keys = {case.key for case in todo}
+        companions = [case for case in members if case.key in done and case.key not in todo_keys
+                      and any(reference_case(t).key == case.key for t in todo)]
+        for case, row in zip(todo, run(todo, ctx, companions)):
+            writer.append(row)
+            ran += 1
+            if progress is not None:
+                progress(case, False)
     return ran, skipped

@@ -4,7 +4,10 @@ Rules every table follows:
 - captions state units and conventions (GMACs are the papers' "FLOPs"; HW FLOPs = 2 × MACs);
 - the best value of each column is in bold, within each block of rows (a resolution and phase);
 - rows whose status is not ok keep their place and show the status instead of numbers;
-- a mismatch row never shows a speedup: it failed the error check against the reference.
+- a mismatch row never shows a speedup: it failed the error check against the reference;
+- a noisy row shows its latency marked NOISY, never in bold and never in a ratio;
+- a speedup over the reference is the paired one (median of per-round ratios, timed in the same
+  rounds) with its 95% confidence interval where the run has it, else the ratio of medians.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import attentions
 from attentions.models import list_models
 
 from .profiles import DTYPES
+from .results import MEASURED_STATUSES
 from .variants import with_backend, with_dense, with_full_attention, with_reference, with_variants
 
 MB = 2 ** 20
@@ -144,6 +148,24 @@ def _latency(row: pd.Series) -> Cell:
     return Cell(row["latency_ms_median"], text)
 
 
+def _latency_or_status(row: pd.Series) -> object:
+    """The latency of an ok row; of a noisy or mismatch row as marked text (never bold); else the status."""
+    if row["status"] == "ok":
+        return _latency(row)
+    if row["status"] in MEASURED_STATUSES:
+        return f"{_latency(row).text} {row['status'].upper()}"
+    return row["status"].upper()
+
+
+def _speedup(row: pd.Series) -> Cell | None:
+    """The speedup over the reference with its confidence interval, when the run paired them."""
+    value = _value(row["reference_speedup"])
+    if value is None:
+        return None
+    low, high = _value(row.get("reference_speedup_low")), _value(row.get("reference_speedup_high"))
+    return Cell(value, _ratio(value) if low is None else f"{_ratio(value)} [{low:.2f}–{high:.2f}]")
+
+
 def params_millions(row: pd.Series) -> float:
     """Parameter count from the recorded parameter bytes and the dtype's element size."""
     element = torch.empty((), dtype=DTYPES[row["dtype"]]).element_size()
@@ -174,12 +196,8 @@ def main_table(frame: pd.DataFrame) -> Table:
                    Column("Mem/full", _ratio, "min"), Column("× ref", _ratio, "max"), Column("Mem/ref", _ratio, "min")])
     blocks: dict[tuple, int] = {}
     for _, row in _sorted(rows).iterrows():
-        status, ok = row["status"], row["status"] == "ok"
-        latency: object = status.upper()
-        if ok:
-            latency = _latency(row)
-        elif status == "mismatch":  # shown, never as the best, never in a ratio
-            latency = f"{_latency(row).text} MISMATCH"
+        ok = row["status"] == "ok"
+        latency = _latency_or_status(row)
         versus_full = row["family"] != "full"
         versus_reference = row["backend"] != row["reference_backend"]
         table.rows.append([
@@ -236,7 +254,7 @@ def ablation_table(frame: pd.DataFrame, axis: str) -> Table | None:
                     if row is None:
                         cells += [None, None, None]
                     elif row["status"] != "ok":
-                        cells += [row["gmacs"] if not pd.isna(row["gmacs"]) else None, row["status"].upper(), None]
+                        cells += [row["gmacs"] if not pd.isna(row["gmacs"]) else None, _latency_or_status(row), None]
                     else:
                         cells += [row["gmacs"], _latency(row), row["peak_mem_mb"]]
                 table.rows.append(cells)
@@ -267,7 +285,7 @@ def backend_table(frame: pd.DataFrame) -> Table | None:
         memory_saving = None if pd.isna(row["reference_mem_ratio"]) else 1 / row["reference_mem_ratio"]
         table.rows.append([
             row["variant"], row["backend"], f"{row['resolution']}²", f"{row['dim']}/{row['heads']}", row["phase"],
-            status, _value(row["reference_speedup"]), memory_saving, _value(row["rel_err"]),
+            status, _speedup(row), memory_saving, _value(row["rel_err"]),
             _value(row["max_abs_err"])])
         table.blocks.append(blocks.setdefault((row["phase"], row["resolution"], row["dim"]), len(blocks)))
     return table
@@ -301,7 +319,7 @@ def bra_fast_path_table(frame: pd.DataFrame) -> Table | None:
         flop_ratio = row["n_win"] ** 2 / row["topk"]
         table.rows.append([
             row["variant"], row["backend"], f"{row['resolution']}²", f"{row['dim']}/{row['heads']}", row["phase"],
-            _latency(row) if ok else row["status"].upper(), _value(row["reference_speedup"]),
+            _latency_or_status(row), _speedup(row),
             _value(row["reference_mem_ratio"]), 1 / row["topk"],
             None if row["backend"] == "flex" else _value(row["flex_speedup"]), _value(row["flash_speedup"]),
             flop_ratio, _value(row["flash_speedup"] / flop_ratio),

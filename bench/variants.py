@@ -90,9 +90,19 @@ def _paired(frame: pd.DataFrame, partners: pd.DataFrame, keys: list[str], prefix
 
 
 def with_reference(frame: pd.DataFrame) -> pd.DataFrame:
-    """Pair every row with its family's reference-backend row for the same case (prefix ``reference``)."""
+    """Pair every row with its family's reference-backend row for the same case (prefix ``reference``).
+
+    Where the run timed the two in paired rounds (``speedup_vs_ref``), ``reference_speedup`` is that
+    paired speedup, with its confidence interval as ``reference_speedup_low`` / ``_high``."""
     keys = ["family", "options", "device", *CASE_SHAPE]
-    return _paired(frame, frame[frame["backend"] == frame["reference_backend"]], keys, "reference")
+    out = _paired(frame, frame[frame["backend"] == frame["reference_backend"]], keys, "reference")
+    if "speedup_vs_ref" not in out.columns:  # a frame assembled by hand, without the paired columns
+        return out
+    paired = out["speedup_vs_ref"].notna() & out["reference_speedup"].notna()
+    out["reference_speedup"] = out["speedup_vs_ref"].where(paired, out["reference_speedup"])
+    out["reference_speedup_low"] = out["speedup_ci_low"].where(paired)
+    out["reference_speedup_high"] = out["speedup_ci_high"].where(paired)
+    return out
 
 
 def with_full_attention(frame: pd.DataFrame) -> pd.DataFrame:

@@ -36,6 +36,7 @@ RUN_BENCH = REPO / "run_bench.py"
 HAS_CUDA = torch.cuda.is_available()
 
 QUICK_FLAGS = ["--gpu", "cpu", "--preset", "quick", "--quiet", "--min-time", "0.01"]
+TIMED = ("ok", "noisy")  # statuses of a measured case that passed its error check
 FULL_BACKENDS = ("torch", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "flex", "xformers")
 # 2 phases each: full 8 backends, window 4, deformable 3; bra: 5 backends × (5 kv modes × 2 phases + 2 topk × fwd)
 QUICK_CASES = (8 + 4 + 3) * 2 + 5 * (5 * 2 + 2)
@@ -189,7 +190,12 @@ def test_quick_run_rows_are_consistent(quick_run):
     assert frame.loc[cuda_kernels, "status_detail"].str.contains("runs on cuda, not on cpu").all()
     assert frame.loc[unsupported, ["latency_ms_median", "gmacs"]].isna().all(axis=None)
     frame = frame[~unsupported]
-    assert (frame["status"] == "ok").all(), frame.loc[frame["status"] != "ok", ["case_key", "status_detail"]]
+    # measured: ok, or noisy where this (shared, 2-core) machine's timing scattered at 0.01 s per pass
+    assert frame["status"].isin(TIMED).all(), frame.loc[~frame["status"].isin(TIMED), ["case_key", "status_detail"]]
+    noisy = frame[frame["status"] == "noisy"]
+    assert noisy["status_detail"].str.contains("timing spread p80/p20").all()
+    interval = noisy["speedup_ci_high"] / noisy["speedup_ci_low"]
+    assert ((noisy["timing_spread"] > 1.3) | (interval > 1.3)).all()
     reference = frame["backend"] == frame["reference_backend"]
     assert (frame["reference_backend"] == "torch").all()
     assert reference.any() and (~reference).any()
@@ -229,7 +235,10 @@ def test_quick_run_metadata(quick_run):
     assert meta["argv"] == quick_run["flags"]
     assert meta["command"].startswith("python run_bench.py ") and "--preset quick" in meta["command"]
     assert meta["started"] <= meta["finished"]
-    assert meta["status_counts"] == {"ok": QUICK_CASES - CPU_UNSUPPORTED, "unsupported": CPU_UNSUPPORTED}
+    counts = meta["status_counts"]
+    assert set(counts) <= {"ok", "noisy", "unsupported"} and counts["unsupported"] == CPU_UNSUPPORTED
+    assert counts.get("ok", 0) + counts.get("noisy", 0) == QUICK_CASES - CPU_UNSUPPORTED
+    assert meta["timing"]["rounds"].startswith("paired") and meta["timing"]["noise_limit"] == 1.3
     assert meta.get("cases_planned", QUICK_CASES) == QUICK_CASES
     assert "resumed" not in meta
     assert ENVIRONMENT_KEYS <= set(meta["environment"]), ENVIRONMENT_KEYS - set(meta["environment"])
@@ -273,7 +282,7 @@ def test_bra_layer_flops_through_the_harness(tmp_path):
     proc = run_bench(*flags)
     assert proc.returncode == 0, proc.stderr
     frame = bench.load_results(tmp_path / "cpu" / "bra56.csv")
-    assert len(frame) == 4 and (frame["status"] == "ok").all(), frame[["case_key", "status_detail"]]
+    assert len(frame) == 4 and frame["status"].isin(TIMED).all(), frame[["case_key", "status_detail"]]
     assert set(zip(frame["backend"], frame["phase"])) == {(b, p) for b in ("sdpa", "torch") for p in ("fwd", "fwd+bwd")}
     assert (frame["n_win"] == 7).all() and (frame["topk"] == 4).all()
     assert (frame["kv_downsample_mode"] == "identity").all()
@@ -342,13 +351,13 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     assert len(frame) == len(reference) == planned
     assert set(frame["case_key"]) == set(reference["case_key"])
     assert set(frame.apply(row_label, axis=1)) == set(labels)
-    assert (frame["status"] == "ok").all() and (frame["run_id"] == "killme").all()
+    assert frame["status"].isin(TIMED).all() and (frame["run_id"] == "killme").all()
 
     meta = json.loads(csv_path.with_suffix(".json").read_text())
     assert meta["run_id"] == "killme" and meta["argv"] == [*flags, "--run-id", "killme"]
     assert isinstance(meta.get("resumed"), list) and len(meta["resumed"]) == 1
     assert {"at", "environment"} <= set(meta["resumed"][0])
-    assert meta["status_counts"] == {"ok": planned}
+    assert set(meta["status_counts"]) <= set(TIMED) and sum(meta["status_counts"].values()) == planned
     assert sorted(p.name for p in (results_dir / "cpu").iterdir()) == [
         "killme.csv", "killme.json", "whole.csv", "whole.json"]
 
@@ -417,21 +426,22 @@ def test_resume_looks_in_the_results_dir_before_the_working_directory(partial_ru
     assert len(data_lines(path)) == 3  # header and both rows
 
 def test_a_time_budget_stops_starting_cases_and_resume_completes_them(tmp_path, capsys):
-    """With a budget shorter than one case (1 s against at least 1.5 s of timed rounds), the first
-    case runs and the rest are left without a row, said so on stdout and in the metadata; --resume
-    (with a budget of its own) runs them."""
+    """With a budget shorter than one comparison group (1 s against at least 2 × 1.5 s of paired
+    rounds), the first group (both backends at 14²) runs and the next (28²) is left without rows,
+    said so on stdout and in the metadata; --resume (with a budget of its own) runs them."""
     flags = ["--gpu", "cpu", "--preset", "quick", "--families", "full", "--backends", "torch", "sdpa",
-             "--phase", "fwd", "--quiet", "--min-time", "1.5", "--no-report", "--results-dir", str(tmp_path),
-             "--run-id", "budget", "--time-budget", "1"]
+             "--resolutions", "14", "28", "--phase", "fwd", "--quiet", "--min-time", "1.5", "--no-report",
+             "--results-dir", str(tmp_path), "--run-id", "budget", "--time-budget", "1"]
     assert cli.main(flags) == 0
     out = capsys.readouterr().out
-    assert "1 cases run" in out and "1 cases not started" in out and "--resume budget" in out
+    assert "2 cases run" in out and "2 cases not started" in out and "--resume budget" in out
     path = tmp_path / "cpu" / "budget.csv"
-    assert len(data_lines(path)) == 2  # header and the first case
-    assert json.loads(path.with_suffix(".json").read_text())["cases_not_started"] == 1
+    assert len(data_lines(path)) == 3  # header and the first group's two rows
+    assert set(bench.load_results(path)["resolution"]) == {14}
+    assert json.loads(path.with_suffix(".json").read_text())["cases_not_started"] == 2
     assert cli.main(["--resume", "budget", "--results-dir", str(tmp_path), "--time-budget", "600", "--quiet",
                      "--no-report"]) == 0
-    assert len(data_lines(path)) == 3
+    assert len(data_lines(path)) == 5
     assert json.loads(path.with_suffix(".json").read_text())["cases_not_started"] == 0
 
 

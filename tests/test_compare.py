@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from bench import COLUMNS, Case, RunContext, TimingPolicy, run_sweep
+from bench import COLUMNS, Case, RunContext, run_sweep
 from bench.compare import (NEW_FAILURE, REGRESSION, compare_runs, format_comparison, main_compare,
                            parse_threshold)
 from bench.profiles import PROFILES
 from bench.results import ResultsWriter, write_metadata
+from small_results import FAST
 
-FAST = TimingPolicy(warmup_rounds=1, min_time_s=0.0, min_rounds=3, max_rounds=3)
 
 
 def make_case(family: str = "full", backend: str = "sdpa", resolution: int = 28, phase: str = "fwd",

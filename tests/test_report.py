@@ -79,7 +79,7 @@ def test_main_table_keeps_failed_rows_and_never_ranks_a_mismatch(small_results):
     assert f"**{MISMATCH_LATENCY_MS:.3g}" not in markdown
 
 
-def test_speedups_are_ratios_of_measured_latencies(small_results):
+def test_speedups_come_from_the_measured_rows(small_results):
     frame = load_results(small_results)
     shown = main_table(frame).frame()
     row = shown[(shown["Variant"] == "window") & (shown["Backend"] == "sdpa") & (shown["Res."] == "7²")
@@ -88,7 +88,10 @@ def test_speedups_are_ratios_of_measured_latencies(small_results):
                               & (frame.phase == "fwd")].iloc[0]
     window, window_ref, full = pick("window", "sdpa"), pick("window", "torch"), pick("full", "sdpa")
     assert row["× full"] == pytest.approx(full.latency_ms_median / window.latency_ms_median)
-    assert row["× ref"] == pytest.approx(window_ref.latency_ms_median / window.latency_ms_median)
+    # against the reference: the paired speedup of the run (the two were timed in the same rounds)
+    assert row["× ref"] == pytest.approx(window.speedup_vs_ref)
+    assert window.speedup_ci_low <= window.speedup_vs_ref <= window.speedup_ci_high
+    assert window_ref.backend == "torch" and pd.isna(window_ref.speedup_vs_ref)
     assert row["Mem/full"] == pytest.approx(window.peak_mem_mb / full.peak_mem_mb)
     backends = backend_table(frame).frame()
     assert set(backends["Backend"]) == {"sdpa"}
@@ -113,7 +116,7 @@ def test_bra_fast_path_table_takes_its_ratios_from_the_rows(small_results):
     pick = lambda f, b: frame[(frame.family == f) & (frame.backend == b) & (frame.resolution == 7)  # noqa: E731
                               & (frame.phase == "fwd") & (frame.options == "{}")].iloc[0]
     bra, bra_ref, full = pick("bra", "sdpa"), pick("bra", "torch"), pick("full", "sdpa")
-    assert row["× ref"] == pytest.approx(bra_ref.latency_ms_median / bra.latency_ms_median)
+    assert row["× ref"] == pytest.approx(bra.speedup_vs_ref)  # paired with the reference in the run's rounds
     assert row["Mem/ref"] == pytest.approx(bra.peak_mem_mb / bra_ref.peak_mem_mb)
     assert row["1/topk"] == 0.25 and row["FLOP ratio"] == 49 / 4
     assert row["× flex"] == pytest.approx(2)
