@@ -226,7 +226,8 @@ def test_half_precision_on_the_cpu_is_close_to_float64(dtype):
     with torch.no_grad():
         expected = exact(x)
     rel_err = ((out.double() - expected).norm() / expected.norm()).item()
-    assert rel_err < 16 * UNIT_ROUNDOFF[dtype], f"{dtype}: rel_err {rel_err:.3g} = {rel_err / UNIT_ROUNDOFF[dtype]:.1f}u"
+    unit = UNIT_ROUNDOFF[dtype]
+    assert rel_err < 16 * unit, f"{dtype}: rel_err {rel_err:.3g} = {rel_err / unit:.1f}u"
 
 
 # --------------------------------------------------------------------------------------------
