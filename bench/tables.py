@@ -4,7 +4,8 @@ Rules every table follows:
 - captions state units and conventions (GMACs are the papers' "FLOPs"; HW FLOPs = 2 × MACs);
 - the best value of each column is in bold, within each block of rows (a resolution and phase);
 - rows whose status is not ok keep their place and show the status instead of numbers;
-- a mismatch row never shows a speedup: it failed the error check against the reference.
+- a mismatch row never shows a speedup: it failed the error check against the reference;
+- an error recorded as inf (NaN/inf in a backend's output or gradients) reads "inf" and is never in bold.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class Table:
                 continue
             for block in set(self.blocks):
                 values = [(r, _number(row[col])) for r, row in enumerate(self.rows) if self.blocks[r] == block]
-                values = [(r, v) for r, v in values if v is not None]
+                values = [(r, v) for r, v in values if v is not None and math.isfinite(v)]  # inf: never the best
                 if len(values) < 2:
                     continue
                 target = (min if column.best == "min" else max)(v for _, v in values)
