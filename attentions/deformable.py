@@ -125,7 +125,9 @@ class DeformableAttention(AttentionModule):
     def sample(self, x: Tensor, points: Tensor) -> Tensor:
         """Bilinear samples of each group's channels of x at its points: (B, Hk·Wk, C)."""
         batch, height, width, channels = x.shape
-        grouped = x.permute(0, 3, 1, 2).reshape(batch * self.n_groups, -1, height, width)
+        # contiguous: with one group the reshape is a channels-last view, and torch 2.13's CPU grid_sample
+        # returns NaN for whole batch items (fp16) or wrong values (bf16) on such an input
+        grouped = x.permute(0, 3, 1, 2).reshape(batch * self.n_groups, -1, height, width).contiguous()
         samples = F.grid_sample(grouped, points.flip(-1), mode="bilinear", align_corners=True)
         return samples.reshape(batch, channels, -1).transpose(1, 2)
 

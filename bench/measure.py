@@ -19,13 +19,17 @@
   Python objects and memory from other allocators not).
 - **Error.** Output, and for fwd+bwd every gradient, of the case's backend against the family's
   reference backend on a copy of the same module and the same input: max absolute error and the
-  norm-relative error ‖a − b‖ / ‖b‖, the latter judged against a tolerance per dtype.
+  norm-relative error ‖a − b‖ / ‖b‖, the latter judged against a tolerance per dtype. Non-finite
+  values (NaN, ±inf) are counted, never compared: any makes both errors inf; one in the case's
+  tensors where the reference's value is finite makes the case a mismatch, and a reference with any
+  cannot judge the case (``NonFiniteReferenceError``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import statistics
 import sys
@@ -96,6 +100,72 @@ class Timing:
         return statistics.quantiles(self.times_ms, n=5, method="inclusive")
 
 
+class NonFiniteReferenceError(RuntimeError):
+    """The reference backend's own output or gradients hold NaN/inf: there is nothing to judge a case against."""
+
+
+@dataclass(frozen=True)
+class ErrorMeasurement:
+    """A case's output and gradients against the reference's.
+
+    ``max_abs`` and ``rel`` are inf when a compared tensor holds a non-finite value: a NaN has no
+    distance to report, and inf (rather than an empty cell, which means "not measured") keeps it
+    beyond every tolerance and never a small number. ``nonfinite`` maps each tensor to its count of
+    NaN/inf values where the reference's value is finite (only tensors that have some).
+    """
+
+    max_abs: float
+    rel: float
+    nonfinite: dict[str, int]
+
+    def mismatch_reason(self, tolerance: float, dtype: str) -> str | None:
+        """Why the case is a mismatch at this tolerance, or None when every tensor is finite and within it."""
+        if self.nonfinite:
+            return (f"{_total(self.nonfinite)} in the output/gradients where the reference has none "
+                    f"({_per_tensor(self.nonfinite)})")
+        if not self.rel <= tolerance:  # written so that a NaN could never pass
+            return f"rel_err {self.rel:.3g} > tolerance {tolerance:g} for {dtype}"
+        return None
+
+
+def nonfinite_counts(names: list[str], tensors: list[torch.Tensor],
+                     reference: list[torch.Tensor] | None = None) -> dict[str, int]:
+    """Per named tensor, its NaN/inf values (only where ``reference``'s are finite, if given); tensors
+    without any are left out."""
+    counts: dict[str, int] = {}
+    for index, (name, tensor) in enumerate(zip(names, tensors)):
+        bad = ~tensor.isfinite()
+        if reference is not None:
+            bad &= reference[index].isfinite()
+        count = int(bad.sum())
+        if count:
+            counts[name] = count
+    return counts
+
+
+def _total(counts: dict[str, int]) -> str:
+    """'3 non-finite values (NaN/inf)': the total of ``counts``, for a status_detail."""
+    total = sum(counts.values())
+    return f"{total} non-finite value{'' if total == 1 else 's'} (NaN/inf)"
+
+
+def _per_tensor(counts: dict[str, int]) -> str:
+    """'output 3, gradient of proj.weight 1': where the non-finite values are, for a status_detail."""
+    return ", ".join(f"{name} {count}" for name, count in counts.items())
+
+
+def trainable_parameters(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The parameters a fwd+bwd pass differentiates, with their names, in ``make_pass``'s order."""
+    return [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+
+
+def pass_tensor_names(module: torch.nn.Module, phase: str) -> list[str]:
+    """Names of the tensors ``make_pass`` returns, in its order."""
+    if phase == "fwd":
+        return ["output"]
+    return ["output", "input gradient", *(f"gradient of {name}" for name, _ in trainable_parameters(module))]
+
+
 def make_pass(module: torch.nn.Module, x: torch.Tensor, phase: str,
               grad_out: torch.Tensor | None) -> Callable[[], list[torch.Tensor]]:
     """A closure running one measured pass; it returns the output and, for fwd+bwd, the gradients."""
@@ -106,7 +176,7 @@ def make_pass(module: torch.nn.Module, x: torch.Tensor, phase: str,
         return forward
 
     leaf = x.detach().requires_grad_(True)
-    params = [p for p in module.parameters() if p.requires_grad]
+    params = [p for _, p in trainable_parameters(module)]
 
     def forward_backward() -> list[torch.Tensor]:
         out = module(leaf)
@@ -115,14 +185,22 @@ def make_pass(module: torch.nn.Module, x: torch.Tensor, phase: str,
     return forward_backward
 
 
-def compare(results: list[torch.Tensor], reference: list[torch.Tensor]) -> tuple[float, float]:
-    """Max absolute error and the worst norm-relative error over matching tensors.
+def compare(results: list[torch.Tensor], reference: list[torch.Tensor],
+            names: list[str] | None = None) -> ErrorMeasurement:
+    """Max absolute error, the worst norm-relative error and the non-finite values over matching tensors.
 
     ``results[0]`` is the output, judged against its own norm. The gradients follow; each is judged
     against its own norm or 1e-3 of the largest gradient norm, whichever is larger, so that a
     gradient that is zero in exact arithmetic (a key bias under softmax, say) is not judged on
-    rounding noise alone.
+    rounding noise alone. ``names`` label the tensors in ``nonfinite`` (default: 'tensor <index>').
+    A non-finite value on either side makes both errors inf: NaN never enters a norm or a maximum,
+    where it would turn the result into NaN or, in Python's ``max``, silently lose.
     """
+    names = names or [f"tensor {index}" for index in range(len(results))]
+    nonfinite = nonfinite_counts(names, results, reference)
+    if nonfinite or nonfinite_counts(names, reference):  # any NaN/inf of the results is in one of the two
+        return ErrorMeasurement(math.inf, math.inf, nonfinite)
+
     norms = [want.double().norm().item() for want in reference]
     gradient_scale = max(norms[1:], default=0.0)
     max_abs, rel = 0.0, 0.0
@@ -131,18 +209,35 @@ def compare(results: list[torch.Tensor], reference: list[torch.Tensor]) -> tuple
         max_abs = max(max_abs, diff.abs().max().item())
         floor = 1e-3 * gradient_scale if index else 0.0
         rel = max(rel, diff.norm().item() / max(norms[index], floor, 1e-300))
-    return max_abs, rel
+    return ErrorMeasurement(max_abs, rel, nonfinite)
+
+
+def reference_pass(module: torch.nn.Module, reference_backend: str, x: torch.Tensor, phase: str,
+                   grad_out: torch.Tensor | None) -> list[torch.Tensor]:
+    """The pass of the module on its reference backend (on a copy, unless it runs that backend already);
+    raises ``NonFiniteReferenceError`` naming the backend and the counts when its output or gradients hold
+    NaN/inf."""
+    if module.backend != reference_backend:
+        module = copy.deepcopy(module)
+        module.backend = reference_backend
+    expected = make_pass(module, x, phase, grad_out)()
+    bad = nonfinite_counts(pass_tensor_names(module, phase), expected)
+    if bad:
+        raise NonFiniteReferenceError(
+            f"reference backend '{reference_backend}' gives {_total(bad)} in its output/gradients "
+            f"({_per_tensor(bad)}): the case cannot be judged")
+    return expected
 
 
 def error_against_reference(module: torch.nn.Module, reference_backend: str, x: torch.Tensor, phase: str,
-                            grad_out: torch.Tensor | None) -> tuple[float, float]:
-    """Run the module and a reference-backend copy of it on the same input; compare everything."""
-    reference = copy.deepcopy(module)
-    reference.backend = reference_backend
-    expected = make_pass(reference, x, phase, grad_out)()
-    del reference
+                            grad_out: torch.Tensor | None) -> ErrorMeasurement:
+    """Run the module and a reference-backend copy of it on the same input; compare everything.
+
+    Raises ``NonFiniteReferenceError`` when the reference's own tensors hold NaN/inf.
+    """
+    expected = reference_pass(module, reference_backend, x, phase, grad_out)
     got = make_pass(module, x, phase, grad_out)()
-    return compare(got, expected)
+    return compare(got, expected, pass_tensor_names(module, phase))
 
 
 def synchronize(device: torch.device) -> None:

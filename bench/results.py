@@ -39,7 +39,7 @@ COLUMNS = REQUIRED_COLUMNS + [
     "macs_parts",         # JSON of the analytic parts (projections, routing/offsets, attention, positional)
     "flops_check",        # empty when fvcore and macs() agree within 1%, else the disagreement
     "hw_gflops",          # hardware FLOPs of the measured pass: 2 × MACs, × 3 for fwd+bwd
-    "rel_err",            # ‖out − ref‖ / ‖ref‖, worst over output and gradients
+    "rel_err",            # ‖out − ref‖ / ‖ref‖, worst over output and gradients; inf (and max_abs_err) on NaN/inf
     "err_tolerance",      # the dtype's tolerance on rel_err
     "reference_backend",  # backend the error was measured against
     "seed", "run_id", "case_key", "timestamp",

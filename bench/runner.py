@@ -25,7 +25,7 @@ from attentions import BackendUnavailableError
 from .cases import Case
 from .flops import FlopCounterUnavailable, count_macs, hardware_flops
 from .measure import (ERROR_TOLERANCE, Timing, TimingPolicy, error_against_reference, machine_state,
-                      make_pass, paired_speedup, peak_memory_bytes, time_rounds)
+                      make_pass, paired_speedup, peak_memory_bytes, reference_pass, time_rounds)
 from .profiles import DTYPES, GpuProfile
 from .results import COLUMNS, ResultsWriter, completed_case_keys, now_iso
 
@@ -136,6 +136,7 @@ class Prepared:
     grad_out: torch.Tensor
     macs: int
     notes: list[str]
+    mismatch: str | None  # why the error check failed, or None
 
     @property
     def run(self) -> Callable[[], list[torch.Tensor]]:
@@ -156,17 +157,22 @@ def prepare_case(case: Case, ctx: RunContext) -> Prepared:
         "err_tolerance": ERROR_TOLERANCE[case.dtype],
     }
     notes = []
-    if case.backend == module.reference_backend:
-        notes.append("reference backend: no error to measure")
-    else:
-        try:
-            row["max_abs_err"], row["rel_err"] = error_against_reference(
-                module, module.reference_backend, x, case.phase, grad_out)
-        except Exception as exc:  # the reference may not fit where the fast path does
-            if not is_oom(exc):
-                raise
-            notes.append("error not measured: the reference backend ran out of memory")
-        free_memory(case.device)
+    mismatch: str | None = None
+    try:
+        # Both calls raise NonFiniteReferenceError when the reference's output or gradients hold NaN/inf: the
+        # case (the reference's own row included) cannot be judged, and its row records an error.
+        if case.backend == module.reference_backend:
+            reference_pass(module, module.reference_backend, x, case.phase, grad_out)
+            notes.append("reference backend: no error to measure")
+        else:
+            error = error_against_reference(module, module.reference_backend, x, case.phase, grad_out)
+            row["max_abs_err"], row["rel_err"] = error.max_abs, error.rel
+            mismatch = error.mismatch_reason(row["err_tolerance"], case.dtype)
+    except Exception as exc:  # the reference may not fit where the fast path does
+        if not is_oom(exc):
+            raise
+        notes.append("error not measured: the reference backend ran out of memory")
+    free_memory(case.device)
 
     analytic = module.macs(case.batch, case.resolution, case.resolution)
     row["gmacs_analytic"] = analytic.total / 1e9
@@ -176,7 +182,7 @@ def prepare_case(case: Case, ctx: RunContext) -> Prepared:
         notes.append(flop_note)
     row["gmacs"] = macs / 1e9
     row["hw_gflops"] = hardware_flops(macs, case.phase) / 1e9
-    prepared = Prepared(case, row, module, x, grad_out, macs, notes)
+    prepared = Prepared(case, row, module, x, grad_out, macs, notes, mismatch)
     run = prepared.run
     run()  # first call outside the measurements: lazy init, compilation
     row["peak_mem_mb"] = peak_memory_bytes(run, device) / MB
@@ -198,7 +204,7 @@ def latency_row(timing: Timing, batch: int, macs: int, phase: str, dtype: str, c
 def finish_case(prepared: Prepared, timing: Timing, reference: Timing | None, ctx: RunContext) -> dict[str, Any]:
     """The rest of a prepared case's row from its timing (and its reference's, from the same rounds):
     latency, its speedup over the reference with a confidence interval, the backend's own metrics,
-    and the status: mismatch beyond the dtype's tolerance, noisy beyond the device's noise limit."""
+    and the status: mismatch when the error check failed, noisy beyond the device's noise limit."""
     case, row, notes = prepared.case, dict(prepared.row), list(prepared.notes)
     row.update(latency_row(timing, case.batch, prepared.macs, case.phase, case.dtype, ctx))
     if timing.note:
@@ -208,11 +214,11 @@ def finish_case(prepared: Prepared, timing: Timing, reference: Timing | None, ct
     pass_metrics = prepared.module.backends[prepared.module.backend].pass_metrics
     if pass_metrics is not None:
         row.update(pass_metrics(prepared.run))
-    tolerance, limit = row["err_tolerance"], ctx.timing.noise_limit_for(torch.device(case.device))
+    limit = ctx.timing.noise_limit_for(torch.device(case.device))
     ci_width = row["speedup_ci_high"] / row["speedup_ci_low"] if reference is not None else 1.0
-    if row.get("rel_err") is not None and not row["rel_err"] <= tolerance:
+    if prepared.mismatch is not None:
         row["status"] = "mismatch"
-        notes.insert(0, f"rel_err {row['rel_err']:.3g} > tolerance {tolerance:g} for {case.dtype}")
+        notes.insert(0, prepared.mismatch)
     elif timing.spread > limit or ci_width > limit:
         row["status"] = "noisy"
         notes.insert(0, f"timing spread p80/p20 {timing.spread:.2f}, speedup interval high/low {ci_width:.2f}: "

@@ -7,7 +7,8 @@ Rules every table follows:
 - a mismatch row never shows a speedup: it failed the error check against the reference;
 - a noisy row shows its latency marked NOISY, never in bold and never in a ratio;
 - a speedup over the reference is the paired one (median of per-round ratios, timed in the same
-  rounds) with its 95% confidence interval where the run has it, else the ratio of medians.
+  rounds) with its 95% confidence interval where the run has it, else the ratio of medians;
+- an error recorded as inf (NaN/inf in a backend's output or gradients) reads "inf" and is never in bold.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class Table:
                 continue
             for block in set(self.blocks):
                 values = [(r, _number(row[col])) for r, row in enumerate(self.rows) if self.blocks[r] == block]
-                values = [(r, v) for r, v in values if v is not None]
+                values = [(r, v) for r, v in values if v is not None and math.isfinite(v)]  # inf: never the best
                 if len(values) < 2:
                     continue
                 target = (min if column.best == "min" else max)(v for _, v in values)

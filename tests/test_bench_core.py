@@ -102,15 +102,15 @@ def test_compare_judges_output_and_gradients():
     torch.manual_seed(0)
     out, grad_a, grad_b = torch.randn(100), torch.randn(50) * 100, torch.randn(3) * 1e-9
     same = compare([out, grad_a, grad_b], [out, grad_a, grad_b])
-    assert same == (0.0, 0.0)
+    assert (same.max_abs, same.rel, same.nonfinite) == (0.0, 0.0, {})
     # a gradient that is zero in exact arithmetic, off by rounding noise: not a mismatch
     noisy = compare([out, grad_a, grad_b + 1e-6], [out, grad_a, grad_b])
-    assert noisy[1] < 1e-5  # ‖1e-6‖ over 1e-3 of the largest gradient norm
+    assert noisy.rel < 1e-5  # ‖1e-6‖ over 1e-3 of the largest gradient norm
     # a real error in a small gradient is still seen
     wrong = compare([out, grad_a, torch.ones(3)], [out, grad_a, torch.full((3,), 2.0)])
-    assert wrong[0] == pytest.approx(1.0) and wrong[1] == pytest.approx(0.5)
+    assert wrong.max_abs == pytest.approx(1.0) and wrong.rel == pytest.approx(0.5)
     # and in the output, relative to its own norm
-    assert compare([out * 1.1, grad_a], [out, grad_a])[1] == pytest.approx(0.1)
+    assert compare([out * 1.1, grad_a], [out, grad_a]).rel == pytest.approx(0.1)
 
 
 def test_time_pass_statistics():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 
@@ -11,7 +12,7 @@ import torch
 import attentions
 from attentions import AttentionConfigError
 from reference_helpers import (BACKENDS, check_against_reference, check_backend_switch,
-                               check_float32_against_reference, random_module, ref_params)
+                               check_float32_against_reference, random_module, ref_params, run_module)
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,6 +194,40 @@ def test_zero_factor_case_samples_outside_the_map():
     x = torch.randn(2, height, width, 8, dtype=torch.float64)
     points = module.sampling_points(x @ module.proj_q.weight[:, :, 0, 0].T + module.proj_q.bias)
     assert (points.abs() > 1).any()
+
+
+# unit roundoff of the half-precision formats
+UNIT_ROUNDOFF = {torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}
+
+
+@pytest.mark.parametrize("dtype", list(UNIT_ROUNDOFF), ids=str)
+def test_half_precision_on_the_cpu_is_close_to_float64(dtype):
+    """fp16 and bf16 on the CPU, at a shape where torch 2.13's grid_sample went wrong on the channels-last
+    view of a one-group map (NaN for whole batch items in fp16, values off by 40× the rounding or more in
+    bf16): finite output and gradients, output within 16 unit roundoffs (norm-relative) of float64. The
+    module has its own initialisation, as in the benchmark (``make``'s larger random weights make the
+    softmax so peaked that even correct half precision is 70–85u off).
+
+    Why 16u: input and weights are rounded to the format, about ten rounded steps follow (projections,
+    LayerNorm, GELU, two bilinear samplings, softmax), and every sampling coordinate carries an error of
+    u·(side − 1)/2 pixels; that gave 5.2u–7.9u over seeds 0–7, so 16u leaves a margin of 2×.
+    The gradients are only checked finite: through the offset network they depend on which pixel a point
+    falls in, a step function of the rounded coordinates, so their half-precision error is inherently large.
+    """
+    torch.manual_seed(3)
+    exact = attentions.build("deformable", dim=64, num_heads=4, n_groups=1, stride=2, fmap_size=14).double()
+    half = copy.deepcopy(exact).to(dtype)
+    x = torch.randn(2, 28, 28, 64, dtype=torch.float64)
+    grad_out = torch.randn_like(x)
+    out, grad_x, grad_params = run_module(half, x.to(dtype), grad_out.to(dtype))
+    assert out.dtype == dtype
+    for name, tensor in [("output", out), ("input gradient", grad_x), *grad_params.items()]:
+        assert tensor.isfinite().all(), f"{(~tensor.isfinite()).sum().item()} non-finite values in {name}"
+    with torch.no_grad():
+        expected = exact(x)
+    rel_err = ((out.double() - expected).norm() / expected.norm()).item()
+    unit = UNIT_ROUNDOFF[dtype]
+    assert rel_err < 16 * unit, f"{dtype}: rel_err {rel_err:.3g} = {rel_err / unit:.1f}u"
 
 
 # --------------------------------------------------------------------------------------------

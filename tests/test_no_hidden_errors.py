@@ -1,0 +1,218 @@
+"""Bad numbers never pass as ``ok``: sabotaged backends through the real harness, tables and comparison.
+
+A fake family (``test_bench_core``'s one-Linear attention) gets backends that are wrong on purpose: NaN
+everywhere, one NaN, one +inf, 1% off, one element far off, and a NaN in the gradient only. Each runs
+through ``run_sweep`` in both phases (the NaN gradient only where a gradient is computed); every row
+must be ``mismatch`` with a status_detail saying why. A family whose reference backend returns NaN must
+give ``error`` rows. The correct backend must stay
+``ok``, so that these tests fail both ways. The rows then go through the report tables and ``compare``,
+which must neither crash nor show a speedup for any of them.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import bench.runner
+from attentions.registry import _FAMILIES, Backend
+from bench import load_results, run_sweep
+from bench.compare import NEW_FAILURE, compare_runs, format_comparison
+from bench.measure import compare
+from bench.results import ResultsWriter
+from bench.tables import all_tables, backend_table
+from test_bench_core import FakeAttention, case, context
+
+PHASES = ("fwd", "fwd+bwd")
+FAR_OFF = 1e3  # the one wrong element's error: far beyond any tolerance times the output's norm
+
+
+def _at_first_element(y: torch.Tensor, value: float) -> torch.Tensor:
+    """``y`` plus ``value`` at its first element (an addition, so gradients still flow through ``y``)."""
+    bump = torch.zeros_like(y)
+    bump.view(-1)[0] = value
+    return y + bump
+
+
+class _NanGradient(torch.autograd.Function):
+    """The identity whose backward puts a NaN in the first element of the gradient."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor) -> torch.Tensor:
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _at_first_element(grad, math.nan)
+
+
+# backend -> (what is wrong, phases where it is wrong, words its status_detail must hold)
+SABOTAGE = {
+    "nan_everywhere": ("NaN everywhere", PHASES, "values (NaN/inf) in the output/gradients where the reference "
+                                                 "has none (output 2048"),  # 2 × 8 × 8 × 16, then the gradients
+    "one_nan": ("a single NaN", PHASES, "1 non-finite value (NaN/inf) in the output/gradients where the "
+                                        "reference has none (output 1)"),
+    "one_inf": ("+inf in one element", PHASES, "1 non-finite value (NaN/inf) in the output/gradients where the "
+                                               "reference has none (output 1)"),
+    "wrong": ("the right answer × 1.01", PHASES, "rel_err 0.01 > tolerance 0.0001 for float32"),
+    "one_far_off": (f"one element off by {FAR_OFF:g}", PHASES, "> tolerance 0.0001 for float32"),
+    # the NaN at the projection's first output reaches one row of its weight, its bias and every input channel
+    "nan_gradient": ("a NaN in the gradient only", ("fwd+bwd",),
+                     "33 non-finite values (NaN/inf) in the output/gradients where the reference has none (input "
+                     "gradient 16, gradient of proj.weight 16, gradient of proj.bias 1)"),
+}
+
+
+class SabotagedAttention(FakeAttention):
+    """The fake family with the sabotaged backends of ``SABOTAGE``."""
+
+    family = "sabotaged"
+    backends = {
+        **FakeAttention.backends,
+        "nan_everywhere": Backend("nan_everywhere", lambda y: y * math.nan, "NaN everywhere"),
+        "one_nan": Backend("one_nan", lambda y: _at_first_element(y, math.nan), "one NaN"),
+        "one_inf": Backend("one_inf", lambda y: _at_first_element(y, math.inf), "one +inf"),
+        "one_far_off": Backend("one_far_off", lambda y: _at_first_element(y, FAR_OFF), "one element far off"),
+        "nan_gradient": Backend("nan_gradient", _NanGradient.apply, "a NaN in the gradient"),
+    }
+
+
+class NanReferenceAttention(SabotagedAttention):
+    """The same backends, judged against the one that returns NaN everywhere."""
+
+    family = "nan_reference"
+    reference_backend = "nan_everywhere"
+
+
+@pytest.fixture
+def sabotaged_families(monkeypatch):
+    monkeypatch.setitem(_FAMILIES, SabotagedAttention.family, SabotagedAttention)
+    monkeypatch.setitem(_FAMILIES, NanReferenceAttention.family, NanReferenceAttention)
+    # gc.collect between cases costs more than these tiny cases themselves; nothing to free here
+    monkeypatch.setattr(bench.runner, "free_memory", lambda device: None)
+
+
+@pytest.fixture
+def sabotaged_run(sabotaged_families, tmp_path) -> Path:
+    """A results file of every sabotaged backend in the phases where it is wrong, the correct backend in both
+    phases, and the NaN-reference family's reference rows and a correct backend judged against them."""
+    cases = [case("sabotaged", backend, phase) for backend, (_, phases, _) in SABOTAGE.items() for phase in phases]
+    cases += [case(family, backend, phase) for phase in PHASES
+              for family, backend in [("sabotaged", "torch"), ("nan_reference", "nan_everywhere"),
+                                      ("nan_reference", "torch")]]
+    path = tmp_path / "run.csv"
+    assert run_sweep(cases, context(), path) == (len(cases), 0)
+    return path
+
+
+def rows_of(frame: pd.DataFrame, family: str, backend: str) -> pd.DataFrame:
+    return frame[(frame["family"] == family) & (frame["backend"] == backend)]
+
+
+def write_rows(path: Path, rows: pd.DataFrame) -> None:
+    """Rows of a loaded results frame into a new results file (empty cells stay empty)."""
+    writer = ResultsWriter(path)
+    for row in rows.to_dict("records"):
+        writer.append({column: None if pd.isna(value) else value for column, value in row.items()})
+
+
+def test_compare_never_lets_a_nan_lose_a_maximum():
+    """``max(0.0, nan)`` is 0.0 in Python: a NaN anywhere must give inf errors and a count, never a small number."""
+    reference = [torch.ones(4), torch.ones(3)]
+    for got, where, reason in [
+            ([torch.full((4,), math.nan), torch.ones(3)], {"output": 4}, "4 non-finite values (NaN/inf)"),
+            ([torch.ones(4), torch.tensor([1.0, -math.inf, 1.0])], {"input gradient": 1},
+             "1 non-finite value (NaN/inf)")]:
+        measured = compare(got, reference, ["output", "input gradient"])
+        assert (measured.max_abs, measured.rel, measured.nonfinite) == (math.inf, math.inf, where)
+        assert measured.mismatch_reason(1e-4, "float32").startswith(reason)
+    # a NaN the reference shares is not counted against the case, but it is not a small error either
+    shared = compare([torch.tensor([math.nan, 1.0])], [torch.tensor([math.nan, 1.0])])
+    assert (shared.rel, shared.nonfinite) == (math.inf, {})
+    assert shared.mismatch_reason(1e-4, "float32") == "rel_err inf > tolerance 0.0001 for float32"
+
+
+@pytest.mark.parametrize("backend", list(SABOTAGE))
+def test_a_sabotaged_backend_is_a_mismatch_that_says_why(sabotaged_run, backend):
+    what, phases, detail = SABOTAGE[backend]
+    rows = rows_of(load_results(sabotaged_run), "sabotaged", backend)
+    assert list(rows["phase"]) == list(phases)
+    for _, row in rows.iterrows():
+        assert row["status"] == "mismatch", f"{what} ({row['phase']}): {row['status']}, {row['status_detail']!r}"
+        assert detail in row["status_detail"], row["status_detail"]
+        assert row["rel_err"] > row["err_tolerance"] and row["max_abs_err"] > 0
+        if "non-finite" in row["status_detail"]:
+            assert row["rel_err"] == row["max_abs_err"] == math.inf  # never a small finite number
+
+
+def test_a_nan_reference_makes_its_cases_errors(sabotaged_run):
+    """The NaN reference's own rows and a correct backend judged against it: ``error``, naming the reference
+    and where its non-finite values are."""
+    frame = load_results(sabotaged_run)
+    for backend in ("nan_everywhere", "torch"):
+        rows = rows_of(frame, "nan_reference", backend)
+        assert list(rows["status"]) == ["error", "error"], list(rows["status_detail"])
+        for detail in rows["status_detail"]:
+            assert "reference backend 'nan_everywhere' gives" in detail and "cannot be judged" in detail
+        assert rows[["rel_err", "max_abs_err", "latency_ms_median"]].isna().all(axis=None)
+        fwd, fwd_bwd = rows["status_detail"]
+        assert "2048 non-finite values (NaN/inf) in its output/gradients (output 2048)" in fwd
+        assert ("(output 2048, input gradient 2048, gradient of proj.weight 256, gradient of proj.bias 16)"
+                in fwd_bwd)
+
+
+def test_a_correct_backend_is_still_ok(sabotaged_families, sabotaged_run):
+    """The correct backend in both phases, and the NaN-gradient backend in the forward (its output is right;
+    only a pass that computes the gradient can see the NaN): ok, against the same reference."""
+    rows = rows_of(load_results(sabotaged_run), "sabotaged", "torch")
+    assert list(rows["status"]) == ["ok", "ok"], list(rows["status_detail"])
+    row = bench.runner.run_case(case("sabotaged", "nan_gradient", "fwd"), context())
+    assert row["status"] == "ok" and row["rel_err"] == 0, row["status_detail"]
+
+
+def test_tables_show_the_status_and_no_speedup(sabotaged_run):
+    frame = load_results(sabotaged_run)
+    tables = {table.name: table for table in all_tables(frame)}
+    backends = tables["backends"].frame()
+    failed = backends[~((backends["Variant"] == "sabotaged") & (backends["Backend"] == "torch"))]
+    assert set(failed["Status"]) == {"mismatch", "error"}
+    assert failed[["Speedup", "Mem saving"]].isna().all(axis=None)
+    main = tables["main"].frame()
+    failed = main[~((main["Variant"] == "sabotaged") & (main["Backend"] == "torch"))]
+    assert failed[["× ref", "Mem/ref", "Img/s", "Mem MB"]].isna().all(axis=None)
+    assert "| mismatch | — | — | inf | inf |" in tables["backends"].to_markdown()
+    only_nonfinite = frame[(frame["family"] == "sabotaged") & frame["backend"].isin(["torch", "nan_everywhere",
+                                                                                     "one_nan"])]
+    assert "**inf**" not in backend_table(only_nonfinite).to_markdown()  # inf errors only: none is the best
+    for table in tables.values():
+        assert table.to_latex()
+
+
+def test_compare_calls_a_backend_turning_bad_a_new_failure(sabotaged_run, tmp_path):
+    """BASE: the correct backend's rows. NEW: the same cases giving a sabotaged backend's numbers. Every case
+    is a NEW FAILURE whose note says why; the sabotaged run compared with itself fails nowhere and speeds
+    nothing up."""
+    frame = load_results(sabotaged_run)
+    base_rows = rows_of(frame, "sabotaged", "torch").set_index("phase", drop=False)
+    base = tmp_path / "base.csv"
+    write_rows(base, base_rows)
+    for backend, (_, phases, _) in SABOTAGE.items():
+        new_rows = rows_of(frame, "sabotaged", backend).set_index("phase", drop=False)
+        new_rows = new_rows.assign(backend="torch", case_key=base_rows.loc[new_rows.index, "case_key"])
+        new = tmp_path / f"{backend}.csv"
+        write_rows(new, new_rows)
+        comparison = compare_runs(base, new)
+        assert comparison.failed and list(comparison.table["verdict"]) == [NEW_FAILURE] * len(phases)
+        for note, detail in zip(comparison.table["note"], new_rows["status_detail"]):
+            assert note.startswith(detail[:80]), (note, detail)  # compare shortens it to 100 characters
+        assert "FAILED" in format_comparison(comparison)
+    itself = compare_runs(sabotaged_run, sabotaged_run)
+    assert not itself.failed
+    judged = itself.table[itself.table["status_base"] != "ok"]
+    assert set(judged["verdict"]) == {"still mismatch", "still error"}
+    format_comparison(itself)
+
