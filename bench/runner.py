@@ -47,17 +47,23 @@ class RunContext:
     _mac_cache: dict[tuple, tuple[int, str]] = field(default_factory=dict)
 
 
-def build_module(case: Case, seed: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
-    """The case's module (seeded weights), input and upstream gradient, on its device and dtype."""
+def build_module(case: Case, seed: int, inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
+                 ) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The case's module (seeded weights), input and upstream gradient, on its device and dtype.
+    Inputs depend on the seed, shape, dtype and device only: ``inputs`` keeps them for the next case
+    of the same (a group's cases share one copy)."""
     device, dtype = torch.device(case.device), DTYPES[case.dtype]
     torch.manual_seed(seed)
     module = attentions.build(case.family, dim=case.dim, num_heads=case.heads, backend=case.backend,
                               **case.options_dict)
     module = module.to(device=device, dtype=dtype)
-    generator = torch.Generator(device="cpu").manual_seed(seed + 1)
     shape = (case.batch, case.resolution, case.resolution, case.dim)
-    x = torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
-    grad_out = torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+    inputs = {} if inputs is None else inputs
+    if (shape, dtype, device) not in inputs:
+        generator = torch.Generator(device="cpu").manual_seed(seed + 1)
+        inputs[shape, dtype, device] = tuple(torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+                                             for _ in range(2))
+    x, grad_out = inputs[shape, dtype, device]
     return module, x, grad_out
 
 
@@ -143,14 +149,15 @@ class Prepared:
         return make_pass(self.module, self.x, self.case.phase, self.grad_out)
 
 
-def prepare_case(case: Case, ctx: RunContext) -> Prepared:
+def prepare_case(case: Case, ctx: RunContext,
+                 inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None) -> Prepared:
     """Everything of one case but its latency: error against the reference, FLOPs, peak memory.
-    Exceptions propagate (``failure`` turns them into a status)."""
+    Exceptions propagate (``failure`` turns them into a status). ``inputs``: see ``build_module``."""
     device = torch.device(case.device)
     ok, reason = attentions.backend_available(case.family, case.backend, device, backward=case.phase == "fwd+bwd")
     if not ok:
         raise BackendUnavailableError(reason)
-    module, x, grad_out = build_module(case, ctx.seed)
+    module, x, grad_out = build_module(case, ctx.seed, inputs)
     row: dict[str, Any] = {
         "param_mb": sum(p.numel() * p.element_size() for p in module.parameters()) / MB,
         "input_mb": x.numel() * x.element_size() / MB,
@@ -286,10 +293,11 @@ def run_group(cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case]
     before = machine_state(device)
     rows: dict[str, dict[str, Any]] = {}
     prepared: dict[str, Prepared] = {}
+    inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
     for case in [*cases, *companions]:
         row = base_row(case, ctx)
         try:
-            prepared[case.key] = prepare_case(case, ctx)
+            prepared[case.key] = prepare_case(case, ctx, inputs)
             prepared[case.key].row = {**row, **prepared[case.key].row}
         except Exception as exc:  # noqa: BLE001 - recorded as the case's status; the group goes on
             rows[case.key] = {**row, **failure(exc)}
@@ -309,6 +317,7 @@ def run_group(cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case]
         rows[key].update(load_before=before["load_avg"], load_after=after["load_avg"],
                          gpu_state=json.dumps({"before": before, "after": after}) if device.type == "cuda" else None)
     prepared.clear()
+    inputs.clear()
     free_memory(device.type)
     return [stamped(rows[case.key]) for case in cases]
 
