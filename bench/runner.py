@@ -216,26 +216,38 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
 def run_sweep(cases: Iterable[Any], ctx: RunContext, results_path: Path,
               progress: Callable[[Any, bool], None] | None = None,
               run: Callable[[Any, RunContext], dict[str, Any]] = run_case,
-              columns: list[str] = COLUMNS, stop_at: float | None = None) -> tuple[int, int]:
+              columns: list[str] = COLUMNS, stop_at: float | None = None,
+              starting: Callable[[Any], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> tuple[int, int]:
     """Run every case that has no row yet in ``results_path``, appending each row durably.
 
     ``run(case, ctx)`` makes a case's row (``run_case``; the model suite's ``run_model_case`` with
-    ``columns=MODEL_COLUMNS``). ``progress(case, already_done)`` is called before each case. No case
-    starts once ``time.monotonic()`` passes ``stop_at``: the ones left have no row, so a resume runs
-    them. Returns (cases run now, cases skipped because a row for them was already there).
+    ``columns=MODEL_COLUMNS``). ``progress(case, already_done)`` is called once per case with a row:
+    first for every case whose row was already there (before any case runs), then for each case
+    once its row is written; ``starting(case)`` just before a case runs. No case starts once
+    ``time.monotonic()`` passes ``stop_at`` or ``should_stop()`` is true: the ones left have no row,
+    so a resume runs them. Returns (cases run now, cases skipped because a row for them was already there).
     """
     writer = ResultsWriter(results_path, columns)  # first: it cuts a half-written last row
     done = completed_case_keys(results_path)
-    ran = skipped = 0
+    todo, skipped = [], 0
     for case in cases:
-        already_done = case.key in done
-        if not already_done and stop_at is not None and time.monotonic() >= stop_at:
-            continue  # out of time: no row, so a resume runs it
-        if progress is not None:
-            progress(case, already_done)
-        if already_done:
-            skipped += 1
+        if case.key not in done:
+            todo.append(case)
             continue
+        skipped += 1
+        if progress is not None:
+            progress(case, True)
+    ran = 0
+    for case in todo:
+        if stop_at is not None and time.monotonic() >= stop_at:
+            break  # out of time: no row, so a resume runs it
+        if should_stop is not None and should_stop():
+            break
+        if starting is not None:
+            starting(case)
         writer.append(run(case, ctx))
         ran += 1
+        if progress is not None:
+            progress(case, False)
     return ran, skipped
