@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--no-report", action="store_true", help="skip the report at the end of the sweep")
     parser.add_argument("--reports-dir", type=Path, default=None,
-                        help="where reports go (default: 'reports' beside the results folder)")
+                        help="folder of reports; the sweep's goes to REPORTS_DIR/<gpu>/<run id>/ (default: "
+                             "'reports' beside the results folder)")
     return parser
 
 
@@ -326,15 +327,20 @@ def main_report(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="run_bench.py report",
                                      description="Tables, plots and an index from result files alone.")
     parser.add_argument("results", type=Path, help="a results .csv (or its .json), or a folder of them")
-    parser.add_argument("--out", type=Path, help="report folder (default: reports/<gpu profile>/ beside results/)")
+    parser.add_argument("--out", type=Path,
+                        help="report folder (default, beside results/: reports/<gpu profile>/ for a folder, "
+                             "reports/<gpu profile>/<run id>/ for one run)")
     args = parser.parse_args(argv)
     from .report import build_report, collect_results  # plotting libraries load only when reporting
     try:
         frame, _ = next(iter(collect_results(args.results).values()))
         out = args.out
         if out is None:
-            base = args.results if args.results.is_dir() else args.results.parent
+            folder = args.results.is_dir()
+            base = args.results if folder else args.results.parent
             out = default_reports_dir(base.parent) / str(frame["gpu_profile"].iloc[0])
+            if not folder:
+                out /= args.results.stem  # one run's report: beside the folder's, never over it
         readme = build_report(args.results, out)
     except ResultsFormatError as exc:
         print(f"run_bench.py report: error: {exc}", file=sys.stderr)
@@ -480,5 +486,5 @@ def main_sweep(argv: list[str]) -> int:
     if not args.no_report:
         from .report import build_report
         reports_dir = args.reports_dir or default_reports_dir(args.results_dir)
-        print(f"report: {build_report(results_path, reports_dir / profile.name)}")
+        print(f"report: {build_report(results_path, reports_dir / profile.name / metadata['run_id'])}")
     return 0

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -149,10 +150,10 @@ def test_quick_run_writes_csv_json_and_prints_summary(quick_run):
         assert any(line.split()[:1] == [family] for line in out.splitlines()), f"no summary line for {family}"
     assert f"{QUICK_CASES} cases run, 0 already complete" in out
     assert str(csv_path) in out
-    # by default the sweep ends with a report, beside the results folder
+    # by default the sweep ends with a report of its own, in reports/<gpu>/<run-id>/ beside the results folder
     report = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("report:")]
-    assert len(report) == 1 and Path(report[0]).is_file(), out[-500:]
-    assert Path(report[0]).is_relative_to(quick_run["dir"].parent)
+    assert report == [str(quick_run["dir"].parent / "reports" / "cpu" / csv_path.stem / "README.md")], out[-500:]
+    assert Path(report[0]).is_file()
 
 
 def test_quick_run_rows_match_the_dry_run(quick_run):
@@ -447,6 +448,38 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
     assert not {"finished", "interrupted"} & set(json.loads(csv_path.with_suffix(".json").read_text()))
     assert dry_run(["--resume", "twice", "--results-dir", str(results_dir)]).splitlines()[-1] == \
         "4 cases to run, 0 already complete"
+
+
+# --------------------------------------------------------------------------------------------
+# 3c. the README's CPU command leaves the committed runs and their report as they are
+# --------------------------------------------------------------------------------------------
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_the_readme_cpu_command_leaves_the_committed_runs_and_report_alone(tmp_path):
+    """``python run_bench.py --gpu cpu --preset quick``, run where results/cpu/ and reports/cpu/ are copies
+    of the repository's (a smaller sweep of the preset, with the command's default folders and its report):
+    the committed files stay byte for byte, and the run's report is in reports/cpu/<run-id>/."""
+    for folder in ("results/cpu", "reports/cpu"):
+        shutil.copytree(REPO / folder, tmp_path / folder)
+    results, reports = tmp_path / "results" / "cpu", tmp_path / "reports" / "cpu"
+    committed_results, committed_reports = folder_bytes(results), folder_bytes(reports)
+    proc = subprocess.run([sys.executable, str(RUN_BENCH), "--gpu", "cpu", "--preset", "quick", "--families", "full",
+                           "--backends", "torch", "sdpa", "--phase", "fwd", "--quiet", "--min-time", "0.01"],
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    [run] = [path for path in results.glob("*.csv") if path.name not in committed_results]
+    run_id = run.stem
+    assert {name: data for name, data in folder_bytes(results).items()
+            if name not in (run.name, f"{run_id}.json")} == committed_results
+    after = folder_bytes(reports)
+    assert {name: data for name, data in after.items() if not name.startswith(f"{run_id}/")} == committed_reports
+    assert f"report: {Path('reports') / 'cpu' / run_id / 'README.md'}" in proc.stdout
+    assert {"README.md", "tables/main.md", "tables/main.tex", "tables/main.csv"} <= {
+        name.split("/", 1)[1] for name in after if name.startswith(f"{run_id}/")}
+    assert f"Run `{run_id}`" in after[f"{run_id}/README.md"].decode()
 
 
 # --------------------------------------------------------------------------------------------

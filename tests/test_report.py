@@ -231,3 +231,19 @@ def test_a_report_removes_only_its_own_stale_tables_and_plots(small_results, tmp
     assert "bra_topk" not in index and "topk_sweep" not in index
     assert set(kept) <= files and link.is_symlink() and outside.exists()
 
+
+def test_report_of_one_run_goes_to_its_own_folder_and_of_a_folder_to_the_gpu_folder(small_results, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """Without --out: a run's report in reports/<gpu>/<run-id>/, a folder's in reports/<gpu>/ (results and
+    reports beside each other, as in the repository)."""
+    monkeypatch.setattr(bench.report, "make_plots", fake_plots(("latency_vs_resolution",)))
+    results = tmp_path / "results" / "cpu"
+    results.mkdir(parents=True)
+    run = results / "20260101T000000Z-quick.csv"
+    run.write_bytes(small_results.read_bytes())
+    assert cli.main(["report", str(run)]) == 0
+    assert capsys.readouterr().out.strip() == \
+        f"report written to {tmp_path / 'reports' / 'cpu' / '20260101T000000Z-quick' / 'README.md'}"
+    assert cli.main(["report", str(results)]) == 0
+    assert capsys.readouterr().out.strip() == f"report written to {tmp_path / 'reports' / 'cpu' / 'README.md'}"
+    assert (tmp_path / "reports" / "cpu" / "20260101T000000Z-quick" / "tables" / "main.md").exists()
