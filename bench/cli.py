@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import re
 import shlex
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 import torch
@@ -105,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--no-report", action="store_true", help="skip the report at the end of the sweep")
     parser.add_argument("--reports-dir", type=Path, default=None,
-                        help="where reports go (default: 'reports' beside the results folder)")
+                        help="folder of reports; the sweep's goes to REPORTS_DIR/<gpu>/<run id>/ (default: "
+                             "'reports' beside the results folder)")
     return parser
 
 
@@ -341,21 +345,94 @@ def main_report(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="run_bench.py report",
                                      description="Tables, plots and an index from result files alone.")
     parser.add_argument("results", type=Path, help="a results .csv (or its .json), or a folder of them")
-    parser.add_argument("--out", type=Path, help="report folder (default: reports/<gpu profile>/ beside results/)")
+    parser.add_argument("--out", type=Path,
+                        help="report folder (default, beside results/: reports/<gpu profile>/ for a folder, "
+                             "reports/<gpu profile>/<run id>/ for one run)")
     args = parser.parse_args(argv)
     from .report import build_report, collect_results  # plotting libraries load only when reporting
     try:
         frame, _ = next(iter(collect_results(args.results).values()))
         out = args.out
         if out is None:
-            base = args.results if args.results.is_dir() else args.results.parent
+            folder = args.results.is_dir()
+            base = args.results if folder else args.results.parent
             out = default_reports_dir(base.parent) / str(frame["gpu_profile"].iloc[0])
+            if not folder:
+                out /= args.results.stem  # one run's report: beside the folder's, never over it
         readme = build_report(args.results, out)
     except ResultsFormatError as exc:
         print(f"run_bench.py report: error: {exc}", file=sys.stderr)
         return 2
     print(f"report written to {readme}")
     return 0
+
+
+class SweepProgress:
+    """The sweep's tqdm bar. Cases already complete count at once (tqdm's ``initial``, so that they stay
+    out of its rate and ETA), a case run counts when its row is written, and the postfix names the cases
+    running. ``run_sweep`` reports the complete cases before it starts one: the bar opens with the first."""
+
+    def __init__(self, total: int, disable: bool) -> None:
+        self.total, self.disable = total, disable
+        self.already_complete = 0
+        self.bar: tqdm | None = None
+
+    def progress(self, case: Any, already_done: bool) -> None:
+        if already_done:
+            self.already_complete += 1
+            return
+        self.bar.set_postfix_str("", refresh=False)
+        self.bar.update(1)
+
+    def starting(self, cases: Sequence[Any]) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=self.total, initial=self.already_complete, disable=self.disable, unit="case",
+                            dynamic_ncols=True)
+        together = f" and {len(cases) - 1} more, timed together" if len(cases) > 1 else ""
+        self.bar.set_postfix_str(f"running {cases[0].label()}{together}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class StopOnInterrupt:
+    """While in ``with``, the first SIGINT (Ctrl-C) only sets ``requested``, so that the sweep stops after
+    the case in progress has its row; the handler from before (KeyboardInterrupt by default) takes the
+    next one. Nothing is installed outside the main thread, or where SIGINT is ignored or handled
+    outside Python."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> StopOnInterrupt:
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None):
+            self._previous = signal.signal(signal.SIGINT, self._interrupt)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+        # os.write, not print: a handler may run in the middle of a write to sys.stderr (the progress bar's)
+        os.write(2, b"\ninterrupt: the sweep stops once the case in progress has its row "
+                    b"(Ctrl-C again stops at once)\n")
+
+
+def resume_command(parser: argparse.ArgumentParser, args: argparse.Namespace, run_id: str) -> str:
+    """The command that completes the run: ``--resume`` with the flags given for where its files go."""
+    words = ["--resume", run_id]
+    for dest in ("results_dir", "reports_dir"):
+        if getattr(args, dest) != parser.get_default(dest):
+            words += [f"--{dest.replace('_', '-')}", str(getattr(args, dest))]
+    if args.no_report:
+        words.append("--no-report")
+    return "python run_bench.py " + shlex.join(words)
 
 
 def main_sweep(argv: list[str]) -> int:
@@ -405,20 +482,22 @@ def main_sweep(argv: list[str]) -> int:
 
     ctx = RunContext(run_id=metadata["run_id"], profile=profile, device_name=device_name, timing=policy,
                      tf32=torch.backends.cuda.matmul.allow_tf32)
-    with tqdm(total=len(cases), disable=args.quiet, unit="case", dynamic_ncols=True) as bar:
-        def progress(case: Case, done_before: bool) -> None:
-            bar.update(1)
-            bar.set_postfix_str(("skip " if done_before else "") + case.label())
-
-        models = args.suite == "models"
-        stop_at = None if args.time_budget is None else time.monotonic() + args.time_budget
-        ran, skipped = run_sweep(cases, ctx, results_path, progress=progress,
-                                 run=run_model_group if models else run_group,
-                                 columns=MODEL_COLUMNS if models else COLUMNS, stop_at=stop_at,
-                                 groups=one_per_group if models else comparison_groups)
+    models = args.suite == "models"
+    stop_at = None if args.time_budget is None else time.monotonic() + args.time_budget
+    bar = SweepProgress(len(cases), disable=args.quiet)
+    try:
+        with StopOnInterrupt() as interrupt:
+            ran, skipped = run_sweep(cases, ctx, results_path, progress=bar.progress, starting=bar.starting,
+                                     run=run_model_group if models else run_group,
+                                     columns=MODEL_COLUMNS if models else COLUMNS, stop_at=stop_at,
+                                     groups=one_per_group if models else comparison_groups,
+                                     should_stop=lambda: interrupt.requested)
+    finally:
+        bar.close()
     frame = load_results(results_path)
     not_started = len(cases) - ran - skipped
-    metadata.update(finished=now_iso(), rows=len(frame), cases_not_started=not_started,
+    interrupted = interrupt.requested and not_started > 0  # a Ctrl-C during the last group interrupts nothing
+    metadata.update(finished=now_iso(), rows=len(frame), cases_not_started=not_started, interrupted=interrupted,
                     status_counts={k: int(v) for k, v in frame["status"].value_counts().items()})
     write_metadata(results_path.with_suffix(".json"), metadata)
     print(model_summary_table(frame) if models else summary_table(frame))
@@ -426,11 +505,15 @@ def main_sweep(argv: list[str]) -> int:
     noise = None if models else noise_summary(frame, min_time)
     if noise:
         print(noise)
+    resume = resume_command(parser, args, metadata["run_id"])
+    if interrupted:
+        print(f"interrupted: {not_started} cases not run; resume with: {resume}")
+        return 130  # the shell's code for a command stopped by SIGINT
     if not_started:
         print(f"time budget of {args.time_budget:g} s reached: {not_started} cases not started; "
-              f"--resume {metadata['run_id']} completes them")
+              f"{resume} completes them")
     if not args.no_report:
         from .report import build_report
         reports_dir = args.reports_dir or default_reports_dir(args.results_dir)
-        print(f"report: {build_report(results_path, reports_dir / profile.name)}")
+        print(f"report: {build_report(results_path, reports_dir / profile.name / metadata['run_id'])}")
     return 0

@@ -63,22 +63,48 @@ def _metadata_markdown(metadata: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# What a report writes into its tables/ and plots/ folders: the only files it ever removes.
+REPORT_FOLDERS = ("tables", "plots")
+REPORT_SUFFIXES = (".md", ".tex", ".csv", ".png", ".pdf")
+
+
+def remove_stale_files(out_dir: Path, written: list[Path]) -> None:
+    """Remove the files in ``out_dir``'s tables/ and plots/ that this report did not write (left by an
+    earlier version, or for tables and plots that no longer apply), so that the folder holds what its
+    index shows. Only regular files with a report's suffixes, directly in those two folders, are
+    candidates: anything else stays (subfolders, links, other files, and everything outside those two
+    folders, such as the sweeps' ``<run-id>/`` reports beside them)."""
+    keep = {path.resolve() for path in written}
+    for folder in REPORT_FOLDERS:
+        folder_path = out_dir / folder
+        if not folder_path.is_dir() or folder_path.is_symlink():
+            continue
+        for path in sorted(folder_path.iterdir()):
+            if (path.suffix in REPORT_SUFFIXES and path.is_file() and not path.is_symlink()
+                    and path.resolve() not in keep):
+                path.unlink()
+
+
 def build_report(results: Path, out_dir: Path) -> Path:
     """Write tables (.md, .tex, .csv), plots (.png, .pdf) and README.md into ``out_dir``; return the README.
 
-    Attention-suite rows give the attention tables and plots; model-suite rows the model table.
+    Attention-suite rows give the attention tables and plots; model-suite rows the model table. Files
+    of an earlier report in ``out_dir``'s tables/ and plots/ that this one does not write are removed
+    (``remove_stale_files``).
     """
     suites = collect_results(results)
     out_dir = Path(out_dir)
     tables_dir, plots_dir = out_dir / "tables", out_dir / "plots"
-    tables, plots = [], None
+    tables, plots, written = [], None, []
     if "attentions" in suites:
         tables += all_tables(suites["attentions"][0])
-        plots = [p for p in make_plots(suites["attentions"][0], plots_dir) if p.suffix == ".png"]
+        written += make_plots(suites["attentions"][0], plots_dir)
+        plots = [p for p in written if p.suffix == ".png"]
     if "models" in suites:
         tables.append(model_table(suites["models"][0]))
     for table in tables:
-        table.write(tables_dir)
+        written += table.write(tables_dir)
+    remove_stale_files(out_dir, written)
     frame = pd.concat([frame[["gpu_profile", "device_name", "status"]] for frame, _ in suites.values()])
     metadata = [meta for _, suite_metadata in suites.values() for meta in suite_metadata]
     profile = ", ".join(sorted(frame["gpu_profile"].astype(str).unique()))

@@ -331,33 +331,41 @@ def run_sweep(cases: Sequence[Any], ctx: RunContext, results_path: Path,
               progress: Callable[[Any, bool], None] | None = None,
               run: Callable[..., list[dict[str, Any]]] = run_group,
               columns: list[str] = COLUMNS, stop_at: float | None = None,
-              groups: Callable[[Sequence[Any]], list[list[Any]]] = comparison_groups) -> tuple[int, int]:
+              groups: Callable[[Sequence[Any]], list[list[Any]]] = comparison_groups,
+              starting: Callable[[Sequence[Any]], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> tuple[int, int]:
     """Run every case that has no row yet in ``results_path``, appending each row durably.
 
     Cases are measured in ``groups`` (by default ``comparison_groups``: timed together in paired
     rounds). ``run(cases, ctx, companions)`` makes the rows of a group's cases that have none yet;
     ``companions`` are the references of those cases that already have a row, timed again for the
     pairing. The model suite runs one case per group (``run_model_group``, ``columns=MODEL_COLUMNS``).
-    ``progress(case, already_done)`` is called once per case: at once for the ones with a row, after
-    its row is written for the others. No group starts once ``time.monotonic()`` passes
-    ``stop_at``: its cases have no row, so a resume runs them. Returns (cases run now, cases skipped
-    because a row for them was already there).
+    ``progress(case, already_done)`` is called once per case with a row: first for every case whose
+    row was already there (before any case runs), then for each case once its row is written;
+    ``starting(cases)`` just before a group's cases run. No group starts once ``time.monotonic()``
+    passes ``stop_at`` or ``should_stop()`` is true: its cases have no row, so a resume runs them.
+    Returns (cases run now, cases skipped because a row for them was already there).
     """
     writer = ResultsWriter(results_path, columns)  # first: it cuts a half-written last row
     done = completed_case_keys(results_path)
-    ran = skipped = 0
+    skipped = 0
+    for case in cases:
+        if case.key in done:
+            skipped += 1
+            if progress is not None:
+                progress(case, True)
+    ran = 0
     for members in groups(cases):
         todo = [case for case in members if case.key not in done]
-        for case in members:
-            if case.key in done:
-                skipped += 1
-                if progress is not None:
-                    progress(case, True)
-        if not todo or (stop_at is not None and time.monotonic() >= stop_at):
-            continue  # nothing left, or out of time: no row, so a resume runs them
+        if not todo:
+            continue
+        if (stop_at is not None and time.monotonic() >= stop_at) or (should_stop is not None and should_stop()):
+            break  # out of time, or interrupted: no row, so a resume runs them
         todo_keys = {case.key for case in todo}
         companions = [case for case in members if case.key in done and case.key not in todo_keys
                       and any(reference_case(t).key == case.key for t in todo)]
+        if starting is not None:
+            starting(todo)
         for case, row in zip(todo, run(todo, ctx, companions)):
             writer.append(row)
             ran += 1

@@ -6,7 +6,9 @@
 # batch 64, fwd and fwd+bwd on a GPU profile), and leave everything under one folder:
 #
 #   OUT/results/<gpu>/<run>.csv, .json   rows and metadata     -> commit under results/<gpu>/
-#   OUT/reports/<gpu>/                   tables, plots, index  -> commit under reports/<gpu>/
+#   OUT/reports/<gpu>/<run>/             the run's tables, plots and index (once the rows are under
+#                                        results/<gpu>/, `python run_bench.py report results/<gpu>`
+#                                        writes reports/<gpu>/ from all of them)
 #   OUT/pytest.log, OUT/gpu_check.log    the CUDA tests' log and this script's whole log
 #   OUT/gpu_check.tar.gz                 all of the above in one file, for transports that take few files
 #

@@ -14,6 +14,9 @@ import io
 import json
 import math
 import os
+import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -148,10 +151,10 @@ def test_quick_run_writes_csv_json_and_prints_summary(quick_run):
         assert any(line.split()[:1] == [family] for line in out.splitlines()), f"no summary line for {family}"
     assert f"{QUICK_CASES} cases run, 0 already complete" in out
     assert str(csv_path) in out
-    # by default the sweep ends with a report, beside the results folder
+    # by default the sweep ends with a report of its own, in reports/<gpu>/<run-id>/ beside the results folder
     report = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("report:")]
-    assert len(report) == 1 and Path(report[0]).is_file(), out[-500:]
-    assert Path(report[0]).is_relative_to(quick_run["dir"].parent)
+    assert report == [str(quick_run["dir"].parent / "reports" / "cpu" / csv_path.stem / "README.md")], out[-500:]
+    assert Path(report[0]).is_file()
 
 
 def test_quick_run_rows_match_the_dry_run(quick_run):
@@ -360,6 +363,133 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     assert set(meta["status_counts"]) <= set(TIMED) and sum(meta["status_counts"].values()) == planned
     assert sorted(p.name for p in (results_dir / "cpu").iterdir()) == [
         "killme.csv", "killme.json", "whole.csv", "whole.json"]
+
+
+# --------------------------------------------------------------------------------------------
+# 3b. Ctrl-C: the first stops the sweep after the case in progress, the second at once
+# --------------------------------------------------------------------------------------------
+
+CTRL_C_FLAGS = ["--gpu", "cpu", "--preset", "quick", "--families", "full", "--backends", "torch", "sdpa",
+                "--resolutions", "14", "28", "--phase", "fwd", "fwd+bwd", "--min-time", "0.2",
+                "--no-report"]  # 8 cases, in 4 comparison groups of 2
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, log: Path, timeout: float = 60) -> None:
+    """Poll ``condition()`` while the sweep runs; fail naming ``what`` if it ends or times out first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the sweep ended before {what}:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout:g} s:\n{log.read_text()}"
+        time.sleep(0.02)
+
+
+def test_ctrl_c_stops_after_the_case_in_progress_and_resume_completes_the_run(tmp_path):
+    """One SIGINT once the first row is written: the case in progress finishes and writes its row, the
+    sweep stops, says how to resume and exits 130; the JSON says interrupted; the command it printed
+    completes the run to exactly the planned cases, each with one row."""
+    results_dir = tmp_path / "results"
+    flags = [*CTRL_C_FLAGS, "--quiet", "--results-dir", str(results_dir), "--run-id", "ctrlc"]
+    labels = dry_run_labels(dry_run(flags))
+    planned = len(labels)
+    assert planned == 8
+    csv_path, log = results_dir / "cpu" / "ctrlc.csv", tmp_path / "ctrlc.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(RUN_BENCH), *flags], cwd=REPO, env=subprocess_env(),
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: len(data_lines(csv_path)) > 1, proc, "first row", log)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+    finally:
+        stop(proc)
+    output = log.read_text()
+    assert code == 130, output
+    assert_csv_well_formed(csv_path)
+    frame = bench.load_results(csv_path)
+    rows = len(frame)
+    assert 1 <= rows < planned and len(data_lines(csv_path)) == rows + 1, output
+    assert not frame["case_key"].duplicated().any()
+    resume = "python run_bench.py " + shlex.join(["--resume", "ctrlc", "--results-dir", str(results_dir),
+                                                  "--no-report"])
+    assert f"interrupted: {planned - rows} cases not run; resume with: {resume}" in output
+    meta = json.loads(csv_path.with_suffix(".json").read_text())
+    assert meta["interrupted"] is True and meta["cases_not_started"] == planned - rows
+    assert "resumed" not in meta
+
+    python, script, *resume_flags = shlex.split(resume)
+    assert (python, script) == ("python", "run_bench.py")
+    resumed = run_bench(*resume_flags)
+    assert resumed.returncode == 0, f"stdout:\n{resumed.stdout}\nstderr:\n{resumed.stderr}"
+    assert f"{planned - rows} cases run, {rows} already complete" in resumed.stdout
+    frame = bench.load_results(csv_path)
+    assert len(frame) == planned and not frame["case_key"].duplicated().any()
+    assert sorted(frame.apply(row_label, axis=1)) == sorted(labels)
+    assert frame["status"].isin(TIMED).all()
+    meta = json.loads(csv_path.with_suffix(".json").read_text())
+    assert meta["interrupted"] is False and meta["cases_not_started"] == 0 and len(meta["resumed"]) == 1
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    """The second SIGINT ends the sweep in the middle of a group (two minutes of timed rounds) with
+    KeyboardInterrupt: no row for it, and the run is left as a kill leaves it, for --resume."""
+    results_dir = tmp_path / "results"
+    flags = [*CTRL_C_FLAGS[:-3], "--min-time", "60", "--no-report", "--results-dir", str(results_dir),
+             "--run-id", "twice"]
+    log = tmp_path / "twice.log"
+    with open(log, "w") as out:  # no --quiet: the progress bar names the case running
+        proc = subprocess.Popen([sys.executable, str(RUN_BENCH), *flags], cwd=REPO, env=subprocess_env(),
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "running full[]/torch 14² C64 h2 b2 float32 fwd" in log.read_text(), proc,
+                 "progress bar naming the first cases", log)
+        proc.send_signal(signal.SIGINT)
+        wait_for(lambda: "interrupt: the sweep stops once the case in progress has its row" in log.read_text(),
+                 proc, "notice of the first interrupt", log)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+    finally:
+        stop(proc)
+    output = log.read_text()
+    # Python's own ending of an uncaught KeyboardInterrupt: -SIGINT, or 1 as seen here when it lands in an
+    # import (fvcore's, during the first case)
+    assert code not in (0, 130) and "KeyboardInterrupt" in output, output
+    csv_path = results_dir / "cpu" / "twice.csv"
+    assert len(data_lines(csv_path)) == 1  # the header alone
+    assert not {"finished", "interrupted"} & set(json.loads(csv_path.with_suffix(".json").read_text()))
+    assert dry_run(["--resume", "twice", "--results-dir", str(results_dir)]).splitlines()[-1] == \
+        "8 cases to run, 0 already complete"
+
+
+# --------------------------------------------------------------------------------------------
+# 3c. the README's CPU command leaves the committed runs and their report as they are
+# --------------------------------------------------------------------------------------------
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+
+
+def test_the_readme_cpu_command_leaves_the_committed_runs_and_report_alone(tmp_path):
+    """``python run_bench.py --gpu cpu --preset quick``, run where results/cpu/ and reports/cpu/ are copies
+    of the repository's (a smaller sweep of the preset, with the command's default folders and its report):
+    the committed files stay byte for byte, and the run's report is in reports/cpu/<run-id>/."""
+    for folder in ("results/cpu", "reports/cpu"):
+        shutil.copytree(REPO / folder, tmp_path / folder)
+    results, reports = tmp_path / "results" / "cpu", tmp_path / "reports" / "cpu"
+    committed_results, committed_reports = folder_bytes(results), folder_bytes(reports)
+    proc = subprocess.run([sys.executable, str(RUN_BENCH), "--gpu", "cpu", "--preset", "quick", "--families", "full",
+                           "--backends", "torch", "sdpa", "--phase", "fwd", "--quiet", "--min-time", "0.01"],
+                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    [run] = [path for path in results.glob("*.csv") if path.name not in committed_results]
+    run_id = run.stem
+    assert {name: data for name, data in folder_bytes(results).items()
+            if name not in (run.name, f"{run_id}.json")} == committed_results
+    after = folder_bytes(reports)
+    assert {name: data for name, data in after.items() if not name.startswith(f"{run_id}/")} == committed_reports
+    assert f"report: {Path('reports') / 'cpu' / run_id / 'README.md'}" in proc.stdout
+    assert {"README.md", "tables/main.md", "tables/main.tex", "tables/main.csv"} <= {
+        name.split("/", 1)[1] for name in after if name.startswith(f"{run_id}/")}
+    assert f"Run `{run_id}`" in after[f"{run_id}/README.md"].decode()
 
 
 # --------------------------------------------------------------------------------------------

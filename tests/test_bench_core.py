@@ -249,6 +249,30 @@ def test_resume_skips_completed_cases(fake_family, tmp_path):
     assert len(load_results(path)) == 3
 
 
+def test_progress_follows_the_rows_and_should_stop_ends_the_sweep_between_cases(fake_family, tmp_path):
+    """Cases with a row count first, before any case runs; a case run counts once its row is on disk;
+    ``starting`` names a group's cases before they run together, ``should_stop`` is asked before each
+    group, and the groups after it get no row."""
+    path = tmp_path / "run.csv"
+    done = [case("fake", "torch"), case("fake", "wrong")]
+    assert run_sweep(done, context(), path) == (2, 0)
+    todo = [case("fake", "boom"), case("fake", "oom"), case("fake", "torch", phase="fwd+bwd")]  # fwd: one group
+    events = []
+
+    def progress(c: Case, already_done: bool) -> None:
+        rows = set(load_results(path)["case_key"])
+        events.append(("done" if already_done else "ran", c.key, c.key in rows))
+
+    ran, skipped = run_sweep([todo[0], done[0], todo[1], done[1], todo[2]], context(), path, progress=progress,
+                             starting=lambda cases: events.append(("start", [c.key for c in cases], False)),
+                             should_stop=lambda: sum(e[0] == "ran" for e in events) == 2)
+    assert (ran, skipped) == (2, 2)
+    assert events == [("done", done[0].key, True), ("done", done[1].key, True),
+                      ("start", [todo[0].key, todo[1].key], False),
+                      ("ran", todo[0].key, True), ("ran", todo[1].key, True)]
+    assert set(load_results(path)["case_key"]) == {c.key for c in done + todo[:2]}
+
+
 def test_writer_cuts_a_half_written_row(tmp_path, fake_family):
     path = tmp_path / "run.csv"
     run_sweep([case("fake", "torch")], context(), path)

@@ -63,11 +63,12 @@ def test_the_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
         (family, backend, phase) for family, backend in (("bra", "torch"), ("bra", "chunked"), ("full", "torch"),
                                                          ("full", "sdpa_flash")) for phase in ("fwd", "fwd+bwd"))
     assert {r["status"] for r in rows} <= {"ok", "noisy"}  # noisy: this shared machine's timing at 0.01 s per pass
-    fast_paths = (out / "reports" / "cpu" / "tables" / "bra_fast_paths.md").read_text()
+    fast_paths = (out / "reports" / "cpu" / results.stem / "tables" / "bra_fast_paths.md").read_text()
     assert "Tile eff." in fast_paths and "chunked" in fast_paths
     with tarfile.open(out / "gpu_check.tar.gz") as bundle:
         names = set(bundle.getnames())
-    assert {"gpu_check.log", "pytest.log", "reports/cpu/README.md", f"results/cpu/{results.name}"} <= names
+    assert {"gpu_check.log", "pytest.log", f"reports/cpu/{results.stem}/README.md",
+            f"results/cpu/{results.name}"} <= names
 
 
 @pytest.mark.parametrize("args, message", [

@@ -47,7 +47,7 @@ def model_run(tmp_path_factory):
         assert cli.main(flags) == 0
     csv_path = results_dir / "cpu" / "models.csv"
     return {"dir": results_dir, "flags": flags, "dry": dry, "stdout": out.getvalue(), "csv": csv_path,
-            "frame": bench.load_results(csv_path), "reports": results_dir.parent / "reports" / "cpu"}
+            "frame": bench.load_results(csv_path), "reports": results_dir.parent / "reports" / "cpu" / "models"}
 
 
 def test_rows_follow_the_model_schema_and_the_dry_run(model_run):

@@ -8,6 +8,7 @@ import re
 import pandas as pd
 import pytest
 
+import bench.report
 from bench import cli, load_results
 from bench.plots import PLOT_NAMES
 from bench.report import build_report
@@ -171,3 +172,81 @@ def test_a_folder_of_runs_keeps_the_newest_row_per_case(small_results, tmp_path)
     newest = pd.to_numeric(main["Latency ms"], errors="coerce").dropna()
     assert newest.max() <= frame["latency_ms_median"].max()  # none of the 100× older rows
     assert "Run `old`" in readme.read_text() and "no metadata file" in readme.read_text()
+
+
+def fake_plots(names: tuple[str, ...]):
+    """A stand-in for ``make_plots`` (drawn and tested in test_plots.py) writing empty plots of ``names``."""
+    def make(frame, out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = [out_dir / f"{name}{suffix}" for name in names for suffix in (".png", ".pdf")]
+        for path in paths:
+            path.write_bytes(b"")
+        return paths
+    return make
+
+
+def report_files(out) -> set[str]:
+    return {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def test_a_report_removes_only_its_own_stale_tables_and_plots(small_results, tmp_path, monkeypatch):
+    """Rewritten over an earlier report, a report removes the tables and plots it no longer writes (of an
+    earlier version, or that no longer apply), so that its folder and its index agree; everything else
+    stays: other files, subfolders (the sweeps' per-run reports among them), links and what they point to."""
+    out = tmp_path / "reports" / "cpu"
+    stale = ["tables/old_table.md", "tables/old_table.tex", "tables/old_table.csv", "plots/old_plot.png",
+             "plots/old_plot.pdf"]
+    kept = ["tables/notes.txt", "plots/drafts/sketch.png", "notes.md", "20260101T000000Z-quick/README.md",
+            "20260101T000000Z-quick/tables/main.md", "20260101T000000Z-quick/plots/topk_sweep.png"]
+    for name in stale + kept:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("earlier\n")
+    outside = tmp_path / "reports" / "elsewhere.md"
+    outside.write_text("not the report's\n")
+    link = out / "tables" / "linked.md"
+    link.symlink_to(outside)
+
+    monkeypatch.setattr(bench.report, "make_plots", fake_plots(("latency_vs_resolution", "topk_sweep")))
+    readme = build_report(small_results, out)
+    files = report_files(out)
+    assert not set(stale) & files
+    assert set(kept) <= files and all((out / name).read_text() == "earlier\n" for name in kept)
+    assert link.is_symlink() and outside.read_text() == "not the report's\n"
+    ours = {name for name in files if name.startswith(("tables/", "plots/")) and "/" not in name.split("/", 1)[1]
+            and name.endswith((".md", ".tex", ".csv", ".png", ".pdf")) and name != "tables/linked.md"}
+    assert ours == {f"tables/{t}{s}" for t in TABLES for s in (".md", ".tex", ".csv")} | {
+        f"plots/{p}{s}" for p in ("latency_vs_resolution", "topk_sweep") for s in (".png", ".pdf")}
+    index = readme.read_text()
+    assert all(f"tables/{t}.tex" in index for t in TABLES) and "(plots/topk_sweep.png)" in index
+
+    # the same folder from runs without BRA rows: the BRA tables and the topk plot no longer apply
+    frame = pd.read_csv(small_results)
+    no_bra = tmp_path / "no_bra.csv"
+    frame[frame["family"] != "bra"].to_csv(no_bra, index=False)
+    monkeypatch.setattr(bench.report, "make_plots", fake_plots(("latency_vs_resolution",)))
+    index = build_report(no_bra, out).read_text()
+    files = report_files(out)
+    assert {name for name in files if name.startswith("tables/") and name.count("/") == 1} == {
+        f"tables/{t}{s}" for t in ("main", "backends") for s in (".md", ".tex", ".csv")} | {
+        "tables/notes.txt", "tables/linked.md"}
+    assert {name for name in files if name.startswith("plots/")} == {
+        "plots/latency_vs_resolution.png", "plots/latency_vs_resolution.pdf", "plots/drafts/sketch.png"}
+    assert "bra_topk" not in index and "topk_sweep" not in index
+    assert set(kept) <= files and link.is_symlink() and outside.exists()
+
+
+def test_report_of_one_run_goes_to_its_own_folder_and_of_a_folder_to_the_gpu_folder(small_results, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """Without --out: a run's report in reports/<gpu>/<run-id>/, a folder's in reports/<gpu>/ (results and
+    reports beside each other, as in the repository)."""
+    monkeypatch.setattr(bench.report, "make_plots", fake_plots(("latency_vs_resolution",)))
+    results = tmp_path / "results" / "cpu"
+    results.mkdir(parents=True)
+    run = results / "20260101T000000Z-quick.csv"
+    run.write_bytes(small_results.read_bytes())
+    assert cli.main(["report", str(run)]) == 0
+    assert capsys.readouterr().out.strip() == \
+        f"report written to {tmp_path / 'reports' / 'cpu' / '20260101T000000Z-quick' / 'README.md'}"
+    assert cli.main(["report", str(results)]) == 0
+    assert capsys.readouterr().out.strip() == f"report written to {tmp_path / 'reports' / 'cpu' / 'README.md'}"
+    assert (tmp_path / "reports" / "cpu" / "20260101T000000Z-quick" / "tables" / "main.md").exists()
