@@ -10,7 +10,7 @@
 - **Paired rounds.** Passes whose latencies are compared run round-robin in one process: in each
   round every pass runs once, each round starting one pass later, so that drift of the machine
   (clocks, load, temperature) lands on all of them alike. A speedup is the median of per-round
-  ratios, with a 95% bootstrap confidence interval over the rounds.
+  ratios, with a 95% moving-block bootstrap confidence interval over the rounds.
 - **Noise.** A timing whose spread (p80 / p20), or a speedup whose confidence interval (high /
   low), is wider than the device's limit is noise, not a finding.
 - **Memory.** On CUDA, the allocator's peak during one pass minus what was allocated before it.
@@ -335,9 +335,15 @@ def time_pass(run: Callable[[], object], device: torch.device, policy: TimingPol
 
 def paired_speedup(reference: Timing, timing: Timing, seed: int = 0) -> tuple[float, float, float]:
     """Speedup over ``reference`` timed in the same rounds: the median of the per-round ratios
-    (reference ÷ this), and a 95% bootstrap confidence interval of that median over the rounds."""
+    (reference ÷ this), and a 95% confidence interval of that median from a moving-block bootstrap
+    over the rounds. Blocks of ⌈√rounds⌉ consecutive rounds keep what drifts slowly within the run
+    (a machine whose speed for one pass changes over seconds) in the interval; resampling single
+    rounds would treat neighbouring rounds as independent and give too narrow an interval."""
     ratios = np.asarray(reference.times_ms) / np.asarray(timing.times_ms)
-    resampled = np.random.default_rng(seed).choice(ratios, size=(BOOTSTRAP_RESAMPLES, len(ratios)))
+    rounds = len(ratios)
+    block = math.ceil(math.sqrt(rounds))
+    starts = np.random.default_rng(seed).integers(0, rounds, size=(BOOTSTRAP_RESAMPLES, math.ceil(rounds / block)))
+    resampled = ratios[(starts[:, :, None] + np.arange(block)) % rounds].reshape(BOOTSTRAP_RESAMPLES, -1)[:, :rounds]
     low, high = np.percentile(np.median(resampled, axis=1), [2.5, 97.5])
     return float(np.median(ratios)), float(low), float(high)
 
