@@ -417,6 +417,10 @@ class BiLevelRoutingAttention(AttentionModule):
             return region_h // ratio, region_w // ratio
         return region_h, region_w
 
+    def check_map_size(self, height: int, width: int) -> None:
+        padded_h, padded_w = self.padded_size(height, width)
+        self.pooled_region_side(padded_h // self.n_win, padded_w // self.n_win)
+
     def to_regions(self, x: Tensor) -> Tensor:
         """(B, H, W, C) -> (B, n_win², h, w, C), regions in row-major order."""
         batch, height, width, channels = x.shape
@@ -434,7 +438,6 @@ class BiLevelRoutingAttention(AttentionModule):
     def pool_kv(self, kv: Tensor) -> Tensor:
         """(B, regions, h, w, c) -> (B, regions, pooled tokens, c)."""
         batch, regions, region_h, region_w, channels = kv.shape
-        self.pooled_region_side(region_h, region_w)
         if self.kv_down is not None:
             pooled = self.kv_down(kv.reshape(batch * regions, region_h, region_w, channels).permute(0, 3, 1, 2))
             kv = pooled.permute(0, 2, 3, 1)

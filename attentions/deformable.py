@@ -141,12 +141,14 @@ class DeformableAttention(AttentionModule):
         bias = F.grid_sample(table, displacement.flip(-1), mode="bilinear", align_corners=True)
         return bias.reshape(groups_batch // self.n_groups, self.num_heads, height * width, -1)
 
-    def forward(self, x: Tensor) -> Tensor:
-        self.check_input(x)
-        batch, height, width, channels = x.shape
+    def check_map_size(self, height: int, width: int) -> None:
         if self.stride > min(height, width):
             raise AttentionConfigError(
                 f"stride {self.stride} does not fit a {height}×{width} map: it must be <= {min(height, width)}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        batch, height, width, channels = x.shape
         q = pointwise(self.proj_q, x)
         points = self.sampling_points(q)
         samples = self.sample(x, points)

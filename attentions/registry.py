@@ -123,6 +123,7 @@ class AttentionModule(nn.Module):
                 f"with dim={self.dim}; inputs are NHWC")
         if min(x.shape[:3]) < 1:
             raise AttentionConfigError(f"input has an empty dimension: {tuple(x.shape)}")
+        self.check_map_size(x.shape[1], x.shape[2])
         spec = self.backends[self.backend]
         needs_backward = torch.is_grad_enabled() and (
             x.requires_grad or any(p.requires_grad for p in self.parameters()))
@@ -135,6 +136,11 @@ class AttentionModule(nn.Module):
             raise BackendUnavailableError(
                 f"'{self.family}' backend '{self.backend}' does not support dtype {x.dtype}; "
                 f"supported: {', '.join(str(d) for d in spec.dtypes)}")
+
+    def check_map_size(self, height: int, width: int) -> None:
+        """Raise ``AttentionConfigError`` when this module's options cannot take an H×W map (regions
+        that do not divide it, a stride wider than it). ``check_input`` calls it; a sweep planner calls
+        it on a module built on the meta device, so that a bad size is refused before anything runs."""
 
     def unsupported_reason(self) -> str | None:
         """Why the current backend cannot express this module's options, or None when it can."""

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import io
 import json
+import math
 import os
 import re
 import shlex
@@ -14,13 +17,14 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
 from tqdm import tqdm
 
 import attentions
+from attentions import AttentionConfigError
 from attentions.models import list_models
 
 from .cases import PHASES, Case, ModelCase, SweepBlock, unique_cases
@@ -28,8 +32,8 @@ from .model_suite import MODEL_RESOLUTIONS, model_cases, one_per_group, run_mode
 from .measure import TimingPolicy
 from .presets import COMMON_OPTIONS, KV_MODES, PRESETS, STAGE1_WIDTH, kv_axis, preset_blocks, topk_axis
 from .profiles import DTYPE_ALIASES, DTYPES, PROFILES, GpuProfile, canonical_dtype
-from .results import (COLUMNS, MEASURED_STATUSES, MODEL_COLUMNS, SUITES, ResultsFormatError, completed_case_keys,
-                      cpu_name, drop_torn_last_row, environment, load_results, now_iso, read_metadata, write_metadata)
+from .results import (COLUMNS, MEASURED_STATUSES, MODEL_COLUMNS, SUITES, ResultsFormatError, RunInUseError, RunLock,
+                      completed_case_keys, cpu_name, environment, load_results, now_iso, read_metadata, write_metadata)
 from .runner import RunContext, comparison_groups, run_group, run_sweep
 
 # The profile's marker in torch.cuda.get_device_name(), to warn when the profile and the GPU differ.
@@ -51,14 +55,32 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive, finite number of seconds")
-    return value
+def seconds(zero_allowed: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds, > 0 (or >= 0 when ``zero_allowed``)."""
+    least = "zero or more" if zero_allowed else "more than zero"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+            raise argparse.ArgumentTypeError(f"{text} must be a finite number of seconds, {least}")
+        return value
+
+    return parse
+
+
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def run_id_name(text: str) -> str:
+    """An argparse type: a run id, which names the run's files inside the results folder."""
+    if not RUN_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a run id: 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or "
+            f"digit (it names files inside the results folder)")
+    return text
 
 
 def dtype_name(text: str) -> str:
@@ -93,15 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", nargs="+", type=dtype_name, metavar="DTYPE",
                         help=f"dtypes: {', '.join(DTYPES)} (or {', '.join(DTYPE_ALIASES)})")
     parser.add_argument("--phase", nargs="+", choices=PHASES, help="fwd and/or fwd+bwd")
+    parser.add_argument("--auto-pad", action="store_true",
+                        help="pad maps that a family's regions do not divide (BRA's auto_pad) instead of refusing them")
     parser.add_argument("--results-dir", type=Path, default=Path("results"), help="default: %(default)s")
-    parser.add_argument("--run-id", help="name of the run's files (default: UTC time and preset)")
+    parser.add_argument("--run-id", type=run_id_name,
+                        help="name of the run's files: letters, digits, '.', '_', '-' (default: UTC time and preset)")
     parser.add_argument("--resume", metavar="RUN", help="run id or results path of a run to complete")
-    parser.add_argument("--min-time", type=float, default=None, metavar="S",
+    parser.add_argument("--min-time", type=seconds(zero_allowed=True), default=None, metavar="S",
                         help="minimum timed seconds per case (default 0.5 on GPU, 0.2 on CPU)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="time replays of each pass captured in a CUDA graph (small shapes, where CPU launch "
                              "overhead dominates); a pass that cannot be captured is timed eagerly, and its row says so")
-    parser.add_argument("--time-budget", type=positive_seconds, metavar="S",
+    parser.add_argument("--time-budget", type=seconds(zero_allowed=False), metavar="S",
                         help="start no case after S seconds of sweeping; --resume completes the ones left")
     parser.add_argument("--dry-run", action="store_true", help="list the cases and their count, run nothing")
     parser.add_argument("--list", action="store_true", help="list attentions, backends and their availability")
@@ -180,6 +205,9 @@ def apply_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace,
         unknown = [m for m in args.kv_modes if m not in KV_MODES]
         if unknown:
             parser.error(f"--kv-modes: unknown {', '.join(unknown)}; valid: {', '.join(KV_MODES)}")
+    if args.auto_pad and not any("auto_pad" in attentions.family_options(f) for f in families):
+        padding = [f for f in known if "auto_pad" in attentions.family_options(f)]
+        parser.error(f"--auto-pad: none of {', '.join(families)} has the option; {', '.join(padding)} do")
     out = []
     for block in blocks:
         block_families = [f for f in (block.families or known) if f in families]
@@ -196,6 +224,8 @@ def apply_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace,
             block.shapes = [(r, d, h, {k: v for k, v in o.items() if k != "topk"}) for r, d, h, o in block.shapes]
         if args.kv_modes:
             block.option_axes["kv"] = kv_axis(args.kv_modes)
+        if args.auto_pad:
+            block.option_axes["auto_pad"] = [{"auto_pad": True}]  # crossed only with the families that have it
         block.batches = args.batch or block.batches
         block.dtypes = args.dtype or block.dtypes
         block.phases = args.phase or block.phases
@@ -211,18 +241,39 @@ def plan(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str,
     if misplaced:
         parser.error(f"{', '.join(misplaced)}: only with --suite models")
     blocks = apply_overrides(parser, args, preset_blocks(args.preset, profile))
+    cases = unique_cases(blocks, device, COMMON_OPTIONS)
+    check_configurations(parser, cases)
     # in the order they run: each comparison group's cases together (timed in paired rounds)
-    return [case for group in comparison_groups(unique_cases(blocks, device, COMMON_OPTIONS)) for case in group]
+    return [case for group in comparison_groups(cases) for case in group]
+
+
+def check_configurations(parser: argparse.ArgumentParser, cases: Sequence[Case]) -> None:
+    """Build every configuration of the plan on the meta device (no memory, no compute) and ask it
+    whether it takes its case's map size: a bad value exits 2, naming it, before anything runs."""
+    checked = set()
+    for case in cases:
+        key = (case.family, case.options_json, case.dim, case.heads, case.resolution)
+        if key in checked:
+            continue
+        checked.add(key)
+        try:
+            with torch.device("meta"):
+                module = attentions.build(case.family, dim=case.dim, num_heads=case.heads, **case.options_dict)
+            module.check_map_size(case.resolution, case.resolution)
+        except AttentionConfigError as exc:
+            options = ", ".join(f"{k}={v}" for k, v in case.options)
+            parser.error(f"{case.family} ({options or 'default options'}) at {case.resolution}×{case.resolution}, "
+                         f"C {case.dim}, {case.heads} heads: {exc}")
 
 
 def plan_models(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str,
                 profile: GpuProfile) -> list[ModelCase]:
     """The model suite's cases for the command line (validated here)."""
-    misplaced = [f"--{dest.replace('_', '-')}" for dest in ("preset", "families", "topk", "kv_modes")
+    misplaced = [f"--{dest.replace('_', '-')}" for dest in ("preset", "families", "topk", "kv_modes", "auto_pad")
                  if getattr(args, dest) != parser.get_default(dest)]
     if misplaced:
         parser.error(f"{', '.join(misplaced)}: not used by --suite models (it takes --models, --attentions, "
-                     f"--backends, --resolutions, --batch, --dtype, --phase)")
+                     f"--backends, --resolutions, --batch, --dtype, --phase; it pads every map BRA needs padded)")
     models = list(list_models())
     unknown = [m for m in args.models or [] if m not in models]
     if unknown:
@@ -298,7 +349,8 @@ RESUME_COMPATIBLE = {"resume", "results_dir", "reports_dir", "quiet", "no_report
 
 
 def resumed_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Path, dict, argparse.Namespace]:
-    """Results path, metadata and the stored sweep arguments of the run named by --resume."""
+    """Results path, metadata and the stored sweep arguments of the run named by --resume. Reads only:
+    the run's lock is taken, and a torn last row cut, when the run is written to."""
     changed = sorted(f"--{dest.replace('_', '-')}" for dest, value in vars(args).items()
                      if dest not in RESUME_COMPATIBLE and value != parser.get_default(dest))
     if changed:
@@ -308,22 +360,49 @@ def resumed_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
     if named.suffix in (".csv", ".json"):
         results_path = named.with_suffix(".csv")
     else:
+        if not RUN_ID.fullmatch(args.resume):
+            parser.error(f"--resume: {args.resume!r} is neither a run id nor the path of a run's .csv or .json")
         matches = sorted(args.results_dir.glob(f"*/{args.resume}.csv"))
         if not matches:
             parser.error(f"--resume: no run {args.resume!r} under {args.results_dir}/ (give the run id or "
                          f"the path of its .csv)")
         results_path = matches[0]
+    metadata_path = results_path.with_suffix(".json")
     try:
         metadata = read_metadata(results_path)
-        if results_path.exists():
-            drop_torn_last_row(results_path)  # a kill during a write: the half row goes before the file is read
         completed_case_keys(results_path)  # the rows must be readable too
-    except ResultsFormatError as exc:
+    except (ResultsFormatError, OSError) as exc:
         parser.error(f"--resume: {exc}")
-    stored = parser.parse_args(metadata["argv"])  # the sweep is the one the run was started with
+    stored_argv = metadata.get("argv")
+    if stored_argv is None or not all(isinstance(word, str) for word in stored_argv):
+        parser.error(f"--resume: {metadata_path} has no 'argv' (the run's command-line words): it is not "
+                     f"the metadata of a run of this tool")
+    metadata["run_id"] = results_path.stem
+    stored = parse_stored_command(parser, stored_argv, metadata_path)
     for dest in RESUME_COMPATIBLE - {"resume"}:
         setattr(stored, dest, getattr(args, dest))
     return results_path, metadata, stored
+
+
+def parse_stored_command(parser: argparse.ArgumentParser, argv: list[str], source: Path) -> argparse.Namespace:
+    """A run's stored command line parsed as at its start; a clean error if it does not parse or resumes."""
+    with contextlib.redirect_stderr(io.StringIO()) as messages:
+        try:
+            stored = parser.parse_args(argv)
+        except SystemExit:
+            stored = None
+    if stored is None or stored.resume:
+        problem = messages.getvalue().strip().splitlines()[-1] if stored is None else "it is itself a --resume"
+        parser.error(f"--resume: the command line stored in {source} ({shlex.join(argv)}) is not one this tool "
+                     f"can continue: {problem}")
+    return stored
+
+
+def check_folder(parser: argparse.ArgumentParser, flag: str, folder: Path | None) -> None:
+    """Exit 2 when a folder the command writes into names something that is not a folder."""
+    for parent in [] if folder is None else [folder, *folder.parents]:
+        if parent.exists() and not parent.is_dir():
+            parser.error(f"{flag}: {parent} is not a folder")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -349,6 +428,7 @@ def main_report(argv: list[str]) -> int:
                         help="report folder (default, beside results/: reports/<gpu profile>/ for a folder, "
                              "reports/<gpu profile>/<run id>/ for one run)")
     args = parser.parse_args(argv)
+    check_folder(parser, "--out", args.out)
     from .report import build_report, collect_results  # plotting libraries load only when reporting
     try:
         frame, _ = next(iter(collect_results(args.results).values()))
@@ -360,8 +440,8 @@ def main_report(argv: list[str]) -> int:
             if not folder:
                 out /= args.results.stem  # one run's report: beside the folder's, never over it
         readme = build_report(args.results, out)
-    except ResultsFormatError as exc:
-        print(f"run_bench.py report: error: {exc}", file=sys.stderr)
+    except (ResultsFormatError, OSError) as exc:
+        print(f"run_bench.py report: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(f"report written to {readme}")
     return 0
@@ -443,6 +523,8 @@ def main_sweep(argv: list[str]) -> int:
         if args.suite == "models":
             print(list_models_text())
         return 0
+    check_folder(parser, "--results-dir", args.results_dir)
+    check_folder(parser, "--reports-dir", args.reports_dir)
 
     resuming = bool(args.resume)
     if resuming:
@@ -458,18 +540,41 @@ def main_sweep(argv: list[str]) -> int:
         print(f"{len(todo)} cases" + (f" to run, {len(cases) - len(todo)} already complete" if resuming else ""))
         return 0
 
-    if resuming:
-        metadata.setdefault("resumed", []).append({"at": now_iso(), "environment": environment()})
-    else:
+    if not resuming:
         name = args.preset if args.suite == "attentions" else args.suite
         run_id = args.run_id or f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{name}"
         results_path = args.results_dir / profile.name / f"{run_id}.csv"
-        if results_path.exists():
-            parser.error(f"--run-id: {results_path} exists; use --resume {run_id} to complete it")
         metadata = {"run_id": run_id, "suite": args.suite,
                     "preset": args.preset if args.suite == "attentions" else None, "gpu_profile": profile.name,
                     "device_name": device_name, "argv": argv, "command": "python run_bench.py " + shlex.join(argv),
-                    "started": now_iso(), "environment": environment(), "cases_planned": len(cases)}
+                    "environment": environment(), "cases_planned": len(cases)}
+    try:
+        with RunLock(results_path):  # one writer per run: a second sweep or resume of it refuses
+            if resuming:
+                metadata.setdefault("resumed", []).append({"at": now_iso(), "environment": environment()})
+            elif results_path.exists():
+                parser.error(f"--run-id: {results_path} exists; use --resume {metadata['run_id']} to complete it")
+            else:
+                metadata["started"] = now_iso()
+            code = sweep(parser, args, cases, results_path, metadata, device, profile, device_name)
+    except RunInUseError as exc:
+        parser.error(str(exc))
+    except OSError as exc:
+        parser.error(f"cannot write the run's files in {results_path.parent}: {exc.strerror or exc}")
+    if code == 0 and not args.no_report:
+        from .report import build_report
+        out = (args.reports_dir or default_reports_dir(args.results_dir)) / profile.name / metadata["run_id"]
+        try:
+            print(f"report: {build_report(results_path, out)}")
+        except OSError as exc:
+            parser.error(f"cannot write the report in {out}: {exc.strerror or exc} (the rows are in {results_path})")
+    return code
+
+
+def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace, cases: list[Case] | list[ModelCase],
+          results_path: Path, metadata: dict[str, Any], device: str, profile: GpuProfile, device_name: str) -> int:
+    """Run the planned cases into the run's files (the caller holds the run's lock) and summarise them.
+    Returns the exit status: 130 when interrupted."""
     min_time = args.min_time if args.min_time is not None else (0.5 if device == "cuda" else 0.2)
     policy = TimingPolicy(min_time_s=min_time, l2_flush=device == "cuda", cuda_graphs=args.cuda_graphs)
     metadata["timing"] = {
@@ -512,8 +617,4 @@ def main_sweep(argv: list[str]) -> int:
     if not_started:
         print(f"time budget of {args.time_budget:g} s reached: {not_started} cases not started; "
               f"{resume} completes them")
-    if not args.no_report:
-        from .report import build_report
-        reports_dir = args.reports_dir or default_reports_dir(args.results_dir)
-        print(f"report: {build_report(results_path, reports_dir / profile.name / metadata['run_id'])}")
     return 0

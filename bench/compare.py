@@ -25,6 +25,9 @@ Status changes: ``ok`` into ``mismatch``, ``error`` or ``oom`` is a ``NEW FAILUR
 not a failure; a failure turning ``ok`` is ``fixed``. The comparison *fails* when any case is a
 ``REGRESSION`` or a ``NEW FAILURE``.
 
+Coverage: the comparison also fails when the runs share no case, or fewer than ``min_shared`` (default
+50%) of BASE's cases: a NEW run that skipped most of the sweep proves nothing about it.
+
 Environment differences (GPU profile, device and GPU names, torch, CUDA, driver, triton,
 xformers, TF32) come from each run's ``<run-id>.json``; they are warnings. A run without its JSON
 is a warning too; its rows' ``gpu_profile`` and ``device_name`` are compared instead.
@@ -46,6 +49,7 @@ from .cases import Case
 from .results import ResultsFormatError, load_results, read_metadata, resolve_results_path, results_suite
 
 DEFAULT_MAX_REGRESSION = 0.10
+DEFAULT_MIN_SHARED = 0.5   # share of BASE's cases that NEW must also have
 MIN_MEMORY_DELTA_MB = 1.0  # peak-memory differences below this are never judged
 GMACS_TOLERANCE = 1e-6     # relative change of GMACs that counts as "the work changed"
 PROG = "run_bench.py compare"
@@ -101,6 +105,7 @@ class Comparison:
     warnings: list[str]
     failed: bool
     max_regression: float = DEFAULT_MAX_REGRESSION
+    too_few_shared: str | None = None  # why the runs share too few cases to be compared, or None
     base: str = ""
     new: str = ""
 
@@ -158,12 +163,12 @@ def _load(path: str | Path, name: str, warnings: list[str]) -> pd.DataFrame:
 
 
 def _metadata(path: str | Path, name: str, warnings: list[str]) -> dict[str, Any] | None:
-    try:
-        return read_metadata(path)
-    except (ResultsFormatError, OSError) as exc:
-        warnings.append(f"no usable run metadata for {name} ({exc}); environment compared only on the rows' "
-                        f"gpu_profile and device_name")
-        return None
+    """The run's metadata; a missing file is a warning, a corrupt one an error (ResultsFormatError)."""
+    metadata = read_metadata(path, missing_ok=True)
+    if metadata is None:
+        warnings.append(f"no run metadata for {name} ({resolve_results_path(path).with_suffix('.json')} does not "
+                        f"exist); environment compared only on the rows' gpu_profile and device_name")
+    return metadata
 
 
 def _options_text(options: Any) -> str:
@@ -354,14 +359,18 @@ def compare_frames(base: pd.DataFrame, new: pd.DataFrame,
     return table, only_in_base, only_in_new
 
 
-def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFAULT_MAX_REGRESSION) -> Comparison:
+def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFAULT_MAX_REGRESSION,
+                 min_shared: float = DEFAULT_MIN_SHARED) -> Comparison:
     """Align two results files on case_key and judge every shared case (see the module docstring).
 
     Raises ResultsFormatError when either file is missing, empty, has no rows or is not a results
-    file of this suite. Missing run metadata is a warning.
+    file of this suite. Missing run metadata is a warning. Fewer shared cases than ``min_shared`` of
+    BASE's (and none at all) fail the comparison.
     """
     if not math.isfinite(max_regression) or max_regression < 0:
         raise ValueError(f"max_regression must be a finite, non-negative fraction, not {max_regression!r}")
+    if not 0 <= min_shared <= 1:
+        raise ValueError(f"min_shared must be a fraction in [0, 1], not {min_shared!r}")
     warnings: list[str] = []
     base_frame = _load(base, "BASE", warnings)
     new_frame = _load(new, "NEW", warnings)
@@ -371,8 +380,11 @@ def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFA
     warnings += _resumed_warnings(base_meta, "BASE") + _resumed_warnings(new_meta, "NEW")
 
     table, only_in_base, only_in_new = compare_frames(base_frame, new_frame, max_regression)
-    if table.empty:
-        warnings.append("no case is in both runs: nothing was compared")
+    too_few_shared = None
+    if table.empty or len(table) < min_shared * len(base_frame):
+        required = "one" if min_shared == 0 else _percent(min_shared)
+        too_few_shared = (f"NEW has {len(table)} of BASE's {len(base_frame)} cases ({len(table) / len(base_frame):.0%}); "
+                          f"at least {required} must be compared (--min-shared)")
     changed = table[[_known(r) and abs(r - 1) > GMACS_TOLERANCE for r in table["gmacs_ratio"]]]
     for _, row in changed.iterrows():
         warnings.append(f"GMACs changed for {row['case']}: {row['gmacs_base']:.4g} -> {row['gmacs_new']:.4g} "
@@ -383,10 +395,10 @@ def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFA
         warnings.append(f"{len(unsupported)} case(s) ran in BASE but are unsupported in NEW (a backend missing from "
                         f"NEW's environment?): {', '.join(unsupported['case'][:5])}"
                         f"{' …' if len(unsupported) > 5 else ''}")
-    failed = bool(table["verdict"].isin(FAILING_VERDICTS).any())
+    failed = bool(table["verdict"].isin(FAILING_VERDICTS).any()) or too_few_shared is not None
     return Comparison(table=table, only_in_base=only_in_base, only_in_new=only_in_new, warnings=warnings,
-                      failed=failed, max_regression=max_regression, base=str(resolve_results_path(base)),
-                      new=str(resolve_results_path(new)))
+                      failed=failed, max_regression=max_regression, too_few_shared=too_few_shared,
+                      base=str(resolve_results_path(base)), new=str(resolve_results_path(new)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,6 +459,8 @@ def format_comparison(c: Comparison) -> str:
         parts = [f"{regressions} regression{'s' if regressions != 1 else ''} beyond {threshold}"] if regressions else []
         if new_failures:
             parts.append(f"{new_failures} new failure{'s' if new_failures != 1 else ''}")
+        if c.too_few_shared:
+            parts.append(c.too_few_shared)
         lines.append(f"FAILED: {', '.join(parts)} in {len(table)} cases compared")
     else:
         lines.append(f"PASSED: no regression beyond {threshold} and no new failure in {len(table)} cases compared")
@@ -464,6 +478,13 @@ def _threshold_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _share_arg(text: str) -> float:
+    value = _threshold_arg(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"invalid share {text!r}: at most 100%")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Compare two runs case by case and fail on latency or memory regressions and on "
@@ -474,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-regression", type=_threshold_arg, default=DEFAULT_MAX_REGRESSION, metavar="PCT",
                         help="allowed slowdown / memory growth: '10%%', '10' (>= 1: percent) or '0.1' (< 1: "
                              "fraction); default 10%%")
+    parser.add_argument("--min-shared", type=_share_arg, default=DEFAULT_MIN_SHARED, metavar="PCT",
+                        help="share of BASE's cases NEW must have for the comparison to pass, as for "
+                             "--max-regression, at most 100%% (default 50%%; 0: any, but at least one)")
     return parser
 
 
@@ -495,7 +519,7 @@ def main_compare(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
-        comparison = compare_runs(args.base, args.new, args.max_regression)
+        comparison = compare_runs(args.base, args.new, args.max_regression, args.min_shared)
     except (ResultsFormatError, OSError) as exc:
         print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

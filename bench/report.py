@@ -28,10 +28,7 @@ def collect_results(path: Path) -> dict[str, tuple[pd.DataFrame, list[dict]]]:
         frame = load_results(file)
         frames, metadata = collected.setdefault(results_suite(frame.columns), ([], []))
         frames.append(frame)
-        try:
-            metadata.append(read_metadata(file))
-        except ResultsFormatError:
-            metadata.append({"run_id": Path(file).stem, "note": "no metadata file"})
+        metadata.append(read_metadata(file, missing_ok=True) or {"run_id": Path(file).stem, "note": "no metadata file"})
     out = {}
     for suite, (frames, metadata) in collected.items():
         frame = pd.concat(frames, ignore_index=True)

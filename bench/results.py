@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import fcntl
 import importlib.metadata
+import io
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -69,7 +72,19 @@ MODEL_COLUMNS = [
     "timing_spread",      # p80 / p20 of the latency
 ]
 SUITES = {"attentions": COLUMNS, "models": MODEL_COLUMNS}  # suite -> its row schema
-NUMERIC_COLUMNS = {"attentions": ("resolution", "batch", "dim", "heads"), "models": ("resolution", "batch")}
+# Every other column of a suite holds numbers (or nothing).
+TEXT_COLUMNS = {
+    "attentions": {"family", "backend", "dtype", "phase", "kv_downsample_mode", "status", "device_name", "gpu_profile",
+                   "options", "device", "status_detail", "macs_parts", "flops_check", "reference_backend", "run_id",
+                   "case_key", "timestamp", "gpu_state"},
+    "models": {"model", "attention", "backend", "dtype", "phase", "status", "device_name", "gpu_profile", "options",
+               "device", "status_detail", "run_id", "case_key", "timestamp"},
+}
+# Columns no row may leave empty: what identifies its case.
+IDENTITY_COLUMNS = {"attentions": ("family", "backend", "resolution", "batch", "dim", "heads", "dtype", "phase",
+                                   "options", "device", "case_key"),
+                    "models": ("model", "attention", "backend", "resolution", "batch", "dtype", "phase", "device",
+                               "case_key")}
 STATUSES = ("ok", "noisy", "mismatch", "unsupported", "oom", "error")
 MEASURED_STATUSES = ("ok", "noisy", "mismatch")  # rows with a latency: noisy and mismatch rows are never ranked
 
@@ -109,6 +124,50 @@ class ResultsWriter:
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.columns).writerow(one_line)
             _sync(f)
+
+
+class RunInUseError(ValueError):
+    """Another process holds the run's lock: it is sweeping or resuming that run now."""
+
+
+class RunLock:
+    """The lock of one run: an OS file lock (``flock``) on ``<run-id>.lock`` beside its results, held by
+    the one process that writes the run (a sweep or a resume) for as long as it writes. The file names
+    the holder; the OS releases the lock when the holder dies, however it dies, so a stale file left by
+    a killed process locks nothing. ``with RunLock(path):`` raises RunInUseError while another holds it.
+    """
+
+    def __init__(self, results_path: Path) -> None:
+        self.path = Path(results_path).with_suffix(".lock")
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 4096).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise RunInUseError(f"run {self.path.stem} is being written by {holder} (lock {self.path}); "
+                                    f"let it finish or stop it, then resume") from None
+            try:
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # the holder removed this file as it let go: lock the one that is there now
+        os.ftruncate(fd, 0)
+        command = " ".join(["python", *sys.argv]) if sys.argv and sys.argv[0] else "python"
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now_iso()} ({command})\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.path.unlink(missing_ok=True)  # before letting go, so that no one locks a file about to vanish
+        os.close(self._fd)
+        self._fd = None
 
 
 def _sync(f) -> None:
@@ -156,35 +215,79 @@ def resolve_results_path(path: str | os.PathLike) -> Path:
     return path
 
 
+def complete_lines(path: Path) -> str:
+    """The file's text up to its last line break: a last line without one is a row being written (or cut
+    by a kill), which no reader takes for a row. Raises ResultsFormatError when it is not text."""
+    data = path.read_bytes()
+    try:
+        return data[:data.rfind(b"\n") + 1].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ResultsFormatError(f"{path} is not a text file: {exc}") from None
+
+
 def load_results(path: str | os.PathLike) -> pd.DataFrame:
-    """Load a results CSV of either suite and check it is one of ours; raises ResultsFormatError otherwise."""
+    """Load a results CSV of either suite and check that it is one of ours and that every row parses
+    completely (all fields, a known status, numbers where the schema has numbers, the case's identity
+    present, options as JSON). Raises ResultsFormatError naming the file, line and value otherwise."""
     path = resolve_results_path(path)
     if path.is_dir():
         raise ResultsFormatError(f"{path} is a directory; give a results .csv file")
     if not path.exists():
         raise ResultsFormatError(f"results file {path} does not exist")
-    if path.stat().st_size == 0:
+    text = complete_lines(path)
+    if not text:
         raise ResultsFormatError(f"results file {path} is empty")
-    try:
-        frame = pd.read_csv(path, keep_default_na=True)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise ResultsFormatError(f"{path} is not a readable CSV: {exc}") from exc
-    suite = results_suite(frame.columns)
-    for column in LATE_COLUMNS[suite]:
-        if column not in frame.columns:
-            frame[column] = float("nan")
-    missing = [c for c in SUITES[suite] if c not in frame.columns]
+    records = list(csv.reader(io.StringIO(text)))
+    header = records[0]
+    suite = results_suite(header)
+    missing = [c for c in SUITES[suite] if c not in header and c not in LATE_COLUMNS[suite]]
     if missing:
         raise ResultsFormatError(
             f"{path} is not a results file of this suite (schema {SCHEMA_VERSION}, {suite}): missing columns "
             f"{', '.join(missing[:8])}{' …' if len(missing) > 8 else ''}")
-    bad_status = sorted(set(frame["status"].dropna()) - set(STATUSES))
-    if bad_status or frame["status"].isna().any():
-        raise ResultsFormatError(f"{path}: unknown status values {bad_status or ['<empty>']}; valid: {STATUSES}")
-    for column in NUMERIC_COLUMNS[suite]:
-        if len(frame) and not pd.api.types.is_numeric_dtype(frame[column]):
-            raise ResultsFormatError(f"{path}: column {column!r} must be numeric")
+    for line, record in enumerate(records[1:], start=2):
+        if len(record) != len(header):
+            raise ResultsFormatError(f"{path}, line {line}: {len(record)} fields where the header has "
+                                     f"{len(header)}: a cut or foreign row")
+    frame = pd.read_csv(io.StringIO(text), keep_default_na=True, dtype={c: str for c in TEXT_COLUMNS[suite]})
+    for column in LATE_COLUMNS[suite]:
+        if column not in frame.columns:
+            frame[column] = float("nan")
+    _check_rows(path, frame, suite)
     return frame
+
+
+def _check_rows(path: Path, frame: pd.DataFrame, suite: str) -> None:
+    """Raise ResultsFormatError at the first value of ``frame`` that is not what its column holds."""
+    def bad(index: int, column: str, what: str) -> ResultsFormatError:
+        return ResultsFormatError(f"{path}, line {index + 2}: {column} {frame.at[index, column]!r} {what}")
+
+    for column in IDENTITY_COLUMNS[suite]:
+        empty = frame.index[frame[column].isna()]
+        if len(empty):
+            raise ResultsFormatError(f"{path}, line {empty[0] + 2}: {column} is empty")
+    unknown = frame.index[~frame["status"].isin(STATUSES)]
+    if len(unknown):
+        raise bad(unknown[0], "status", f"is not a status; valid: {', '.join(STATUSES)}")
+    for column in [c for c in SUITES[suite] if c not in TEXT_COLUMNS[suite]]:
+        if pd.api.types.is_numeric_dtype(frame[column]):
+            continue
+        numbers = pd.to_numeric(frame[column], errors="coerce")
+        wrong = frame.index[numbers.isna() & frame[column].notna()]
+        if len(wrong):
+            raise bad(wrong[0], column, "is not a number")
+        frame[column] = numbers
+    unmeasured = frame.index[frame["status"].isin(MEASURED_STATUSES) & frame["latency_ms_median"].isna()]
+    if len(unmeasured):
+        raise bad(unmeasured[0], "latency_ms_median", f"is empty in a row of status {frame.at[unmeasured[0], 'status']!r}")
+    if suite == "attentions":
+        for index, options in frame["options"].items():
+            try:
+                parsed = json.loads(options)
+            except json.JSONDecodeError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                raise bad(index, "options", "is not a JSON object")
 
 
 def _version(package: str) -> str | None:
@@ -238,6 +341,12 @@ def environment() -> dict[str, Any]:
     }
 
 
+# The structured fields of a run's metadata, and what they hold when present.
+METADATA_FIELD_TYPES: dict[str, type] = {"run_id": str, "argv": list, "environment": dict, "resumed": list,
+                                         "timing": dict, "status_counts": dict}
+JSON_NAMES = {str: "string", list: "list", dict: "object"}
+
+
 def write_metadata(path: Path, metadata: dict[str, Any]) -> None:
     """Write the run's JSON atomically (a kill leaves the old or the new file, never half)."""
     tmp = path.with_suffix(".json.tmp")
@@ -245,14 +354,26 @@ def write_metadata(path: Path, metadata: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+def read_metadata(path: str | os.PathLike, missing_ok: bool = False) -> dict[str, Any] | None:
+    """The run's ``<run-id>.json``, checked to be a run's metadata; ResultsFormatError when it is not,
+    or when it does not exist (None instead with ``missing_ok``)."""
     path = resolve_results_path(path).with_suffix(".json")
     if not path.exists():
+        if missing_ok:
+            return None
         raise ResultsFormatError(f"run metadata {path} does not exist")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ResultsFormatError(f"run metadata {path} is not valid JSON: {exc}") from exc
+        metadata = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ResultsFormatError(f"run metadata {path} is not valid JSON: {exc}") from None
+    if not isinstance(metadata, dict):
+        raise ResultsFormatError(f"run metadata {path} holds a JSON {type(metadata).__name__}, not the object "
+                                 f"a run writes")
+    for key, kind in METADATA_FIELD_TYPES.items():
+        if key in metadata and not isinstance(metadata[key], kind):
+            raise ResultsFormatError(f"run metadata {path}: {key!r} is {metadata[key]!r}, not a JSON "
+                                     f"{JSON_NAMES[kind]}")
+    return metadata
 
 
 def now_iso() -> str:

@@ -67,10 +67,18 @@ def build_module(case: Case, seed: int, inputs: dict[tuple, tuple[torch.Tensor, 
     return module, x, grad_out
 
 
+# How allocation failures read when they come as a plain RuntimeError: PyTorch's CPU allocator, CUDA and
+# cuBLAS/cuDNN workspaces, Triton and the driver.
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory", "cannot allocate memory",
+                "cublas_status_alloc_failed", "cudnn_status_alloc_failed", "cudaerrormemoryallocation",
+                "failed to allocate", "memory allocation failed")
+
+
 def is_oom(exc: BaseException) -> bool:
-    """CUDA's out-of-memory error, or the CPU allocator failing to allocate."""
+    """Whether ``exc`` is an allocation failure of any kind: torch.OutOfMemoryError, Python's
+    MemoryError, or an error whose message is one of ``OOM_MESSAGES``."""
     message = str(exc).lower()
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in message or "can't allocate memory" in message
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or any(m in message for m in OOM_MESSAGES)
 
 
 def free_memory(device: str) -> None:
@@ -241,7 +249,7 @@ def failure(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, BackendUnavailableError):
         return {"status": "unsupported", "status_detail": str(exc)}
     if is_oom(exc):
-        return {"status": "oom", "status_detail": str(exc).splitlines()[0][:300]}
+        return {"status": "oom", "status_detail": (str(exc).splitlines() or [type(exc).__name__])[0][:300]}
     return {"status": "error", "status_detail": f"{type(exc).__name__}: {exc}"[:500]}
 
 

@@ -368,11 +368,12 @@ def test_load_results_rejects_what_is_not_ours(tmp_path):
     (tmp_path / "binary.csv").write_bytes(bytes(range(256)) * 4)
     with pytest.raises(ResultsFormatError):
         load_results(tmp_path / "binary.csv")
-    row = {c: "" for c in COLUMNS} | {"family": "full", "status": "exploded", "resolution": 8, "batch": 1,
-                                        "dim": 8, "heads": 1}
+    row = {c: "" for c in COLUMNS} | {"family": "full", "backend": "torch", "status": "exploded", "resolution": 8,
+                                        "batch": 1, "dim": 8, "heads": 1, "dtype": "float32", "phase": "fwd",
+                                        "options": "{}", "device": "cpu", "case_key": "k"}
     bad = tmp_path / "bad_status.csv"
     ResultsWriter(bad).append(row)
-    with pytest.raises(ResultsFormatError, match="unknown status.*exploded"):
+    with pytest.raises(ResultsFormatError, match="line 2: status 'exploded' is not a status"):
         load_results(bad)
 
 
