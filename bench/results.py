@@ -249,7 +249,9 @@ def load_results(path: str | os.PathLike) -> pd.DataFrame:
         if len(record) != len(header):
             raise ResultsFormatError(f"{path}, line {line}: {len(record)} fields where the header has "
                                      f"{len(header)}: a cut or foreign row")
-    frame = pd.read_csv(io.StringIO(text), keep_default_na=True, dtype={c: str for c in TEXT_COLUMNS[suite]})
+    # only an empty cell is missing: "n/a" or "None" in a number column is an error, not a silent NaN
+    frame = pd.read_csv(io.StringIO(text), keep_default_na=False, na_values=[""],
+                        dtype={c: str for c in TEXT_COLUMNS[suite]})
     for column in LATE_COLUMNS[suite]:
         if column not in frame.columns:
             frame[column] = float("nan")
@@ -279,7 +281,8 @@ def _check_rows(path: Path, frame: pd.DataFrame, suite: str) -> None:
         frame[column] = numbers
     unmeasured = frame.index[frame["status"].isin(MEASURED_STATUSES) & frame["latency_ms_median"].isna()]
     if len(unmeasured):
-        raise bad(unmeasured[0], "latency_ms_median", f"is empty in a row of status {frame.at[unmeasured[0], 'status']!r}")
+        raise ResultsFormatError(f"{path}, line {unmeasured[0] + 2}: latency_ms_median is empty in a row of status "
+                                 f"{frame.at[unmeasured[0], 'status']!r}")
     if suite == "attentions":
         for index, options in frame["options"].items():
             try:

@@ -576,38 +576,8 @@ def test_a_time_budget_stops_starting_cases_and_resume_completes_them(tmp_path, 
 
 
 # --------------------------------------------------------------------------------------------
-# 5. bad flag values
+# 5. bad flag values: tests/test_bad_cli_input.py has the matrix
 # --------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("flags, named", [
-    (["--gpu", "a200"], "a200"),
-    (["--preset", "huge"], "huge"),
-    (["--families", "swin"], "swin"),
-    (["--families", "bra", "swin"], "swin"),
-    (["--backends", "flash"], "flash"),
-    (["--kv-modes", "fracpool"], "fracpool"),
-    (["--dtype", "fp8"], "fp8"),
-    (["--resolutions", "0"], "0"),
-    (["--resolutions", "abc"], "abc"),
-    (["--topk", "-1"], "-1"),
-    (["--phase", "bwd"], "bwd"),
-    (["--batch", "0"], "0"),
-    (["--time-budget", "0"], "0"),
-    (["--time-budget", "inf"], "inf"),
-    (["--time-budget", "soon"], "soon"),
-])
-def test_bad_flag_values_exit_2_naming_the_value(flags, named, tmp_path, capsys):
-    argv = ["--gpu", "cpu", "--preset", "quick", "--dry-run", "--results-dir", str(tmp_path / "r"), *flags]
-    with pytest.raises(SystemExit) as exc:
-        cli.main(argv)
-    assert exc.value.code == 2
-    captured = capsys.readouterr()
-    flag = flags[0]
-    message = captured.err.strip().splitlines()[-1]
-    assert flag in message and named in message, message
-    assert "cases" not in captured.out  # nothing was planned and listed
-    assert not (tmp_path / "r").exists()
-
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the message on a machine without CUDA")
 def test_gpu_profile_without_cuda_exits_2_suggesting_cpu(tmp_path, capsys):
