@@ -32,7 +32,7 @@ import bench
 from bench import cli
 from bench.presets import KV_MODES
 from bench.profiles import PROFILES
-from bench.results import cpu_name
+from bench.results import RunLock, cpu_name
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_BENCH = REPO / "run_bench.py"
@@ -458,6 +458,158 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
     assert not {"finished", "interrupted"} & set(json.loads(csv_path.with_suffix(".json").read_text()))
     assert dry_run(["--resume", "twice", "--results-dir", str(results_dir)]).splitlines()[-1] == \
         "8 cases to run, 0 already complete"
+
+
+# --------------------------------------------------------------------------------------------
+# 3c. one writer per run, and a last row cut at every byte
+# --------------------------------------------------------------------------------------------
+
+LOCK_FLAGS = ["--gpu", "cpu", "--preset", "quick", "--families", "full", "--backends", "torch", "sdpa",
+              "--resolutions", "8", "12", "16", "--phase", "fwd", "--quiet", "--no-report"]  # 6 cases, 3 groups
+
+
+@pytest.fixture(scope="module")
+def lock_run(tmp_path_factory) -> Path:
+    """A complete run of LOCK_FLAGS (0.3 s per pass: a resume of all of it takes seconds)."""
+    results_dir = tmp_path_factory.mktemp("lock") / "results"
+    assert cli.main([*LOCK_FLAGS, "--min-time", "0.3", "--results-dir", str(results_dir), "--run-id", "locked"]) == 0
+    return results_dir / "cpu" / "locked.csv"
+
+
+def emptied_copy(run: Path, folder: Path) -> Path:
+    """A copy of the run with its header only: a resume runs every case."""
+    results_dir = folder / "results"
+    shutil.copytree(run.parent.parent, results_dir)
+    copy = results_dir / "cpu" / run.name
+    copy.write_bytes(data_lines(copy)[0])
+    return copy
+
+
+def wait_for_lock(path: Path, proc: subprocess.Popen, log: Path) -> str:
+    """The holder text once ``proc`` holds the run's lock."""
+    lock = path.with_suffix(".lock")
+    wait_for(lambda: lock.exists() and f"pid {proc.pid} " in lock.read_text(), proc, "the run's lock", log)
+    return lock.read_text()
+
+
+def assert_complete_once(path: Path, keys: set[str]) -> None:
+    frame = bench.load_results(path)
+    assert not frame["case_key"].duplicated().any(), "a case has two rows"
+    assert set(frame["case_key"]) == keys
+
+
+def test_a_second_writer_of_a_run_is_refused_naming_the_first(lock_run, tmp_path, capsys):
+    keys = set(bench.load_results(lock_run)["case_key"])
+    path = emptied_copy(lock_run, tmp_path)
+    log = tmp_path / "first.log"
+    first = popen_bench("--resume", "locked", "--results-dir", str(path.parent.parent), "--quiet", "--no-report",
+                        stderr_path=log)
+    try:
+        holder = wait_for_lock(path, first, log)
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["--resume", "locked", "--results-dir", str(path.parent.parent), "--quiet", "--no-report"])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"run locked is being written by pid {first.pid} on " in err and "--resume locked" in holder, err
+        assert first.wait(timeout=120) == 0, log.read_text()
+    finally:
+        stop(first)
+    assert_complete_once(path, keys)
+    assert not path.with_suffix(".lock").exists()  # the holder removes it as it lets go
+
+
+def test_simultaneous_resumes_write_every_case_once(lock_run, tmp_path):
+    keys = set(bench.load_results(lock_run)["case_key"])
+    path = emptied_copy(lock_run, tmp_path)
+    args = ["--resume", "locked", "--results-dir", str(path.parent.parent), "--quiet", "--no-report"]
+    procs = [popen_bench(*args, stderr_path=tmp_path / f"{i}.err") for i in range(2)]
+    try:
+        codes = [proc.wait(timeout=180) for proc in procs]
+    finally:
+        for proc in procs:
+            stop(proc)
+    errors = [(tmp_path / f"{i}.err").read_text() for i in range(2)]
+    assert 0 in codes and set(codes) <= {0, 2}, errors
+    for code, err in zip(codes, errors):
+        assert code == 0 or "is being written by pid" in err, err
+    assert_complete_once(path, keys)
+
+
+def test_a_killed_writer_leaves_no_lock_behind(lock_run, tmp_path):
+    """kill -9 while the run's lock is held: the lock file stays, but the OS released the lock, so the
+    next resume takes it and completes the run."""
+    keys = set(bench.load_results(lock_run)["case_key"])
+    path = emptied_copy(lock_run, tmp_path)
+    log = tmp_path / "killed.log"
+    proc = popen_bench("--resume", "locked", "--results-dir", str(path.parent.parent), "--quiet", "--no-report",
+                       stderr_path=log)
+    try:
+        wait_for_lock(path, proc, log)
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        stop(proc)
+    assert path.with_suffix(".lock").exists()
+    assert cli.main(["--resume", "locked", "--results-dir", str(path.parent.parent), "--quiet", "--no-report"]) == 0
+    assert_complete_once(path, keys)
+    assert not path.with_suffix(".lock").exists()
+
+
+def test_readers_never_take_a_cut_row(lock_run, tmp_path):
+    """A last row cut at any byte (a write in progress, or a crash): load_results returns the complete
+    rows only, whatever the cut leaves."""
+    lines = data_lines(lock_run)
+    complete, last = b"".join(lines[:-1]), lines[-1]
+    expected = bench.load_results(lock_run).iloc[:-1]
+    path = tmp_path / "cut.csv"
+    for position in range(len(last)):
+        path.write_bytes(complete + last[:position])
+        frame = bench.load_results(path)
+        assert list(frame["case_key"]) == list(expected["case_key"]), position
+    path.write_bytes(complete + last)
+    assert len(bench.load_results(path)) == len(lines) - 1
+
+
+def test_resume_after_a_cut_at_every_byte_completes_the_run_once(lock_run, tmp_path):
+    """The last row cut at each of its byte positions, then the writer of a resume opens the run (under its
+    lock) and runs what has no row: every case ends with exactly one row, the rows before the cut are
+    untouched. The cases' rows come from the real run (``run`` stands in for the measurement, which the
+    next test does for real at a few positions)."""
+    lines = data_lines(lock_run)
+    complete, last = b"".join(lines[:-1]), lines[-1]
+    frame = bench.load_results(lock_run)
+    stored = {row["case_key"]: row.to_dict() for _, row in frame.iterrows()}
+    labels = dry_run_labels(dry_run([*LOCK_FLAGS, "--results-dir", str(tmp_path)]))
+    cases = [case for case in cli.plan(cli.build_parser(), cli.build_parser().parse_args(LOCK_FLAGS), "cpu",
+                                       PROFILES["cpu"])]
+    assert sorted(c.label() for c in cases) == sorted(labels)
+
+    def replay(todo, ctx, companions=()):
+        return [{k: v for k, v in stored[case.key].items() if not is_empty(v)} for case in todo]
+
+    path = tmp_path / "cut.csv"
+    ctx = bench.RunContext(run_id="cut", profile=PROFILES["cpu"], device_name="test")
+    for position in range(len(last) + 1):
+        path.write_bytes(complete + last[:position])
+        with RunLock(path):
+            ran, skipped = bench.run_sweep(cases, ctx, path, run=replay)
+        assert (ran, skipped) == ((1, len(cases) - 1) if position < len(last) else (0, len(cases))), position
+        assert path.read_bytes().startswith(complete)
+        assert_complete_once(path, set(stored))
+    assert len(last) > 300  # a position per byte of a real row
+
+
+@pytest.mark.parametrize("keep", ["first byte", "half", "all but the line break"])
+def test_cli_resume_after_a_cut_row(lock_run, tmp_path, keep, capsys):
+    path = emptied_copy(lock_run, tmp_path)
+    lines = data_lines(lock_run)
+    last = lines[-1]
+    cut = {"first byte": 1, "half": len(last) // 2, "all but the line break": len(last) - 1}[keep]
+    path.write_bytes(b"".join(lines[:-1]) + last[:cut])
+    assert cli.main(["--resume", "locked", "--results-dir", str(path.parent.parent), "--quiet", "--no-report"]) == 0
+    assert "1 cases run, 5 already complete" in capsys.readouterr().out
+    assert path.read_bytes().startswith(b"".join(lines[:-1]))
+    assert_complete_once(path, set(bench.load_results(lock_run)["case_key"]))
 
 
 # --------------------------------------------------------------------------------------------
