@@ -16,7 +16,7 @@ from torch import nn
 import attentions
 from attentions.registry import _FAMILIES, AttentionModule, Backend, MacCount
 from bench import COLUMNS, Case, ResultsFormatError, RunContext, SweepBlock, TimingPolicy, load_results, run_sweep
-from bench.runner import run_case, run_group
+from bench.runner import failure, run_case, run_group
 from bench.flops import count_macs
 from bench.measure import Timing, compare, paired_speedup, peak_memory_bytes, time_pass, time_rounds
 from bench.presets import COMMON_OPTIONS, preset_blocks
@@ -213,6 +213,23 @@ class FakeAttention(AttentionModule):
 
     def macs(self, batch: int, height: int, width: int) -> MacCount:
         return MacCount(projections=batch * height * width * self.dim * self.dim)
+
+
+@pytest.mark.parametrize("exc, status", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB"), "oom"),
+    (MemoryError(), "oom"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:121] . DefaultCPUAllocator: not enough memory: you tried to "
+                  "allocate 1099511627776 bytes."), "oom"),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes. Error code 12"), "oom"),
+    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), "oom"),
+    (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), "oom"),
+    (RuntimeError("CUDA driver error: cudaErrorMemoryAllocation"), "oom"),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 16x16)"), "error"),
+    (ValueError("allocate is a word, not an allocation failure"), "error"),
+])
+def test_every_allocation_failure_is_oom(exc, status):
+    recorded = failure(exc)
+    assert recorded["status"] == status and recorded["status_detail"]
 
 
 @pytest.fixture
