@@ -225,7 +225,8 @@ class Backbone(nn.Module):
         self.attention = tuple(families)
         dims = layout.dims
         self.downsample_layers = biformer_downsampling(dims) if layout.style == "biformer" else swin_downsampling(dims)
-        rates = torch.linspace(0, drop_path_rate, sum(layout.depths)).tolist()
+        # on the CPU whatever the default device, so that a model can be built on the meta device too
+        rates = torch.linspace(0, drop_path_rate, sum(layout.depths), device="cpu").tolist()
         self.stages = nn.ModuleList()
         for stage, (family, extra) in enumerate(zip(families, overrides)):
             options = {**default_stage_options(family, stage), **(extra or {})}

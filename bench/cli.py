@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import attentions
 from attentions import AttentionConfigError
-from attentions.models import list_models
+from attentions.models import build_model, list_models
 
 from .cases import PHASES, Case, ModelCase, SweepBlock, unique_cases
 from .model_suite import MODEL_RESOLUTIONS, model_cases, one_per_group, run_model_group
@@ -289,9 +289,25 @@ def plan_models(parser: argparse.ArgumentParser, args: argparse.Namespace, devic
         unknown = [b for b in args.backends if b not in valid]
         if unknown:
             parser.error(f"--backends: unknown {', '.join(unknown)}; valid: {', '.join(valid)}")
-    return model_cases(args.models or models, args.attentions or families, args.backends or ["torch"],
-                       args.resolutions or list(MODEL_RESOLUTIONS), args.batch, args.dtype or [profile.default_dtype],
-                       args.phase or list(PHASES), device, profile)
+    cases = model_cases(args.models or models, args.attentions or families, args.backends or ["torch"],
+                        args.resolutions or list(MODEL_RESOLUTIONS), args.batch, args.dtype or [profile.default_dtype],
+                        args.phase or list(PHASES), device, profile)
+    check_model_configurations(parser, cases)
+    return cases
+
+
+def check_model_configurations(parser: argparse.ArgumentParser, cases: Sequence[ModelCase]) -> None:
+    """The model suite's ``check_configurations``: every model and attention choice built on the meta
+    device, asked whether it takes its case's image size."""
+    built: dict[tuple[str, str], torch.nn.Module] = {}
+    for case in cases:
+        try:
+            with torch.device("meta"):
+                if (case.model, case.attention) not in built:
+                    built[case.model, case.attention] = build_model(case.model, **case.options_dict)
+                built[case.model, case.attention].check_image(torch.empty(1, 3, case.resolution, case.resolution))
+        except AttentionConfigError as exc:
+            parser.error(f"{case.model} ({case.attention}) at {case.resolution}×{case.resolution} px: {exc}")
 
 
 def _cell(row: pd.Series) -> str:

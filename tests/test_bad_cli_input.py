@@ -165,6 +165,7 @@ CASES: dict[str, tuple[Setup, list[str], int]] = {
     "models-flag-without-model-suite": (sweep("--models", "biformer_tiny"), ["--models", "--suite models"], 2),
     "model-suite-with-topk": (models("--topk", "4"), ["--topk", "--suite models"], 2),
     "model-suite-with-auto-pad": (models("--auto-pad"), ["--auto-pad"], 2),
+    "model-image-not-a-multiple-of-32": (models("--resolutions", "100"), ["100×100", "multiples of 32"], 2),
     "model-unknown": (models("--models", "resnet50"), ["--models", "resnet50"], 2),
     "model-attention-choice-of-two": (models("--attentions", "bra,full"),
                                       ["--attentions", "'bra,full'"], 2),
