@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask
 
 from .core import (check_lepe_kernel, compiled_flex_attention, conv_nhwc, depthwise_conv, explicit_attention,
-                   lepe_macs, merge_heads, pad_to_multiple, sdpa_attention, split_heads)
+                   flex_backend, lepe_macs, merge_heads, pad_to_multiple, sdpa_attention, split_heads)
 from .errors import AttentionConfigError
 from .registry import AttentionModule, Backend, MacCount, check_choice, check_positive_int, register
 
@@ -331,9 +331,8 @@ class BiLevelRoutingAttention(AttentionModule):
                          "official algorithm: topk-times gathered K/V, explicit attention matrix"),
         "sdpa": Backend("sdpa", gathered(sdpa_attention),
                         "gathered K/V, token attention through F.scaled_dot_product_attention"),
-        "flex": Backend("flex", flex_routed_attention,
-                        "FlexAttention with a block mask built from the routing: one block per region, "
-                        "nothing gathered", backward_devices=("cuda",)),
+        "flex": flex_backend(flex_routed_attention, "FlexAttention with a block mask built from the routing: one "
+                                                    "block per region, nothing gathered"),
         "triton": triton_backend(),
         "chunked": Backend("chunked", chunked_gathered,
                            "the official gather and explicit attention over cache-sized chunks of query regions "

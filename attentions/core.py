@@ -10,6 +10,8 @@ work on the whole map instead.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -96,9 +98,18 @@ def flex_dense_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
     return compiled_flex_attention(q, k, v, score_mod=add_bias, scale=scale), None
 
 
-FLEX_BACKEND = Backend("flex", flex_dense_attention,
-                       "compiled FlexAttention; a bias enters through a score_mod (backward on CUDA only: "
-                       "PyTorch's CPU FlexAttention has none)", backward_devices=("cuda",))
+# What PyTorch's CPU FlexAttention lacks: a backward, and float64 (Inductor's CPU template refuses it).
+FLEX_CPU_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FLEX_CUDA_ONLY = "backward and float64 on CUDA only"
+
+
+def flex_backend(attend: Callable[..., Any], description: str) -> Backend:
+    """A 'flex' backend record: every dtype and a backward on CUDA; forward in fp16/bf16/fp32 on the CPU."""
+    return Backend("flex", attend, f"{description} ({FLEX_CUDA_ONLY})", backward_devices=("cuda",),
+                   device_dtypes=(("cpu", FLEX_CPU_DTYPES),))
+
+
+FLEX_BACKEND = flex_backend(flex_dense_attention, "compiled FlexAttention; a bias enters through a score_mod")
 
 XFORMERS_BIAS_ALIGNMENT = 8  # xformers reads a bias tensor's rows as aligned vectors: row stride a multiple of 8
 

@@ -35,7 +35,9 @@ class Backend:
     attend: Callable[..., Any]
     description: str
     devices: tuple[str, ...] = ("cpu", "cuda")
-    dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
+    dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES  # on every device unless device_dtypes narrows them
+    # (device, dtypes) pairs for devices that take only some of ``dtypes`` (e.g. CPU FlexAttention: no float64)
+    device_dtypes: tuple[tuple[str, tuple[torch.dtype, ...]], ...] = field(default=())
     backward_devices: tuple[str, ...] | None = None  # None: a backward on every device it runs on
     requires: tuple[str, ...] = field(default=())  # importable modules the backend needs
     # the autograd.Functions it calls, by class name, with their MAC formulas, so that FLOP counters
@@ -44,16 +46,30 @@ class Backend:
     # what the harness records for this backend beyond latency and memory (e.g. its kernels' tile efficiency)
     pass_metrics: PassMetrics | None = None
 
+    def __post_init__(self) -> None:
+        for device, dtypes in self.device_dtypes:
+            if device not in self.devices or not set(dtypes) <= set(self.dtypes):
+                raise ValueError(f"backend '{self.name}': device_dtypes for {device} must narrow its devices "
+                                 f"{self.devices} and dtypes {self.dtypes}")
+
+    def dtypes_on(self, device: torch.device | str) -> tuple[torch.dtype, ...]:
+        """The dtypes this backend takes on ``device``."""
+        return dict(self.device_dtypes).get(torch.device(device).type, self.dtypes)
+
     def has_backward(self, device: torch.device | str) -> bool:
         devices = self.devices if self.backward_devices is None else self.backward_devices
         return torch.device(device).type in devices
 
-    def availability(self, device: torch.device | str, backward: bool = False) -> tuple[bool, str]:
-        """Whether this backend can run on ``device`` (with a backward, if asked) here, and why not."""
+    def availability(self, device: torch.device | str, backward: bool = False,
+                     dtype: torch.dtype | None = None) -> tuple[bool, str]:
+        """Whether this backend can run on ``device`` (with a backward, in ``dtype``, if asked) here, and why not."""
         device_type = torch.device(device).type
         if device_type not in self.devices:
             return False, (f"backend '{self.name}' runs on {', '.join(self.devices)}, "
                            f"not on {device_type}")
+        if dtype is not None and dtype not in self.dtypes_on(device_type):
+            return False, (f"backend '{self.name}' does not support dtype {dtype} on {device_type}; supported "
+                           f"there: {', '.join(str(d) for d in self.dtypes_on(device_type))}")
         if backward and not self.has_backward(device_type):
             return False, (f"backend '{self.name}' has no backward on {device_type}; run it under "
                            f"torch.no_grad() or torch.inference_mode(), or use another backend")
@@ -123,18 +139,13 @@ class AttentionModule(nn.Module):
                 f"with dim={self.dim}; inputs are NHWC")
         if min(x.shape[:3]) < 1:
             raise AttentionConfigError(f"input has an empty dimension: {tuple(x.shape)}")
-        spec = self.backends[self.backend]
         needs_backward = torch.is_grad_enabled() and (
             x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        ok, reason = spec.availability(x.device, backward=needs_backward)
+        ok, reason = self.backends[self.backend].availability(x.device, backward=needs_backward, dtype=x.dtype)
         if ok:
             reason = self.unsupported_reason() or ""
         if reason:
             raise BackendUnavailableError(f"'{self.family}' backend '{self.backend}': {reason}")
-        if x.dtype not in spec.dtypes:
-            raise BackendUnavailableError(
-                f"'{self.family}' backend '{self.backend}' does not support dtype {x.dtype}; "
-                f"supported: {', '.join(str(d) for d in spec.dtypes)}")
 
     def unsupported_reason(self) -> str | None:
         """Why the current backend cannot express this module's options, or None when it can."""
@@ -196,7 +207,8 @@ def list_attentions() -> dict[str, dict[str, Any]]:
                 b.name: {
                     "description": b.description,
                     "devices": list(b.devices),
-                    "dtypes": [str(d).removeprefix("torch.") for d in b.dtypes],
+                    "dtypes": [str(d).removeprefix("torch.") for d in b.dtypes],  # on some device
+                    "device_dtypes": {d: [str(t).removeprefix("torch.") for t in b.dtypes_on(d)] for d in b.devices},
                     "backward": [d for d in b.devices if b.has_backward(d)],
                     "requires": list(b.requires),
                 }
@@ -213,10 +225,10 @@ def custom_op_macs() -> dict[str, MacFormula]:
 
 
 def backend_available(name: str, backend: str, device: torch.device | str = "cpu",
-                      backward: bool = False) -> tuple[bool, str]:
-    """Whether ``backend`` of family ``name`` can run on ``device`` here (with a backward, if asked),
-    and the reason if not."""
+                      backward: bool = False, dtype: torch.dtype | None = None) -> tuple[bool, str]:
+    """Whether ``backend`` of family ``name`` can run on ``device`` here (with a backward, in ``dtype``,
+    if asked), and the reason if not."""
     cls = _family(name)
     if backend not in cls.backends:
         return False, f"'{name}' has no backend {backend!r}; valid: {', '.join(map(repr, cls.backends))}"
-    return cls.backends[backend].availability(device, backward=backward)
+    return cls.backends[backend].availability(device, backward=backward, dtype=dtype)

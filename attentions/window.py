@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import create_block_mask
 
-from .core import (XFORMERS_BACKEND, compiled_flex_attention, explicit_attention, merge_heads, pad_to_multiple,
-                   sdpa_attention, split_heads, xformers_attention)
+from .core import (XFORMERS_BACKEND, compiled_flex_attention, explicit_attention, flex_backend, merge_heads,
+                   pad_to_multiple, sdpa_attention, split_heads, xformers_attention)
 from .errors import AttentionConfigError
 from .registry import AttentionModule, Backend, MacCount, check_positive_int, register
 
@@ -135,9 +135,8 @@ class WindowAttention(AttentionModule):
                          "Swin's algorithm: roll, partition, explicit attention matrix per window"),
         "sdpa": Backend("sdpa", windowed(sdpa_attention),
                         "roll and partition, window attention through F.scaled_dot_product_attention"),
-        "flex": Backend("flex", flex_windowed,
-                        "FlexAttention on the unpartitioned map: window mask_mod, bias and shift mask in a "
-                        "score_mod (backward on CUDA only)", backward_devices=("cuda",)),
+        "flex": flex_backend(flex_windowed, "FlexAttention on the unpartitioned map: window mask_mod, bias and "
+                                            "shift mask in a score_mod"),
         "xformers": replace(XFORMERS_BACKEND, attend=windowed(xformers_attention),
                             description="roll and partition, xformers memory_efficient_attention with the bias "
                                         "(and shift mask) materialised per window"),

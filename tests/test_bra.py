@@ -708,18 +708,27 @@ def test_routed_block_mask_lets_each_region_see_exactly_its_routed_regions():
 
 
 def test_flex_refuses_what_it_cannot_express():
+    x = torch.randn(1, 6, 6, 16)  # float32: the CPU's FlexAttention has no float64
     module, _ = make(16, 2, backend="flex", n_win=3, topk=2, soft_routing=True)
     with torch.no_grad(), pytest.raises(attentions.BackendUnavailableError, match="soft_routing"):
-        module(torch.randn(1, 6, 6, 16, dtype=F64))
+        module.float()(x)
     module, _ = make(16, 2, backend="flex", n_win=3, topk=2)
     with pytest.raises(attentions.BackendUnavailableError, match="no backward on cpu"):
-        module(torch.randn(1, 6, 6, 16, dtype=F64))  # parameters require grad: a backward may follow
+        module.float()(x)  # parameters require grad: a backward may follow
     with torch.no_grad(), pytest.raises(AttentionConfigError, match="ret_attn_mask.*'flex'"):
-        module(torch.randn(1, 6, 6, 16, dtype=F64), ret_attn_mask=True)
+        module(x, ret_attn_mask=True)
+    with torch.no_grad(), pytest.raises(attentions.BackendUnavailableError, match="float64 on cpu"):
+        module.double()(x.double())
     assert attentions.backend_available("bra", "flex", "cpu") == (True, "")
     ok, reason = attentions.backend_available("bra", "flex", "cpu", backward=True)
     assert not ok and "no backward on cpu" in reason
-    assert attentions.list_attentions()["bra"]["backends"]["flex"]["backward"] == ["cuda"]
+    assert attentions.backend_available("bra", "flex", "cpu", dtype=torch.float32) == (True, "")
+    ok, reason = attentions.backend_available("bra", "flex", "cpu", dtype=torch.float64)
+    assert not ok and "float64 on cpu" in reason
+    listed = attentions.list_attentions()["bra"]["backends"]["flex"]
+    assert listed["backward"] == ["cuda"]
+    assert listed["device_dtypes"] == {"cpu": ["float16", "bfloat16", "float32"],
+                                       "cuda": ["float16", "bfloat16", "float32", "float64"]}
 
 
 def test_routed_block_mask_lists_exactly_the_blocks_with_a_routed_pair():
