@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from .core import conv_nhwc
 from .errors import AttentionConfigError
-from .registry import AttentionModule, build, family_options, list_attentions
+from .registry import AttentionModule, build, check_matches_parameters, family_options, list_attentions
 
 STAGES = 4
 HEAD_DIM = 32
@@ -265,7 +265,8 @@ class Backbone(nn.Module):
             module.backend = name
 
     def check_image(self, x: Tensor) -> None:
-        """Raise ``AttentionConfigError`` unless x is a floating (B, 3, H, W) batch this layout takes."""
+        """Raise ``AttentionConfigError`` unless x is a floating (B, 3, H, W) batch this layout takes, on the
+        parameters' device and in their dtype."""
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != IMAGE_CHANNELS or not x.is_floating_point():
             shape = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
             raise AttentionConfigError(f"expected a floating NCHW image batch (B, {IMAGE_CHANNELS}, H, W), "
@@ -275,6 +276,7 @@ class Backbone(nn.Module):
         if min(x.shape) < 1 or height % multiple or width % multiple:
             raise AttentionConfigError(f"{self.layout.display_name} needs H and W that are positive multiples of "
                                        f"{multiple}, got {height}×{width}")
+        check_matches_parameters(self, x, "the image batch")
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) -> the normalised last feature map, (B, C, H/32, W/32) rounded up."""

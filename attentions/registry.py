@@ -95,6 +95,28 @@ def check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
         raise AttentionConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def check_matches_parameters(module: nn.Module, x: torch.Tensor, what: str) -> None:
+    """Raise ``AttentionConfigError`` when ``x`` (named ``what``) is on another device or in another
+    floating dtype than the module's parameters, instead of PyTorch's error from inside some layer.
+    Under autocast, where mixing dtypes is intended, only the device is checked."""
+    params = list(module.parameters())
+    devices = {p.device for p in params}
+    if devices and devices != {x.device}:
+        names = sorted(map(str, devices))
+        raise AttentionConfigError(
+            f"{what} is on {x.device} but the module's parameters are on {' and '.join(names)}; move one to "
+            f"the other: module.to('{x.device}') or x.to('{names[0]}')")
+    device_type = x.device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return
+    dtypes = {p.dtype for p in params if p.is_floating_point()}
+    if dtypes and dtypes != {x.dtype}:
+        names = sorted(map(str, dtypes))
+        raise AttentionConfigError(
+            f"{what} is {x.dtype} but the module's parameters are {' and '.join(names)}; convert one to the "
+            f"other: module.to({x.dtype}) or x.to({names[0]})")
+
+
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     """Raise ``AttentionConfigError`` unless ``value`` is one of ``allowed``."""
     if value not in allowed:
@@ -129,7 +151,8 @@ class AttentionModule(nn.Module):
         self._backend = name
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Validate an NHWC input and that the current backend can run on it."""
+        """Validate an NHWC input, that the current backend can run on it (device, dtype, backward) and
+        that it is on the parameters' device and in their dtype."""
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise AttentionConfigError(f"expected an NHWC tensor (B, H, W, C), got {shape}")
@@ -146,6 +169,7 @@ class AttentionModule(nn.Module):
             reason = self.unsupported_reason() or ""
         if reason:
             raise BackendUnavailableError(f"'{self.family}' backend '{self.backend}': {reason}")
+        check_matches_parameters(self, x, "the input")
 
     def unsupported_reason(self) -> str | None:
         """Why the current backend cannot express this module's options, or None when it can."""
