@@ -19,7 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import flex_attention
 
 from .errors import AttentionConfigError, BackendUnavailableError
-from .registry import FLOAT_DTYPES, Backend
+from .registry import FLOAT_DTYPES, Backend, check_number
 
 
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
@@ -194,6 +194,14 @@ def check_lepe_kernel(side_dwconv: object) -> None:
             or (side_dwconv > 0 and side_dwconv % 2 == 0):
         raise AttentionConfigError(
             f"side_dwconv must be 0 (no LePE) or an odd kernel size, got {side_dwconv!r}")
+
+
+def softmax_scale(qk_scale: float | None, channels: int) -> float:
+    """The logits' scale: ``qk_scale`` if given (a finite number > 0: 0 is refused, not taken for
+    the default), else channels ** -0.5."""
+    if qk_scale is None:
+        return channels ** -0.5
+    return check_number("qk_scale", qk_scale, positive=True)
 
 
 def lepe_macs(side_dwconv: int, tokens: int, channels: int) -> int:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from .core import FLEX_BACKEND, REFERENCE_BACKENDS, merge_heads, split_heads
 from .errors import AttentionConfigError
-from .registry import AttentionModule, MacCount, check_positive_int, register
+from .registry import AttentionModule, MacCount, check_flag, check_number, check_positive_int, register
 
 
 class ChannelLayerNorm(nn.Module):
@@ -45,6 +45,15 @@ def pointwise(conv: nn.Conv2d, x: Tensor) -> Tensor:
     return F.linear(x, conv.weight.flatten(1), conv.bias)
 
 
+def map_size(name: str, value: object) -> tuple[int, int]:
+    """A map size given as one side or as (h, w), each an integer >= 1."""
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2 \
+            or any(isinstance(side, bool) or not isinstance(side, int) or side < 1 for side in pair):
+        raise AttentionConfigError(f"{name} must be an integer >= 1 or a pair (h, w) of them, got {value!r}")
+    return pair[0], pair[1]
+
+
 def reference_points(height: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """(height, width, 2) cell centres as normalised (y, x) in [-1, 1], DAT's convention."""
     ys = (torch.arange(height, dtype=dtype, device=device) + 0.5) / height * 2 - 1
@@ -61,7 +70,8 @@ class DeformableAttention(AttentionModule):
         num_heads: heads; the scale is head_dim ** -0.5.
         n_groups: offset groups; must divide num_heads (DAT-T: 3 and 6 at 12 and 24 heads).
         stride: stride of the offset network, i.e. of the sampled grid (DAT: 1).
-        offset_range_factor: bound of the offsets in reference-grid cells (DAT-T: 2).
+        offset_range_factor: a finite number: > 0 bounds the offsets to that many reference-grid cells
+            (DAT-T: 2), < 0 squashes the points by tanh, 0 leaves them free.
         offset_kernel: odd kernel of the offset network's depthwise conv (DAT: 9/7/5/3 per stage).
         use_pe: DAT's relative position bias.
         fmap_size: map side (int or (h, w)) the bias table is laid out for.
@@ -82,12 +92,11 @@ class DeformableAttention(AttentionModule):
         check_positive_int("offset_kernel", offset_kernel)
         if offset_kernel % 2 == 0:
             raise AttentionConfigError(f"offset_kernel must be odd, got {offset_kernel}")
-        table_h, table_w = (fmap_size, fmap_size) if isinstance(fmap_size, int) else tuple(fmap_size)
-        check_positive_int("fmap_size", table_h)
-        check_positive_int("fmap_size", table_w)
+        table_h, table_w = map_size("fmap_size", fmap_size)
+        check_flag("use_pe", use_pe)
         self.n_groups = n_groups
         self.stride = stride
-        self.offset_range_factor = float(offset_range_factor)
+        self.offset_range_factor = check_number("offset_range_factor", offset_range_factor)
         self.offset_kernel = offset_kernel
         self.use_pe = use_pe
         self.fmap_size = (table_h, table_w)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from .core import conv_nhwc
 from .errors import AttentionConfigError
-from .registry import AttentionModule, build, check_matches_parameters, family_options, list_attentions
+from .registry import AttentionModule, build, check_flag, check_matches_parameters, family_options, list_attentions
 
 STAGES = 4
 HEAD_DIM = 32
@@ -213,8 +213,7 @@ class Backbone(nn.Module):
                 raise AttentionConfigError(f"unknown attention {family!r} for stage {stage}; "
                                            f"valid: {', '.join(map(repr, known))}")
         overrides = per_stage("attention_options", attention_options, (dict, type(None)), "a dict or None")
-        if not isinstance(auto_pad, bool):
-            raise AttentionConfigError(f"auto_pad must be True or False, got {auto_pad!r}")
+        check_flag("auto_pad", auto_pad)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise AttentionConfigError(f"num_classes must be an integer >= 0 (0: no head), got {num_classes!r}")
         if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)) \
@@ -305,7 +304,7 @@ def init_weights(module: nn.Module) -> None:
 
 
 def _layout(name: str) -> Layout:
-    if name not in LAYOUTS:
+    if not isinstance(name, str) or name not in LAYOUTS:
         raise AttentionConfigError(f"unknown model {name!r}; valid: {', '.join(map(repr, LAYOUTS))}")
     return LAYOUTS[name]
 

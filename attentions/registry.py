@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -93,6 +95,21 @@ def check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
     """Raise ``AttentionConfigError`` unless ``value`` is an int ≥ ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise AttentionConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_number(name: str, value: Any, *, positive: bool = False) -> float:
+    """Raise ``AttentionConfigError`` unless ``value`` is a finite real number (> 0 with ``positive``);
+    return it as a float. Booleans and strings are not numbers here."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or (positive and value <= 0):
+        raise AttentionConfigError(f"{name} must be a finite number{' > 0' if positive else ''}, got {value!r}")
+    return float(value)
+
+
+def check_flag(name: str, value: Any) -> None:
+    """Raise ``AttentionConfigError`` unless ``value`` is True or False (not 0/1, not a string)."""
+    if not isinstance(value, bool):
+        raise AttentionConfigError(f"{name} must be True or False, got {value!r}")
 
 
 def check_matches_parameters(module: nn.Module, x: torch.Tensor, what: str) -> None:
@@ -198,7 +215,7 @@ def register(cls: type[AttentionModule]) -> type[AttentionModule]:
 
 
 def _family(name: str) -> type[AttentionModule]:
-    if name not in _FAMILIES:
+    if not isinstance(name, str) or name not in _FAMILIES:
         raise AttentionConfigError(f"unknown attention {name!r}; valid: {', '.join(map(repr, _FAMILIES))}")
     return _FAMILIES[name]
 
@@ -253,6 +270,6 @@ def backend_available(name: str, backend: str, device: torch.device | str = "cpu
     """Whether ``backend`` of family ``name`` can run on ``device`` here (with a backward, in ``dtype``,
     if asked), and the reason if not."""
     cls = _family(name)
-    if backend not in cls.backends:
+    if backend not in tuple(cls.backends):
         return False, f"'{name}' has no backend {backend!r}; valid: {', '.join(map(repr, cls.backends))}"
     return cls.backends[backend].availability(device, backward=backward, dtype=dtype)
