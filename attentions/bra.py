@@ -320,8 +320,10 @@ class BiLevelRoutingAttention(AttentionModule):
         qk_dim: channels of q and k (None: dim).
         qk_scale: scale of routing and attention logits, a finite number > 0 (None: qk_dim ** -0.5, the
             whole qk_dim).
-        kv_per_win: side of the pooled region for 'ada_avgpool' / 'ada_maxpool'.
-        kv_downsample_ratio: kernel and stride for 'avgpool' / 'maxpool' (1: no pooling).
+        kv_per_win: side of the pooled region for 'ada_avgpool' / 'ada_maxpool'; at most the region's
+            side (known at forward: H / n_win), since adaptive pooling would upsample the keys.
+        kv_downsample_ratio: kernel and stride for 'avgpool' / 'maxpool' (1: no pooling); at most the
+            region's side.
         kv_downsample_kernel: accepted for compatibility; unused, as upstream.
         kv_downsample_mode: one of identity, avgpool, maxpool, ada_avgpool, ada_maxpool.
         topk: routed key regions per query region, 1..n_win².
@@ -419,17 +421,17 @@ class BiLevelRoutingAttention(AttentionModule):
         return height, width
 
     def pooled_region_side(self, region_h: int, region_w: int) -> tuple[int, int]:
-        """Side lengths of a region's [k | v] after kv downsampling."""
-        if self.kv_downsample_mode.startswith("ada_"):
-            return self.kv_per_win, self.kv_per_win
-        if self.kv_down is not None:
-            ratio = self.kv_downsample_ratio
-            if ratio > min(region_h, region_w):
-                raise AttentionConfigError(
-                    f"kv_downsample_ratio {ratio} exceeds the {region_h}×{region_w} region; "
-                    f"it must be <= {min(region_h, region_w)} here")
-            return region_h // ratio, region_w // ratio
-        return region_h, region_w
+        """Side lengths of a region's [k | v] after kv downsampling. A pooled side larger than the
+        region's is refused: upstream's adaptive pooling would silently upsample the keys."""
+        if self.kv_down is None:
+            return region_h, region_w
+        ada = self.kv_downsample_mode.startswith("ada_")
+        name, size = ("kv_per_win", self.kv_per_win) if ada else ("kv_downsample_ratio", self.kv_downsample_ratio)
+        if size > min(region_h, region_w):
+            raise AttentionConfigError(
+                f"{name} {size} exceeds the {region_h}×{region_w} region ({self.n_win}×{self.n_win} regions); "
+                f"it must be <= {min(region_h, region_w)} here")
+        return (size, size) if ada else (region_h // size, region_w // size)
 
     def to_regions(self, x: Tensor) -> Tensor:
         """(B, H, W, C) -> (B, n_win², h, w, C), regions in row-major order."""
