@@ -260,7 +260,17 @@ class Backbone(nn.Module):
 
     @backend.setter
     def backend(self, name: str) -> None:
-        for module in self.attention_modules():
+        """All or nothing: unless every block's attention has backend ``name``, no block switches."""
+        staged = [(stage, m) for stage, blocks in enumerate(self.stages) for m in blocks.modules()
+                  if isinstance(m, AttentionModule)]
+        common = [b for b in staged[0][1].backends if all(b in m.backends for _, m in staged)]
+        if name not in common:
+            lacking = dict.fromkeys(f"stage {stage} ({m.family})" for stage, m in staged
+                                    if name not in tuple(m.backends))
+            raise AttentionConfigError(
+                f"backend {name!r} is missing from {', '.join(lacking)}; every stage has "
+                f"{', '.join(map(repr, common))}; no block was switched")
+        for _, module in staged:
             module.backend = name
 
     def check_image(self, x: Tensor) -> None:
