@@ -30,9 +30,9 @@ from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask
 
 from .core import (check_lepe_kernel, compiled_flex_attention, conv_nhwc, depthwise_conv, explicit_attention,
-                   lepe_macs, merge_heads, pad_to_multiple, sdpa_attention, split_heads)
+                   flex_backend, lepe_macs, merge_heads, pad_to_multiple, sdpa_attention, softmax_scale, split_heads)
 from .errors import AttentionConfigError
-from .registry import AttentionModule, Backend, MacCount, check_choice, check_positive_int, register
+from .registry import AttentionModule, Backend, MacCount, check_choice, check_flag, check_positive_int, register
 
 KV_DOWNSAMPLE_MODES = ("identity", "avgpool", "maxpool", "ada_avgpool", "ada_maxpool")
 UNIMPLEMENTED_KV_MODES = ("fracpool", "conv")
@@ -70,6 +70,16 @@ class RegionRouter(nn.Module):
         logits = (self.emb(region_q) * self.scale) @ self.emb(region_k).transpose(-2, -1)
         top_logits, indices = logits.topk(self.topk, dim=-1)
         return top_logits.softmax(dim=-1), indices
+
+
+def check_kv_size(name: str, value: object, mode: str, used: bool) -> None:
+    """A kv downsampling size: an integer >= 1 where ``mode`` uses it; else an integer or None, as
+    upstream's configs pass placeholders (-1, None) for the sizes a mode ignores."""
+    if used:
+        check_positive_int(name, value)
+    elif value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise AttentionConfigError(
+            f"{name} must be an integer or None (kv_downsample_mode {mode!r} does not use it), got {value!r}")
 
 
 def kv_pooling(mode: str, kv_per_win: int, ratio: int) -> nn.Module | None:
@@ -307,10 +317,13 @@ class BiLevelRoutingAttention(AttentionModule):
         dim: channels of the input, of v and of the output.
         num_heads: heads; they share the routing.
         n_win: regions per side (n_win² regions in all).
-        qk_dim: channels of q and k (default: dim).
-        qk_scale: scale of routing and attention logits (default: qk_dim ** -0.5, the whole qk_dim).
-        kv_per_win: side of the pooled region for 'ada_avgpool' / 'ada_maxpool'.
-        kv_downsample_ratio: kernel and stride for 'avgpool' / 'maxpool' (≤ 1: no pooling).
+        qk_dim: channels of q and k (None: dim).
+        qk_scale: scale of routing and attention logits, a finite number > 0 (None: qk_dim ** -0.5, the
+            whole qk_dim).
+        kv_per_win: side of the pooled region for 'ada_avgpool' / 'ada_maxpool'; at most the region's
+            side (known at forward: H / n_win), since adaptive pooling would upsample the keys.
+        kv_downsample_ratio: kernel and stride for 'avgpool' / 'maxpool' (1: no pooling); at most the
+            region's side.
         kv_downsample_kernel: accepted for compatibility; unused, as upstream.
         kv_downsample_mode: one of identity, avgpool, maxpool, ada_avgpool, ada_maxpool.
         topk: routed key regions per query region, 1..n_win².
@@ -331,9 +344,8 @@ class BiLevelRoutingAttention(AttentionModule):
                          "official algorithm: topk-times gathered K/V, explicit attention matrix"),
         "sdpa": Backend("sdpa", gathered(sdpa_attention),
                         "gathered K/V, token attention through F.scaled_dot_product_attention"),
-        "flex": Backend("flex", flex_routed_attention,
-                        "FlexAttention with a block mask built from the routing: one block per region, "
-                        "nothing gathered", backward_devices=("cuda",)),
+        "flex": flex_backend(flex_routed_attention, "FlexAttention with a block mask built from the routing: one "
+                                                    "block per region, nothing gathered"),
         "triton": triton_backend(),
         "chunked": Backend("chunked", chunked_gathered,
                            "the official gather and explicit attention over cache-sized chunks of query regions "
@@ -348,7 +360,8 @@ class BiLevelRoutingAttention(AttentionModule):
                  soft_routing: bool = False, side_dwconv: int = 3, auto_pad: bool = False, *,
                  backend: str = "torch") -> None:
         super().__init__(dim, num_heads, backend)
-        qk_dim = qk_dim or dim
+        if qk_dim is None:
+            qk_dim = dim
         check_positive_int("qk_dim", qk_dim)
         if qk_dim % num_heads:
             raise AttentionConfigError(f"qk_dim {qk_dim} is not divisible by num_heads {num_heads}")
@@ -360,11 +373,14 @@ class BiLevelRoutingAttention(AttentionModule):
                 f"kv_downsample_mode {kv_downsample_mode!r} is unimplemented upstream (BiFormer); "
                 f"implemented: {', '.join(KV_DOWNSAMPLE_MODES)}")
         check_choice("kv_downsample_mode", kv_downsample_mode, KV_DOWNSAMPLE_MODES)
-        if kv_downsample_mode.startswith("ada_"):
-            check_positive_int("kv_per_win", kv_per_win)
-        if kv_downsample_mode in ("avgpool", "maxpool"):
-            check_positive_int("kv_downsample_ratio", kv_downsample_ratio)
+        check_kv_size("kv_per_win", kv_per_win, kv_downsample_mode, kv_downsample_mode.startswith("ada_"))
+        check_kv_size("kv_downsample_ratio", kv_downsample_ratio, kv_downsample_mode,
+                      kv_downsample_mode in ("avgpool", "maxpool"))
+        check_kv_size("kv_downsample_kernel", kv_downsample_kernel, kv_downsample_mode, used=False)
         check_choice("param_attention", param_attention, PARAM_ATTENTION_MODES)
+        for name, flag in (("param_routing", param_routing), ("diff_routing", diff_routing),
+                           ("soft_routing", soft_routing), ("auto_pad", auto_pad)):
+            check_flag(name, flag)
         if param_routing and not diff_routing:
             raise AttentionConfigError("param_routing=True needs diff_routing=True: a learned routing "
                                        "projection gets no gradient through non-differentiable routing")
@@ -375,7 +391,7 @@ class BiLevelRoutingAttention(AttentionModule):
 
         self.n_win = n_win
         self.qk_dim = qk_dim
-        self.scale = qk_scale or qk_dim ** -0.5
+        self.scale = softmax_scale(qk_scale, qk_dim)
         self.topk = topk
         self.kv_per_win = kv_per_win
         self.kv_downsample_ratio = kv_downsample_ratio
@@ -405,17 +421,17 @@ class BiLevelRoutingAttention(AttentionModule):
         return height, width
 
     def pooled_region_side(self, region_h: int, region_w: int) -> tuple[int, int]:
-        """Side lengths of a region's [k | v] after kv downsampling."""
-        if self.kv_downsample_mode.startswith("ada_"):
-            return self.kv_per_win, self.kv_per_win
-        if self.kv_down is not None:
-            ratio = self.kv_downsample_ratio
-            if ratio > min(region_h, region_w):
-                raise AttentionConfigError(
-                    f"kv_downsample_ratio {ratio} exceeds the {region_h}×{region_w} region; "
-                    f"it must be <= {min(region_h, region_w)} here")
-            return region_h // ratio, region_w // ratio
-        return region_h, region_w
+        """Side lengths of a region's [k | v] after kv downsampling. A pooled side larger than the
+        region's is refused: upstream's adaptive pooling would silently upsample the keys."""
+        if self.kv_down is None:
+            return region_h, region_w
+        ada = self.kv_downsample_mode.startswith("ada_")
+        name, size = ("kv_per_win", self.kv_per_win) if ada else ("kv_downsample_ratio", self.kv_downsample_ratio)
+        if size > min(region_h, region_w):
+            raise AttentionConfigError(
+                f"{name} {size} exceeds the {region_h}×{region_w} region ({self.n_win}×{self.n_win} regions); "
+                f"it must be <= {min(region_h, region_w)} here")
+        return (size, size) if ada else (region_h // size, region_w // size)
 
     def check_map_size(self, height: int, width: int) -> None:
         padded_h, padded_w = self.padded_size(height, width)

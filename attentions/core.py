@@ -10,6 +10,8 @@ work on the whole map instead.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -17,7 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.flex_attention import flex_attention
 
 from .errors import AttentionConfigError, BackendUnavailableError
-from .registry import FLOAT_DTYPES, Backend
+from .registry import FLOAT_DTYPES, Backend, check_number
 
 
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
@@ -96,9 +98,18 @@ def flex_dense_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
     return compiled_flex_attention(q, k, v, score_mod=add_bias, scale=scale), None
 
 
-FLEX_BACKEND = Backend("flex", flex_dense_attention,
-                       "compiled FlexAttention; a bias enters through a score_mod (backward on CUDA only: "
-                       "PyTorch's CPU FlexAttention has none)", backward_devices=("cuda",))
+# What PyTorch's CPU FlexAttention lacks: a backward, and float64 (Inductor's CPU template refuses it).
+FLEX_CPU_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+FLEX_CUDA_ONLY = "backward and float64 on CUDA only"
+
+
+def flex_backend(attend: Callable[..., Any], description: str) -> Backend:
+    """A 'flex' backend record: every dtype and a backward on CUDA; forward in fp16/bf16/fp32 on the CPU."""
+    return Backend("flex", attend, f"{description} ({FLEX_CUDA_ONLY})", backward_devices=("cuda",),
+                   device_dtypes=(("cpu", FLEX_CPU_DTYPES),))
+
+
+FLEX_BACKEND = flex_backend(flex_dense_attention, "compiled FlexAttention; a bias enters through a score_mod")
 
 XFORMERS_BIAS_ALIGNMENT = 8  # xformers reads a bias tensor's rows as aligned vectors: row stride a multiple of 8
 
@@ -183,6 +194,14 @@ def check_lepe_kernel(side_dwconv: object) -> None:
             or (side_dwconv > 0 and side_dwconv % 2 == 0):
         raise AttentionConfigError(
             f"side_dwconv must be 0 (no LePE) or an odd kernel size, got {side_dwconv!r}")
+
+
+def softmax_scale(qk_scale: float | None, channels: int) -> float:
+    """The logits' scale: ``qk_scale`` if given (a finite number > 0: 0 is refused, not taken for
+    the default), else channels ** -0.5."""
+    if qk_scale is None:
+        return channels ** -0.5
+    return check_number("qk_scale", qk_scale, positive=True)
 
 
 def lepe_macs(side_dwconv: int, tokens: int, channels: int) -> int:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .core import (FLEX_BACKEND, REFERENCE_BACKENDS, SDPA_KERNELS, XFORMERS_BACKEND, check_lepe_kernel, conv_nhwc,
-                   depthwise_conv, forced_sdpa, lepe_macs, merge_heads, split_heads)
-from .registry import AttentionModule, MacCount, register
+                   depthwise_conv, forced_sdpa, lepe_macs, merge_heads, softmax_scale, split_heads)
+from .registry import AttentionModule, MacCount, check_flag, register
 
 
 @register
@@ -22,7 +22,7 @@ class FullAttention(AttentionModule):
         dim: channels of the input and output.
         num_heads: heads; the scale is head_dim ** -0.5 unless ``qk_scale`` is given.
         qkv_bias: bias in the qkv projection (ViT: True; BiFormer's last stage: False).
-        qk_scale: override of the softmax scale.
+        qk_scale: override of the softmax scale, a finite number > 0.
         side_dwconv: LePE kernel size, 0 for none (BiFormer's last stage uses 5).
         backend: 'torch' (explicit matrix), 'sdpa', or SDPA forced to one kernel: 'sdpa_flash',
             'sdpa_efficient', 'sdpa_cudnn' (CUDA) or 'sdpa_math'; 'flex' (compiled FlexAttention);
@@ -36,9 +36,10 @@ class FullAttention(AttentionModule):
     def __init__(self, dim: int, num_heads: int = 8, *, qkv_bias: bool = True,
                  qk_scale: float | None = None, side_dwconv: int = 0, backend: str = "torch") -> None:
         super().__init__(dim, num_heads, backend)
+        check_flag("qkv_bias", qkv_bias)
         check_lepe_kernel(side_dwconv)
         self.side_dwconv = side_dwconv
-        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.scale = softmax_scale(qk_scale, dim // num_heads)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.lepe = depthwise_conv(side_dwconv, dim)

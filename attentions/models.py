@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from .core import conv_nhwc
 from .errors import AttentionConfigError
-from .registry import AttentionModule, build, family_options, list_attentions
+from .registry import AttentionModule, build, check_flag, check_matches_parameters, family_options, list_attentions
 
 STAGES = 4
 HEAD_DIM = 32
@@ -213,8 +213,7 @@ class Backbone(nn.Module):
                 raise AttentionConfigError(f"unknown attention {family!r} for stage {stage}; "
                                            f"valid: {', '.join(map(repr, known))}")
         overrides = per_stage("attention_options", attention_options, (dict, type(None)), "a dict or None")
-        if not isinstance(auto_pad, bool):
-            raise AttentionConfigError(f"auto_pad must be True or False, got {auto_pad!r}")
+        check_flag("auto_pad", auto_pad)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise AttentionConfigError(f"num_classes must be an integer >= 0 (0: no head), got {num_classes!r}")
         if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)) \
@@ -262,11 +261,22 @@ class Backbone(nn.Module):
 
     @backend.setter
     def backend(self, name: str) -> None:
-        for module in self.attention_modules():
+        """All or nothing: unless every block's attention has backend ``name``, no block switches."""
+        staged = [(stage, m) for stage, blocks in enumerate(self.stages) for m in blocks.modules()
+                  if isinstance(m, AttentionModule)]
+        common = [b for b in staged[0][1].backends if all(b in m.backends for _, m in staged)]
+        if name not in common:
+            lacking = dict.fromkeys(f"stage {stage} ({m.family})" for stage, m in staged
+                                    if name not in tuple(m.backends))
+            raise AttentionConfigError(
+                f"backend {name!r} is missing from {', '.join(lacking)}; every stage has "
+                f"{', '.join(map(repr, common))}; no block was switched")
+        for _, module in staged:
             module.backend = name
 
     def check_image(self, x: Tensor) -> None:
-        """Raise ``AttentionConfigError`` unless x is a floating (B, 3, H, W) batch this layout takes."""
+        """Raise ``AttentionConfigError`` unless x is a floating (B, 3, H, W) batch this layout takes, on the
+        parameters' device and in their dtype."""
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != IMAGE_CHANNELS or not x.is_floating_point():
             shape = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
             raise AttentionConfigError(f"expected a floating NCHW image batch (B, {IMAGE_CHANNELS}, H, W), "
@@ -276,6 +286,7 @@ class Backbone(nn.Module):
         if min(x.shape) < 1 or height % multiple or width % multiple:
             raise AttentionConfigError(f"{self.layout.display_name} needs H and W that are positive multiples of "
                                        f"{multiple}, got {height}×{width}")
+        check_matches_parameters(self, x, "the image batch")
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) -> the normalised last feature map, (B, C, H/32, W/32) rounded up."""
@@ -304,7 +315,7 @@ def init_weights(module: nn.Module) -> None:
 
 
 def _layout(name: str) -> Layout:
-    if name not in LAYOUTS:
+    if not isinstance(name, str) or name not in LAYOUTS:
         raise AttentionConfigError(f"unknown model {name!r}; valid: {', '.join(map(repr, LAYOUTS))}")
     return LAYOUTS[name]
 

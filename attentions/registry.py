@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -35,7 +37,9 @@ class Backend:
     attend: Callable[..., Any]
     description: str
     devices: tuple[str, ...] = ("cpu", "cuda")
-    dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
+    dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES  # on every device unless device_dtypes narrows them
+    # (device, dtypes) pairs for devices that take only some of ``dtypes`` (e.g. CPU FlexAttention: no float64)
+    device_dtypes: tuple[tuple[str, tuple[torch.dtype, ...]], ...] = field(default=())
     backward_devices: tuple[str, ...] | None = None  # None: a backward on every device it runs on
     requires: tuple[str, ...] = field(default=())  # importable modules the backend needs
     # the autograd.Functions it calls, by class name, with their MAC formulas, so that FLOP counters
@@ -44,16 +48,30 @@ class Backend:
     # what the harness records for this backend beyond latency and memory (e.g. its kernels' tile efficiency)
     pass_metrics: PassMetrics | None = None
 
+    def __post_init__(self) -> None:
+        for device, dtypes in self.device_dtypes:
+            if device not in self.devices or not set(dtypes) <= set(self.dtypes):
+                raise ValueError(f"backend '{self.name}': device_dtypes for {device} must narrow its devices "
+                                 f"{self.devices} and dtypes {self.dtypes}")
+
+    def dtypes_on(self, device: torch.device | str) -> tuple[torch.dtype, ...]:
+        """The dtypes this backend takes on ``device``."""
+        return dict(self.device_dtypes).get(torch.device(device).type, self.dtypes)
+
     def has_backward(self, device: torch.device | str) -> bool:
         devices = self.devices if self.backward_devices is None else self.backward_devices
         return torch.device(device).type in devices
 
-    def availability(self, device: torch.device | str, backward: bool = False) -> tuple[bool, str]:
-        """Whether this backend can run on ``device`` (with a backward, if asked) here, and why not."""
+    def availability(self, device: torch.device | str, backward: bool = False,
+                     dtype: torch.dtype | None = None) -> tuple[bool, str]:
+        """Whether this backend can run on ``device`` (with a backward, in ``dtype``, if asked) here, and why not."""
         device_type = torch.device(device).type
         if device_type not in self.devices:
             return False, (f"backend '{self.name}' runs on {', '.join(self.devices)}, "
                            f"not on {device_type}")
+        if dtype is not None and dtype not in self.dtypes_on(device_type):
+            return False, (f"backend '{self.name}' does not support dtype {dtype} on {device_type}; supported "
+                           f"there: {', '.join(str(d) for d in self.dtypes_on(device_type))}")
         if backward and not self.has_backward(device_type):
             return False, (f"backend '{self.name}' has no backward on {device_type}; run it under "
                            f"torch.no_grad() or torch.inference_mode(), or use another backend")
@@ -77,6 +95,43 @@ def check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
     """Raise ``AttentionConfigError`` unless ``value`` is an int ≥ ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise AttentionConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_number(name: str, value: Any, *, positive: bool = False) -> float:
+    """Raise ``AttentionConfigError`` unless ``value`` is a finite real number (> 0 with ``positive``);
+    return it as a float. Booleans and strings are not numbers here."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or (positive and value <= 0):
+        raise AttentionConfigError(f"{name} must be a finite number{' > 0' if positive else ''}, got {value!r}")
+    return float(value)
+
+
+def check_flag(name: str, value: Any) -> None:
+    """Raise ``AttentionConfigError`` unless ``value`` is True or False (not 0/1, not a string)."""
+    if not isinstance(value, bool):
+        raise AttentionConfigError(f"{name} must be True or False, got {value!r}")
+
+
+def check_matches_parameters(module: nn.Module, x: torch.Tensor, what: str) -> None:
+    """Raise ``AttentionConfigError`` when ``x`` (named ``what``) is on another device or in another
+    floating dtype than the module's parameters, instead of PyTorch's error from inside some layer.
+    Under autocast, where mixing dtypes is intended, only the device is checked."""
+    params = list(module.parameters())
+    devices = {p.device for p in params}
+    if devices and devices != {x.device}:
+        names = sorted(map(str, devices))
+        raise AttentionConfigError(
+            f"{what} is on {x.device} but the module's parameters are on {' and '.join(names)}; move one to "
+            f"the other: module.to('{x.device}') or x.to('{names[0]}')")
+    device_type = x.device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return
+    dtypes = {p.dtype for p in params if p.is_floating_point()}
+    if dtypes and dtypes != {x.dtype}:
+        names = sorted(map(str, dtypes))
+        raise AttentionConfigError(
+            f"{what} is {x.dtype} but the module's parameters are {' and '.join(names)}; convert one to the "
+            f"other: module.to({x.dtype}) or x.to({names[0]})")
 
 
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -113,7 +168,8 @@ class AttentionModule(nn.Module):
         self._backend = name
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Validate an NHWC input and that the current backend can run on it."""
+        """Validate an NHWC input, that the current backend can run on it (device, dtype, backward) and
+        that it is on the parameters' device and in their dtype."""
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise AttentionConfigError(f"expected an NHWC tensor (B, H, W, C), got {shape}")
@@ -124,18 +180,14 @@ class AttentionModule(nn.Module):
         if min(x.shape[:3]) < 1:
             raise AttentionConfigError(f"input has an empty dimension: {tuple(x.shape)}")
         self.check_map_size(x.shape[1], x.shape[2])
-        spec = self.backends[self.backend]
         needs_backward = torch.is_grad_enabled() and (
             x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        ok, reason = spec.availability(x.device, backward=needs_backward)
+        ok, reason = self.backends[self.backend].availability(x.device, backward=needs_backward, dtype=x.dtype)
         if ok:
             reason = self.unsupported_reason() or ""
         if reason:
             raise BackendUnavailableError(f"'{self.family}' backend '{self.backend}': {reason}")
-        if x.dtype not in spec.dtypes:
-            raise BackendUnavailableError(
-                f"'{self.family}' backend '{self.backend}' does not support dtype {x.dtype}; "
-                f"supported: {', '.join(str(d) for d in spec.dtypes)}")
+        check_matches_parameters(self, x, "the input")
 
     def check_map_size(self, height: int, width: int) -> None:
         """Raise ``AttentionConfigError`` when this module's options cannot take an H×W map (regions
@@ -169,7 +221,7 @@ def register(cls: type[AttentionModule]) -> type[AttentionModule]:
 
 
 def _family(name: str) -> type[AttentionModule]:
-    if name not in _FAMILIES:
+    if not isinstance(name, str) or name not in _FAMILIES:
         raise AttentionConfigError(f"unknown attention {name!r}; valid: {', '.join(map(repr, _FAMILIES))}")
     return _FAMILIES[name]
 
@@ -202,7 +254,8 @@ def list_attentions() -> dict[str, dict[str, Any]]:
                 b.name: {
                     "description": b.description,
                     "devices": list(b.devices),
-                    "dtypes": [str(d).removeprefix("torch.") for d in b.dtypes],
+                    "dtypes": [str(d).removeprefix("torch.") for d in b.dtypes],  # on some device
+                    "device_dtypes": {d: [str(t).removeprefix("torch.") for t in b.dtypes_on(d)] for d in b.devices},
                     "backward": [d for d in b.devices if b.has_backward(d)],
                     "requires": list(b.requires),
                 }
@@ -219,10 +272,10 @@ def custom_op_macs() -> dict[str, MacFormula]:
 
 
 def backend_available(name: str, backend: str, device: torch.device | str = "cpu",
-                      backward: bool = False) -> tuple[bool, str]:
-    """Whether ``backend`` of family ``name`` can run on ``device`` here (with a backward, if asked),
-    and the reason if not."""
+                      backward: bool = False, dtype: torch.dtype | None = None) -> tuple[bool, str]:
+    """Whether ``backend`` of family ``name`` can run on ``device`` here (with a backward, in ``dtype``,
+    if asked), and the reason if not."""
     cls = _family(name)
-    if backend not in cls.backends:
+    if backend not in tuple(cls.backends):
         return False, f"'{name}' has no backend {backend!r}; valid: {', '.join(map(repr, cls.backends))}"
-    return cls.backends[backend].availability(device, backward=backward)
+    return cls.backends[backend].availability(device, backward=backward, dtype=dtype)

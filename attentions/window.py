@@ -16,10 +16,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import create_block_mask
 
-from .core import (XFORMERS_BACKEND, compiled_flex_attention, explicit_attention, merge_heads, pad_to_multiple,
-                   sdpa_attention, split_heads, xformers_attention)
+from .core import (XFORMERS_BACKEND, compiled_flex_attention, explicit_attention, flex_backend, merge_heads,
+                   pad_to_multiple, sdpa_attention, softmax_scale, split_heads, xformers_attention)
 from .errors import AttentionConfigError
-from .registry import AttentionModule, Backend, MacCount, check_positive_int, register
+from .registry import AttentionModule, Backend, MacCount, check_flag, check_positive_int, register
 
 SHIFT_MASK_VALUE = -100.0  # Swin's additive mask between tokens of different shifted sub-regions
 
@@ -124,7 +124,7 @@ class WindowAttention(AttentionModule):
         window_size: side of the square window, in tokens (Swin: 7).
         shift_size: cyclic shift in tokens, 0 for W-MSA (Swin's SW-MSA: window_size // 2).
         qkv_bias: bias in the qkv projection (Swin: True).
-        qk_scale: override of the softmax scale.
+        qk_scale: override of the softmax scale, a finite number > 0.
         backend: 'torch' (explicit matrix), 'sdpa', 'flex' (no partition or roll copies) or 'xformers'
             (CUDA).
     """
@@ -135,9 +135,8 @@ class WindowAttention(AttentionModule):
                          "Swin's algorithm: roll, partition, explicit attention matrix per window"),
         "sdpa": Backend("sdpa", windowed(sdpa_attention),
                         "roll and partition, window attention through F.scaled_dot_product_attention"),
-        "flex": Backend("flex", flex_windowed,
-                        "FlexAttention on the unpartitioned map: window mask_mod, bias and shift mask in a "
-                        "score_mod (backward on CUDA only)", backward_devices=("cuda",)),
+        "flex": flex_backend(flex_windowed, "FlexAttention on the unpartitioned map: window mask_mod, bias and "
+                                            "shift mask in a score_mod"),
         "xformers": replace(XFORMERS_BACKEND, attend=windowed(xformers_attention),
                             description="roll and partition, xformers memory_efficient_attention with the bias "
                                         "(and shift mask) materialised per window"),
@@ -151,9 +150,10 @@ class WindowAttention(AttentionModule):
         if shift_size >= window_size:
             raise AttentionConfigError(
                 f"shift_size {shift_size} must be smaller than window_size {window_size} (0 = no shift)")
+        check_flag("qkv_bias", qkv_bias)
         self.window_size = window_size
         self.shift_size = shift_size
-        self.scale = qk_scale or (dim // num_heads) ** -0.5
+        self.scale = softmax_scale(qk_scale, dim // num_heads)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.register_buffer("relative_position_index", relative_position_index(window_size))

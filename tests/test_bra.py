@@ -260,7 +260,7 @@ def test_every_topk(n_win, topk, variant):
     pytest.param(dict(kv_downsample_mode="maxpool", kv_downsample_ratio=4), (1, 8, 8, 16), id="maxpool-whole"),
     pytest.param(dict(kv_downsample_mode="avgpool", kv_downsample_ratio=2, auto_pad=True, **ROUTINGS["soft"]),
                  (2, 7, 5, 16), id="avgpool-pad-soft"),
-    pytest.param(dict(kv_downsample_mode="ada_avgpool", kv_per_win=5), (1, 6, 8, 16), id="ada_avg-upsample"),
+    pytest.param(dict(kv_downsample_mode="ada_avgpool", kv_per_win=3), (1, 6, 8, 16), id="ada_avg-uneven"),
     pytest.param(dict(kv_downsample_mode="ada_maxpool", kv_per_win=1, **ROUTINGS["soft_diff"]), (2, 6, 6, 16),
                  id="ada_max-1"),
     pytest.param(dict(kv_downsample_kernel=3), (2, 6, 6, 16), id="kernel-unused"),
@@ -505,13 +505,16 @@ def test_indivisible_size_without_auto_pad():
         module.macs(1, 7, 9)
 
 
-@pytest.mark.parametrize("mode", ["avgpool", "maxpool"])
-def test_kv_downsample_ratio_larger_than_region(mode):
-    module, _ = make(8, 2, n_win=2, topk=2, kv_downsample_mode=mode, kv_downsample_ratio=4)
+@pytest.mark.parametrize("mode,option", [("avgpool", "kv_downsample_ratio"), ("maxpool", "kv_downsample_ratio"),
+                                         ("ada_avgpool", "kv_per_win"), ("ada_maxpool", "kv_per_win")])
+def test_pooled_side_larger_than_region(mode, option):
+    """A pooling ratio, or an adaptive pooled side, beyond the region's shorter side is refused: upstream's
+    adaptive pooling would silently upsample the keys."""
+    module, _ = make(8, 2, n_win=2, topk=2, kv_downsample_mode=mode, **{option: 4})
     x = torch.randn(1, 6, 8, 8, dtype=F64)  # regions 3x4
-    with pytest.raises(AttentionConfigError, match=r"kv_downsample_ratio 4.*3×4"):
+    with pytest.raises(AttentionConfigError, match=rf"{option} 4.*3×4.*<= 3"):
         module(x)
-    with pytest.raises(AttentionConfigError, match=r"kv_downsample_ratio 4"):
+    with pytest.raises(AttentionConfigError, match=rf"{option} 4"):
         module.macs(1, 6, 8)
     module(torch.randn(1, 8, 8, 8, dtype=F64))  # regions 4x4: fine
 
@@ -708,18 +711,27 @@ def test_routed_block_mask_lets_each_region_see_exactly_its_routed_regions():
 
 
 def test_flex_refuses_what_it_cannot_express():
+    x = torch.randn(1, 6, 6, 16)  # float32: the CPU's FlexAttention has no float64
     module, _ = make(16, 2, backend="flex", n_win=3, topk=2, soft_routing=True)
     with torch.no_grad(), pytest.raises(attentions.BackendUnavailableError, match="soft_routing"):
-        module(torch.randn(1, 6, 6, 16, dtype=F64))
+        module.float()(x)
     module, _ = make(16, 2, backend="flex", n_win=3, topk=2)
     with pytest.raises(attentions.BackendUnavailableError, match="no backward on cpu"):
-        module(torch.randn(1, 6, 6, 16, dtype=F64))  # parameters require grad: a backward may follow
+        module.float()(x)  # parameters require grad: a backward may follow
     with torch.no_grad(), pytest.raises(AttentionConfigError, match="ret_attn_mask.*'flex'"):
-        module(torch.randn(1, 6, 6, 16, dtype=F64), ret_attn_mask=True)
+        module(x, ret_attn_mask=True)
+    with torch.no_grad(), pytest.raises(attentions.BackendUnavailableError, match="float64 on cpu"):
+        module.double()(x.double())
     assert attentions.backend_available("bra", "flex", "cpu") == (True, "")
     ok, reason = attentions.backend_available("bra", "flex", "cpu", backward=True)
     assert not ok and "no backward on cpu" in reason
-    assert attentions.list_attentions()["bra"]["backends"]["flex"]["backward"] == ["cuda"]
+    assert attentions.backend_available("bra", "flex", "cpu", dtype=torch.float32) == (True, "")
+    ok, reason = attentions.backend_available("bra", "flex", "cpu", dtype=torch.float64)
+    assert not ok and "float64 on cpu" in reason
+    listed = attentions.list_attentions()["bra"]["backends"]["flex"]
+    assert listed["backward"] == ["cuda"]
+    assert listed["device_dtypes"] == {"cpu": ["float16", "bfloat16", "float32"],
+                                       "cuda": ["float16", "bfloat16", "float32", "float64"]}
 
 
 def test_routed_block_mask_lists_exactly_the_blocks_with_a_routed_pair():

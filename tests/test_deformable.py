@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import math
 
 import pytest
 import torch
+from fvcore.nn import FlopCountAnalysis
 
 import attentions
 from attentions import AttentionConfigError
@@ -47,22 +49,30 @@ def bilinear(img: torch.Tensor, py: torch.Tensor, px: torch.Tensor) -> torch.Ten
     return out
 
 
-def naive_offsets(qg: torch.Tensor, p: dict[str, torch.Tensor], kernel: int, stride: int) -> torch.Tensor:
-    """DAT's offset network on one group's queries (H, W, Cg) -> raw offsets (Hk, Wk, 2)."""
-    height, width, cg = qg.shape
+def naive_depthwise(img: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """A depthwise conv with an odd (k, k) kernel, zero 'same' padding and ``stride`` on an (H, W, C) map:
+    out[i, j, c] = bias[c] + Σ_ab weight[c, 0, a, b] · in[i·s + a - k//2, j·s + b - k//2, c]."""
+    height, width, channels = img.shape
+    kernel = weight.shape[-1]
     pad = kernel // 2
     hk, wk = math.ceil(height / stride), math.ceil(width / stride)
     # zero-padded copy of the map
-    zr = torch.zeros(height, pad, cg, dtype=qg.dtype)
-    padded = torch.cat([zr, qg, zr], dim=1)
-    zc = torch.zeros(pad, width + 2 * pad, cg, dtype=qg.dtype)
+    zr = torch.zeros(height, pad, channels, dtype=img.dtype)
+    padded = torch.cat([zr, img, zr], dim=1)
+    zc = torch.zeros(pad, width + 2 * pad, channels, dtype=img.dtype)
     padded = torch.cat([zc, padded, zc], dim=0)
-    w0, b0 = p["conv_offset.0.weight"], p["conv_offset.0.bias"]
-    conv = b0.expand(hk, wk, cg)
-    for a in range(kernel):            # depthwise, strided: out[i, j] += w[a, c] * in[i*s + a, j*s + c]
-        for c in range(kernel):
-            conv = conv + w0[:, 0, a, c] * padded[a:a + stride * (hk - 1) + 1:stride,
-                                                  c:c + stride * (wk - 1) + 1:stride]
+    out = bias.expand(hk, wk, channels)
+    for a in range(kernel):
+        for b in range(kernel):
+            out = out + weight[:, 0, a, b] * padded[a:a + stride * (hk - 1) + 1:stride,
+                                                    b:b + stride * (wk - 1) + 1:stride]
+    return out
+
+
+def naive_offsets(qg: torch.Tensor, p: dict[str, torch.Tensor], kernel: int, stride: int) -> torch.Tensor:
+    """DAT's offset network on one group's queries (H, W, Cg) -> raw offsets (Hk, Wk, 2)."""
+    assert p["conv_offset.0.weight"].shape[-1] == kernel
+    conv = naive_depthwise(qg, p["conv_offset.0.weight"], p["conv_offset.0.bias"], stride)
     mean = conv.mean(dim=-1, keepdim=True)
     var = ((conv - mean) ** 2).mean(dim=-1, keepdim=True)
     normed = (conv - mean) / torch.sqrt(var + 1e-5) * p["conv_offset.1.norm.weight"] + p["conv_offset.1.norm.bias"]
@@ -84,7 +94,9 @@ def naive_points(raw: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 def naive_deformable(x: torch.Tensor, p: dict[str, torch.Tensor], num_heads: int, n_groups: int, stride: int,
-                     factor: float, kernel: int, use_pe: bool, return_points: bool = False):
+                     factor: float, kernel: int, use_pe: bool, dwc_pe: bool = False, return_points: bool = False):
+    """DAT's DAttentionBaseline written out per image, group and head. With use_pe: the relative position
+    bias in the logits, or with dwc_pe instead a 3×3 depthwise conv of q added to the heads' output."""
     batch, height, width, dim = x.shape
     cg = dim // n_groups
     hd = dim // num_heads
@@ -116,7 +128,7 @@ def naive_deformable(x: torch.Tensor, p: dict[str, torch.Tensor], num_heads: int
             g = h // heads_per_group
             sl = slice(h * hd, (h + 1) * hd)
             logits = scale * (qt[:, sl] @ k[:, sl].T)                     # (N, Ns)
-            if use_pe:
+            if use_pe and not dwc_pe:
                 table = p["rpe_table"][h]
                 th, tw = table.shape
                 pos = points[g].reshape(-1, 2)
@@ -128,7 +140,10 @@ def naive_deformable(x: torch.Tensor, p: dict[str, torch.Tensor], num_heads: int
             w = logits.exp()
             w = w / w.sum(dim=-1, keepdim=True)
             heads.append(w @ v[:, sl])
-        outs.append(conv1x1(torch.cat(heads, dim=-1), "proj_out").reshape(height, width, dim))
+        attended = torch.cat(heads, dim=-1)                               # (N, C)
+        if dwc_pe:
+            attended = attended + naive_depthwise(q, p["rpe_table.weight"], p["rpe_table.bias"]).reshape(-1, dim)
+        outs.append(conv1x1(attended, "proj_out").reshape(height, width, dim))
     out = torch.stack(outs)
     if return_points:
         return out, torch.stack(all_points).reshape(batch * n_groups, *all_points[0].shape[1:])
@@ -139,7 +154,7 @@ def naive_for(module):
     """``naive_deformable`` as ``(x, params) -> out`` with the module's options."""
     return lambda x, p: naive_deformable(
         x, p, num_heads=module.num_heads, n_groups=module.n_groups, stride=module.stride,
-        factor=module.offset_range_factor, kernel=module.offset_kernel, use_pe=module.use_pe)
+        factor=module.offset_range_factor, kernel=module.offset_kernel, use_pe=module.use_pe, dwc_pe=module.dwc_pe)
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,6 +172,12 @@ CASES = [
     (3, 5, dict(num_heads=4, n_groups=4, stride=1, offset_range_factor=-1.0, use_pe=True, fmap_size=(3, 5),
                 offset_kernel=1)),
     (7, 3, dict(num_heads=2, n_groups=2, stride=3, offset_range_factor=3.0, use_pe=False, offset_kernel=7)),
+    # DAT's depthwise-conv position encoding instead of the bias
+    (5, 6, dict(num_heads=4, n_groups=2, stride=1, offset_range_factor=2.0, use_pe=True, dwc_pe=True)),
+    (6, 5, dict(num_heads=2, n_groups=1, stride=2, offset_range_factor=-1.0, use_pe=True, dwc_pe=True,
+                offset_kernel=3)),
+    (1, 4, dict(num_heads=2, n_groups=2, stride=1, offset_range_factor=0.0, use_pe=True, dwc_pe=True,
+                offset_kernel=3)),
 ]
 
 
@@ -172,7 +193,8 @@ def test_matches_naive_reference_float64(backend, case):
     x = torch.randn(2, height, width, dim, dtype=torch.float64)
     g = torch.randn(2, height, width, dim, dtype=torch.float64)
     gp, rgp = check_against_reference(module, x, g, naive_for(module), atol=1e-10, rtol=1e-10)
-    assert ("rpe_table" in gp) == opts["use_pe"]
+    position = {"rpe_table.weight", "rpe_table.bias"} if opts.get("dwc_pe") else {"rpe_table"}
+    assert (position <= set(gp)) == opts["use_pe"]
     for name in gp:
         assert rgp[name].abs().sum() > 0, name  # every parameter reaches the output
 
@@ -366,18 +388,42 @@ def test_state_dict_keys_and_shapes():
     })
     assert shapes == expected
     assert "rpe_table" not in attentions.build("deformable", dim=8, num_heads=4, use_pe=False).state_dict()
+    # with dwc_pe, DAT's key rpe_table names its depthwise conv
+    dwc = attentions.build("deformable", dim=8, num_heads=4, n_groups=2, offset_kernel=3, dwc_pe=True)
+    del expected["rpe_table"]
+    expected.update({"rpe_table.weight": (8, 1, 3, 3), "rpe_table.bias": (8,)})
+    assert {k: tuple(v.shape) for k, v in dwc.state_dict().items()} == expected
+    assert "dwc_pe=True" in repr(dwc)
 
 
-@pytest.mark.parametrize("use_pe", [True, False])
-def test_macs_hand_count(use_pe):
-    module = attentions.build("deformable", dim=8, num_heads=4, stride=2, offset_kernel=5, use_pe=use_pe)
+# positional MACs on 2 × 5×7 with 12 samples per image: none; the table's 4 per logit; the 3×3 conv per channel
+POSITIONAL = {"none": (dict(use_pe=False), 0), "bias": (dict(use_pe=True), 4 * 2 * 4 * 35 * 12),
+              "dwc_pe": (dict(use_pe=True, dwc_pe=True), (2 * 35) * 8 * 9)}
+
+
+@pytest.mark.parametrize("encoding", list(POSITIONAL))
+def test_macs_hand_count(encoding):
+    options, positional = POSITIONAL[encoding]
+    module = attentions.build("deformable", dim=8, num_heads=4, stride=2, offset_kernel=5, **options)
     # B=2, 5×7 map: N = 35 queries; stride 2 -> 3×4 = 12 samples per image
     macs = module.macs(2, 5, 7)
     assert macs["projections"] == 2 * (2 * 35) * 8 * 8 + 2 * (2 * 12) * 8 * 8 == 12032
     assert macs["offsets"] == (2 * 12) * 8 * (25 + 5 + 2 + 4) == 6912
     assert macs["attention"] == (2 * 35) * 12 * 2 * 8 == 13440
-    assert macs["positional"] == (4 * 2 * 4 * 35 * 12 if use_pe else 0)
-    assert macs.total == 12032 + 6912 + 13440 + (13440 if use_pe else 0)
+    assert macs["positional"] == positional
+    assert macs.total == 12032 + 6912 + 13440 + positional
+
+
+def test_macs_with_dwc_pe_equal_fvcore():
+    module = attentions.build("deformable", dim=8, num_heads=4, stride=2, dwc_pe=True).eval()
+    logging.disable(logging.WARNING)
+    try:
+        counter = FlopCountAnalysis(module, (torch.randn(2, 5, 7, 8),))
+        counter.unsupported_ops_warnings(False)
+        counted = counter.total()
+    finally:
+        logging.disable(logging.NOTSET)
+    assert counted == module.macs(2, 5, 7).total
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,11 +454,13 @@ def test_stride_larger_than_map_raises_at_forward():
         module(torch.randn(1, 2, 5, 8))
 
 
-def test_flex_forward_with_the_bias_as_score_mod():
-    """Compiled FlexAttention (forward only on the CPU) with DAT's position bias in a score_mod."""
+@pytest.mark.parametrize("dwc_pe", [False, True], ids=["bias", "dwc_pe"])
+def test_flex_forward_with_the_bias_as_score_mod(dwc_pe):
+    """Compiled FlexAttention (forward only on the CPU) with DAT's position bias in a score_mod, or with the
+    depthwise-conv encoding outside the kernel."""
     torch.manual_seed(9)
     module = make(seed=9, dtype=torch.float32, dim=16, num_heads=4, n_groups=2, stride=2, fmap_size=4,
-                  backend="flex")
+                  dwc_pe=dwc_pe, backend="flex")
     x = torch.randn(2, 5, 6, 16)
     with torch.no_grad():
         check_float32_against_reference(module, x, naive_for(module), atol=5e-5, rtol=1e-4)
