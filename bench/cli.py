@@ -150,7 +150,10 @@ def list_attentions_text() -> str:
                 ok, reason = attentions.backend_available(name, backend, device)
                 here.append(f"{device}: {'yes' if ok else 'no (' + reason + ')'}")
             lines.append(f"  {backend:<8} {spec['description']}")
-            lines.append(f"           devices {', '.join(spec['devices'])}; dtypes {', '.join(spec['dtypes'])}; "
+            dtypes = {device: ", ".join(names) for device, names in spec["device_dtypes"].items()}
+            dtypes_text = next(iter(dtypes.values())) if len(set(dtypes.values())) == 1 else \
+                "; ".join(f"{names} on {device}" for device, names in dtypes.items())
+            lines.append(f"           devices {', '.join(spec['devices'])}; dtypes {dtypes_text}; "
                          f"backward on {', '.join(spec['backward']) or 'no device'}; here: {'; '.join(here)}")
     return "\n".join(lines)
 

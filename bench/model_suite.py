@@ -71,7 +71,7 @@ def check_backend(model: torch.nn.Module, case: ModelCase) -> None:
     """Raise BackendUnavailableError unless every attention family of the model can run the case's backend."""
     for family in sorted({module.family for module in model.attention_modules()}):
         ok, reason = attentions.backend_available(family, case.backend, case.device,
-                                                  backward=case.phase == "fwd+bwd")
+                                                  backward=case.phase == "fwd+bwd", dtype=DTYPES[case.dtype])
         if not ok:
             raise BackendUnavailableError(f"'{family}': {reason}")
 

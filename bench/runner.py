@@ -162,7 +162,8 @@ def prepare_case(case: Case, ctx: RunContext,
     """Everything of one case but its latency: error against the reference, FLOPs, peak memory.
     Exceptions propagate (``failure`` turns them into a status). ``inputs``: see ``build_module``."""
     device = torch.device(case.device)
-    ok, reason = attentions.backend_available(case.family, case.backend, device, backward=case.phase == "fwd+bwd")
+    ok, reason = attentions.backend_available(case.family, case.backend, device, backward=case.phase == "fwd+bwd",
+                                              dtype=DTYPES[case.dtype])
     if not ok:
         raise BackendUnavailableError(reason)
     module, x, grad_out = build_module(case, ctx.seed, inputs)
