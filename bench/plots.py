@@ -1,21 +1,29 @@
-"""Print-ready figures of a results frame: PNG (300 dpi) and PDF of each plot in ``PLOT_NAMES``.
+"""Paper figures of a results frame: PNG (200 dpi, to look at) and PDF (vector, to print) of each plot.
 
 Every plot is two layers: a pure *data function* (frame -> tidy DataFrame, checked numerically by
-the tests) and a *plot function* (frame -> ``matplotlib.figure.Figure``, or ``None`` when the
-frame has no data for it). ``make_plots`` draws and saves them all.
+the tests) and a *plot function* (frame -> ``matplotlib.figure.Figure``, or ``None`` when the frame
+has no data for it). ``make_plots`` (attention suite) and ``make_model_plots`` (model suite) draw
+and save them.
 
-Rules shared by every plot:
+Rules every figure follows:
 
-- Measured values come only from rows with status ``ok``. A ``mismatch`` row keeps its timing in
-  the CSV but is never drawn as a valid latency or speedup; oom / unsupported / error rows have
-  no numbers. In the speedup heatmap such cases are hatched cells labelled with their status.
-- Curves over resolution follow one width: per family, the (dim, heads, batch, dtype) group with
-  the most ok rows (``main_widths``), named in the figure's caption.
-- Figures are ``matplotlib.figure.Figure`` objects (no pyplot, no global backend switch): saving
-  picks the Agg / PDF canvas by file type, so importing this module changes nothing for other
-  users of matplotlib. Style (seaborn "whitegrid", 9 pt fonts, embedded TrueType in the PDF) is set
-  in an ``rc_context`` around drawing and saving only. Palette: seaborn "colorblind"; the heatmap
-  uses the ColorBrewer diverging map RdBu (colourblind-safe).
+- **Size.** The width of a two-column paper's text (``FULL_WIDTH``, 7 in) or of one column
+  (``COLUMN_WIDTH``, 3.3 in), at most ``MAX_HEIGHT`` (9 in) tall, 8 pt text at that size. Several
+  panels are facets (phase, family, resolution), never one crowded axis or an endless column.
+- **Encoding.** A family keeps its hue in every figure (Okabe-Ito, colour-blind safe:
+  ``FAMILY_COLORS``); a backend keeps its line style and marker (``backend_style``); resolutions,
+  where they share a panel, are shades of the family's hue. Legends are built from the same
+  styles as the lines, so they match.
+- **Values.** Drawn rows are ``ok`` (filled markers) or ``noisy`` (hollow markers: timed, but with a
+  spread beyond the device's limit). ``mismatch`` rows (wrong numbers), and rows without numbers
+  (oom, unsupported, error) are never drawn as a value: the speedup plots name their status, the
+  other plots count them in the caption. Latency carries its p20–p80 band, a paired speedup its
+  95% confidence interval. Log axes get plain-number ticks (1-2-5 steps where the range is short).
+- **Curves over resolution** follow one width per family (``main_widths``): the (dim, heads,
+  batch, dtype) group with the most ok rows, named in the caption.
+
+Figures are ``matplotlib.figure.Figure`` objects (no pyplot, no global backend switch); the style is
+set in an ``rc_context`` around drawing and saving only.
 """
 
 from __future__ import annotations
@@ -33,35 +41,63 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib import ticker
-from matplotlib.colors import Normalize
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch, Rectangle
 
 import attentions
 
 from .variants import with_reference, with_variants
 
-PLOT_NAMES = ("latency_vs_resolution", "memory_vs_resolution", "gmacs_vs_latency", "topk_sweep", "kv_mode_bars",
-              "speedup_heatmap")
+PLOT_NAMES = ("scaling", "bra_speedup", "latency_vs_resolution", "memory_vs_resolution", "gmacs_vs_latency",
+              "topk_sweep", "kv_modes", "speedup")
+MODEL_PLOT_NAMES = ("model_throughput",)
 BRA = "bra"
 PHASE_ORDER = ("fwd", "fwd+bwd")
+DRAWN_STATUSES = ("ok", "noisy")  # rows whose latency is drawn: noisy ones hollow
 WIDTH_COLUMNS = ["dim", "heads", "batch", "dtype"]
-# A case apart from its backend: what a backend's row is compared with its reference row on.
 NUMERIC_COLUMNS = ["resolution", "batch", "dim", "heads", "topk", "latency_ms_median", "latency_ms_p20",
-                   "latency_ms_p80", "peak_mem_mb", "gmacs"]
+                   "latency_ms_p80", "peak_mem_mb", "gmacs", "speedup_vs_ref", "speedup_ci_low", "speedup_ci_high"]
 KV_MODE_ORDER = ["identity", "avgpool", "maxpool", "ada_avgpool", "ada_maxpool"]
-DPI = 300
-MAX_LOG2_SPEEDUP = 5.0
-FIG_WIDTH = 7.0  # inches: a two-column figure; single-panel plots stay readable down to ~3.5 in
+FULL_WIDTH, COLUMN_WIDTH, MAX_HEIGHT = 7.0, 3.3, 9.0  # inches
+PNG_DPI = 200
 RC = {
-    "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9, "xtick.labelsize": 9, "ytick.labelsize": 9,
-    "legend.fontsize": 9, "legend.title_fontsize": 9, "figure.titlesize": 10, "lines.linewidth": 1.4,
-    "lines.markersize": 4.5, "pdf.fonttype": 42, "ps.fonttype": 42, "savefig.dpi": DPI, "figure.dpi": 100,
-    "legend.frameon": False, "axes.titlepad": 4,
+    "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+    "legend.fontsize": 7, "legend.title_fontsize": 7, "figure.titlesize": 8, "lines.linewidth": 1.2,
+    "lines.markersize": 4.0, "pdf.fonttype": 42, "ps.fonttype": 42, "figure.dpi": 100,
+    "legend.frameon": False, "axes.titlepad": 3, "axes.labelpad": 2, "xtick.major.pad": 2, "ytick.major.pad": 2,
 }
-# (linestyle, marker) per backend, reference backend first.
-BACKEND_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"), ((0, (1, 1)), "P")]
+# Okabe & Ito's colour-blind-safe palette, one hue per family in registry order.
+FAMILY_PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+# (line style, marker) per backend, in the registry's order of backends.
+STYLES = [("-", "o"), ("--", "s"), ("-.", "D"), ((0, (3, 1, 1, 1, 1, 1)), "p"), ((0, (1, 1)), "h"),
+          ((0, (5, 2)), "X"), (":", "^"), ((0, (5, 1, 1, 1)), "P"), ((0, (3, 1)), "v"), ((0, (6, 2, 1, 2)), "<")]
+
+
+def family_color(family: str) -> tuple[float, float, float]:
+    """The family's hue in every figure (registry order; an unknown family gets the next free one)."""
+    families = list(attentions.list_attentions())
+    index = families.index(family) if family in families else len(families) + sum(map(ord, family))
+    return to_rgb(FAMILY_PALETTE[index % len(FAMILY_PALETTE)])
+
+
+def backend_style(backend: str) -> tuple:
+    """The backend's (line style, marker) in every figure, in the registry's order of backends."""
+    names = list(dict.fromkeys(b for info in attentions.list_attentions().values() for b in info["backends"]))
+    index = names.index(backend) if backend in names else len(names) + sum(map(ord, backend))
+    return STYLES[index % len(STYLES)]
+
+
+def shades(color: tuple[float, float, float], count: int) -> list[tuple[float, float, float]]:
+    """``count`` shades of one hue, light to dark, all distinguishable from white."""
+    if count == 1:
+        return [color]
+    base = np.asarray(color)
+    out = []
+    for t in np.linspace(-0.45, 0.35, count):  # < 0: towards white, > 0: towards black
+        shade = base + (1 - base) * -t if t < 0 else base * (1 - t)
+        out.append(tuple(float(c) for c in shade))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,11 +115,12 @@ def prepared(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def measured(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows that are valid measurements: status 'ok' and a positive median latency."""
+def drawn(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose latency is drawn: status ok or noisy, a positive median latency; ``noisy`` says which."""
     frame = prepared(frame)
     latency = frame["latency_ms_median"]
-    return frame[(frame["status"] == "ok") & latency.notna() & (latency > 0)]
+    rows = frame[frame["status"].isin(DRAWN_STATUSES) & latency.notna() & (latency > 0)]
+    return rows.assign(noisy=rows["status"] == "noisy")
 
 
 def main_widths(frame: pd.DataFrame) -> dict[str, tuple]:
@@ -114,69 +151,105 @@ def at_main_width(frame: pd.DataFrame, widths: dict[str, tuple] | None = None) -
     return frame[keep]
 
 
-def resolution_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Data of latency_vs_resolution and memory_vs_resolution.
+def representative_variants(frame: pd.DataFrame) -> dict[str, str]:
+    """Per family, the variant its curves over resolution show: the default configuration (the label
+    that is the family's name alone) when the frame has it, else the variant with the most rows."""
+    out = {}
+    for family, rows in prepared(frame).groupby("family", sort=False):
+        counts = rows["variant"].value_counts()
+        out[family] = family if family in counts.index else str(counts.index[0])
+    return out
 
-    Ok rows at each family's main width, one row per (phase, variant, backend, resolution) with
-    the median / p20 / p80 latency in ms and the peak memory in MB.
+
+def resolution_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Data of latency_vs_resolution, memory_vs_resolution and scaling.
+
+    Drawn rows (ok, noisy) at each family's main width, one per (phase, family, variant, backend,
+    resolution): median / p20 / p80 latency in ms, peak memory in MB, and ``noisy``.
     """
     frame = prepared(frame)
-    rows = at_main_width(measured(frame), main_widths(frame))
+    rows = at_main_width(drawn(frame), main_widths(frame))
     keys = ["phase", "family", "variant", "backend", "resolution"]
     values = ["latency_ms_median", "latency_ms_p20", "latency_ms_p80", "peak_mem_mb"]
     if rows.empty:
-        return pd.DataFrame(columns=keys + WIDTH_COLUMNS + values)
-    table = rows.groupby(keys + WIDTH_COLUMNS, sort=False, dropna=False)[values].median().reset_index()
+        return pd.DataFrame(columns=keys + WIDTH_COLUMNS + values + ["noisy"])
+    table = rows.groupby(keys + WIDTH_COLUMNS, sort=False, dropna=False).agg(
+        **{v: (v, "median") for v in values}, noisy=("noisy", "any")).reset_index()
     return table.sort_values(keys).reset_index(drop=True)
 
 
+def scaling_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Data of the headline scaling figure: per family (its representative variant), phase and
+    resolution, the ok row of the fastest backend (``metric`` latency) and of the leanest backend
+    (``metric`` memory), with that backend's name."""
+    table = resolution_table(frame)
+    table = table[(~table["noisy"]) & (table["variant"] == table["family"].map(representative_variants(frame)))]
+    out = []
+    for metric, column in (("latency", "latency_ms_median"), ("memory", "peak_mem_mb")):
+        rows = table[table[column].notna() & (table[column] > 0)]
+        if rows.empty:
+            continue
+        best = rows.loc[rows.groupby(["phase", "family", "resolution"])[column].idxmin()]
+        out.append(best.assign(metric=metric, value=best[column]))
+    columns = ["metric", "phase", "family", "variant", "backend", "resolution", "value", "latency_ms_p20",
+               "latency_ms_p80"]
+    return pd.concat(out, ignore_index=True)[columns] if out else pd.DataFrame(columns=columns)
+
+
 def gmacs_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Data of gmacs_vs_latency: every ok row (all widths) with positive GMACs."""
-    rows = measured(frame)
-    rows = rows[rows["gmacs"].notna() & (rows["gmacs"] > 0)]
-    return rows[["phase", "family", "variant", "backend", "resolution", "dim", "heads", "batch", "dtype",
-                 "gmacs", "latency_ms_median"]].reset_index(drop=True)
+    """Data of gmacs_vs_latency: per (phase, variant, width, resolution), the fastest ok row with
+    positive GMACs and its backend (every width: compute is comparable across them)."""
+    rows = drawn(frame)
+    rows = rows[~rows["noisy"] & rows["gmacs"].notna() & (rows["gmacs"] > 0)]
+    columns = ["phase", "family", "variant", "backend", "resolution", "dim", "heads", "batch", "dtype", "gmacs",
+               "latency_ms_median"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    best = rows.loc[rows.groupby(["phase", "variant", *WIDTH_COLUMNS, "resolution"])["latency_ms_median"].idxmin()]
+    return best[columns].reset_index(drop=True)
 
 
 def topk_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Data of topk_sweep: BRA ok rows with kv mode identity at BRA's main width.
+    """Data of topk_sweep: BRA drawn rows with kv mode identity at BRA's main width.
 
-    One row per (phase, resolution, backend, topk) with latency (ms) and GMACs.
+    One row per (phase, resolution, backend, topk) with latency (ms), GMACs and ``noisy``.
     """
     frame = prepared(frame)
     columns = ["phase", "resolution", "backend", "topk", "latency_ms_median", "latency_ms_p20", "latency_ms_p80",
                "gmacs"]
-    rows = at_main_width(measured(frame), main_widths(frame))
+    rows = at_main_width(drawn(frame), main_widths(frame))
     rows = rows[(rows["family"] == BRA) & (rows["kv_downsample_mode"] == "identity") & rows["topk"].notna()]
     if rows.empty:
-        return pd.DataFrame(columns=columns)
-    table = rows.groupby(columns[:4], sort=False)[columns[4:]].median().reset_index()
+        return pd.DataFrame(columns=columns + ["noisy"])
+    table = rows.groupby(columns[:4], sort=False).agg(
+        **{c: (c, "median") for c in columns[4:]}, noisy=("noisy", "any")).reset_index()
     table["topk"] = table["topk"].astype(int)
     return table.sort_values(columns[:4]).reset_index(drop=True)
 
 
 def kv_mode_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Data of kv_mode_bars: BRA ok rows at BRA's main width and one topk, per kv_downsample_mode.
+    """Data of kv_modes: BRA drawn rows at BRA's main width and one topk, per kv_downsample_mode.
 
-    The topk is the one with the most kv modes (then the most rows), so the identity bar is not a
+    The topk is the one with the most kv modes (then the most rows), so the identity point is not a
     topk-sweep point. Column ``label`` is the mode, or the variant label where one mode has
-    several configurations. Columns: phase, resolution, backend, topk, label, latencies (ms).
+    several configurations. Columns: phase, resolution, backend, topk, label, latencies (ms), noisy.
     """
     frame = prepared(frame)
     columns = ["phase", "resolution", "backend", "topk", "label", "kv_downsample_mode", "latency_ms_median",
                "latency_ms_p20", "latency_ms_p80"]
-    rows = at_main_width(measured(frame), main_widths(frame))
+    rows = at_main_width(drawn(frame), main_widths(frame))
     rows = rows[(rows["family"] == BRA) & rows["kv_downsample_mode"].notna()]
     if rows.empty:
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=columns + ["noisy"])
     per_topk = rows.groupby("topk").agg(modes=("kv_downsample_mode", "nunique"), n=("status", "size"))
     topk = per_topk.sort_values(["modes", "n"], ascending=False).index[0]
     rows = rows[rows["topk"] == topk]
     configurations = rows.groupby(["kv_downsample_mode", "resolution"])["variant"].nunique()
     ambiguous = set(configurations[configurations > 1].index.get_level_values(0))
-    rows = rows.assign(label=[_short_variant(v, drop_family=True) if m in ambiguous else m
+    rows = rows.assign(label=[_tags(v) if m in ambiguous else m
                               for m, v in zip(rows["kv_downsample_mode"], rows["variant"])])
-    table = rows.groupby(columns[:6], sort=False)[columns[6:]].median().reset_index()
+    table = rows.groupby(columns[:6], sort=False).agg(
+        **{c: (c, "median") for c in columns[6:]}, noisy=("noisy", "any")).reset_index()
     table["topk"] = table["topk"].astype(int)
     return table.reset_index(drop=True)
 
@@ -184,23 +257,43 @@ def kv_mode_table(frame: pd.DataFrame) -> pd.DataFrame:
 def speedup_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Every row with its family's reference-backend row for the same case, and the speedup.
 
-    ``speedup`` = the paired speedup over the reference where the run timed them in the same rounds,
-    else reference median latency / the row's median latency; only when both rows are ``ok``,
-    otherwise NaN. ``cell_status`` is 'ok', the row's own status (mismatch, oom, ...),
-    'ref <status>' when the reference row is not ok, or 'no reference' when it was not run.
-    ``label`` is what a heatmap cell shows: '1.35×' or the cell status.
+    ``speedup`` = the paired speedup over the reference where the run timed them in the same rounds
+    (with its interval in ``speedup_low`` / ``speedup_high``), else reference median latency / the
+    row's median latency; only when the row and its reference were measured and passed the error
+    check (ok or noisy), otherwise NaN. ``cell_status`` is 'ok', 'noisy', the row's own status
+    (mismatch, oom, ...), 'ref <status>' when the reference row has no valid latency, or 'no
+    reference' when it was not run. ``label`` reads '1.35×' or the status.
     """
     table = with_reference(prepared(frame))
-    table["speedup"] = table["reference_speedup"]
-    cell_status = np.where(table["status"] != "ok", table["status"],
-                           np.where(table["reference_status"].isna(), "no reference",
-                                    np.where(table["reference_status"] != "ok",
-                                             "ref " + table["reference_status"].fillna("").astype(str), "ok")))
-    table["cell_status"] = cell_status
+    drawable = table["status"].isin(DRAWN_STATUSES)
+    reference_ok = table["reference_status"].isin(DRAWN_STATUSES)
+    missing = pd.Series(np.nan, index=table.index)
+    paired, low, high = (table.get(c, missing) for c in ("speedup_vs_ref", "speedup_ci_low", "speedup_ci_high"))
+    timed = pd.to_numeric(table["reference_latency_ms"], errors="coerce") / table["latency_ms_median"]
+    valid = drawable & reference_ok
+    table["speedup"] = paired.where(paired.notna(), timed).where(valid)
+    table["speedup_low"], table["speedup_high"] = low.where(valid), high.where(valid)
+    table["cell_status"] = np.where(~drawable, table["status"],
+                                    np.where(table["reference_status"].isna(), "no reference",
+                                             np.where(~reference_ok, "ref " + table["reference_status"].fillna(
+                                                 "").astype(str), table["status"])))
     table["label"] = [f"{s:.2f}×" if np.isfinite(s) else status
                       for s, status in zip(table["speedup"], table["cell_status"])]
-    table.loc[(table["cell_status"] == "ok") & table["speedup"].isna(), "label"] = "n/a"
+    table.loc[table["cell_status"].isin(DRAWN_STATUSES) & table["speedup"].isna(), "label"] = "n/a"
     return table
+
+
+def model_table_data(frame: pd.DataFrame) -> pd.DataFrame:
+    """Data of model_throughput: model-suite rows that are ok or noisy, with GMACs per image, images/s
+    and the family of their attention ('mixed' for four choices)."""
+    rows = frame[frame["status"].isin(DRAWN_STATUSES)].copy()
+    for column in ("gmacs_per_image", "throughput", "resolution", "batch"):
+        rows[column] = pd.to_numeric(rows[column], errors="coerce")
+    rows = rows[(rows["gmacs_per_image"] > 0) & (rows["throughput"] > 0)]
+    rows["family"] = [a if "," not in a else "mixed" for a in rows["attention"].astype(str)]
+    rows["noisy"] = rows["status"] == "noisy"
+    return rows[["phase", "resolution", "batch", "dtype", "model", "attention", "family", "backend",
+                 "gmacs_per_image", "throughput", "noisy"]].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,90 +311,230 @@ def _styled(function: Callable[[pd.DataFrame], Figure | None]) -> Callable[[pd.D
     @functools.wraps(function)
     def wrapper(frame: pd.DataFrame) -> Figure | None:
         with plot_style():
-            return function(prepared(frame))
+            return function(frame)
     return wrapper
 
 
 @_styled
-def plot_latency_vs_resolution(frame: pd.DataFrame) -> Figure | None:
-    """Median latency (ms) vs resolution (tokens per side), log-log: one line per variant (colour)
-    and backend (line style, marker), one panel per phase, p20–p80 as error bars. Each family at
-    its main width. None with fewer than two resolutions."""
+def plot_scaling(frame: pd.DataFrame) -> Figure | None:
+    """The headline figure: latency (top) and peak memory (bottom) vs resolution for each family,
+    each point its fastest (resp. leanest) backend, marked with that backend's marker; one column per
+    phase. None with fewer than two resolutions."""
+    frame = prepared(frame)
+    table = scaling_table(frame)
+    if table.empty or table["resolution"].nunique() < 2:
+        return None
+    phases, metrics = _phases(table), [m for m in ("latency", "memory") if m in set(table["metric"])]
+    fig, axes = _grid(len(metrics), len(phases), FULL_WIDTH, 2.0, sharey="row")
+    for i, metric in enumerate(metrics):
+        for j, phase in enumerate(phases):
+            ax = axes[i][j]
+            rows = table[(table["metric"] == metric) & (table["phase"] == phase)]
+            for family in _family_order(rows["family"]):
+                line = rows[rows["family"] == family].sort_values("resolution")
+                color = family_color(family)
+                ax.plot(line["resolution"], line["value"], color=color, gid=f"family:{family}")
+                if metric == "latency":
+                    ax.fill_between(line["resolution"], line["latency_ms_p20"], line["latency_ms_p80"],
+                                    color=color, alpha=0.2, linewidth=0)
+                for backend, points in line.groupby("backend"):
+                    ax.plot(points["resolution"], points["value"], linestyle="", marker=backend_style(backend)[1],
+                            color=color, markeredgecolor="white", markeredgewidth=0.4, gid=f"backend:{backend}")
+            _log_log(ax, table[table["metric"] == metric], "value", table["resolution"])
+            ax.set_title(f"{metric}, {phase}")
+            ax.set_xlabel("resolution (tokens per side)" if i == len(metrics) - 1 else "")
+        axes[i][0].set_ylabel("median latency (ms)" if metric == "latency" else "peak memory (MB)")
+    _legends(fig, _family_handles(table["family"]), _marker_handles(table["backend"]), "family",
+             "best backend")
+    variants = sorted(set(table["variant"]) - set(table["family"]))
+    _title(fig, "Scaling with resolution, best backend per point",
+           f"{_widths_caption(main_widths(frame), table['family'])}; {_context(frame)}; band: p20-p80"
+           + (f"; variants: {', '.join(variants)}" if variants else ""))
+    return fig
+
+
+def _speedup_figure(frame: pd.DataFrame, families: list[str] | None, title: str, width: float) -> Figure | None:
+    """A dot plot of speedups over the reference backend: one row per (variant, backend), x the speedup
+    (log), a point per resolution (shades of the family's hue) with its 95% interval, one panel per
+    phase; rows without a valid pair name their status at the left."""
+    frame = prepared(frame)
+    table = at_main_width(speedup_table(frame), main_widths(frame))
+    table = table[(table["backend"] != table["reference_backend"]) & (table["cell_status"] != "no reference")]
+    if families is not None:
+        table = table[table["family"].isin(families)]
+    # an entry (variant, backend) is shown when it has a valid speedup somewhere; unsupported ones stay out
+    valid = table[table["speedup"].notna()]
+    shown = table.set_index(["variant", "backend"]).index.isin(valid.set_index(["variant", "backend"]).index)
+    hidden = sorted(set(table.loc[~shown, "backend"]), key=_backend_rank)
+    table = table[shown]
+    if table.empty:
+        return None
+    phases = _phases(table)
+    entries = sorted(set(zip(table["variant"], table["backend"])),
+                     key=lambda e: (_family_order(table["family"]).index(_family_of(e[0])), _natural_key(e[0]),
+                                    _backend_rank(e[1])))
+    resolutions = sorted(table["resolution"].unique())
+    height = min(MAX_HEIGHT - 1.2, 0.35 + 0.17 * len(entries) * max(1, len(resolutions) / 2))
+    fig, axes = _grid(1, len(phases), width, height, sharey="row")
+    axes = axes[0]
+    offsets = np.linspace(-0.25, 0.25, len(resolutions)) if len(resolutions) > 1 else [0.0]
+    finite = table["speedup"].dropna()
+    low, high = table["speedup_low"].fillna(finite.min()), table["speedup_high"].fillna(finite.max())
+    span = np.concatenate([finite, low.dropna(), high.dropna(), [1.0]])
+    for ax, phase in zip(axes, phases):
+        rows = table[table["phase"] == phase]
+        for y, (variant, backend) in enumerate(entries):
+            family = _family_of(variant)
+            colors = dict(zip(resolutions, shades(family_color(family), len(resolutions))))
+            for offset, resolution in zip(offsets, resolutions):
+                cell = rows[(rows["variant"] == variant) & (rows["backend"] == backend)
+                            & (rows["resolution"] == resolution)]
+                if cell.empty:
+                    continue
+                cell = cell.iloc[-1]
+                if np.isfinite(cell["speedup"]):
+                    noisy = cell["cell_status"] == "noisy"
+                    error = None
+                    if np.isfinite(cell["speedup_low"]):
+                        error = [[cell["speedup"] - cell["speedup_low"]], [cell["speedup_high"] - cell["speedup"]]]
+                    bars = ax.errorbar([cell["speedup"]], [y + offset], xerr=error, color=colors[resolution],
+                                       marker=backend_style(backend)[1], linestyle="", elinewidth=0.8, capsize=1.5,
+                                       markerfacecolor="white" if noisy else colors[resolution],
+                                       markeredgecolor=colors[resolution])
+                    bars.lines[0].set_gid(f"backend:{backend}")
+                elif cell["cell_status"] != "unsupported":
+                    ax.annotate(f"{resolution}²: {cell['label']}", (0.01, y + offset), xycoords=("axes fraction",
+                                "data"), fontsize=6, va="center", color="0.3")
+        ax.axvline(1.0, color="0.3", linewidth=0.8, zorder=0)
+        ax.set_xscale("log")
+        _log_ticks(ax.xaxis, span, suffix="×")
+        ax.set_ylim(len(entries) - 0.5, -0.5)
+        ax.set_yticks(range(len(entries)), [f"{_readable(v)} · {b}" for v, b in entries])
+        ax.grid(axis="y", visible=False)
+        families_per_row = [_family_of(v) for v, _ in entries]
+        for y in range(1, len(entries)):
+            if families_per_row[y] != families_per_row[y - 1]:
+                ax.axhline(y - 0.5, color="0.6", linewidth=0.6)
+        ax.set_title(phase)
+        ax.set_xlabel("speedup over the reference backend")
+    shade_handles = [Line2D([], [], linestyle="", marker="o", color=c, label=f"{r}×{r}")
+                     for r, c in zip(resolutions, shades((0.35, 0.35, 0.35), len(resolutions)))]
+    _legends(fig, shade_handles + _status_handles(table), _marker_handles(table["backend"]),
+             "resolution (shade)", "backend")
+    references = ", ".join(sorted(table["reference_backend"].dropna().unique()))
+    _title(fig, title, f"over the reference backend ({references}); bars: 95% interval of the paired speedup; "
+                       f"{_widths_caption(main_widths(frame), table['family'])}; {_context(frame)}"
+                       + (f"; without a valid pair anywhere: {', '.join(hidden)}" if hidden else ""))
+    return fig
+
+
+@_styled
+def plot_speedup(frame: pd.DataFrame) -> Figure | None:
+    """Speedup of every fast backend over its family's reference (a dot plot rather than a heatmap:
+    the interval of each paired speedup, and a value axis that reads at a glance)."""
+    return _speedup_figure(frame, None, "Speedup of every backend", FULL_WIDTH)
+
+
+@_styled
+def plot_bra_speedup(frame: pd.DataFrame) -> Figure | None:
+    """The headline speedup figure: BRA's fast paths over the official algorithm, one column wide
+    when one phase was run."""
+    phases = _phases(prepared(frame))
+    return _speedup_figure(frame, [BRA], "BRA fast paths", COLUMN_WIDTH + 0.5 if len(phases) == 1 else FULL_WIDTH)
+
+
+def _per_family_figure(frame: pd.DataFrame, value: str, band: bool, ylabel: str, title: str) -> Figure | None:
+    """One panel per family (its representative variant; columns) and phase (rows): a line per backend
+    in the family's hue and the backend's style, hollow where noisy, p20-p80 band."""
+    frame = prepared(frame)
     table = resolution_table(frame)
-    return _resolution_figure(frame, table, "latency_ms_median", ("latency_ms_p20", "latency_ms_p80"),
-                              "median latency (ms)", "Latency vs resolution",
-                              "bars: p20–p80 of the timed rounds")
+    table = table[table["variant"] == table["family"].map(representative_variants(frame))]
+    table = table[table[value].notna() & (table[value] > 0)]
+    if table.empty or table["resolution"].nunique() < 2:
+        return None
+    phases, families = _phases(table), _family_order(table["family"])
+    fig, axes = _grid(len(phases), len(families), FULL_WIDTH, 1.75, sharey="row")
+    for i, phase in enumerate(phases):
+        for j, family in enumerate(families):
+            ax = axes[i][j]
+            rows = table[(table["phase"] == phase) & (table["family"] == family)]
+            for backend in sorted(rows["backend"].unique(), key=_backend_rank):
+                _style_line(ax, rows[rows["backend"] == backend].sort_values("resolution"), value, band,
+                            family_color(family), backend)
+            _log_log(ax, table, value, table["resolution"])
+            ax.set_title(f"{family}, {phase}" if len(phases) > 1 else family)
+            ax.set_xlabel("resolution" if i == len(phases) - 1 else "")
+        axes[i][0].set_ylabel(ylabel)
+    _legends(fig, _family_handles(table["family"]) + _status_handles(table), _style_handles(table["backend"]),
+             "family", "backend")
+    variants = sorted(set(table["variant"]) - set(table["family"]))
+    _title(fig, title, f"{_widths_caption(main_widths(frame), table['family'])}; {_context(frame)}"
+           + ("; band: p20-p80" if band else "") + (f"; variants: {', '.join(variants)}" if variants else "")
+           + _not_drawn(frame))
+    return fig
+
+
+@_styled
+def plot_latency_vs_resolution(frame: pd.DataFrame) -> Figure | None:
+    """Median latency (ms) vs resolution, log-log, per family and phase, a line per backend."""
+    return _per_family_figure(frame, "latency_ms_median", True, "median latency (ms)", "Latency vs resolution")
 
 
 @_styled
 def plot_memory_vs_resolution(frame: pd.DataFrame) -> Figure | None:
-    """Peak memory (MB) of one pass vs resolution, log-log, grouped as latency_vs_resolution."""
-    table = resolution_table(frame)
-    table = table[table["peak_mem_mb"].notna() & (table["peak_mem_mb"] > 0)]
-    return _resolution_figure(frame, table, "peak_mem_mb", None, "peak memory (MB)", "Peak memory vs resolution",
-                              "peak allocation of one pass above the memory in use before it")
+    """Peak memory (MB) of one pass vs resolution, log-log, per family and phase, a line per backend."""
+    return _per_family_figure(frame, "peak_mem_mb", False, "peak memory (MB)", "Peak memory vs resolution")
 
 
 @_styled
 def plot_gmacs_vs_latency(frame: pd.DataFrame) -> Figure | None:
-    """Scatter of GMACs (x, log) vs median latency (y, log) of every ok row, colour = family,
-    marker = backend, one panel per phase."""
+    """GMACs (x, log) vs median latency (y, log): one point per variant, width and resolution (its
+    fastest backend's marker), colour = family, one panel per phase."""
+    frame = prepared(frame)
     table = gmacs_table(frame)
     if table.empty:
         return None
     phases = _phases(table)
-    families = _family_order(table["family"])
-    colors = dict(zip(families, sns.color_palette("colorblind", len(families))))
-    backends = _backend_order(frame, table["backend"])
-    markers = {b: BACKEND_STYLES[i % len(BACKEND_STYLES)][1] for i, b in enumerate(backends)}
-    fig, axes = _panels(len(phases), height=3.0)
-    for ax, phase in zip(axes, phases):
+    fig, axes = _grid(1, len(phases), FULL_WIDTH, 2.6, sharey="row")
+    for ax, phase in zip(axes[0], phases):
         rows = table[table["phase"] == phase]
-        for family in families:
-            for backend in backends:
-                points = rows[(rows["family"] == family) & (rows["backend"] == backend)]
-                if not points.empty:
-                    ax.scatter(points["gmacs"], points["latency_ms_median"], color=colors[family],
-                               marker=markers[backend], s=24, alpha=0.85, edgecolors="white", linewidths=0.4)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        _log_ticks(ax.xaxis, table["gmacs"])
-        _log_ticks(ax.yaxis, table["latency_ms_median"])
+        for (family, backend), points in rows.groupby(["family", "backend"]):
+            ax.plot(points["gmacs"], points["latency_ms_median"], linestyle="", marker=backend_style(backend)[1],
+                    color=family_color(family), alpha=0.8, markeredgecolor="white", markeredgewidth=0.4,
+                    gid=f"backend:{backend}")
+        _log_log(ax, table, "latency_ms_median", table["gmacs"])
         ax.set_title(phase)
         ax.set_xlabel("forward GMACs (whole batch)")
-    axes[0].set_ylabel("median latency (ms)")
-    _legends(fig, [Line2D([], [], ls="", marker="o", color=colors[f], label=f) for f in families],
-             [Line2D([], [], ls="", marker=markers[b], color="0.3", label=b) for b in backends],
-             "family", "backend")
-    _title(fig, "Compute vs latency", _context(frame) + "; all widths and resolutions")
+    axes[0][0].set_ylabel("median latency (ms)")
+    _legends(fig, _family_handles(table["family"]), _marker_handles(table["backend"]), "family", "fastest backend")
+    _title(fig, "Compute vs latency", f"one point per variant, width and resolution; {_context(frame)}")
     return fig
 
 
 @_styled
 def plot_topk_sweep(frame: pd.DataFrame) -> Figure | None:
-    """BRA (kv mode identity) latency vs topk, one panel per phase, plus a panel of GMACs vs topk;
-    one line per resolution (colour), backend = line style. None with fewer than two topk values."""
+    """BRA (kv mode identity) latency vs topk, one panel per phase, plus GMACs vs topk; resolutions
+    as shades of BRA's hue, backends as line styles. None with fewer than two topk values."""
+    frame = prepared(frame)
     table = topk_table(frame)
     if table["topk"].nunique() < 2:
         return None
     phases = _phases(table)
     resolutions = sorted(table["resolution"].unique())
-    colors = dict(zip(resolutions, sns.color_palette("colorblind", len(resolutions))))
-    backends = _backend_order(frame, table["backend"])
-    styles = _backend_styles(backends)
-    fig, axes = _panels(len(phases) + 1, height=3.2, sharey=False)
+    colors = dict(zip(resolutions, shades(family_color(BRA), len(resolutions))))
+    fig, axes = _grid(1, len(phases) + 1, FULL_WIDTH, 2.2, sharey=False)
+    axes = axes[0]
     for ax, phase in zip(axes, phases):
         rows = table[table["phase"] == phase]
         for resolution in resolutions:
-            for backend in backends:
+            for backend in sorted(rows["backend"].unique(), key=_backend_rank):
                 line = rows[(rows["resolution"] == resolution) & (rows["backend"] == backend)].sort_values("topk")
-                if not line.empty:
-                    _errorbar_line(ax, line["topk"], line, "latency_ms_median",
-                                   ("latency_ms_p20", "latency_ms_p80"), colors[resolution], styles[backend])
+                _style_line(ax, line.rename(columns={"topk": "x"}), "latency_ms_median", True, colors[resolution],
+                            backend, x="x")
         ax.set_yscale("log")
-        _log_ticks(ax.yaxis, _spread_values(rows, "latency_ms_median", ("latency_ms_p20", "latency_ms_p80")))
+        _log_ticks(ax.yaxis, _values(rows, "latency_ms_median", True))
         ax.set_title(f"latency, {phase}")
-        ax.set_ylabel("median latency (ms)")
+    axes[0].set_ylabel("median latency (ms)")
     macs = table.groupby(["resolution", "topk"])["gmacs"].median().reset_index()
     ax = axes[-1]
     for resolution in resolutions:
@@ -309,183 +542,146 @@ def plot_topk_sweep(frame: pd.DataFrame) -> Figure | None:
         ax.plot(line["topk"], line["gmacs"], color=colors[resolution], marker="o")
     ax.set_yscale("log")
     _log_ticks(ax.yaxis, macs["gmacs"])
-    ax.set_title("compute")
-    ax.set_ylabel("GMACs (fwd)")
-    topks = sorted(table["topk"].unique())
+    ax.set_title("compute (fwd)")
+    ax.set_ylabel("GMACs")
     for ax in axes:
         ax.set_xscale("log", base=2)
-        _fixed_ticks(ax.xaxis, topks)
+        _fixed_ticks(ax.xaxis, sorted(table["topk"].unique()))
         ax.set_xlabel("topk (routed regions)")
-    width = main_widths(frame).get(BRA)
-    _legends(fig, [Line2D([], [], color=colors[r], marker="o", label=f"{r}×{r}") for r in resolutions],
-             [_style_handle(b, styles[b]) for b in backends], "resolution (tokens)", "backend")
-    _title(fig, "BRA: routed regions (topk)",
-           f"kv mode identity; {_width_text(width)}; {_context(frame)}; bars: p20–p80")
+    _legends(fig, [Line2D([], [], color=colors[r], marker="o", label=f"{r}×{r}") for r in resolutions]
+             + _status_handles(table), _style_handles(table["backend"]), "resolution", "backend")
+    _title(fig, "BRA: routed regions (topk)", f"kv mode identity; {_width_text(main_widths(frame).get(BRA))}; "
+                                              f"{_context(frame)}; band: p20-p80")
     return fig
 
 
 @_styled
-def plot_kv_mode_bars(frame: pd.DataFrame) -> Figure | None:
-    """BRA median latency (ms) per kv_downsample_mode: bars per backend with p20–p80 error bars,
+def plot_kv_modes(frame: pd.DataFrame) -> Figure | None:
+    """BRA median latency per kv_downsample_mode: a point per backend (its marker) with p20-p80 bars,
     one panel per resolution (rows) and phase (columns); a case that ran without a valid number
-    shows its status where its bar would be. None with fewer than two modes."""
+    shows its status where its point would be. None with fewer than two modes."""
+    frame = prepared(frame)
     table = kv_mode_table(frame)
     if table["kv_downsample_mode"].nunique() < 2:
         return None
-    phases = _phases(table)
-    resolutions = sorted(table["resolution"].unique())
+    phases, resolutions = _phases(table), sorted(table["resolution"].unique())
     labels = sorted(table["label"].unique(), key=lambda l: _kv_sort_key(table, l))
-    backends = _backend_order(frame, table["backend"])
-    colors = dict(zip(backends, sns.color_palette("colorblind", len(backends))))
-    fig = Figure(figsize=(FIG_WIDTH, 0.9 + 1.9 * len(resolutions)), layout="constrained")
-    axes = fig.subplots(len(resolutions), len(phases), sharex=True, squeeze=False)
-    bar_width = 0.8 / len(backends)
+    backends = sorted(table["backend"].unique(), key=_backend_rank)
     topk = int(table["topk"].iloc[0])
-    rows = at_main_width(frame, main_widths(frame))
-    rows = rows[(rows["family"] == BRA) & (rows["topk"] == topk) & (rows["status"] != "ok")]
+    failed_rows = at_main_width(frame, main_widths(frame))
+    failed_rows = failed_rows[(failed_rows["family"] == BRA) & (failed_rows["topk"] == topk)
+                              & ~failed_rows["status"].isin(DRAWN_STATUSES)]
     failed = {(r, p, b, m): status for r, p, b, m, status in
-              rows[["resolution", "phase", "backend", "kv_downsample_mode", "status"]].itertuples(index=False)}
+              failed_rows[["resolution", "phase", "backend", "kv_downsample_mode", "status"]].itertuples(index=False)}
+    fig, axes = _grid(len(resolutions), len(phases), FULL_WIDTH, 1.6, sharey=False)
+    step = 0.7 / max(1, len(backends))
     x = np.arange(len(labels))
+    color = family_color(BRA)
     for i, resolution in enumerate(resolutions):
         for j, phase in enumerate(phases):
             ax = axes[i][j]
             rows = table[(table["resolution"] == resolution) & (table["phase"] == phase)]
             for b, backend in enumerate(backends):
                 values = rows[rows["backend"] == backend].set_index("label").reindex(labels)
+                offsets = x + (b - (len(backends) - 1) / 2) * step
                 median = values["latency_ms_median"].to_numpy(float)
-                err = np.vstack([median - values["latency_ms_p20"].to_numpy(float),
-                                 values["latency_ms_p80"].to_numpy(float) - median]).clip(min=0)
-                offsets = x + (b - (len(backends) - 1) / 2) * bar_width
-                ax.bar(offsets, median, bar_width, color=colors[backend],
-                       yerr=np.nan_to_num(err), error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "0.2"},
-                       label=backend)
+                error = np.nan_to_num(np.vstack([median - values["latency_ms_p20"].to_numpy(float),
+                                                 values["latency_ms_p80"].to_numpy(float) - median]).clip(min=0))
+                for noisy in (False, True):
+                    keep = (values["noisy"].fillna(False).to_numpy(bool) == noisy) & np.isfinite(median)
+                    if keep.any():
+                        bars = ax.errorbar(offsets[keep], median[keep], yerr=error[:, keep], linestyle="",
+                                           capsize=1.5, marker=backend_style(backend)[1], color=color,
+                                           elinewidth=0.8, markerfacecolor="white" if noisy else color)
+                        bars.lines[0].set_gid(f"backend:{backend}")
                 for offset, label, value in zip(offsets, labels, median):
                     status = failed.get((resolution, phase, backend, label))
-                    if np.isnan(value) and status:  # a case that ran but has no valid number
-                        ax.text(offset, 0.02, status, rotation=90, ha="center", va="bottom", fontsize=9,
-                                color="0.25", transform=ax.get_xaxis_transform())
+                    if np.isnan(value) and status:
+                        ax.text(offset, 0.04, status, rotation=90, ha="center", va="bottom", fontsize=6,
+                                color="0.35", transform=ax.get_xaxis_transform())
+            ax.set_ylim(bottom=0)
             ax.set_title(f"{resolution}×{resolution} tokens, {phase}")
-            ax.set_xticks(x, labels, rotation=30, ha="right", rotation_mode="anchor")
+            ax.set_xticks(x, labels if i == len(resolutions) - 1 else [""] * len(labels), rotation=20, ha="right",
+                          rotation_mode="anchor")
             ax.grid(axis="x", visible=False)
-            if j == 0:
-                ax.set_ylabel("median latency (ms)")
-    _legends(fig, [Patch(color=colors[b], label=b) for b in backends], [], "backend", "")
-    width = main_widths(frame).get(BRA)
-    _title(fig, "BRA: KV downsampling mode",
-           f"topk={topk}; {_width_text(width)}; {_context(frame)}; bars: p20–p80")
+        axes[i][0].set_ylabel("median latency (ms)")
+    _legends(fig, _status_handles(table), _marker_handles(table["backend"]), "", "backend")
+    _title(fig, "BRA: KV downsampling mode", f"topk={topk}; {_width_text(main_widths(frame).get(BRA))}; "
+                                             f"{_context(frame)}; bars: p20-p80")
     return fig
 
 
 @_styled
-def plot_speedup_heatmap(frame: pd.DataFrame) -> Figure | None:
-    """Speedup of each non-reference backend over its family's reference backend for the same
-    case: rows = variant · backend, columns = resolution, one panel per phase, each family at its
-    main width. Cells read '1.35×'; cases without a valid pair are hatched and show their status
-    (mismatch, oom, ref oom, ...). None when only reference backends were run, or no reference rows."""
-    table = at_main_width(speedup_table(frame), main_widths(frame))
-    table = table[table["backend"] != table["reference_backend"]]
-    if table.empty or (table["cell_status"] == "no reference").all():
+def plot_model_throughput(frame: pd.DataFrame) -> Figure | None:
+    """The model table as a figure: images/s (y, log) vs GMACs per image (x, log), a point per model and
+    attention choice, labelled; colour = family of its attention, marker = backend; one panel per
+    resolution (rows) and phase (columns)."""
+    table = model_table_data(frame)
+    if table.empty:
         return None
-    phases = _phases(table)
-    resolutions = sorted(table["resolution"].unique())
-    variants = _variant_order(table["variant"])
-    backends = _backend_order(frame, table["backend"])
-    present = set(zip(table["variant"], table["backend"]))
-    rows = [(v, b) for v in variants for b in backends if (v, b) in present]
-    row_labels = [f"{_short_variant(v)} · {b}" for v, b in rows]
-    finite = np.log2(table["speedup"].dropna())
-    largest = float(np.abs(finite).max()) if len(finite) else 1.0
-    limit = float(np.clip(largest, 1.0, MAX_LOG2_SPEEDUP))  # beyond 32x the colour saturates
-    norm = Normalize(-limit, limit)
-    cmap = mpl.colormaps["RdBu"]
-    label_width = max(len(label) for label in row_labels) * 0.065
-    fig_width = float(np.clip(label_width + 0.95 * len(resolutions) + 1.4, 4.0, FIG_WIDTH))
-    fig = Figure(figsize=(fig_width, 1.2 + len(phases) * (0.45 + 0.26 * len(rows))), layout="constrained")
-    axes = fig.subplots(len(phases), 1, sharex=True, squeeze=False)[:, 0]
-    image = None
-    for ax, phase in zip(axes, phases):
-        cells = table[table["phase"] == phase].drop_duplicates(["variant", "backend", "resolution"], keep="last")
-        cells = cells.set_index(["variant", "backend", "resolution"])
-        values = np.full((len(rows), len(resolutions)), np.nan)
-        for r, (variant, backend) in enumerate(rows):
-            for c, resolution in enumerate(resolutions):
-                key = (variant, backend, resolution)
-                if key not in cells.index:
-                    continue
-                cell = cells.loc[key]
-                if np.isfinite(cell["speedup"]):
-                    values[r, c] = math.log2(cell["speedup"])
-                    shade = norm(values[r, c])
-                    ax.text(c, r, cell["label"], ha="center", va="center", fontsize=9,
-                            color="white" if abs(shade - 0.5) > 0.3 else "black")
-                else:
-                    ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, facecolor="0.93", edgecolor="0.55",
-                                           hatch="////", linewidth=0))
-                    ax.text(c, r, cell["label"], ha="center", va="center", fontsize=9, color="0.1",
-                            bbox={"facecolor": "0.93", "edgecolor": "none", "pad": 0.6})
-        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="auto",
-                          interpolation="nearest")
-        ax.set_xlim(-0.5, len(resolutions) - 0.5)
-        ax.set_ylim(len(rows) - 0.5, -0.5)
-        ax.set_yticks(range(len(rows)), row_labels)
-        ax.set_xticks(range(len(resolutions)), [f"{r}×{r}" for r in resolutions])
-        ax.tick_params(length=0)
-        ax.grid(False)
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-        families = [_family_of(v) for v, _ in rows]
-        for r in range(1, len(rows)):  # a rule between families
-            if families[r] != families[r - 1]:
-                ax.axhline(r - 0.5, color="0.2", linewidth=0.8)
-        ax.set_title(phase)
-    axes[-1].set_xlabel("resolution (tokens per side)")
-    step = 1 if limit <= 3 else 2
-    ticks = [t for t in range(-math.floor(limit), math.floor(limit) + 1) if t % step == 0]
-    bar = fig.colorbar(image, ax=list(axes), shrink=min(1.0, 4.0 / max(1, len(rows))) ** 0.5, aspect=25,
-                       pad=0.02, extend="both" if largest > limit else "neither")
-    bar.set_ticks(ticks, labels=[_times(2.0 ** t) for t in ticks])
-    bar.minorticks_off()
-    bar.set_label("speedup over reference backend")
-    references = ", ".join(sorted(table["reference_backend"].dropna().unique()))
-    _title(fig, f"Speedup over the reference backend ({references})",
-           f"{_widths_caption(main_widths(frame), table['family'])}; {_context(frame)}\n"
-           "hatched: no valid pair (row or reference not ok); blank: not run")
+    phases, resolutions = _phases(table), sorted(table["resolution"].unique())
+    fig, axes = _grid(len(resolutions), len(phases), FULL_WIDTH, 2.2, sharey=False)
+    for i, resolution in enumerate(resolutions):
+        for j, phase in enumerate(phases):
+            ax = axes[i][j]
+            rows = table[(table["resolution"] == resolution) & (table["phase"] == phase)]
+            for _, row in rows.iterrows():
+                color = family_color(row["family"]) if row["family"] != "mixed" else (0.4, 0.4, 0.4)
+                ax.plot([row["gmacs_per_image"]], [row["throughput"]], linestyle="",
+                        marker=backend_style(row["backend"])[1], color=color,
+                        markerfacecolor="white" if row["noisy"] else color, gid=f"backend:{row['backend']}")
+                own = row["model"].startswith("biformer")  # a BiFormer model with its own attention
+                name = row["model"] if own else f"{row['model']} ({row['attention']})"
+                ax.annotate(name, (row["gmacs_per_image"], row["throughput"]), xytext=(3, 2),
+                            textcoords="offset points", fontsize=5.5, color="0.25")
+            if not rows.empty:
+                _log_log(ax, rows, "throughput", rows["gmacs_per_image"])
+            ax.set_title(f"{resolution}×{resolution} px, {phase}, batch {'/'.join(map(str, sorted(set(rows['batch']))))}")
+            ax.set_xlabel("GFLOPs (GMACs) per image" if i == len(resolutions) - 1 else "")
+        axes[i][0].set_ylabel("images/s")
+    _legends(fig, _family_handles(table["family"]) + _status_handles(table), _marker_handles(table["backend"]),
+             "attention", "backend")
+    _title(fig, "Backbones: throughput vs compute", _context(frame))
     return fig
 
 
 PLOTTERS: dict[str, Callable[[pd.DataFrame], Figure | None]] = {
+    "scaling": plot_scaling,
+    "bra_speedup": plot_bra_speedup,
     "latency_vs_resolution": plot_latency_vs_resolution,
     "memory_vs_resolution": plot_memory_vs_resolution,
     "gmacs_vs_latency": plot_gmacs_vs_latency,
     "topk_sweep": plot_topk_sweep,
-    "kv_mode_bars": plot_kv_mode_bars,
-    "speedup_heatmap": plot_speedup_heatmap,
+    "kv_modes": plot_kv_modes,
+    "speedup": plot_speedup,
+    "model_throughput": plot_model_throughput,
 }
 
 
-def make_plots(frame: pd.DataFrame, out_dir: str | Path) -> list[Path]:
-    """Write ``<name>.png`` (300 dpi) and ``<name>.pdf`` into ``out_dir`` for every plot of
-    ``PLOT_NAMES`` that has data; return the written paths (PNG, PDF per plot, in that order).
+def save_figure(figure: Figure, out_dir: Path, name: str) -> list[Path]:
+    """``<name>.png`` (PNG_DPI) and ``<name>.pdf`` of a figure, without a creation date (same input, same file)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    with plot_style():
+        figure.savefig(paths[0], dpi=PNG_DPI)
+        figure.savefig(paths[1], metadata={"CreationDate": None})
+    return paths
 
-    A frame without ok rows writes nothing (and does not create ``out_dir``).
+
+def make_plots(frame: pd.DataFrame, out_dir: str | Path, names: tuple[str, ...] = PLOT_NAMES) -> list[Path]:
+    """Write ``<name>.png`` and ``<name>.pdf`` into ``out_dir`` for every plot of ``names`` that has data;
+    return the written paths (PNG, PDF per plot, in that order). ``names``: PLOT_NAMES for an
+    attention-suite frame, MODEL_PLOT_NAMES for a model-suite frame.
+
+    A frame without a drawn row writes nothing (and does not create ``out_dir``).
     """
-    out_dir = Path(out_dir)
-    if frame.empty:
-        return []
-    frame = prepared(frame)
-    if measured(frame).empty:
+    if frame.empty or not frame["status"].isin(DRAWN_STATUSES).any():
         return []
     written: list[Path] = []
-    for name in PLOT_NAMES:
-        with plot_style():
-            figure = PLOTTERS[name](frame)
-            if figure is None:
-                continue
-            out_dir.mkdir(parents=True, exist_ok=True)
-            for suffix in (".png", ".pdf"):
-                path = out_dir / f"{name}{suffix}"
-                figure.savefig(path, dpi=DPI, metadata={"CreationDate": None} if suffix == ".pdf" else None)
-                written.append(path)
+    for name in names:
+        figure = PLOTTERS[name](frame)
+        if figure is not None:
+            written += save_figure(figure, Path(out_dir), name)
     return written
 
 
@@ -500,11 +696,6 @@ def _plain(value):
     if isinstance(value, (np.floating, float)) and float(value).is_integer():
         return int(value)
     return value.item() if isinstance(value, np.generic) else value
-
-
-def _times(value: float) -> str:
-    """A colour-bar label: 4 -> '4×', 0.25 -> '1/4×'."""
-    return f"{value:g}×" if value >= 1 else f"1/{1 / value:g}×"
 
 
 def _width_text(width: tuple | None) -> str:
@@ -538,11 +729,16 @@ def _context(frame: pd.DataFrame) -> str:
     return parts[0] if parts else ""
 
 
+def _not_drawn(frame: pd.DataFrame) -> str:
+    """'; not drawn: 3 mismatch, 12 unsupported' for the rows without a drawn value, or ''."""
+    counts = frame.loc[~frame["status"].isin(DRAWN_STATUSES), "status"].value_counts()
+    return f"; not drawn: {', '.join(f'{n} {s}' for s, n in counts.items())}" if len(counts) else ""
+
+
 def _title(fig: Figure, title: str, caption: str) -> None:
     """Title and caption above the panels, the caption wrapped to the figure's width."""
-    columns = int(fig.get_figwidth() * 14)
-    lines = [textwrap.fill(part, columns) for part in caption.split("\n") if part]
-    fig.suptitle("\n".join([title, *lines]), fontsize=9)
+    columns = int(fig.get_figwidth() * 17)
+    fig.suptitle("\n".join([title, *textwrap.wrap(caption, columns)]), fontsize=7.5)
 
 
 def _phases(table: pd.DataFrame) -> list[str]:
@@ -557,25 +753,21 @@ def _family_order(families: pd.Series) -> list[str]:
 
 
 def _family_of(variant: str) -> str:
-    return variant.split(" ", 1)[0]
+    return re.split(r"[ (]", variant, maxsplit=1)[0]
+
+
+def _tags(variant: str) -> str:
+    """A variant's options without its family: 'bra (topk=4, avgpool)' -> 'topk=4, avgpool'."""
+    rest = variant[len(_family_of(variant)):].strip()
+    return rest[1:-1] if rest.startswith("(") and rest.endswith(")") else rest or _family_of(variant)
+
+
+def _readable(variant: str) -> str:
+    return variant.replace("kv_downsample_mode=", "").replace("kv_downsample_ratio=", "r=")
 
 
 def _natural_key(text: str) -> list:
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text) if part]
-
-
-def _variant_order(variants: pd.Series) -> list[str]:
-    order = _family_order(variants.map(_family_of))
-    present = list(dict.fromkeys(variants))
-    return sorted(present, key=lambda v: (order.index(_family_of(v)), _natural_key(v)))
-
-
-def _short_variant(variant: str, drop_family: bool = False) -> str:
-    """A legend label: 'bra kv_downsample_mode=avgpool topk=4' -> 'bra kv=avgpool topk=4'."""
-    text = variant.replace("kv_downsample_mode=", "kv=").replace("kv_downsample_ratio=", "kv_ratio=")
-    if drop_family and " " in text:
-        text = text.split(" ", 1)[1]
-    return text
 
 
 def _kv_sort_key(table: pd.DataFrame, label: str) -> tuple:
@@ -584,25 +776,18 @@ def _kv_sort_key(table: pd.DataFrame, label: str) -> tuple:
     return rank, _natural_key(label)
 
 
-def _backend_order(frame: pd.DataFrame, backends: pd.Series) -> list[str]:
-    """Reference backends first, then the others alphabetically."""
-    references = set(frame["reference_backend"].dropna()) if "reference_backend" in frame.columns else set()
-    present = list(dict.fromkeys(backends))
-    return sorted(present, key=lambda b: (b not in references, b))
+def _backend_rank(backend: str) -> tuple:
+    """Backends in the registry's order (the reference backends come first there)."""
+    names = list(dict.fromkeys(b for info in attentions.list_attentions().values() for b in info["backends"]))
+    return (names.index(backend) if backend in names else len(names), backend)
 
 
-def _backend_styles(backends: list[str]) -> dict[str, tuple]:
-    return {b: BACKEND_STYLES[i % len(BACKEND_STYLES)] for i, b in enumerate(backends)}
-
-
-def _style_handle(backend: str, style: tuple) -> Line2D:
-    return Line2D([], [], color="0.3", linestyle=style[0], marker=style[1], label=backend)
-
-
-def _panels(count: int, height: float, sharey: bool = True) -> tuple[Figure, list]:
-    fig = Figure(figsize=(FIG_WIDTH if count > 1 else FIG_WIDTH / 2 + 0.5, height), layout="constrained")
-    axes = fig.subplots(1, count, sharey=sharey, squeeze=False)[0]
-    return fig, list(axes)
+def _grid(rows: int, columns: int, width: float, panel_height: float, sharey: bool | str) -> tuple[Figure, list]:
+    """A figure of rows × columns panels, ``width`` wide, at most MAX_HEIGHT tall (title and legend included)."""
+    height = min(MAX_HEIGHT, 1.3 + rows * panel_height)
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(rows, columns, sharey=sharey, squeeze=False)
+    return fig, [list(row) for row in axes]
 
 
 def _fixed_ticks(axis, values) -> None:
@@ -611,79 +796,84 @@ def _fixed_ticks(axis, values) -> None:
     axis.set_minor_locator(ticker.NullLocator())
 
 
-def _log_ticks(axis, values) -> None:
+def _log_ticks(axis, values, suffix: str = "") -> None:
     """Plain-number ticks on a log axis ('0.1', '20', '500' rather than powers of ten): decades when
-    the data spans many, 1-2-5 steps when it spans few."""
+    the data spans many, 1-2-5 steps when it spans few, finer when it spans less than a decade."""
     values = np.asarray(values, float)
     values = values[np.isfinite(values) & (values > 0)]
     decades = math.log10(values.max() / values.min()) if len(values) else 3.0
-    if decades > 2.5:
+    if decades > 3.5:
         subs: tuple[float, ...] = (1.0,)
-    elif decades > 1.2:
+    elif decades > 1.5:
         subs = (1.0, 3.0)
     elif decades > 0.6:
         subs = (1.0, 2.0, 5.0)
     else:
         subs = (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)
     axis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
-    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}{suffix}"))
     axis.set_minor_formatter(ticker.NullFormatter())
 
 
-def _errorbar_line(ax, x, rows: pd.DataFrame, value: str, spread: tuple[str, str] | None, color, style) -> None:
-    y = rows[value].to_numpy(float)
-    yerr = None
-    if spread is not None:
-        yerr = np.vstack([y - rows[spread[0]].to_numpy(float), rows[spread[1]].to_numpy(float) - y]).clip(min=0)
-        yerr = np.nan_to_num(yerr)
-    ax.errorbar(np.asarray(x, float), y, yerr=yerr, color=color, linestyle=style[0], marker=style[1],
-                capsize=2, elinewidth=0.8, markeredgecolor="white", markeredgewidth=0.4)
+def _log_log(ax, table: pd.DataFrame, value: str, x_values) -> None:
+    """Log axes with readable ticks; the x ticks at the data's own values when there are few."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    x_values = sorted(set(np.asarray(x_values, float)))
+    if len(x_values) <= 6 and all(float(v).is_integer() for v in x_values):
+        _fixed_ticks(ax.xaxis, x_values)
+    else:
+        _log_ticks(ax.xaxis, x_values)
+    _log_ticks(ax.yaxis, _values(table, value, value == "latency_ms_median" and "latency_ms_p20" in table))
 
 
-def _spread_values(table: pd.DataFrame, value: str, spread: tuple[str, str] | None) -> np.ndarray:
-    columns = [value, *(spread or ())]
+def _values(table: pd.DataFrame, value: str, band: bool) -> np.ndarray:
+    columns = [value, "latency_ms_p20", "latency_ms_p80"] if band else [value]
     return table[columns].to_numpy(float).ravel()
 
 
+def _style_line(ax, line: pd.DataFrame, value: str, band: bool, color, backend: str, x: str = "resolution") -> None:
+    """A backend's line in ``color`` and its style; hollow markers where the row is noisy; the p20-p80 band."""
+    if line.empty:
+        return
+    linestyle, marker = backend_style(backend)
+    ax.plot(line[x], line[value], color=color, linestyle=linestyle, gid=f"backend:{backend}")
+    for noisy, points in line.groupby(line["noisy"].astype(bool)):
+        ax.plot(points[x], points[value], linestyle="", marker=marker, color=color,
+                markerfacecolor="white" if noisy else color, markeredgecolor=color if noisy else "white",
+                markeredgewidth=0.8 if noisy else 0.4)
+    if band:
+        ax.fill_between(line[x], line["latency_ms_p20"], line["latency_ms_p80"], color=color, alpha=0.18, linewidth=0)
+
+
+def _family_handles(families: pd.Series) -> list[Line2D]:
+    return [Line2D([], [], color=family_color(f) if f in attentions.list_attentions() else (0.4, 0.4, 0.4),
+                   marker="s", linestyle="-", label=f) for f in _family_order(families)]
+
+
+def _style_handles(backends: pd.Series) -> list[Line2D]:
+    return [Line2D([], [], color="0.3", linestyle=backend_style(b)[0], marker=backend_style(b)[1], label=b,
+                   gid=f"backend:{b}") for b in sorted(set(backends), key=_backend_rank)]
+
+
+def _marker_handles(backends: pd.Series) -> list[Line2D]:
+    return [Line2D([], [], color="0.3", linestyle="", marker=backend_style(b)[1], label=b, gid=f"backend:{b}")
+            for b in sorted(set(backends), key=_backend_rank)]
+
+
+def _status_handles(table: pd.DataFrame) -> list[Line2D]:
+    """A legend entry for hollow markers, when some drawn value is noisy."""
+    noisy = table["noisy"].any() if "noisy" in table else (table.get("cell_status") == "noisy").any()
+    return [Line2D([], [], color="0.3", linestyle="", marker="o", markerfacecolor="white",
+                   label="noisy (spread beyond the device's limit)")] if noisy else []
+
+
 def _legends(fig: Figure, first: list, second: list, first_title: str, second_title: str) -> None:
-    """Legends below the panels, outside the data: the styles' legend (short) at the left, the
-    colours' legend beside it."""
-    if second:
-        fig.legend(handles=second, title=second_title, loc="outside lower left", ncols=1, handlelength=2.6)
-    longest = max((len(h.get_label()) for h in first), default=1)
-    ncols = max(1, min(len(first), int(64 // (longest + 6))))
-    fig.legend(handles=first, title=first_title, loc="outside lower right" if second else "outside lower center",
-               ncols=ncols)
-
-
-def _resolution_figure(frame: pd.DataFrame, table: pd.DataFrame, value: str, spread: tuple[str, str] | None,
-                       ylabel: str, title: str, note: str) -> Figure | None:
-    if table.empty or table["resolution"].nunique() < 2:
-        return None
-    phases = _phases(table)
-    variants = _variant_order(table["variant"])
-    colors = dict(zip(variants, sns.color_palette("colorblind", len(variants))))
-    backends = _backend_order(frame, table["backend"])
-    styles = _backend_styles(backends)
-    longest = max(len(_short_variant(v)) for v in variants)
-    legend_rows = math.ceil(len(variants) / max(1, min(len(variants), int(70 // (longest + 6)))))
-    fig, axes = _panels(len(phases), height=2.9 + 0.2 * legend_rows)
-    resolutions = sorted(table["resolution"].unique())
-    for ax, phase in zip(axes, phases):
-        rows = table[table["phase"] == phase]
-        for variant in variants:
-            for backend in backends:
-                line = rows[(rows["variant"] == variant) & (rows["backend"] == backend)].sort_values("resolution")
-                if not line.empty:
-                    _errorbar_line(ax, line["resolution"], line, value, spread, colors[variant], styles[backend])
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        _fixed_ticks(ax.xaxis, resolutions)
-        _log_ticks(ax.yaxis, _spread_values(table, value, spread))
-        ax.set_title(phase)
-        ax.set_xlabel("resolution (tokens per side)")
-    axes[0].set_ylabel(ylabel)
-    _legends(fig, [Line2D([], [], color=colors[v], marker="o", label=_short_variant(v)) for v in variants],
-             [_style_handle(b, styles[b]) for b in backends], "variant", "backend")
-    _title(fig, title, f"{_widths_caption(main_widths(frame), table['family'])}; {_context(frame)}; {note}")
-    return fig
+    """The legends below the panels, side by side, each in as many columns as fit."""
+    for handles, title, where in ((second, second_title, "outside lower left"),
+                                  (first, first_title, "outside lower right" if second else "outside lower center")):
+        if handles:
+            longest = max(len(h.get_label()) for h in handles)
+            ncols = max(1, min(len(handles), int(fig.get_figwidth() * 13 / (longest + 5) / (2 if second and first else 1))))
+            fig.legend(handles=handles, title=title or None, loc=where, ncols=ncols, handlelength=2.4,
+                       columnspacing=1.0)

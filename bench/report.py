@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .plots import make_plots
+from .plots import MODEL_PLOT_NAMES, make_plots
 from .results import ResultsFormatError, load_results, read_metadata, results_suite
 from .tables import all_tables, model_table
 
@@ -92,13 +92,14 @@ def build_report(results: Path, out_dir: Path) -> Path:
     suites = collect_results(results)
     out_dir = Path(out_dir)
     tables_dir, plots_dir = out_dir / "tables", out_dir / "plots"
-    tables, plots, written = [], None, []
+    tables, written = [], []
     if "attentions" in suites:
         tables += all_tables(suites["attentions"][0])
         written += make_plots(suites["attentions"][0], plots_dir)
-        plots = [p for p in written if p.suffix == ".png"]
     if "models" in suites:
         tables.append(model_table(suites["models"][0]))
+        written += make_plots(suites["models"][0], plots_dir, MODEL_PLOT_NAMES)
+    plots = [p for p in written if p.suffix == ".png"]
     for table in tables:
         written += table.write(tables_dir)
     remove_stale_files(out_dir, written)
@@ -115,7 +116,7 @@ def build_report(results: Path, out_dir: Path) -> Path:
     for table in tables:
         lines += [f"### {table.name}", "", f"[LaTeX](tables/{table.name}.tex) · [CSV](tables/{table.name}.csv)",
                   "", table.to_markdown(), ""]
-    if plots is not None:
+    if plots:
         lines += ["## Plots", ""]
         for png in plots:
             lines += [f"### {png.stem}", "", f"![{png.stem}](plots/{png.name}) ([PDF](plots/{png.stem}.pdf))", ""]

@@ -15,11 +15,14 @@ from fvcore.nn import FlopCountAnalysis
 
 import attentions
 import bench
+import bench.plots
 import bench.report
 from attentions.models import build_model, list_models
 from bench import cli
+from bench.plots import plot_model_throughput
 from bench.results import MODEL_COLUMNS
 from bench.tables import model_table
+from figure_checks import check_legends_match, check_png
 from test_bench_cli import data_lines, dry_run, dry_run_labels
 
 MIXED = "window,deformable,bra,full"
@@ -118,7 +121,12 @@ def test_metadata_names_the_suite(model_run):
 def test_report_has_the_model_table_in_three_formats(model_run):
     out = model_run["reports"]
     assert sorted(p.name for p in (out / "tables").iterdir()) == ["models.csv", "models.md", "models.tex"]
-    assert not (out / "plots").exists()
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["model_throughput.pdf", "model_throughput.png"]
+    check_png(out / "plots" / "model_throughput.png")
+    figure = plot_model_throughput(model_run["frame"])
+    assert check_legends_match(figure) == 6  # the ok rows: 2 models × fwd at 32², 2 × both phases at 64²
+    labels = {t.get_text() for ax in figure.axes for t in ax.texts}
+    assert labels == {"biformer_tiny", "swin_layout (window,deformable,bra,full)"}
     table = pd.read_csv(out / "tables" / "models.csv")
     assert list(table.columns[:8]) == ["Model", "Attention", "Backend", "Res.", "Batch", "Dtype", "Params (M)",
                                        "FLOPs (G)"]
@@ -165,13 +173,18 @@ def test_compare_refuses_model_runs(model_run, capsys):
 
 
 def test_a_folder_with_both_suites_reports_both(model_run, small_results, tmp_path, monkeypatch):
-    monkeypatch.setattr(bench.report, "make_plots", lambda frame, out: [])  # drawn and tested in test_plots.py
+    def fake_plots(frame, out, names=bench.plots.PLOT_NAMES):  # drawn and tested in test_plots.py
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{names[0]}.png").write_bytes(b"")
+        return [out / f"{names[0]}.png"]
+    monkeypatch.setattr(bench.report, "make_plots", fake_plots)
     folder = tmp_path / "runs"
     folder.mkdir()
     (folder / "attention.csv").write_bytes(small_results.read_bytes())
     (folder / "models.csv").write_bytes(model_run["csv"].read_bytes())
     readme = bench.report.build_report(folder, tmp_path / "out").read_text()
     assert "### main" in readme and "### models" in readme and "## Plots" in readme
+    assert "(plots/scaling.png)" in readme and "(plots/model_throughput.png)" in readme
     models = pd.read_csv(tmp_path / "out" / "tables" / "models.csv")
     main = pd.read_csv(tmp_path / "out" / "tables" / "main.csv")
     assert len(models) == 4 and len(main) == len(bench.load_results(small_results))

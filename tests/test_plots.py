@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import struct
 
 import matplotlib
 import numpy as np
@@ -11,49 +10,61 @@ import pandas as pd
 import pytest
 
 from bench import load_results
-from bench.plots import (PLOT_NAMES, gmacs_table, kv_mode_table, main_widths, make_plots, plot_kv_mode_bars,
-                         plot_speedup_heatmap, plot_topk_sweep, resolution_table, speedup_table, topk_table)
+from bench.plots import (PLOT_NAMES, PLOTTERS, backend_style, family_color, gmacs_table, kv_mode_table,
+                         main_widths, make_plots, representative_variants, plot_bra_speedup, plot_kv_modes, plot_latency_vs_resolution,
+                         plot_speedup, plot_topk_sweep, resolution_table, scaling_table, speedup_table, topk_table)
+from bench.variants import with_variants
+from figure_checks import check_legends_match, check_png, colours_of
 from small_results import MISMATCH_LATENCY_MS, select as _select
+
 
 @pytest.fixture()
 def frame(small_results):
     return load_results(small_results)
 
 
-def _png_size(data: bytes) -> tuple[int, int]:
-    return struct.unpack(">II", data[16:24])
-
-
-def test_make_plots_writes_a_png_and_a_pdf_of_every_plot(frame, tmp_path):
+def test_every_plot_renders_at_paper_size_with_ink_and_legends_that_match(frame, tmp_path):
     backend, font_size = matplotlib.rcParams["backend"], matplotlib.rcParams["font.size"]
     out = tmp_path / "figures"
     written = make_plots(frame, out)
     assert written == [out / f"{name}{suffix}" for name in PLOT_NAMES for suffix in (".png", ".pdf")]
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)
     for path in written:
-        data = path.read_bytes()
-        assert data.startswith(b"\x89PNG" if path.suffix == ".png" else b"%PDF"), path
         if path.suffix == ".png":
-            width, height = _png_size(data)
-            assert width >= 3.5 * 200 and height >= 2 * 200, (path, width, height)  # >= 200 dpi at print size
+            check_png(path)
+        else:
+            assert path.read_bytes().startswith(b"%PDF")
+    checked = sum(check_legends_match(PLOTTERS[name](frame)) for name in PLOT_NAMES)
+    assert checked > 50
     # nothing leaks into other users of matplotlib: neither the backend nor the style
     assert matplotlib.rcParams["backend"] == backend and matplotlib.rcParams["font.size"] == font_size
+
+
+def test_a_family_keeps_its_hue_and_a_backend_its_style_in_every_plot(frame):
+    assert len({family_color(f) for f in ("full", "window", "deformable", "bra")}) == 4
+    assert len({backend_style(b) for b in ("torch", "sdpa", "flex", "chunked", "triton", "xformers")}) == 6
+    figure = plot_latency_vs_resolution(frame)
+    by_panel = {ax.get_title(): {tuple(round(c, 3) for c in matplotlib.colors.to_rgb(line.get_color()))
+                                 for line in ax.get_lines()} for ax in figure.axes if ax.get_title()}
+    for title, colours in by_panel.items():
+        family = title.split(",")[0]
+        assert colours == {tuple(round(c, 3) for c in family_color(family))}, title
+    scaling = colours_of(PLOTTERS["scaling"](frame), "family")
+    assert {f: c for f, c in scaling.items()} == {f: {tuple(round(v, 3) for v in family_color(f))} for f in scaling}
 
 
 def test_speedup_matches_a_hand_computation(frame):
     table = speedup_table(frame)
     for family, options in [("full", "{}"), ("bra", '{"topk": 1}')]:
         for resolution, phase in [(7, "fwd"), (14, "fwd+bwd")]:
-            fast = frame.loc[_select(frame, family, "sdpa", resolution, phase, options), "speedup_vs_ref"]
+            fast = frame.loc[_select(frame, family, "sdpa", resolution, phase, options)]
             row = table[_select(table, family, "sdpa", resolution, phase, options)]
             if family == "bra" and resolution == 14:  # the injected oom
                 continue
-            expected = fast.item()  # the speedup over the reference paired in the run's rounds
+            expected = fast["speedup_vs_ref"].item()  # the speedup over the reference paired in the run's rounds
             assert row["speedup"].item() == pytest.approx(expected, rel=1e-12)
+            assert row["speedup_low"].item() == fast["speedup_ci_low"].item() <= expected
             assert row["label"].item() == f"{expected:.2f}×" and row["cell_status"].item() == "ok"
-    references = table[table["backend"] == "torch"]
-    ok = references["status"] == "ok"
-    assert np.allclose(references.loc[ok, "speedup"], 1.0)
 
 
 def test_a_mismatch_row_is_never_a_valid_latency_or_speedup(frame):
@@ -63,17 +74,16 @@ def test_a_mismatch_row_is_never_a_valid_latency_or_speedup(frame):
     assert row["cell_status"].item() == row["label"].item() == "mismatch"
     for table in (resolution_table(frame), gmacs_table(frame), topk_table(frame), kv_mode_table(frame)):
         assert not (table["latency_ms_median"] == MISMATCH_LATENCY_MS).any()
+    assert not (scaling_table(frame)["value"] == MISMATCH_LATENCY_MS).any()
     by_case = resolution_table(frame).set_index(["variant", "backend", "resolution", "phase"])
     assert ("full", "sdpa", 14, "fwd") not in by_case.index and ("full", "torch", 14, "fwd") in by_case.index
-    # and in the drawn heatmap the cell reads 'mismatch', the ok pairs read their speedups
-    figure = plot_speedup_heatmap(frame)
+    # the speedup plot names it where its point would be
+    figure = plot_speedup(frame)
     texts = {ax.get_title(): [t.get_text() for t in ax.texts] for ax in figure.axes if ax.get_title()}
-    assert "mismatch" in texts["fwd"] and "mismatch" not in texts["fwd+bwd"]
-    sdpa_7_fwd = speedup_table(frame)
-    assert sdpa_7_fwd.loc[_select(sdpa_7_fwd, "full", "sdpa", 7, "fwd"), "label"].item() in texts["fwd"]
+    assert "14²: mismatch" in texts["fwd"] and "14²: mismatch" not in texts["fwd+bwd"]
 
 
-def test_rows_without_numbers_are_labelled_with_their_status(frame):
+def test_rows_without_numbers_are_named_with_their_status(frame):
     table = speedup_table(frame)
     cells = {
         ("bra", 14, "fwd+bwd", '{"topk": 1}'): "oom",          # the row itself ran out of memory
@@ -83,10 +93,24 @@ def test_rows_without_numbers_are_labelled_with_their_status(frame):
     for (family, resolution, phase, options), status in cells.items():
         row = table[_select(table, family, "sdpa", resolution, phase, options)]
         assert math.isnan(row["speedup"].item()) and row["label"].item() == status
-    figure = plot_speedup_heatmap(frame)
-    drawn = [t.get_text() for ax in figure.axes for t in ax.texts]
-    assert {"oom", "ref oom", "error", "mismatch"} <= set(drawn)
-    assert not any(label == "nan" or "nan×" in label for label in drawn)
+    drawn = [t.get_text() for ax in plot_speedup(frame).axes for t in ax.texts]
+    assert {"14²: oom", "14²: ref oom", "7²: error", "14²: mismatch"} <= set(drawn)
+    assert not any("nan" in label for label in drawn)
+    assert "14²: oom" in [t.get_text() for ax in plot_bra_speedup(frame).axes for t in ax.texts]
+
+
+def test_noisy_rows_are_drawn_hollow(frame):
+    noisy = frame.copy()
+    noisy.loc[_select(noisy, "full", "sdpa", 7, "fwd"), "status"] = "noisy"
+    assert resolution_table(noisy)["noisy"].sum() == 1 and not resolution_table(frame)["noisy"].any()
+
+    def hollow(figure) -> int:
+        return sum(1 for ax in figure.axes for line in ax.get_lines()
+                   if line.get_marker() not in ("None", "") and line.get_markerfacecolor() in ("white", "w", (1, 1, 1, 1)))
+    assert hollow(plot_latency_vs_resolution(noisy)) == 1 and hollow(plot_latency_vs_resolution(frame)) == 0
+    assert hollow(plot_speedup(noisy)) == 1
+    legend = [h.get_label() for lg in plot_latency_vs_resolution(noisy).legends for h in lg.legend_handles]
+    assert any(label.startswith("noisy") for label in legend)
 
 
 def test_curves_follow_one_width_per_family(frame):
@@ -96,7 +120,19 @@ def test_curves_follow_one_width_per_family(frame):
     assert main_widths(mixed) == {f: (16, 2, 1, "float32") for f in ("full", "window", "bra")}
     table = resolution_table(mixed)
     assert set(table["dim"]) == {16} and len(table) == len(resolution_table(frame))
-    assert 32 in set(gmacs_table(mixed)["dim"])  # the scatter shows every width
+    assert 32 in set(gmacs_table(mixed)["dim"])  # compute vs latency shows every width
+
+
+def test_scaling_takes_the_best_backend_of_each_point(frame):
+    table = scaling_table(frame)
+    latency = table[table["metric"] == "latency"].set_index(["family", "phase", "resolution"])
+    rows = with_variants(frame)
+    rows = rows[(rows["status"] == "ok") & (rows["variant"] == rows["family"].map(representative_variants(frame)))]
+    for (family, phase, resolution), best in latency.iterrows():
+        candidates = rows[(rows["family"] == family) & (rows["phase"] == phase) & (rows["resolution"] == resolution)]
+        assert best["value"] == candidates["latency_ms_median"].min()
+        assert best["backend"] == candidates.loc[candidates["latency_ms_median"].idxmin(), "backend"]
+    assert set(table["metric"]) == {"latency", "memory"}
 
 
 def test_topk_and_kv_mode_data(frame):
@@ -106,18 +142,19 @@ def test_topk_and_kv_mode_data(frame):
     kv = kv_mode_table(frame)
     assert set(kv["topk"]) == {4} and set(kv["label"]) == {"identity", "avgpool"}
     assert set(kv.loc[kv["label"] == "avgpool", "resolution"]) == {14}  # the 7² rows are errors ...
-    bars = plot_kv_mode_bars(frame)
-    assert [t.get_text() for ax in bars.axes for t in ax.texts] == ["error"] * 4  # ... shown as such, 2 x 2 panels
+    points = plot_kv_modes(frame)
+    assert [t.get_text() for ax in points.axes for t in ax.texts] == ["error"] * 4  # ... named, 2 x 2 panels
     # a frame without the sweep skips the plot
     assert plot_topk_sweep(frame[frame["options"] != '{"topk": 1}']) is None
-    assert plot_kv_mode_bars(frame[~frame["options"].str.contains("avgpool")]) is None
+    assert plot_kv_modes(frame[~frame["options"].str.contains("avgpool")]) is None
 
 
-def test_reference_backend_alone_skips_the_heatmap(frame, tmp_path):
-    only_reference = frame[(frame["backend"] == frame["reference_backend"]) & (frame["family"] == "full")]
-    assert plot_speedup_heatmap(frame[frame["backend"] == frame["reference_backend"]]) is None
-    written = make_plots(only_reference, tmp_path)
-    assert [p.name for p in written] == [f"{name}{suffix}" for name in PLOT_NAMES[:3] for suffix in (".png", ".pdf")]
+def test_reference_backend_alone_skips_the_speedup_plots(frame, tmp_path):
+    only_reference = frame[frame["backend"] == frame["reference_backend"]]
+    assert plot_speedup(only_reference) is None and plot_bra_speedup(only_reference) is None
+    written = make_plots(only_reference[only_reference["family"] == "full"], tmp_path)
+    assert [p.stem for p in written[::2]] == ["scaling", "latency_vs_resolution", "memory_vs_resolution",
+                                              "gmacs_vs_latency"]
 
 
 def test_empty_or_unmeasured_frames_write_nothing(frame, tmp_path):

@@ -176,7 +176,7 @@ def test_a_folder_of_runs_keeps_the_newest_row_per_case(small_results, tmp_path)
 
 def fake_plots(names: tuple[str, ...]):
     """A stand-in for ``make_plots`` (drawn and tested in test_plots.py) writing empty plots of ``names``."""
-    def make(frame, out_dir):
+    def make(frame, out_dir, suite_names=None):
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = [out_dir / f"{name}{suffix}" for name in names for suffix in (".png", ".pdf")]
         for path in paths:
