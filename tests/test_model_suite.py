@@ -146,7 +146,7 @@ def test_report_has_the_model_table_in_three_formats(model_run):
     assert all(len(re.split(r"(?<!\\)&", line)) == columns for line in body.splitlines() if line.endswith("\\\\"))
     assert r"\textbf{" in tex and "BiFormer-T" in tex and "64$^2$" in tex
     readme = (out / "README.md").read_text()
-    assert "### models" in readme and "suite `models`" in readme and "## Plots" not in readme
+    assert "### models" in readme and "suite `models`" in readme and "(plots/model_throughput.png)" in readme
 
 
 def test_model_table_keeps_failed_rows_out_of_the_ranking(model_run):
