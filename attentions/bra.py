@@ -128,9 +128,10 @@ class ChunkedRoutedAttention(torch.autograd.Function):
     """
 
     @staticmethod
-    def chunk(q_blocks: Tensor, k_blocks: Tensor, v_blocks: Tensor, weights: Tensor | None, routed: Tensor,
-              scale: float, rows: slice) -> tuple[Tensor, ...]:
-        """One chunk's routed K/V (unweighted and weighted) and attention probabilities."""
+    def chunk(scaled_q: Tensor, k_blocks: Tensor, v_blocks: Tensor, weights: Tensor | None, routed: Tensor,
+              rows: slice) -> tuple[Tensor, ...]:
+        """One chunk's routed K/V (unweighted and weighted) and attention probabilities. The queries come
+        scaled, so that no pass over the (topk times larger) score matrix applies the scale."""
         index = routed[rows].flatten()
         count, topk = routed[rows].shape
         raw_keys = k_blocks.index_select(0, index).view(count, topk, k_blocks.shape[1], -1)
@@ -139,36 +140,35 @@ class ChunkedRoutedAttention(torch.autograd.Function):
         if weights is not None:
             keys, values = raw_keys * weights[rows, :, None, None], raw_values * weights[rows, :, None, None]
         keys, values = keys.flatten(1, 2), values.flatten(1, 2)
-        probs = torch.bmm(q_blocks[rows], keys.transpose(1, 2)).mul_(scale).softmax(dim=-1)
+        probs = torch.bmm(scaled_q[rows], keys.transpose(1, 2)).softmax(dim=-1)
         return raw_keys, raw_values, keys, values, probs
 
     @staticmethod
     def forward(ctx, q_blocks: Tensor, k_blocks: Tensor, v_blocks: Tensor, weights: Tensor | None, routed: Tensor,
                 scale: float, step: int) -> Tensor:
         out = q_blocks.new_empty(q_blocks.shape[:2] + (v_blocks.shape[-1],))
+        scaled_q = q_blocks * scale
         for start in range(0, len(q_blocks), step):
             rows = slice(start, start + step)
-            *_, values, probs = ChunkedRoutedAttention.chunk(q_blocks, k_blocks, v_blocks, weights, routed, scale,
-                                                             rows)
+            *_, values, probs = ChunkedRoutedAttention.chunk(scaled_q, k_blocks, v_blocks, weights, routed, rows)
             torch.bmm(probs, values, out=out[rows])
-        ctx.save_for_backward(q_blocks, k_blocks, v_blocks, weights, routed, out)
+        ctx.save_for_backward(scaled_q, k_blocks, v_blocks, weights, routed, out)
         ctx.scale, ctx.step = scale, step
         return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
-        q_blocks, k_blocks, v_blocks, weights, routed, out = ctx.saved_tensors
-        scale = ctx.scale
-        dq, dk, dv = torch.empty_like(q_blocks), torch.zeros_like(k_blocks), torch.zeros_like(v_blocks)
+        scaled_q, k_blocks, v_blocks, weights, routed, out = ctx.saved_tensors
+        dq, dk, dv = torch.empty_like(scaled_q), torch.zeros_like(k_blocks), torch.zeros_like(v_blocks)
         dweights = torch.empty_like(weights) if ctx.needs_input_grad[3] else None
         delta = (dout * out).sum(-1, keepdim=True)  # rowsum(dO ∘ O): the softmax backward's correction
-        for start in range(0, len(q_blocks), ctx.step):
+        for start in range(0, len(scaled_q), ctx.step):
             rows = slice(start, start + ctx.step)
             raw_keys, raw_values, keys, values, probs = ChunkedRoutedAttention.chunk(
-                q_blocks, k_blocks, v_blocks, weights, routed, scale, rows)
-            dlogits = probs * (torch.bmm(dout[rows], values.transpose(1, 2)) - delta[rows]) * scale
+                scaled_q, k_blocks, v_blocks, weights, routed, rows)
+            dlogits = probs * (torch.bmm(dout[rows], values.transpose(1, 2)) - delta[rows])  # d(scaled logits)
             dq[rows] = torch.bmm(dlogits, keys)
-            dkeys = torch.bmm(dlogits.transpose(1, 2), q_blocks[rows]).view(raw_keys.shape)
+            dkeys = torch.bmm(dlogits.transpose(1, 2), scaled_q[rows]).view(raw_keys.shape)
             dvalues = torch.bmm(probs.transpose(1, 2), dout[rows]).view(raw_values.shape)
             if dweights is not None:
                 dweights[rows] = (dkeys * raw_keys).sum((2, 3)) + (dvalues * raw_values).sum((2, 3))
@@ -177,7 +177,7 @@ class ChunkedRoutedAttention(torch.autograd.Function):
             index = routed[rows].flatten()
             dk.index_add_(0, index, dkeys.flatten(0, 1))
             dv.index_add_(0, index, dvalues.flatten(0, 1))
-        return dq, dk, dv, dweights, None, None, None
+        return dq.mul_(ctx.scale), dk, dv, dweights, None, None, None
 
 
 def chunked_gathered(module: "BiLevelRoutingAttention", q: Tensor, kv: Tensor, r_weight: Tensor,
