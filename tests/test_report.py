@@ -113,7 +113,7 @@ def test_bra_fast_path_table_takes_its_ratios_from_the_rows(small_results):
     assert set(shown["Backend"]) == {"sdpa", "flex"}
     assert shown["Variant"].str.contains("avgpool").sum() == 0  # the FLOP ratio assumes unpooled regions
     row = shown[(shown["Backend"] == "sdpa") & (shown["Res."] == "7²") & (shown["Phase"] == "fwd")
-                & shown["Variant"].str.contains("topk=4")].iloc[0]
+                & (shown["Variant"] == "bra")].iloc[0]  # "bra": its defaults, topk 4
     pick = lambda f, b: frame[(frame.family == f) & (frame.backend == b) & (frame.resolution == 7)  # noqa: E731
                               & (frame.phase == "fwd") & (frame.options == "{}")].iloc[0]
     bra, bra_ref, full = pick("bra", "sdpa"), pick("bra", "torch"), pick("full", "sdpa")
