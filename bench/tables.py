@@ -505,8 +505,8 @@ def model_table(frame: pd.DataFrame) -> Table:
             row = rows[rows["phase"] == phase]
             if row.empty:
                 cells += [None, None, None]
-            elif row.iloc[-1]["status"] != "ok":
-                cells += [None, row.iloc[-1]["status"].upper(), None]
+            elif row.iloc[-1]["status"] != "ok":  # in the throughput column, which the LaTeX shows too
+                cells += [row.iloc[-1]["status"].upper(), None, None]
             else:
                 row = row.iloc[-1]
                 cells += [_value(row["throughput"]), _latency(row), _value(row["peak_mem_mb"])]
