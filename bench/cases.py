@@ -64,9 +64,39 @@ class Case:
         return {**attentions.family_options(self.family), **self.options_dict}
 
     def label(self) -> str:
-        opts = ",".join(f"{k}={v}" for k, v in self.options)
-        return (f"{self.family}[{opts}]/{self.backend} {self.resolution}² C{self.dim} h{self.heads} "
-                f"b{self.batch} {self.dtype} {self.phase}")
+        """A readable one-line description, e.g. 'bra (topk=1)/sdpa 14² C64 h2 b2 float32 fwd'."""
+        return (f"{config_name(self.family, self.options_dict)}/{self.backend} {self.resolution}² C{self.dim} "
+                f"h{self.heads} b{self.batch} {self.dtype} {self.phase}")
+
+
+# Options that read as a short tag in a configuration's name, in this order; the others read 'name=value'.
+OPTION_TAGS: dict[str, Callable[[Any], str]] = {
+    "topk": lambda v: f"topk={v}",
+    "kv_downsample_mode": str,  # the mode alone: avgpool, ada_maxpool, ...
+    "kv_downsample_ratio": lambda v: f"r={v}",
+    "kv_per_win": lambda v: f"kv={v}",
+}
+
+
+def _tag(name: str, value: Any) -> str:
+    if name in OPTION_TAGS:
+        return OPTION_TAGS[name](value)
+    return name if value is True else f"{name}={value}"
+
+
+def config_name(family: str, options: dict[str, Any]) -> str:
+    """A configuration's readable name: the family alone for its defaults ('bra', 'full'), else the family
+    and a tag per option that differs from its default, e.g. 'bra (topk=1, avgpool, r=2)'.
+
+    Defaults come from the registry (none for a family it does not know); a True flag reads as its name.
+    """
+    try:
+        defaults = attentions.family_options(family)
+    except attentions.AttentionConfigError:
+        defaults = {}
+    changed = {k: v for k, v in options.items() if k not in defaults or defaults[k] != v}
+    order = [k for k in OPTION_TAGS if k in changed] + sorted(k for k in changed if k not in OPTION_TAGS)
+    return f"{family} ({', '.join(_tag(k, changed[k]) for k in order)})" if order else family
 
 
 @dataclass

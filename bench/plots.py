@@ -409,7 +409,7 @@ def _speedup_figure(frame: pd.DataFrame, families: list[str] | None, title: str,
         ax.set_xscale("log")
         _log_ticks(ax.xaxis, span, suffix="×")
         ax.set_ylim(len(entries) - 0.5, -0.5)
-        ax.set_yticks(range(len(entries)), [f"{_readable(v)} · {b}" for v, b in entries])
+        ax.set_yticks(range(len(entries)), [f"{v} · {b}" for v, b in entries])
         ax.grid(axis="y", visible=False)
         families_per_row = [_family_of(v) for v, _ in entries]
         for y in range(1, len(entries)):
@@ -760,10 +760,6 @@ def _tags(variant: str) -> str:
     """A variant's options without its family: 'bra (topk=4, avgpool)' -> 'topk=4, avgpool'."""
     rest = variant[len(_family_of(variant)):].strip()
     return rest[1:-1] if rest.startswith("(") and rest.endswith(")") else rest or _family_of(variant)
-
-
-def _readable(variant: str) -> str:
-    return variant.replace("kv_downsample_mode=", "").replace("kv_downsample_ratio=", "r=")
 
 
 def _natural_key(text: str) -> list:

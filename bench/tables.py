@@ -1,7 +1,11 @@
 """Paper tables from result rows, rendered as markdown, LaTeX (booktabs) and CSV.
 
+The markdown and CSV keep every column; the LaTeX is the paper's version: the columns marked for it,
+pure ASCII, in ``table`` floats of at most a page that fit the line width (see ``Table.to_latex``).
+
 Rules every table follows:
-- captions state units and conventions (GMACs are the papers' "FLOPs"; HW FLOPs = 2 × MACs);
+- a short caption, and a note: what the columns shown mean, units and conventions (GMACs are the papers'
+  "FLOPs"; HW FLOPs = 2 × MACs);
 - the best value of each column is in bold, within each block of rows (a resolution and phase);
 - rows whose status is not ok keep their place and show the status instead of numbers;
 - a mismatch row never shows a speedup: it failed the error check against the reference;
@@ -13,7 +17,10 @@ Rules every table follows:
 
 from __future__ import annotations
 
+import itertools
 import math
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -37,11 +44,25 @@ CONVENTIONS = ("GMACs are multiply-adds counted by fvcore, the papers' \"FLOPs\"
 
 @dataclass
 class Column:
-    """A table column: header, how to format a value, and which end is best (for bold)."""
+    """A table column: header, how to format a value, which end is best (for bold), and what it means
+    (for the table's note, where the column is shown).
+
+    For the LaTeX (paper) table: ``paper=False`` leaves the column out (the markdown and CSV keep it);
+    ``heading=True`` shows its value, constant within a block, once in a heading row above the block
+    instead of in a column; ``span`` is a header over this and the neighbouring columns of the same
+    span, and is left out of this column's own header ('fwd img/s' under 'fwd' reads 'img/s').
+    """
 
     header: str
     format: Callable[[float], str] = lambda v: f"{v:.3g}"
     best: str | None = None  # "min", "max" or None
+    paper: bool = True
+    heading: bool = False
+    span: str | None = None
+    note: str = ""
+
+    def latex_header(self) -> str:
+        return self.header.removeprefix(self.span).strip() if self.span else self.header
 
 
 @dataclass(frozen=True)
@@ -59,13 +80,28 @@ def _number(cell: object) -> float | None:
     return None
 
 
+# What a LaTeX table needs besides the article class: booktabs for its rules, graphicx to shrink it.
+LATEX_PACKAGES = ("booktabs", "graphicx")
+# Lines (rows, and a heading or rule per block) in one LaTeX float: a page of \small rows under a
+# caption, on A4 or US letter with 2.5 cm margins. The note takes a line per NOTE_CHARS of it.
+PAGE_LINES = 54
+NOTE_CHARS = 110
+
+
 @dataclass
 class Table:
+    """Rows of cells in blocks (bold and rules per block), rendered as markdown, LaTeX and CSV."""
+
     name: str
-    caption: str
+    caption: str  # short: a title
     columns: list[Column]
     rows: list[list[object]] = field(default_factory=list)  # float, Cell, str (label or status) or None
     blocks: list[int] = field(default_factory=list)          # block id per row, for bold and rules
+    note: str = ""  # after the shown columns' notes: blocks, bold, conventions
+
+    def full_note(self, columns: list[Column]) -> str:
+        """The note under a rendering with ``columns``: their meanings, then the table's own note."""
+        return " ".join([c.note for c in columns if c.note] + [self.note]).strip()
 
     def frame(self) -> pd.DataFrame:
         """The table's values (numbers as numbers) for CSV."""
@@ -97,29 +133,86 @@ class Table:
 
     def to_markdown(self) -> str:
         bold = self.best_cells()
-        lines = [f"**{self.caption}**", "", "| " + " | ".join(c.header for c in self.columns) + " |",
+        lines = [f"**{self.caption}.** {self.full_note(self.columns)}".rstrip(), "",
+                 "| " + " | ".join(c.header for c in self.columns) + " |",
                  "|" + "|".join("---" for _ in self.columns) + "|"]
         for r, row in enumerate(self.texts()):
             cells = [f"**{t}**" if (r, c) in bold else t for c, t in enumerate(row)]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
+    def pages(self, note: str) -> list[list[int]]:
+        """The rows of each LaTeX float: whole blocks while they fit PAGE_LINES (a line per row, one per
+        block for its rule or heading; on the first page, ``note``'s lines too); a longer block is cut."""
+        note_lines = math.ceil(len(note) / NOTE_CHARS)
+        pages: list[list[int]] = []
+        lines = 0
+        for _, run in itertools.groupby(range(len(self.rows)), key=lambda r: self.blocks[r]):
+            run = list(run)
+            if pages and lines + len(run) + 1 <= PAGE_LINES - (note_lines if len(pages) == 1 else 0):
+                pages[-1] += run
+                lines += len(run) + 1
+                continue
+            while run:  # new pages, each with as much of the block as fits
+                size = PAGE_LINES - (0 if pages else note_lines) - 1
+                pages.append(run[:size])
+                run = run[size:]
+                lines = len(pages[-1]) + 1
+        return pages or [[]]
+
     def to_latex(self) -> str:
-        bold = self.best_cells()
-        align = "".join("l" if c.best is None else "r" for c in self.columns)
-        lines = ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{latex_escape(self.caption)}}}",
-                 f"\\label{{tab:{self.name}}}", f"\\begin{{tabular}}{{{align}}}", "\\toprule",
-                 " & ".join(latex_escape(c.header) for c in self.columns) + " \\\\", "\\midrule"]
-        previous = None
-        for r, row in enumerate(self.texts()):
-            if previous is not None and self.blocks[r] != previous:
-                lines.append("\\midrule")
-            previous = self.blocks[r]
-            cells = [f"\\textbf{{{latex_escape(t)}}}" if (r, c) in bold else latex_escape(t)
-                     for c, t in enumerate(row)]
-            lines.append(" & ".join(cells) + " \\\\")
-        lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
-        return "\n".join(lines) + "\n"
+        """The paper's version: the ``paper`` columns, ASCII only, booktabs rules, one ``table`` float per
+        page of rows (``pages``), the first with the caption, a label ``tab:<name>`` and the note below
+        the table, the others captioned '(continued)' and labelled ``tab:<name>:<n>``. A table wider
+        than the line is shrunk to it (never enlarged). Columns without a value are left out. The first
+        line names the packages it needs."""
+        bold, texts = self.best_cells(), self.texts()
+        shown = [c for c, column in enumerate(self.columns) if column.paper and not column.heading
+                 and any(row[c] is not None for row in self.rows)]
+        headed = [c for c, column in enumerate(self.columns) if column.paper and column.heading]
+        headings = [", ".join(f"{self.columns[c].header} {row[c]}" for c in headed) for row in texts]
+        align = "".join("r" if any(_number(row[c]) is not None for row in self.rows) else "l" for c in shown)
+        note = self.full_note([self.columns[c] for c in shown + headed])
+        out = [f"% requires: {', '.join(LATEX_PACKAGES)}",
+               f"% The paper's columns; {self.name}.md and {self.name}.csv hold them all."]
+        for page, rows in enumerate(self.pages(note)):
+            caption = self.caption if page == 0 else f"{self.caption} (continued)"
+            label = f"tab:{self.name}" if page == 0 else f"tab:{self.name}:{page + 1}"
+            out += ["\\begin{table}[tbp]", "\\centering", "\\small", "\\setlength{\\tabcolsep}{4pt}",
+                    f"\\caption{{{latex_escape(caption)}}}",
+                    f"\\label{{{label}}}", f"\\sbox0{{\\begin{{tabular}}{{{align}}}", "\\toprule",
+                    *self._latex_header(shown), "\\midrule"]
+            for previous, r in zip([None, *rows], rows):
+                new_heading = bool(headed) and (previous is None or headings[r] != headings[previous])
+                if previous is not None and (new_heading or self.blocks[r] != self.blocks[previous]):
+                    out.append("\\midrule")
+                if new_heading:
+                    out.append(f"\\multicolumn{{{len(shown)}}}{{l}}{{\\emph{{{latex_escape(headings[r])}}}}} \\\\")
+                out.append(" & ".join(f"\\textbf{{{latex_escape(texts[r][c])}}}" if (r, c) in bold
+                                      else latex_escape(texts[r][c]) for c in shown) + " \\\\")
+            out += ["\\bottomrule", "\\end{tabular}}",
+                    "\\ifdim\\wd0>\\linewidth \\resizebox{\\linewidth}{!}{\\usebox0}\\else \\usebox0\\fi"]
+            if page == 0 and note:
+                out += ["\\par\\smallskip", f"{{\\footnotesize\\raggedright {latex_escape(note)}\\par}}"]
+            out.append("\\end{table}")
+        return "\n".join(out) + "\n"
+
+    def _latex_header(self, shown: list[int]) -> list[str]:
+        """The header row, under a row of spans (with their rules) when some columns have one."""
+        columns = [self.columns[c] for c in shown]
+        lines = []
+        if any(column.span for column in columns):
+            cells, rules, first = [], [], 1
+            for span, group in itertools.groupby(column.span for column in columns):
+                width = len(list(group))
+                if span is None:
+                    cells += [""] * width
+                else:
+                    cells.append(f"\\multicolumn{{{width}}}{{c}}{{{latex_escape(span)}}}")
+                    rules.append(f"\\cmidrule(lr){{{first}-{first + width - 1}}}")
+                first += width
+            lines += [" & ".join(cells) + " \\\\", " ".join(rules)]
+        return lines + [" & ".join(latex_escape(column.latex_header()) for column in columns) + " \\\\"]
 
     def write(self, out_dir: Path) -> list[Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -130,14 +223,27 @@ class Table:
         return paths
 
 
+# Characters LaTeX reads as commands, and the non-ASCII ones the tables use, as LaTeX.
 LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "×": r"$\times$", "²": r"$^2$", "–": "--", "—": "---", "≤": r"$\leq$", "‖": r"$\|$",
-                  "→": r"$\to$"}
+                  "<": r"$<$", ">": r"$>$", "|": r"$|$",
+                  "×": r"$\times$", "²": r"$^2$", "³": r"$^3$", "–": "--", "—": "---", "−": r"$-$",
+                  "≤": r"$\leq$", "≥": r"$\geq$", "±": r"$\pm$", "‖": r"$\|$", "→": r"$\to$", "÷": r"$\div$",
+                  "·": r"$\cdot$", "…": r"\dots{}", "µ": r"$\mu$", "°": r"$^\circ$", "\u00a0": "~"}
+
+
+def _latex_char(ch: str) -> str:
+    """One character as LaTeX: escaped, replaced, or (another non-ASCII one) its ASCII letters, or '?'."""
+    if ch in LATEX_SPECIALS:
+        return LATEX_SPECIALS[ch]
+    if ch.isascii():
+        return ch
+    return unicodedata.normalize("NFKD", ch).encode("ascii", "ignore").decode() or "?"
 
 
 def latex_escape(text: str) -> str:
-    return "".join(LATEX_SPECIALS.get(ch, ch) for ch in text)
+    """``text`` as pure-ASCII LaTeX: specials escaped, "quotes" as ``quotes'', symbols as math."""
+    return re.sub(r'"([^"]*)"', r"``\1''", "".join(_latex_char(ch) for ch in text))
 
 
 def _ratio(value: float) -> str:
@@ -183,18 +289,25 @@ def _value(value: float) -> float | None:
     return None if pd.isna(value) else value
 
 
+def _case_columns() -> list[Column]:
+    """The columns naming an attention case; in LaTeX the resolution, width and phase head their blocks."""
+    return [Column("Variant"), Column("Backend"), Column("Res.", heading=True), Column("C/heads", heading=True),
+            Column("Phase", heading=True)]
+
+
 def main_table(frame: pd.DataFrame) -> Table:
     """(a) Every variant × backend × resolution: cost, speed, memory, and ratios to full and to the reference."""
     rows = with_full_attention(with_reference(with_variants(frame)))
-    table = Table("main", "Attention variants: parameters, cost, latency (ms, median [p20–p80]), throughput "
-                  "(images/s) and peak memory (MB); speedup (×, higher is better) and memory ratio (×, lower is "
-                  "better) against full attention with the same backend and against the family's reference "
-                  "backend. Best per column within each resolution and phase in bold. " + CONVENTIONS,
-                  [Column("Variant"), Column("Backend"), Column("Res."), Column("C/heads"), Column("Phase"),
-                   Column("Params (M)", lambda v: f"{v:.3f}", None), Column("GMACs", lambda v: f"{v:.3g}", "min"),
-                   Column("Latency ms", best="min"), Column("Img/s", lambda v: f"{v:.4g}", "max"),
-                   Column("Mem MB", lambda v: f"{v:.4g}", "min"), Column("× full", _ratio, "max"),
-                   Column("Mem/full", _ratio, "min"), Column("× ref", _ratio, "max"), Column("Mem/ref", _ratio, "min")])
+    table = Table("main", "Attention variants: cost, latency and memory, against full attention and the reference",
+                  [*_case_columns(), Column("Params (M)", lambda v: f"{v:.3f}", paper=False),
+                   Column("GMACs", lambda v: f"{v:.3g}", "min"), Column("Latency ms", best="min"),
+                   Column("Img/s", lambda v: f"{v:.4g}", "max", paper=False, note="Img/s: images per second."),
+                   Column("Mem MB", lambda v: f"{v:.4g}", "min", note="Mem MB: peak memory."),
+                   Column("× full", _ratio, "max", note="× full: speedup over full attention on the same backend."),
+                   Column("Mem/full", _ratio, "min", paper=False, note="Mem/full: peak memory over full attention's."),
+                   Column("× ref", _ratio, "max", note="× ref: speedup over the family's reference backend."),
+                   Column("Mem/ref", _ratio, "min", paper=False, note="Mem/ref: peak memory over the reference's.")],
+                  note="Best per column within each resolution, width and phase in bold. " + CONVENTIONS)
     blocks: dict[tuple, int] = {}
     for _, row in _sorted(rows).iterrows():
         ok = row["status"] == "ok"
@@ -232,16 +345,19 @@ def ablation_table(frame: pd.DataFrame, axis: str) -> Table | None:
     if bra[axis].nunique() < 2:
         return None
     resolutions = sorted(bra["resolution"].unique())
-    columns = [Column("Phase"), Column("Backend"), Column(axis.replace("kv_downsample_mode", "kv mode"))]
+    columns = [Column("Phase", heading=True), Column("Backend", heading=True),
+               Column(axis.replace("kv_downsample_mode", "kv mode"))]
     for r in resolutions:
-        columns += [Column(f"{r}² GMACs", lambda v: f"{v:.3g}", "min"), Column(f"{r}² ms", best="min"),
-                    Column(f"{r}² MB", lambda v: f"{v:.4g}", "min")]
+        columns += [Column(f"{r}² GMACs", lambda v: f"{v:.3g}", "min", span=f"{r}²"),
+                    Column(f"{r}² ms", best="min", span=f"{r}²"),
+                    Column(f"{r}² MB", lambda v: f"{v:.4g}", "min", span=f"{r}²")]
     dim, heads = bra["dim"].iloc[0], bra["heads"].iloc[0]
     what = "top-k routed regions" if axis == "topk" else "kv downsampling mode"
     table = Table(f"bra_{'topk' if axis == 'topk' else 'kv_modes'}",
                   f"BRA ablation over the {what} (C {dim}, {heads} heads, batch {bra['batch'].iloc[0]}, "
-                  f"{bra['dtype'].iloc[0]}): GMACs, median latency (ms) and peak memory (MB) per resolution. "
-                  f"Best per column within each phase and backend in bold. " + CONVENTIONS, columns)
+                  f"{bra['dtype'].iloc[0]})", columns,
+                  note="GMACs, latency (ms, median [p20–p80]) and peak memory (MB) per resolution (tokens per side). "
+                  "Best per column within each phase and backend in bold. " + CONVENTIONS)
     blocks: dict[tuple, int] = {}
     keyed = {(r["phase"], r["backend"], r[axis], r["resolution"]): r for _, r in bra.iterrows()}
     values = sorted(bra[axis].unique(), key=lambda v: (str(type(v)), v))
@@ -269,14 +385,16 @@ def backend_table(frame: pd.DataFrame) -> Table | None:
     others = rows[rows["backend"] != rows["reference_backend"]]
     if others.empty:
         return None
-    table = Table("backends", "Backends against their family's reference backend on the same case: speedup "
-                  "(reference latency / latency, ×), memory saving (reference peak / peak, ×) and error "
-                  "(‖out − ref‖ / ‖ref‖, worst of output and gradients; max |out − ref|). A mismatch exceeded "
-                  "the dtype's tolerance and shows no speedup. Best per column within each resolution and phase "
-                  "in bold. " + CONVENTIONS,
-                  [Column("Variant"), Column("Backend"), Column("Res."), Column("C/heads"), Column("Phase"),
-                   Column("Status"), Column("Speedup", _ratio, "max"), Column("Mem saving", _ratio, "max"),
-                   Column("Rel. err", lambda v: f"{v:.1e}", "min"), Column("Max abs err", lambda v: f"{v:.1e}")])
+    table = Table("backends", "Backends against their family's reference backend on the same case",
+                  [*_case_columns(), Column("Status"),
+                   Column("Speedup", _ratio, "max", note="Speedup: reference latency / latency, with its 95% "
+                          "confidence interval where the two were timed in paired rounds."),
+                   Column("Mem saving", _ratio, "max", note="Mem saving: reference peak memory / peak memory."),
+                   Column("Rel. err", lambda v: f"{v:.1e}", "min",
+                          note="Rel. err: ‖out − ref‖ / ‖ref‖, the worst of output and gradients."),
+                   Column("Max abs err", lambda v: f"{v:.1e}", paper=False, note="Max abs err: max |out − ref|.")],
+                  note="A mismatch exceeded the dtype's tolerance and shows no speedup. Best per column within each "
+                  "resolution, width and phase in bold. " + CONVENTIONS)
     blocks: dict[tuple, int] = {}
     for _, row in _sorted(others).iterrows():
         status = row["status"]
@@ -301,19 +419,28 @@ def bra_fast_path_table(frame: pd.DataFrame) -> Table | None:
                 & (rows["backend"] != rows["reference_backend"])]
     if rows.empty:
         return None
-    table = Table("bra_fast_paths", "BRA fast paths against the official algorithm (the reference backend): "
-                  "speedup (×) and peak memory ratio (target ≤ 1/topk), speedup over BRA's flex backend, and "
-                  "speedup over full attention through SDPA's flash kernel with that speedup as a share of the "
-                  "attention FLOP ratio (regions / topk). TFLOP/s from fvcore's MACs; % of the profile's dense "
-                  "peak. Tile eff.: the share of the multiply-adds its kernels' matrix tiles issue that is useful "
-                  "(the backends that report it). Best per column within each case in bold. " + CONVENTIONS,
-                  [Column("Variant"), Column("Backend"), Column("Res."), Column("C/heads"), Column("Phase"),
-                   Column("Latency ms", best="min"), Column("× ref", _ratio, "max"),
-                   Column("Mem/ref", _ratio, "min"), Column("1/topk", _ratio), Column("× flex", _ratio, "max"),
-                   Column("× flash", _ratio, "max"), Column("FLOP ratio", lambda v: f"{v:.3g}"),
-                   Column("% of FLOP ratio", lambda v: f"{v:.0%}", "max"),
-                   Column("TFLOP/s", lambda v: f"{v:.3g}", "max"), Column("% peak", lambda v: f"{v:.1f}", "max"),
-                   Column("Tile eff.", lambda v: f"{v:.0%}", "max")])
+    table = Table("bra_fast_paths", "BRA fast paths against the official algorithm, the flex backend and dense "
+                  "flash attention",
+                  [*_case_columns(), Column("Latency ms", best="min"),
+                   Column("× ref", _ratio, "max", note="× ref: speedup over the official algorithm (the reference "
+                          "backend)."),
+                   Column("Mem/ref", _ratio, "min", note="Mem/ref: peak memory over the reference's; the target is "
+                          "1/topk."),
+                   Column("1/topk", _ratio),
+                   Column("× flex", _ratio, "max", note="× flex: speedup over BRA's flex backend."),
+                   Column("× flash", _ratio, "max", note="× flash: speedup over full attention through SDPA's "
+                          "flash kernel."),
+                   Column("FLOP ratio", lambda v: f"{v:.3g}", paper=False,
+                          note="FLOP ratio: the attention FLOP ratio, regions / topk."),
+                   Column("% of FLOP ratio", lambda v: f"{v:.0%}", "max",
+                          note="% of FLOP ratio: × flash as a share of the attention FLOP ratio (regions / topk)."),
+                   Column("TFLOP/s", lambda v: f"{v:.3g}", "max", paper=False, note="TFLOP/s: from fvcore's MACs."),
+                   Column("% peak", lambda v: f"{v:.1f}", "max", paper=False,
+                          note="% peak: TFLOP/s as a share of the profile's dense peak."),
+                   Column("Tile eff.", lambda v: f"{v:.0%}", "max",
+                          note="Tile eff.: the share of the multiply-adds its kernels' matrix tiles issue that is "
+                          "useful (the backends that report it).")],
+                  note="Best per column within each case in bold. " + CONVENTIONS)
     blocks: dict[tuple, int] = {}
     for _, row in _sorted(rows).iterrows():
         ok = row["status"] == "ok"
@@ -353,15 +480,19 @@ def model_table(frame: pd.DataFrame) -> Table:
     """The model-level paper table: per model, attention choice, backend and resolution, parameters, GFLOPs
     (fvcore MACs per image) and, for the forward and for forward+backward, throughput, latency and memory."""
     names = {name: info["display_name"] for name, info in list_models().items()}
-    columns = [Column("Model"), Column("Attention"), Column("Backend"), Column("Res."), Column("Batch"),
-               Column("Dtype"), Column("Params (M)", lambda v: f"{v:.2f}"), Column("FLOPs (G)", lambda v: f"{v:.3f}")]
+    columns = [Column("Model"), Column("Attention"), Column("Backend"), Column("Res.", heading=True),
+               Column("Batch", heading=True), Column("Dtype", heading=True),
+               Column("Params (M)", lambda v: f"{v:.2f}"),
+               Column("FLOPs (G)", lambda v: f"{v:.3f}", note="FLOPs (G): fvcore multiply-adds of one image's "
+                      "forward in eval mode, as the papers count them.")]
     for phase in MODEL_PHASES:
-        columns += [Column(f"{phase} img/s", lambda v: f"{v:.4g}", "max"), Column(f"{phase} ms", best="min"),
-                    Column(f"{phase} MB", lambda v: f"{v:.4g}", "min")]
-    table = Table("models", "Backbones: parameters (M), FLOPs (G, fvcore multiply-adds of one image's forward in "
-                  "eval mode, as the papers count them) and, for the forward (eval mode) and forward+backward "
-                  "(training mode), throughput (images/s), latency (ms, median [p20–p80]) and peak memory (MB). "
-                  "Best per column within each resolution, batch and dtype in bold. " + CONVENTIONS, columns)
+        columns += [Column(f"{phase} img/s", lambda v: f"{v:.4g}", "max", span=phase),
+                    Column(f"{phase} ms", best="min", paper=False),
+                    Column(f"{phase} MB", lambda v: f"{v:.4g}", "min", span=phase)]
+    table = Table("models", "Backbones: parameters, FLOPs, throughput and memory", columns,
+                  note="fwd: the forward in eval mode; fwd+bwd: forward and backward in training mode; img/s: "
+                  "images per second; MB: peak memory. Best per column within each resolution, batch and dtype in "
+                  "bold. " + CONVENTIONS)
     keys = ["model", "attention", "backend", "resolution", "batch", "dtype"]
     ordered = _model_order(frame)
     blocks: dict[tuple, int] = {}
@@ -374,8 +505,8 @@ def model_table(frame: pd.DataFrame) -> Table:
             row = rows[rows["phase"] == phase]
             if row.empty:
                 cells += [None, None, None]
-            elif row.iloc[-1]["status"] != "ok":
-                cells += [None, row.iloc[-1]["status"].upper(), None]
+            elif row.iloc[-1]["status"] != "ok":  # in the throughput column, which the LaTeX shows too
+                cells += [row.iloc[-1]["status"].upper(), None, None]
             else:
                 row = row.iloc[-1]
                 cells += [_value(row["throughput"]), _latency(row), _value(row["peak_mem_mb"])]

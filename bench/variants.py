@@ -16,6 +16,8 @@ import pandas as pd
 
 import attentions
 
+from .cases import config_name
+
 CASE_SHAPE = ["resolution", "batch", "dim", "heads", "dtype", "phase"]
 PAIRED = ["status", "latency_ms_median", "peak_mem_mb"]
 
@@ -54,7 +56,7 @@ def variant_keys(frame: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def _label(family: str, options: dict, keys: list[str]) -> str:
-    return " ".join([family, *(f"{k}={options[k]}" for k in keys if k in options)])
+    return config_name(family, {k: options[k] for k in keys if k in options})
 
 
 def _labels_collide(rows: pd.DataFrame, effective: pd.Series, keys: list[str]) -> bool:
@@ -65,7 +67,8 @@ def _labels_collide(rows: pd.DataFrame, effective: pd.Series, keys: list[str]) -
 
 
 def with_variants(frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy of ``frame`` with a ``variant`` column such as 'bra kv_downsample_mode=avgpool topk=4'."""
+    """A copy of ``frame`` with a ``variant`` column: the family and its variant keys' values as named by
+    ``bench.cases.config_name``, e.g. 'bra' (the defaults), 'bra (topk=1)', 'bra (avgpool)'."""
     if frame.empty:
         return frame.assign(variant=pd.Series(dtype=str))
     keys = variant_keys(frame)

@@ -30,6 +30,7 @@ import torch
 import attentions
 import bench
 from bench import cli
+from bench.cases import config_name
 from bench.presets import KV_MODES
 from bench.profiles import PROFILES
 from bench.results import RunLock, cpu_name
@@ -86,9 +87,14 @@ def dry_run_labels(stdout: str) -> list[str]:
 
 def row_label(row: pd.Series) -> str:
     """bench.cases.Case.label() rebuilt from a results row, to compare a run with its --dry-run."""
-    options = ",".join(f"{k}={v}" for k, v in sorted(json.loads(row["options"]).items()))
-    return (f"{row['family']}[{options}]/{row['backend']} {row['resolution']}² C{row['dim']} h{row['heads']} "
+    name = config_name(row["family"], json.loads(row["options"]))
+    return (f"{name}/{row['backend']} {row['resolution']}² C{row['dim']} h{row['heads']} "
             f"b{row['batch']} {row['dtype']} {row['phase']}")
+
+
+def family_of(label: str) -> str:
+    """The family of a case label: its first word ('bra (topk=1)/sdpa ...' -> 'bra')."""
+    return label.split("/", 1)[0].split(" ", 1)[0]
 
 
 def data_lines(path: Path) -> list[bytes]:
@@ -440,7 +446,7 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
         proc = subprocess.Popen([sys.executable, str(RUN_BENCH), *flags], cwd=REPO, env=subprocess_env(),
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: "running full[]/torch 14² C64 h2 b2 float32 fwd" in log.read_text(), proc,
+        wait_for(lambda: "running full/torch 14² C64 h2 b2 float32 fwd" in log.read_text(), proc,
                  "progress bar naming the first cases", log)
         proc.send_signal(signal.SIGINT)
         wait_for(lambda: "interrupt: the sweep stops once the case in progress has its row" in log.read_text(),
@@ -749,16 +755,16 @@ def test_full_attention_is_not_repeated_per_topk_or_kv_mode(tmp_path, capsys):
                      "--results-dir", str(tmp_path / "r")]) == 0
     labels = dry_run_labels(capsys.readouterr().out)
     assert len(labels) == 2 * len(FULL_BACKENDS)
-    assert sorted(labels) == sorted(f"full[]/{b} 28² C64 h2 b2 float32 {p}"
+    assert sorted(labels) == sorted(f"full/{b} 28² C64 h2 b2 float32 {p}"
                                     for b in FULL_BACKENDS for p in ("fwd", "fwd+bwd"))
     assert not (tmp_path / "r").exists()
 
 
 def test_dry_run_counts_per_family(quick_run):
     labels = dry_run_labels(quick_run["dry"])
-    count = {f: sum(label.startswith(f + "[") for label in labels) for f in attentions.list_attentions()}
+    count = {f: sum(family_of(label) == f for label in labels) for f in attentions.list_attentions()}
     assert count == {"full": 2 * len(FULL_BACKENDS), "window": 8, "deformable": 6, "bra": 5 * (5 * 2 + 2)}
-    assert not any("topk" in label for label in labels if not label.startswith("bra["))
+    assert not any("topk" in label for label in labels if family_of(label) != "bra")
 
 
 def test_list_shows_every_family_and_backend_with_availability(capsys):

@@ -334,7 +334,7 @@ def test_two_real_runs_align_by_case_key(tmp_path, capsys):
     assert comparison.table["verdict"].notna().all()
     assert (comparison.table["latency_ratio"] > 0).all() and (comparison.table["gmacs_ratio"] == 1).all()
     assert comparison.only_in_base == [] and len(comparison.only_in_new) == 1
-    assert comparison.only_in_new[0].startswith("window[]/torch")
+    assert comparison.only_in_new[0].startswith("window/torch ")
     assert sum("no run metadata" in w for w in comparison.warnings) == 2
     assert main_compare([str(base), str(new)]) == (1 if comparison.failed else 0)
     assert "Only in NEW (1)" in capsys.readouterr().out

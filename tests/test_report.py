@@ -13,8 +13,8 @@ from bench import cli, load_results
 from bench.plots import PLOT_NAMES
 from bench.report import build_report
 from bench.results import write_metadata
-from bench.tables import (Table, Column, ablation_table, backend_table, bra_fast_path_table, latex_escape,
-                          main_table)
+from bench.tables import (PAGE_LINES, Table, Column, ablation_table, backend_table, bra_fast_path_table,
+                          latex_escape, main_table)
 from small_results import MISMATCH_LATENCY_MS
 
 TABLES = ("main", "bra_topk", "bra_kv_modes", "backends", "bra_fast_paths")
@@ -47,21 +47,51 @@ def test_report_holds_every_table_and_plot(report):
 
 @pytest.mark.parametrize("name", TABLES)
 def test_latex_is_well_formed(report, name):
+    """Each float: a table, a tabular in booktabs rules, one cell per column in every row; specials escaped.
+    (tests/test_latex.py compiles them.)"""
     tex = (report.parent / "tables" / f"{name}.tex").read_text()
-    begins = re.findall(r"\\begin\{(\w+)\}", tex)
-    ends = re.findall(r"\\end\{(\w+)\}", tex)
-    assert begins == ["table", "tabular"] and ends == ["tabular", "table"]
-    assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
-    assert tex.count(r"\toprule") == tex.count(r"\bottomrule") == 1
-    spec = re.search(r"\\begin\{tabular\}\{(\w+)\}", tex).group(1)
-    body = tex[tex.index(r"\toprule"):tex.index(r"\bottomrule")]
-    for line in body.splitlines():
-        if line.endswith(r"\\"):  # every row has one cell per column
-            assert len(re.split(r"(?<!\\)&", line)) == len(spec), line
+    floats = tex.count(r"\begin{table}")
+    assert re.findall(r"\\begin\{(\w+)\}", tex) == ["table", "tabular"] * floats
+    assert re.findall(r"\\end\{(\w+)\}", tex) == ["tabular", "table"] * floats
+    assert tex.count(r"\toprule") == tex.count(r"\bottomrule") == floats
+    for part in tex.split(r"\begin{table}")[1:]:
+        assert part.index(r"\toprule") < part.index(r"\midrule") < part.index(r"\bottomrule")
+        spec = re.search(r"\\begin\{tabular\}\{(\w+)\}", part).group(1)
+        for line in part[part.index(r"\toprule"):part.index(r"\bottomrule")].splitlines():
+            if line.endswith(r"\\") and r"\multicolumn" not in line:  # not a heading or a span
+                assert len(re.split(r"(?<!\\)&", line)) == len(spec), line
     assert tex.count("{") == tex.count("}")
-    assert re.search(r"(?<!\\)[_%#]", re.sub(r"\\(label|begin|end)\{[^}]*\}", "", tex)) is None  # all escaped
+    body = "\n".join(line for line in tex.splitlines() if not line.startswith("%"))
+    assert re.search(r"(?<!\\)[_%#]", re.sub(r"\\(label|begin|end)\{[^}]*\}", "", body)) is None  # all escaped
     assert (r"\textbf{" in tex) == (name != "bra_fast_paths")  # the small run has one fast path: nothing to rank
     assert "\\caption{" in tex and "GMACs" in tex and "2 $\\times$ MACs" in tex
+
+
+def test_latex_keeps_the_paper_columns_and_the_markdown_all(small_results):
+    """main's LaTeX: the paper's columns, the resolution, width and phase in block headings; the markdown
+    and CSV keep every column."""
+    table = main_table(load_results(small_results))
+    tex, markdown = table.to_latex(), table.to_markdown()
+    header = r"Variant & Backend & GMACs & Latency ms & Mem MB & $\times$ full & $\times$ ref \\"
+    assert header in tex.splitlines()
+    assert r"\multicolumn{7}{l}{\emph{Res. 7$^2$, C/heads 16/2, Phase fwd}} \\" in tex
+    assert "Img/s" not in tex and "Mem/full" not in tex and "Params" not in tex
+    assert list(table.frame().columns) == [c.header for c in table.columns]
+    assert all(f" {c.header} |" in markdown for c in table.columns)
+
+
+def test_latex_float_per_page_of_rows():
+    """A table longer than a page is cut into floats at block boundaries, the first with the caption, the
+    note and the label; a block longer than a page is cut too."""
+    table = Table("t", "caption", [Column("name"), Column("ms", best="min")], note="note " * 40,
+                  rows=[[f"r{i}", float(i)] for i in range(100)], blocks=[0] * 30 + [1] * 30 + [2] * 40)
+    assert [len(page) for page in table.pages(table.note)] == [30, 30, 40]
+    table.blocks = [0] * 100
+    assert [len(page) for page in table.pages(table.note)] == [PAGE_LINES - 3, 100 - (PAGE_LINES - 3)]  # note: 2 lines
+    tex = table.to_latex()
+    assert tex.count(r"\begin{table}") == 2 and tex.count(r"\footnotesize") == 1
+    assert r"\caption{caption}" in tex and r"\label{tab:t}" in tex
+    assert r"\caption{caption (continued)}" in tex and r"\label{tab:t:2}" in tex
 
 
 def test_main_table_keeps_failed_rows_and_never_ranks_a_mismatch(small_results):
@@ -113,7 +143,7 @@ def test_bra_fast_path_table_takes_its_ratios_from_the_rows(small_results):
     assert set(shown["Backend"]) == {"sdpa", "flex"}
     assert shown["Variant"].str.contains("avgpool").sum() == 0  # the FLOP ratio assumes unpooled regions
     row = shown[(shown["Backend"] == "sdpa") & (shown["Res."] == "7²") & (shown["Phase"] == "fwd")
-                & shown["Variant"].str.contains("topk=4")].iloc[0]
+                & (shown["Variant"] == "bra")].iloc[0]  # "bra": its defaults, topk 4
     pick = lambda f, b: frame[(frame.family == f) & (frame.backend == b) & (frame.resolution == 7)  # noqa: E731
                               & (frame.phase == "fwd") & (frame.options == "{}")].iloc[0]
     bra, bra_ref, full = pick("bra", "sdpa"), pick("bra", "torch"), pick("full", "sdpa")
