@@ -498,6 +498,11 @@ def wait_for_lock(path: Path, proc: subprocess.Popen, log: Path) -> str:
     return lock.read_text()
 
 
+def resume_locked(path: Path) -> list[str]:
+    """The arguments that resume the copy of the locked run at ``path``."""
+    return ["--resume", "locked", "--results-dir", str(path.parent.parent), "--quiet", "--no-report"]
+
+
 def assert_complete_once(path: Path, keys: set[str]) -> None:
     frame = bench.load_results(path)
     assert not frame["case_key"].duplicated().any(), "a case has two rows"
@@ -508,12 +513,11 @@ def test_a_second_writer_of_a_run_is_refused_naming_the_first(lock_run, tmp_path
     keys = set(bench.load_results(lock_run)["case_key"])
     path = emptied_copy(lock_run, tmp_path)
     log = tmp_path / "first.log"
-    first = popen_bench("--resume", "locked", "--results-dir", str(path.parent.parent), "--quiet", "--no-report",
-                        stderr_path=log)
+    first = popen_bench(*resume_locked(path), stderr_path=log)
     try:
         holder = wait_for_lock(path, first, log)
         with pytest.raises(SystemExit) as exc:
-            cli.main(["--resume", "locked", "--results-dir", str(path.parent.parent), "--quiet", "--no-report"])
+            cli.main(resume_locked(path))
         assert exc.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert f"run locked is being written by pid {first.pid} on " in err and "--resume locked" in holder, err
@@ -527,8 +531,7 @@ def test_a_second_writer_of_a_run_is_refused_naming_the_first(lock_run, tmp_path
 def test_simultaneous_resumes_write_every_case_once(lock_run, tmp_path):
     keys = set(bench.load_results(lock_run)["case_key"])
     path = emptied_copy(lock_run, tmp_path)
-    args = ["--resume", "locked", "--results-dir", str(path.parent.parent), "--quiet", "--no-report"]
-    procs = [popen_bench(*args, stderr_path=tmp_path / f"{i}.err") for i in range(2)]
+    procs = [popen_bench(*resume_locked(path), stderr_path=tmp_path / f"{i}.err") for i in range(2)]
     try:
         codes = [proc.wait(timeout=180) for proc in procs]
     finally:
@@ -547,8 +550,7 @@ def test_a_killed_writer_leaves_no_lock_behind(lock_run, tmp_path):
     keys = set(bench.load_results(lock_run)["case_key"])
     path = emptied_copy(lock_run, tmp_path)
     log = tmp_path / "killed.log"
-    proc = popen_bench("--resume", "locked", "--results-dir", str(path.parent.parent), "--quiet", "--no-report",
-                       stderr_path=log)
+    proc = popen_bench(*resume_locked(path), stderr_path=log)
     try:
         wait_for_lock(path, proc, log)
         proc.kill()
@@ -556,7 +558,7 @@ def test_a_killed_writer_leaves_no_lock_behind(lock_run, tmp_path):
     finally:
         stop(proc)
     assert path.with_suffix(".lock").exists()
-    assert cli.main(["--resume", "locked", "--results-dir", str(path.parent.parent), "--quiet", "--no-report"]) == 0
+    assert cli.main(resume_locked(path)) == 0
     assert_complete_once(path, keys)
     assert not path.with_suffix(".lock").exists()
 
@@ -612,7 +614,7 @@ def test_cli_resume_after_a_cut_row(lock_run, tmp_path, keep, capsys):
     last = lines[-1]
     cut = {"first byte": 1, "half": len(last) // 2, "all but the line break": len(last) - 1}[keep]
     path.write_bytes(b"".join(lines[:-1]) + last[:cut])
-    assert cli.main(["--resume", "locked", "--results-dir", str(path.parent.parent), "--quiet", "--no-report"]) == 0
+    assert cli.main(resume_locked(path)) == 0
     assert "1 cases run, 5 already complete" in capsys.readouterr().out
     assert path.read_bytes().startswith(b"".join(lines[:-1]))
     assert_complete_once(path, set(bench.load_results(lock_run)["case_key"]))
