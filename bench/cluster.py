@@ -26,11 +26,18 @@ from .runner import Group, GroupRunner, RunContext, run_here, stamped
 
 def start(address: str | None, cpus: int) -> None:
     """Connect this process to the cluster at ``address`` (``auto`` or ``HOST:PORT``), or start a local
-    cluster of ``cpus`` CPUs and the GPUs Ray finds, for this process alone."""
+    cluster of ``cpus`` CPUs and the GPUs Ray finds, for this process alone. ConnectionError at once
+    when nothing answers at HOST:PORT (Ray itself would try for minutes)."""
     if address is None:
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
-    else:
-        ray.init(address=address, logging_level=logging.WARNING)
+        return
+    if address != "auto":
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+        except OSError as exc:
+            raise ConnectionError(f"nothing answers at {address} ({exc})") from None
+    ray.init(address=address, logging_level=logging.WARNING)
 
 
 def stop() -> None:
