@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=positive_int, metavar="N",
                         help="time N comparison groups at once, each in a Ray task with a GPU of its own (on the "
                              "CPU: concurrent cases disturb each other's timings); default 1: one after the other in "
-                             "this process, without Ray (with --ray-address: one per GPU of the cluster)")
+                             "this process, without Ray (with --ray-address: one per GPU of the cluster, 1 on the CPU)")
     parser.add_argument("--ray-address", type=ray_address, metavar="ADDRESS",
                         help="run on the Ray cluster at ADDRESS ('auto', or its head's HOST:PORT) instead of a local "
                              "one; --workers caps the groups running at once")
