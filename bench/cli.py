@@ -28,14 +28,15 @@ from attentions import AttentionConfigError
 from attentions.models import build_model, list_models
 
 from .cases import PHASES, Case, ModelCase, SweepBlock, unique_cases
-from .model_suite import MODEL_RESOLUTIONS, model_cases, one_per_group, run_model_group
+from .model_suite import MODEL_RESOLUTIONS, base_model_row, model_cases, one_per_group, run_model_group
 from .measure import TimingPolicy
 from .presets import COMMON_OPTIONS, KV_MODES, PRESETS, STAGE1_WIDTH, kv_axis, preset_blocks, topk_axis
 from .profiles import DTYPE_ALIASES, DTYPES, PROFILES, GpuProfile, canonical_dtype
 from .results import (COLUMNS, MEASURED_STATUSES, MODEL_COLUMNS, SUITES, ResultsFormatError, RunInUseError, RunLock,
                       completed_case_keys, cpu_name, environment, load_results, now_iso, read_metadata, write_metadata)
-from .runner import RunContext, comparison_groups, run_group, run_sweep
+from .runner import Executor, RunContext, base_row, comparison_groups, in_process, run_group, run_sweep
 
+DEFAULT_RETRIES = 2  # --retries
 # The profile's marker in torch.cuda.get_device_name(), to warn when the profile and the GPU differ.
 DEVICE_MARKERS = {"a100": "A100", "h100": "H100", "h200": "H200", "l4": "L4", "rtx4090": "4090", "v100": "V100"}
 
@@ -45,14 +46,21 @@ def profile_matches(profile: str, device_name: str) -> bool:
     return re.search(rf"\b{DEVICE_MARKERS[profile]}\b", device_name, flags=re.IGNORECASE) is not None
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
+def at_least(least: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``least``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {least}")
+        return value
+
+    return parse
+
+
+positive_int = at_least(1)
 
 
 def seconds(zero_allowed: bool) -> Callable[[str], float]:
@@ -80,6 +88,18 @@ def run_id_name(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a run id: 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or "
             f"digit (it names files inside the results folder)")
+    return text
+
+
+RAY_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\]")  # a name, an IPv4 or a bracketed IPv6 address
+
+
+def ray_address(text: str) -> str:
+    """An argparse type: ``auto`` (the cluster this machine belongs to) or the HOST:PORT of a cluster's head."""
+    host, _, port = text.rpartition(":")
+    if text != "auto" and not (RAY_HOST.fullmatch(host) and port.isdigit() and 0 < int(port) < 2 ** 16):
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor HOST:PORT of a Ray cluster's head "
+                                         f"(such as 10.0.0.1:6379)")
     return text
 
 
@@ -128,6 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "overhead dominates); a pass that cannot be captured is timed eagerly, and its row says so")
     parser.add_argument("--time-budget", type=seconds(zero_allowed=False), metavar="S",
                         help="start no case after S seconds of sweeping; --resume completes the ones left")
+    parser.add_argument("--workers", type=positive_int, metavar="N",
+                        help="time N comparison groups at once, each in a Ray task with a GPU of its own (on the "
+                             "CPU: concurrent cases disturb each other's timings); default 1: one after the other in "
+                             "this process, without Ray (with --ray-address: one per GPU of the cluster, 1 on the CPU)")
+    parser.add_argument("--ray-address", type=ray_address, metavar="ADDRESS",
+                        help="run on the Ray cluster at ADDRESS ('auto', or its head's HOST:PORT) instead of a local "
+                             "one; --workers caps the groups running at once")
+    parser.add_argument("--retries", type=at_least(0), metavar="N",
+                        help=f"with Ray: runs again of a group whose worker died (a killed process, a lost node) before "
+                             f"its cases get error rows (default {DEFAULT_RETRIES})")
     parser.add_argument("--dry-run", action="store_true", help="list the cases and their count, run nothing")
     parser.add_argument("--list", action="store_true", help="list attentions, backends and their availability")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -363,8 +393,9 @@ def summary_table(frame: pd.DataFrame) -> str:
         return table.fillna("").to_string(index=False)
 
 
-# Flags that only say where output goes or how it is shown: allowed beside --resume.
-RESUME_COMPATIBLE = {"resume", "results_dir", "reports_dir", "quiet", "no_report", "dry_run", "time_budget"}
+# Flags that only say where output goes, how it is shown or where the cases run: allowed beside --resume.
+RESUME_COMPATIBLE = {"resume", "results_dir", "reports_dir", "quiet", "no_report", "dry_run", "time_budget", "workers",
+                     "ray_address", "retries"}
 
 
 def resumed_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Path, dict, argparse.Namespace]:
@@ -469,26 +500,37 @@ def main_report(argv: list[str]) -> int:
 class SweepProgress:
     """The sweep's tqdm bar. Cases already complete count at once (tqdm's ``initial``, so that they stay
     out of its rate and ETA), a case run counts when its row is written, and the postfix names the cases
-    running. ``run_sweep`` reports the complete cases before it starts one: the bar opens with the first."""
+    running (the first group's, and how many more groups run beside it). ``run_sweep`` reports the
+    complete cases before it starts one: the bar opens with the first."""
 
     def __init__(self, total: int, disable: bool) -> None:
         self.total, self.disable = total, disable
         self.already_complete = 0
         self.bar: tqdm | None = None
+        self.running: list[Sequence[Any]] = []  # the groups started and not written yet, oldest first
 
     def progress(self, case: Any, already_done: bool) -> None:
         if already_done:
             self.already_complete += 1
             return
-        self.bar.set_postfix_str("", refresh=False)
+        self.running = [group for group in self.running if case not in group]  # a group's rows come together
+        self.bar.set_postfix_str(self._running_text(), refresh=False)
         self.bar.update(1)
 
     def starting(self, cases: Sequence[Any]) -> None:
         if self.bar is None:
             self.bar = tqdm(total=self.total, initial=self.already_complete, disable=self.disable, unit="case",
                             dynamic_ncols=True)
-        together = f" and {len(cases) - 1} more, timed together" if len(cases) > 1 else ""
-        self.bar.set_postfix_str(f"running {cases[0].label()}{together}")
+        self.running.append(cases)
+        self.bar.set_postfix_str(self._running_text())
+
+    def _running_text(self) -> str:
+        if not self.running:
+            return ""
+        first = self.running[0]
+        together = f" and {len(first) - 1} more, timed together" if len(first) > 1 else ""
+        beside = f"; {len(self.running) - 1} more groups running" if len(self.running) > 1 else ""
+        return f"running {first[0].label()}{together}{beside}"
 
     def close(self) -> None:
         if self.bar is not None:
@@ -526,12 +568,68 @@ class StopOnInterrupt:
 def resume_command(parser: argparse.ArgumentParser, args: argparse.Namespace, run_id: str) -> str:
     """The command that completes the run: ``--resume`` with the flags given for where its files go."""
     words = ["--resume", run_id]
-    for dest in ("results_dir", "reports_dir"):
+    for dest in ("results_dir", "reports_dir", "workers", "ray_address", "retries"):
         if getattr(args, dest) != parser.get_default(dest):
             words += [f"--{dest.replace('_', '-')}", str(getattr(args, dest))]
     if args.no_report:
         words.append("--no-report")
     return "python run_bench.py " + shlex.join(words)
+
+
+def uses_ray(args: argparse.Namespace) -> bool:
+    return args.ray_address is not None or (args.workers or 1) > 1
+
+
+def check_cluster_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 when Ray is asked for and not installed, or --retries is given without Ray."""
+    if not uses_ray(args):
+        if args.retries is not None:
+            parser.error(f"--retries {args.retries}: only with Ray (--workers N > 1 or --ray-address)")
+        return
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        flag = f"--ray-address {args.ray_address}" if args.ray_address else f"--workers {args.workers}"
+        parser.error(f'{flag} runs on Ray, which is not installed: pip install -e ".[cluster]"')
+
+
+def ray_executor(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str, models: bool,
+                 metadata: dict[str, Any], metadata_path: Path) -> Executor:
+    """Start (or join, with --ray-address) the Ray cluster and return the sweep's executor on it; the
+    workers, their threads and the cluster go into the run's metadata, each node's environment as its
+    first rows come back. The caller stops the cluster (``cluster.stop``)."""
+    from . import cluster
+    workers = args.workers or (1 if device == "cpu" else None)  # None: every GPU of the cluster
+    threads = None if device == "cuda" else max(1, torch.get_num_threads() // workers)
+    try:
+        cluster.start(args.ray_address, cpus=max(os.cpu_count() or 1, (workers or 1) * (threads or 1)))
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"--ray-address {args.ray_address}" if args.ray_address else "a local Ray cluster"
+        parser.error(f"{where}: cannot start Ray: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}")
+    if workers is None:
+        workers = cluster.cluster_gpus()
+        if workers == 0:
+            cluster.stop()
+            parser.error(f"--ray-address {args.ray_address}: the cluster has no GPU (give --workers to use the GPUs "
+                         f"it will have)")
+    if device == "cpu" and workers > 1:
+        print(f"run_bench.py: warning: --workers {workers} on the CPU: concurrent cases share its cores, caches and "
+              f"memory bandwidth and disturb each other's timings ({threads} thread(s) each); one worker, the "
+              f"default, times them cleanly", file=sys.stderr)
+    metadata["timing"].update(workers=workers, threads_per_worker=threads)
+    metadata["ray"] = {"address": args.ray_address or "local", "retries": retries(args)}
+    nodes = metadata.setdefault("nodes", {})
+
+    def on_node(node: str, node_env: dict[str, Any]) -> None:
+        nodes[node] = node_env
+        write_metadata(metadata_path, metadata)
+
+    return cluster.RayExecutor(device, workers, retries(args), base_model_row if models else base_row,
+                               threads=threads, on_node=on_node)
+
+
+def retries(args: argparse.Namespace) -> int:
+    return DEFAULT_RETRIES if args.retries is None else args.retries
 
 
 def main_sweep(argv: list[str]) -> int:
@@ -549,6 +647,7 @@ def main_sweep(argv: list[str]) -> int:
     if resuming:
         results_path, metadata, args = resumed_run(parser, args)
         argv = metadata["argv"]
+    check_cluster_flags(parser, args)
     profile, device, device_name = select_profile(parser, args.gpu)
     cases = plan(parser, args, device, profile)
     if args.dry_run:
@@ -602,11 +701,16 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace, cases: list
         "l2_flush": policy.l2_flush, "cuda_graphs": policy.cuda_graphs,
         "noise_limit": policy.noise_limit_for(torch.device(device))}
     results_path.parent.mkdir(parents=True, exist_ok=True)
-    write_metadata(results_path.with_suffix(".json"), metadata)
+    models = args.suite == "models"
+    metadata_path = results_path.with_suffix(".json")
+    on_ray = uses_ray(args)
+    executor = ray_executor(parser, args, device, models, metadata, metadata_path) if on_ray else in_process
+    if not on_ray:
+        metadata["timing"]["workers"] = 1
+    write_metadata(metadata_path, metadata)
 
     ctx = RunContext(run_id=metadata["run_id"], profile=profile, device_name=device_name, timing=policy,
                      tf32=torch.backends.cuda.matmul.allow_tf32)
-    models = args.suite == "models"
     stop_at = None if args.time_budget is None else time.monotonic() + args.time_budget
     bar = SweepProgress(len(cases), disable=args.quiet)
     try:
@@ -615,9 +719,12 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace, cases: list
                                      run=run_model_group if models else run_group,
                                      columns=MODEL_COLUMNS if models else COLUMNS, stop_at=stop_at,
                                      groups=one_per_group if models else comparison_groups,
-                                     should_stop=lambda: interrupt.requested)
+                                     should_stop=lambda: interrupt.requested, executor=executor)
     finally:
         bar.close()
+        if on_ray:
+            from . import cluster
+            cluster.stop()
     frame = load_results(results_path)
     not_started = len(cases) - ran - skipped
     interrupted = interrupt.requested and not_started > 0  # a Ctrl-C during the last group interrupts nothing
@@ -626,6 +733,10 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace, cases: list
     write_metadata(results_path.with_suffix(".json"), metadata)
     print(model_summary_table(frame) if models else summary_table(frame))
     print(f"\n{ran} cases run, {skipped} already complete; rows in {results_path}")
+    devices = sorted(frame["device_name"].dropna().unique())
+    if len(devices) > 1:
+        print(f"rows of {len(devices)} device names ({', '.join(devices)}): the report and compare take no ratio "
+              f"between two of them")
     noise = None if models else noise_summary(frame, min_time)
     if noise:
         print(noise)

@@ -19,6 +19,10 @@ Judgement of a case that is ``ok`` in both runs:
   (noise)`` at most); its memory is judged as usual.
 - **GMACs.** A change (beyond a relative 1e-6) means the measured work changed: it is shown and
   warned about, never a failure.
+- **Device.** A case whose rows name two devices (``device_name``: the GPU or CPU model it ran on,
+  as in a run spread over mixed GPUs) is ``other device``: its latency, memory and speedup are not
+  compared (no ratio across two device models), never a failure, and a warning names both devices.
+  Its status is judged as usual.
 
 Status changes: ``ok`` into ``mismatch``, ``error`` or ``oom`` is a ``NEW FAILURE``; ``ok`` into
 ``unsupported`` (a backend missing from NEW's environment) is ``now unsupported`` and a warning,
@@ -64,13 +68,14 @@ NEW_FAILURE = "NEW FAILURE"
 FIXED = "fixed"
 NOW_UNSUPPORTED = "now unsupported"
 NOW_SUPPORTED = "now supported"
+OTHER_DEVICE = "other device"
 FAILING_VERDICTS = (REGRESSION, NEW_FAILURE)
 
 FAILURE_STATUSES = ("mismatch", "error", "oom")
 
 IDENTITY = ["family", "backend", "options", "resolution", "batch", "dim", "heads", "dtype", "device", "phase"]
 MEASURED = ["status", "status_detail", "latency_ms_median", "latency_ms_p20", "latency_ms_p80", "peak_mem_mb",
-            "gmacs", "rel_err", "speedup_vs_ref", "speedup_ci_low", "speedup_ci_high"]
+            "gmacs", "rel_err", "speedup_vs_ref", "speedup_ci_low", "speedup_ci_high", "device_name"]
 TIMED = ("ok", "noisy")  # statuses with a latency worth comparing
 
 # (label, where in the metadata): top-level keys, or keys of metadata["environment"]
@@ -95,8 +100,8 @@ class Comparison:
     (``case_key``, a readable ``case`` label, family, backend, ``options`` as ``k=v,...``,
     resolution, batch, dim, heads, dtype, device, phase), each run's measurements suffixed
     ``_base`` / ``_new`` (status, status_detail, latency_ms_median/p20/p80, peak_mem_mb, gmacs,
-    rel_err), the ratios NEW/BASE ``latency_ratio``, ``mem_ratio``, ``gmacs_ratio``, and
-    ``verdict`` and ``note`` (why).
+    rel_err, the speedup over the reference, device_name), the ratios NEW/BASE ``latency_ratio``,
+    ``mem_ratio`` (empty across two device names) and ``gmacs_ratio``, and ``verdict`` and ``note`` (why).
     """
 
     table: pd.DataFrame
@@ -267,6 +272,16 @@ def _short(text: Any, limit: int = 100) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+def _same_device(row: pd.Series) -> bool:
+    base, new = row["device_name_base"], row["device_name_new"]
+    return base == new or (pd.isna(base) and pd.isna(new))
+
+
+def _same_devices(table: pd.DataFrame) -> pd.Series:
+    """Per aligned case, whether both runs name the same device."""
+    return pd.Series([_same_device(r) for _, r in table.iterrows()], index=table.index, dtype=bool)
+
+
 def judge(row: pd.Series, max_regression: float) -> tuple[str, str]:
     """(verdict, note) of one aligned case."""
     base_status, new_status = row["status_base"], row["status_new"]
@@ -288,6 +303,11 @@ def judge(row: pd.Series, max_regression: float) -> tuple[str, str]:
         if new_status not in TIMED and _short(row["status_detail_new"]):
             notes.insert(0, _short(row["status_detail_new"]))
         return verdict, "; ".join(notes)
+
+    if not _same_device(row):
+        notes.insert(0, f"BASE on {row['device_name_base']}, NEW on {row['device_name_new']}: latency, memory and "
+                        f"speedup not compared")
+        return OTHER_DEVICE, "; ".join(notes)
 
     noisy = "noisy" in (base_status, new_status)
     limit_up, limit_down = 1 + max_regression, 1 / (1 + max_regression)
@@ -350,9 +370,11 @@ def compare_frames(base: pd.DataFrame, new: pd.DataFrame,
     table.insert(1, "case", [case_label(r) for _, r in table.iterrows()] if len(table) else [])
     table["options"] = table["options"].map(_options_text)
 
+    same_device = _same_devices(table)
     for name, column in (("latency_ratio", "latency_ms_median"), ("mem_ratio", "peak_mem_mb"),
                          ("gmacs_ratio", "gmacs")):
-        table[name] = [_ratio(n, b) for n, b in zip(table[f"{column}_new"], table[f"{column}_base"])]
+        table[name] = [_ratio(n, b) if same or name == "gmacs_ratio" else math.nan
+                       for n, b, same in zip(table[f"{column}_new"], table[f"{column}_base"], same_device)]
     judged = [judge(r, max_regression) for _, r in table.iterrows()]
     table["verdict"] = [v for v, _ in judged]
     table["note"] = [n for _, n in judged]
@@ -390,6 +412,10 @@ def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFA
         warnings.append(f"GMACs changed for {row['case']}: {row['gmacs_base']:.4g} -> {row['gmacs_new']:.4g} "
                         f"({_fmt_ratio(row['gmacs_ratio'])}); the measured work differs, so its latency is not "
                         f"like for like")
+    moved = table[~_same_devices(table)]
+    for (base_device, new_device), rows in moved.groupby(["device_name_base", "device_name_new"], dropna=False):
+        warnings.append(f"{len(rows)} case(s) ran on another device: BASE {base_device!r}, NEW {new_device!r}; their "
+                        f"latency, memory and speedup are not compared (verdict '{OTHER_DEVICE}')")
     unsupported = table[table["verdict"] == NOW_UNSUPPORTED]
     if len(unsupported):
         warnings.append(f"{len(unsupported)} case(s) ran in BASE but are unsupported in NEW (a backend missing from "

@@ -31,6 +31,12 @@ REQUIRED_COLUMNS = [
     "kv_downsample_mode", "status", "latency_ms_median", "latency_ms_p20", "latency_ms_p80", "peak_mem_mb",
     "gmacs", "tflops_achieved", "pct_of_peak", "throughput", "max_abs_err", "device_name", "gpu_profile",
 ]
+# Where a row's case ran, in both suites (its device_name is that worker's device too).
+PLACEMENT_COLUMNS = (
+    "node",               # hostname
+    "worker",             # the process: "pid 1234" (the sweep's own process, or a Ray worker's)
+    "gpu_index",          # the GPU as its node numbers it (CUDA_VISIBLE_DEVICES' entry); empty on the CPU
+)
 COLUMNS = REQUIRED_COLUMNS + [
     "options",            # JSON of the case's family options
     "device",             # cpu / cuda
@@ -52,12 +58,13 @@ COLUMNS = REQUIRED_COLUMNS + [
     "timing_spread",      # p80 / p20 of the latency; beyond the device's noise limit the row is noisy
     "load_before", "load_after",  # the machine's 1-minute load average around the case's timing
     "gpu_state",          # JSON: SM clock, temperature and power before and after (CUDA, through NVML)
+    *PLACEMENT_COLUMNS,
 ]
 # Columns added after results files of the same schema were written: a file without them loads with
 # them empty, and a resumed run's file gets them added.
 LATE_COLUMNS = {"attentions": ("tile_efficiency", "speedup_vs_ref", "speedup_ci_low", "speedup_ci_high",
-                               "timing_spread", "load_before", "load_after", "gpu_state"),
-                "models": ("timing_spread",)}
+                               "timing_spread", "load_before", "load_after", "gpu_state", *PLACEMENT_COLUMNS),
+                "models": ("timing_spread", *PLACEMENT_COLUMNS)}
 # Rows of the model suite (``--suite models``): one whole backbone of ``attentions.models`` per row.
 MODEL_COLUMNS = [
     "model", "attention", "backend", "resolution", "batch", "dtype", "phase", "status",
@@ -70,15 +77,16 @@ MODEL_COLUMNS = [
     "options",            # JSON of the build_model options (attention choice, auto_pad)
     "device", "status_detail", "rounds", "param_mb", "input_mb", "seed", "run_id", "case_key", "timestamp",
     "timing_spread",      # p80 / p20 of the latency
+    *PLACEMENT_COLUMNS,
 ]
 SUITES = {"attentions": COLUMNS, "models": MODEL_COLUMNS}  # suite -> its row schema
 # Every other column of a suite holds numbers (or nothing).
 TEXT_COLUMNS = {
     "attentions": {"family", "backend", "dtype", "phase", "kv_downsample_mode", "status", "device_name", "gpu_profile",
                    "options", "device", "status_detail", "macs_parts", "flops_check", "reference_backend", "run_id",
-                   "case_key", "timestamp", "gpu_state"},
+                   "case_key", "timestamp", "gpu_state", *PLACEMENT_COLUMNS},
     "models": {"model", "attention", "backend", "dtype", "phase", "status", "device_name", "gpu_profile", "options",
-               "device", "status_detail", "run_id", "case_key", "timestamp"},
+               "device", "status_detail", "run_id", "case_key", "timestamp", *PLACEMENT_COLUMNS},
 }
 # Columns no row may leave empty: what identifies its case.
 IDENTITY_COLUMNS = {"attentions": ("family", "backend", "resolution", "batch", "dim", "heads", "dtype", "phase",
@@ -346,7 +354,7 @@ def environment() -> dict[str, Any]:
 
 # The structured fields of a run's metadata, and what they hold when present.
 METADATA_FIELD_TYPES: dict[str, type] = {"run_id": str, "argv": list, "environment": dict, "resumed": list,
-                                         "timing": dict, "status_counts": dict}
+                                         "timing": dict, "status_counts": dict, "nodes": dict}
 JSON_NAMES = {str: "string", list: "list", dict: "object"}
 
 
@@ -379,5 +387,5 @@ def read_metadata(path: str | os.PathLike, missing_ok: bool = False) -> dict[str
     return metadata
 
 
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+def now_iso(timespec: str = "seconds") -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec=timespec)

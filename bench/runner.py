@@ -11,11 +11,13 @@ import copy
 import gc
 import json
 import math
+import os
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -27,7 +29,7 @@ from .flops import FlopCounterUnavailable, count_macs, hardware_flops
 from .measure import (ERROR_TOLERANCE, Timing, TimingPolicy, error_against_reference, machine_state,
                       make_pass, paired_speedup, peak_memory_bytes, reference_pass, time_rounds)
 from .profiles import DTYPES, GpuProfile
-from .results import COLUMNS, ResultsWriter, completed_case_keys, now_iso
+from .results import COLUMNS, ResultsWriter, completed_case_keys, cpu_name, now_iso
 
 SEED = 0
 FLOP_TOLERANCE = 0.01  # fvcore and macs() must agree within 1%
@@ -255,8 +257,9 @@ def failure(exc: BaseException) -> dict[str, Any]:
 
 
 def stamped(row: dict[str, Any]) -> dict[str, Any]:
-    """The row with its timestamp, NaNs as empty cells."""
-    row["timestamp"] = now_iso()
+    """The row with its timestamp (to the millisecond: when its case, or its group, was done), NaNs as
+    empty cells."""
+    row["timestamp"] = now_iso("milliseconds")
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
 
@@ -336,47 +339,101 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
     return run_group([case], ctx)[0]
 
 
+def placement(device: str) -> dict[str, Any]:
+    """Where this process runs a case: the node's hostname, the process (``pid N``), the GPU as the node
+    numbers it (``CUDA_VISIBLE_DEVICES``' entry for the current device when set, else its index; empty on
+    the CPU) and the device's own name."""
+    where = {"node": socket.gethostname(), "worker": f"pid {os.getpid()}", "gpu_index": None,
+             "device_name": cpu_name()}
+    if device == "cuda":
+        index = torch.cuda.current_device()
+        visible = [entry.strip() for entry in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if entry.strip()]
+        where.update(gpu_index=visible[index] if index < len(visible) else str(index),
+                     device_name=torch.cuda.get_device_name(index))
+    return where
+
+
+@dataclass
+class Group:
+    """A comparison group's cases that have no row yet, and the companions timed with them (see ``run_sweep``)."""
+
+    cases: list[Any]
+    companions: list[Any]
+
+
+GroupRunner = Callable[[Sequence[Any], RunContext, Sequence[Any]], list[dict[str, Any]]]
+# Runs the groups it pulls from an iterator and yields each with its rows as it completes. It pulls a group
+# only when it can start it, so that a sweep that stops (the iterator ends) starts nothing more.
+Executor = Callable[[Iterator[Group], GroupRunner, RunContext], Iterator[tuple[Group, list[dict[str, Any]]]]]
+
+
+def run_here(run: GroupRunner, group: Group, ctx: RunContext) -> list[dict[str, Any]]:
+    """``run``'s rows for ``group`` in this process, each saying where it ran (``placement``)."""
+    where = placement(group.cases[0].device)
+    rows = run(group.cases, replace(ctx, device_name=where["device_name"]), group.companions)
+    return [{**row, **where} for row in rows]
+
+
+def in_process(groups: Iterator[Group], run: GroupRunner, ctx: RunContext) -> Iterator[tuple[Group, list[dict]]]:
+    """``run_sweep``'s default executor: one group after the other, in this process."""
+    for group in groups:
+        yield group, run_here(run, group, ctx)
+
+
 def run_sweep(cases: Sequence[Any], ctx: RunContext, results_path: Path,
               progress: Callable[[Any, bool], None] | None = None,
-              run: Callable[..., list[dict[str, Any]]] = run_group,
+              run: GroupRunner = run_group,
               columns: list[str] = COLUMNS, stop_at: float | None = None,
               groups: Callable[[Sequence[Any]], list[list[Any]]] = comparison_groups,
               starting: Callable[[Sequence[Any]], None] | None = None,
-              should_stop: Callable[[], bool] | None = None) -> tuple[int, int]:
+              should_stop: Callable[[], bool] | None = None,
+              executor: Executor = in_process) -> tuple[int, int]:
     """Run every case that has no row yet in ``results_path``, appending each row durably.
 
     Cases are measured in ``groups`` (by default ``comparison_groups``: timed together in paired
     rounds). ``run(cases, ctx, companions)`` makes the rows of a group's cases that have none yet;
     ``companions`` are the references of those cases that already have a row, timed again for the
     pairing. The model suite runs one case per group (``run_model_group``, ``columns=MODEL_COLUMNS``).
+    ``executor`` runs the groups: ``in_process`` one after the other, ``bench.cluster.RayExecutor``
+    several at once on a Ray cluster; either way this process alone writes the rows, in the order the
+    groups complete, and never a case's row twice.
     ``progress(case, already_done)`` is called once per case with a row: first for every case whose
     row was already there (before any case runs), then for each case once its row is written;
-    ``starting(cases)`` just before a group's cases run. No group starts once ``time.monotonic()``
-    passes ``stop_at`` or ``should_stop()`` is true: its cases have no row, so a resume runs them.
+    ``starting(cases)`` just before a group's cases start. No group starts once ``time.monotonic()``
+    passes ``stop_at`` or ``should_stop()`` is true (the groups running then finish and are written):
+    its cases have no row, so a resume runs them.
     Returns (cases run now, cases skipped because a row for them was already there).
     """
     writer = ResultsWriter(results_path, columns)  # first: it cuts a half-written last row
-    done = completed_case_keys(results_path)
+    written = completed_case_keys(results_path)
     skipped = 0
     for case in cases:
-        if case.key in done:
+        if case.key in written:
             skipped += 1
             if progress is not None:
                 progress(case, True)
+
+    def pending() -> Iterator[Group]:
+        for members in groups(cases):
+            todo = [case for case in members if case.key not in written]
+            if not todo:
+                continue
+            if (stop_at is not None and time.monotonic() >= stop_at) or (should_stop is not None and should_stop()):
+                return  # out of time, or interrupted: no row, so a resume runs them
+            todo_keys = {case.key for case in todo}
+            companions = [case for case in members if case.key in written and case.key not in todo_keys
+                          and any(reference_case(t).key == case.key for t in todo)]
+            if starting is not None:
+                starting(todo)
+            yield Group(todo, companions)
+
     ran = 0
-    for members in groups(cases):
-        todo = [case for case in members if case.key not in done]
-        if not todo:
-            continue
-        if (stop_at is not None and time.monotonic() >= stop_at) or (should_stop is not None and should_stop()):
-            break  # out of time, or interrupted: no row, so a resume runs them
-        todo_keys = {case.key for case in todo}
-        companions = [case for case in members if case.key in done and case.key not in todo_keys
-                      and any(reference_case(t).key == case.key for t in todo)]
-        if starting is not None:
-            starting(todo)
-        for case, row in zip(todo, run(todo, ctx, companions)):
+    for group, rows in executor(pending(), run, ctx):
+        for case, row in zip(group.cases, rows):
+            if case.key in written:
+                continue  # one row per case, whatever an executor hands back
             writer.append(row)
+            written.add(case.key)
             ran += 1
             if progress is not None:
                 progress(case, False)

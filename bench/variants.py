@@ -18,7 +18,9 @@ import attentions
 
 from .cases import config_name
 
-CASE_SHAPE = ["resolution", "batch", "dim", "heads", "dtype", "phase"]
+# What a row and its partner share: the case's shape, and the device it ran on by name (a run on several
+# GPU models pairs rows of one model only, never a ratio across two).
+CASE_SHAPE = ["resolution", "batch", "dim", "heads", "dtype", "phase", "device_name"]
 PAIRED = ["status", "latency_ms_median", "peak_mem_mb"]
 
 

@@ -12,6 +12,7 @@ import contextlib
 import csv
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -156,6 +157,18 @@ CASES: dict[str, tuple[Setup, list[str], int]] = {
     "min-time-inf": (sweep("--min-time", "inf"), ["--min-time", "inf"], 2),
     "min-time-negative": (sweep("--min-time=-1"), ["--min-time", "-1"], 2),
     "min-time-text": (sweep("--min-time", "long"), ["--min-time", "long"], 2),
+    "workers-zero": (sweep("--workers", "0"), ["--workers", "0", ">= 1"], 2),
+    "workers-text": (sweep("--workers", "all"), ["--workers", "'all'"], 2),
+    "ray-address-without-port": (sweep("--ray-address", "headnode"), ["--ray-address", "'headnode'", "HOST:PORT"], 2),
+    "ray-address-port-out-of-range": (sweep("--ray-address", "10.0.0.1:70000"), ["--ray-address", "10.0.0.1:70000"],
+                                      2),
+    "ray-address-url": (sweep("--ray-address", "http://head:6379"), ["--ray-address", "http://head:6379"], 2),
+    "ray-address-nothing-there": (Setup(lambda results, tmp: [*TINY_RUN, "--run-id", "new", "--results-dir",
+                                                              str(results), "--ray-address", "127.0.0.1:1"]),
+                                  ["--ray-address 127.0.0.1:1"], 2),
+    "retries-negative": (sweep("--retries=-1"), ["--retries", "-1", ">= 0"], 2),
+    "retries-text": (sweep("--retries", "twice"), ["--retries", "'twice'"], 2),
+    "retries-without-ray": (sweep("--retries", "3"), ["--retries 3", "--workers N > 1", "--ray-address"], 2),
     "run-id-escaping": (sweep("--run-id", "../../x"), ["--run-id", "../../x"], 2),
     "run-id-with-slash": (sweep("--run-id", "a/b"), ["--run-id", "a/b"], 2),
     "run-id-empty": (sweep("--run-id", ""), ["--run-id", "''"], 2),
@@ -232,6 +245,15 @@ CASES: dict[str, tuple[Setup, list[str], int]] = {
     "compare-models-run": (compare(write_csv("model,attention\n", name="other")), ["other.csv",
                                                                                   "not a results file"], 2),
 }
+
+
+def test_ray_not_installed_exits_2_saying_how_to_install_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails, as without the package
+    for flags, named in ((["--workers", "2"], "--workers 2"), (["--ray-address", "auto"], "--ray-address auto")):
+        code, out, err = invoke([*DRY, "--results-dir", str(tmp_path), *flags], capsys)
+        last = err.strip().splitlines()[-1]
+        assert code == 2 and "Traceback" not in err and not out, err
+        assert named in last and 'pip install -e ".[cluster]"' in last, last
 
 
 def invoke(argv: list[str], capsys) -> tuple[int, str, str]:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
+import socket
 import sys
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -16,13 +19,13 @@ from torch import nn
 import attentions
 from attentions.registry import _FAMILIES, AttentionModule, Backend, MacCount
 from bench import COLUMNS, Case, ResultsFormatError, RunContext, SweepBlock, TimingPolicy, load_results, run_sweep
-from bench.runner import failure, run_case, run_group
+from bench.runner import failure, placement, run_case, run_group
 from bench.flops import count_macs
 from bench.measure import Timing, compare, paired_speedup, peak_memory_bytes, time_pass, time_rounds
 from bench.presets import COMMON_OPTIONS, preset_blocks
 from bench.profiles import PROFILES
 from bench.cases import unique_cases
-from bench.results import ResultsWriter
+from bench.results import PLACEMENT_COLUMNS, ResultsWriter, cpu_name
 from small_results import FAST
 
 
@@ -354,21 +357,39 @@ def test_a_backend_declared_metric_lands_in_its_row():
 # result files
 # --------------------------------------------------------------------------------------------
 
-def test_a_file_from_before_a_late_column_loads_and_resumes(tmp_path, fake_family):
-    """A results file written before ``tile_efficiency`` existed loads with the column empty, and a
-    resumed run rewrites it with the column before appending."""
+@pytest.mark.parametrize("late", [("tile_efficiency",), PLACEMENT_COLUMNS])
+def test_a_file_from_before_a_late_column_loads_and_resumes(tmp_path, fake_family, late):
+    """A results file written before ``tile_efficiency`` (or the placement columns) existed loads with
+    the columns empty, and a resumed run rewrites it with them before appending."""
     path = tmp_path / "run.csv"
     run_sweep([case("fake", "torch")], context(), path)
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    index = COLUMNS.index("tile_efficiency")
+    indices = {COLUMNS.index(column) for column in late}
     with open(path, "w", newline="") as f:
-        csv.writer(f).writerows([cell for i, cell in enumerate(row) if i != index] for row in rows)
-    assert load_results(path)["tile_efficiency"].isna().all()
+        csv.writer(f).writerows([cell for i, cell in enumerate(row) if i not in indices] for row in rows)
+    assert load_results(path)[list(late)].isna().all(axis=None)
     assert run_sweep([case("fake", "torch"), case("fake", "wrong")], context(), path) == (1, 1)
     assert path.read_text().splitlines()[0].split(",") == COLUMNS
     frame = load_results(path)
     assert len(frame) == 2 and list(frame["backend"]) == ["torch", "wrong"]
+
+
+def test_rows_say_where_they_ran(tmp_path, fake_family, monkeypatch):
+    """An in-process sweep's rows name this host, this process and its device (not the RunContext's);
+    on CUDA, the GPU as its node numbers it: CUDA_VISIBLE_DEVICES' entry for the current device."""
+    path = tmp_path / "run.csv"
+    run_sweep([case("fake", "torch")], context(), path)
+    row = load_results(path).iloc[0]
+    assert (row["node"], row["worker"], row["device_name"]) == (socket.gethostname(), f"pid {os.getpid()}", cpu_name())
+    assert pd.isna(row["gpu_index"])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"GPU {index}")
+    assert placement("cuda") == {"node": socket.gethostname(), "worker": f"pid {os.getpid()}", "gpu_index": "5",
+                                 "device_name": "GPU 1"}
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert placement("cuda")["gpu_index"] == "1"
 
 
 def test_load_results_rejects_what_is_not_ours(tmp_path):

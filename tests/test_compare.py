@@ -6,10 +6,11 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from bench import COLUMNS, Case, RunContext, run_sweep
-from bench.compare import (NEW_FAILURE, REGRESSION, compare_runs, format_comparison, main_compare,
+from bench.compare import (NEW_FAILURE, OTHER_DEVICE, REGRESSION, compare_runs, format_comparison, main_compare,
                            parse_threshold)
 from bench.profiles import PROFILES
 from bench.results import ResultsWriter, write_metadata
@@ -214,6 +215,28 @@ def test_gmacs_change_is_a_warning_only(tmp_path):
     assert "GMACs" in row["note"]
     assert [w for w in comparison.warnings if "GMACs changed" in w and "bra" in w]
     assert main_compare([str(base), str(new)]) == 0
+
+
+def test_a_case_on_another_device_is_not_judged_but_its_status_is(tmp_path, capsys):
+    """NEW ran on two GPU models (a mixed Ray cluster): its cases on the other model get no ratio and no
+    latency verdict, and a warning names both devices; a case that fails there is still a new failure,
+    and a slowdown on the same device is still a regression."""
+    pcie = "NVIDIA H100 PCIe"
+    new_rows = [make_row(A, median=10.0, device_name=pcie), make_row(B, median=4.0),
+                make_row(C, status="error", device_name=pcie)]
+    base, new = pair(tmp_path, baseline(), new_rows)
+    comparison = compare_runs(base, new)
+    table = comparison.table.set_index("case_key")
+    assert verdict(comparison, A) == OTHER_DEVICE and verdict(comparison, B) == REGRESSION
+    assert verdict(comparison, C) == NEW_FAILURE and comparison.failed
+    assert pd.isna(table.loc[A.key, "latency_ratio"]) and pd.isna(table.loc[A.key, "mem_ratio"])
+    assert table.loc[A.key, "gmacs_ratio"] == pytest.approx(1.0)
+    assert f"BASE on NVIDIA H100 80GB HBM3, NEW on {pcie}" in table.loc[A.key, "note"]
+    warning = "2 case(s) ran on another device: BASE 'NVIDIA H100 80GB HBM3', NEW 'NVIDIA H100 PCIe'"
+    assert any(w.startswith(warning) for w in comparison.warnings), comparison.warnings
+    assert main_compare([str(base), str(new)]) == 1
+    out = capsys.readouterr().out
+    assert OTHER_DEVICE in next(line for line in out.splitlines() if line.startswith("full") and "sdpa" in line)
 
 
 def test_environment_differences_are_warnings(tmp_path, capsys):

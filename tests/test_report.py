@@ -15,6 +15,7 @@ from bench.report import build_report
 from bench.results import write_metadata
 from bench.tables import (PAGE_LINES, Table, Column, ablation_table, backend_table, bra_fast_path_table,
                           latex_escape, main_table)
+from bench.variants import with_full_attention, with_reference
 from small_results import MISMATCH_LATENCY_MS
 
 TABLES = ("main", "bra_topk", "bra_kv_modes", "backends", "bra_fast_paths")
@@ -24,7 +25,9 @@ TABLES = ("main", "bra_topk", "bra_kv_modes", "backends", "bra_fast_paths")
 def report(small_results, tmp_path_factory):
     write_metadata(small_results.with_suffix(".json"), {
         "run_id": "run", "preset": "test", "gpu_profile": "cpu", "device_name": "test-cpu",
-        "command": "python run_bench.py --gpu cpu", "environment": {"torch": "2.13.0", "suite_commit": "abc123"}})
+        "command": "python run_bench.py --gpu cpu", "environment": {"torch": "2.13.0", "suite_commit": "abc123"},
+        "nodes": {"node-7": {"gpu_name": "NVIDIA H100 80GB HBM3", "driver": "550.54", "cuda": "12.4", "torch": "2.13.0",
+                             "triton": "3.1.0"}}})
     out = tmp_path_factory.mktemp("report")
     return build_report(small_results, out)
 
@@ -43,6 +46,7 @@ def test_report_holds_every_table_and_plot(report):
     for name in PLOT_NAMES:
         assert f"(plots/{name}.png)" in index
     assert "test-cpu" in index and "abc123" in index and "2.13.0" in index and "python run_bench.py --gpu cpu" in index
+    assert "- node `node-7`: NVIDIA H100 80GB HBM3, driver 550.54, CUDA 12.4, torch 2.13.0, triton 3.1.0" in index
 
 
 @pytest.mark.parametrize("name", TABLES)
@@ -128,6 +132,24 @@ def test_speedups_come_from_the_measured_rows(small_results):
     assert set(backends["Backend"]) == {"sdpa"}
     assert backends["Status"].str.contains("mismatch").sum() == 1
     assert backends.loc[backends["Status"] == "mismatch", "Speedup"].isna().all()
+
+
+def test_ratios_never_pair_rows_of_two_device_names(small_results):
+    """A run spread over two device models (a mixed Ray cluster): here the sdpa rows at 14² ran on
+    another one. They get no ratio to the reference rows of the first, even the run's paired speedup;
+    full attention on the same device is still their partner; the rest keeps its ratios."""
+    frame = load_results(small_results)
+    moved = (frame["backend"] == "sdpa") & (frame["resolution"] == 14)
+    frame.loc[moved, "device_name"] = "other-cpu"
+    rows = with_full_attention(with_reference(frame))
+    assert rows.loc[moved, ["reference_status", "reference_speedup", "reference_mem_ratio"]].isna().all(axis=None)
+    ok = rows["status"] == "ok"
+    windows = rows[moved & ok & (rows["family"] == "window") & (rows["full_status"] == "ok")]
+    assert len(windows) and windows["full_speedup"].notna().all()
+    kept = rows[~moved & ok & (rows["backend"] == "sdpa") & (rows["reference_status"] == "ok")]
+    assert len(kept) and kept["reference_speedup"].notna().all()
+    shown = main_table(frame).frame()
+    assert shown.loc[(shown["Backend"] == "sdpa") & (shown["Res."] == "14²"), "× ref"].isna().all()
 
 
 def test_bra_fast_path_table_takes_its_ratios_from_the_rows(small_results):
