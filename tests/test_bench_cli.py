@@ -476,9 +476,9 @@ LOCK_FLAGS = ["--gpu", "cpu", "--preset", "quick", "--families", "full", "--back
 
 @pytest.fixture(scope="module")
 def lock_run(tmp_path_factory) -> Path:
-    """A complete run of LOCK_FLAGS (0.3 s per pass: a resume of all of it takes seconds)."""
+    """A complete run of LOCK_FLAGS (0.1 s per pass: a resume of all of it takes seconds)."""
     results_dir = tmp_path_factory.mktemp("lock") / "results"
-    assert cli.main([*LOCK_FLAGS, "--min-time", "0.3", "--results-dir", str(results_dir), "--run-id", "locked"]) == 0
+    assert cli.main([*LOCK_FLAGS, "--min-time", "0.1", "--results-dir", str(results_dir), "--run-id", "locked"]) == 0
     return results_dir / "cpu" / "locked.csv"
 
 
