@@ -416,7 +416,7 @@ def _speedup_figure(frame: pd.DataFrame, families: list[str] | None, title: str,
             if families_per_row[y] != families_per_row[y - 1]:
                 ax.axhline(y - 0.5, color="0.6", linewidth=0.6)
         ax.set_title(phase)
-        ax.set_xlabel("speedup over the reference backend")
+        ax.set_xlabel("speedup (× reference)")
     shade_handles = [Line2D([], [], linestyle="", marker="o", color=c, label=f"{r}×{r}")
                      for r, c in zip(resolutions, shades((0.35, 0.35, 0.35), len(resolutions)))]
     _legends(fig, shade_handles + _status_handles(table), _marker_handles(table["backend"]),
@@ -440,7 +440,7 @@ def plot_bra_speedup(frame: pd.DataFrame) -> Figure | None:
     """The headline speedup figure: BRA's fast paths over the official algorithm, one column wide
     when one phase was run."""
     phases = _phases(prepared(frame))
-    return _speedup_figure(frame, [BRA], "BRA fast paths", COLUMN_WIDTH + 0.5 if len(phases) == 1 else FULL_WIDTH)
+    return _speedup_figure(frame, [BRA], "BRA fast paths", COLUMN_WIDTH if len(phases) == 1 else FULL_WIDTH)
 
 
 def _per_family_figure(frame: pd.DataFrame, value: str, band: bool, ylabel: str, title: str) -> Figure | None:
