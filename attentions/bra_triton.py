@@ -98,6 +98,21 @@ def _routed_axis(group, block, SPAN: tl.constexpr, ITEM_TOKENS: tl.constexpr, BL
 
 
 @triton.jit
+def _routed_kv_tile(kv_ptr, index_ptr, routing, si_k, batch, skv_b, skv_r, skv_t, skv_c, head, group, block,
+                    QK_DIM, TOPK, KEY_TOKENS: tl.constexpr, HEAD_DQ: tl.constexpr, HEAD_DV: tl.constexpr,
+                    BLOCK_COLS: tl.constexpr, SPAN: tl.constexpr, BLOCK_DQ: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """A query program's key and value tile (group, block) of its routed regions, read from the un-gathered
+    [k | v] through the routing indices: each column's routing slot, whether it exists, k and v."""
+    slot, token, col_mask = _routed_axis(group, block, SPAN, KEY_TOKENS, BLOCK_COLS)
+    col_mask = col_mask & (slot < TOPK)
+    routed = tl.load(index_ptr + routing + slot * si_k, mask=col_mask, other=0).to(tl.int64)
+    key_rows = batch * skv_b + routed * skv_r + token * skv_t
+    k = _load_tile(kv_ptr, key_rows, col_mask, skv_c, head * HEAD_DQ, HEAD_DQ, BLOCK_DQ)
+    v = _load_tile(kv_ptr, key_rows, col_mask, skv_c, QK_DIM + head * HEAD_DV, HEAD_DV, BLOCK_DV)
+    return slot, col_mask, k, v
+
+
+@triton.jit
 def _stats_offsets(batch, region, head, token, REGIONS, HEADS, QUERY_TOKENS: tl.constexpr):
     """Offsets into a contiguous (B, regions, heads, query tokens) fp32 tensor (lse, delta)."""
     return ((batch * REGIONS + region) * HEADS + head) * QUERY_TOKENS + token
@@ -122,12 +137,9 @@ def _routed_forward(q_ptr, kv_ptr, weight_ptr, index_ptr, out_ptr, lse_ptr,
     routing = batch * si_b + region * si_r
     for group in range(tl.cdiv(TOPK, BLOCK_COLS // SPAN)):
         for block in range(BLOCKS_PER_ITEM):
-            slot, token, col_mask = _routed_axis(group, block, SPAN, KEY_TOKENS, BLOCK_COLS)
-            col_mask = col_mask & (slot < TOPK)
-            routed = tl.load(index_ptr + routing + slot * si_k, mask=col_mask, other=0).to(tl.int64)
-            key_rows = batch * skv_b + routed * skv_r + token * skv_t
-            k = _load_tile(kv_ptr, key_rows, col_mask, skv_c, head * HEAD_DQ, HEAD_DQ, BLOCK_DQ)
-            v = _load_tile(kv_ptr, key_rows, col_mask, skv_c, QK_DIM + head * HEAD_DV, HEAD_DV, BLOCK_DV)
+            slot, col_mask, k, v = _routed_kv_tile(kv_ptr, index_ptr, routing, si_k, batch, skv_b, skv_r, skv_t,
+                                                   skv_c, head, group, block, QK_DIM, TOPK, KEY_TOKENS, HEAD_DQ,
+                                                   HEAD_DV, BLOCK_COLS, SPAN, BLOCK_DQ, BLOCK_DV)
             logits = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
             if SOFT:
                 weight = tl.load(weight_ptr + routing + slot * si_k, mask=col_mask, other=0.0).to(tl.float32)
@@ -174,12 +186,9 @@ def _routed_backward_query(q_ptr, kv_ptr, weight_ptr, index_ptr, dout_ptr, lse_p
     for group in range(tl.cdiv(TOPK, slots_per_tile)):
         dweight = tl.zeros([slots_per_tile], tl.float32)
         for block in range(BLOCKS_PER_ITEM):
-            slot, token, col_mask = _routed_axis(group, block, SPAN, KEY_TOKENS, BLOCK_COLS)
-            col_mask = col_mask & (slot < TOPK)
-            routed = tl.load(index_ptr + routing + slot * si_k, mask=col_mask, other=0).to(tl.int64)
-            key_rows = batch * skv_b + routed * skv_r + token * skv_t
-            k = _load_tile(kv_ptr, key_rows, col_mask, skv_c, head * HEAD_DQ, HEAD_DQ, BLOCK_DQ)
-            v = _load_tile(kv_ptr, key_rows, col_mask, skv_c, QK_DIM + head * HEAD_DV, HEAD_DV, BLOCK_DV)
+            slot, col_mask, k, v = _routed_kv_tile(kv_ptr, index_ptr, routing, si_k, batch, skv_b, skv_r, skv_t,
+                                                   skv_c, head, group, block, QK_DIM, TOPK, KEY_TOKENS, HEAD_DQ,
+                                                   HEAD_DV, BLOCK_COLS, SPAN, BLOCK_DQ, BLOCK_DV)
             scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
             dp = tl.dot(dout, tl.trans(v), input_precision=PRECISION)
             valid = row_mask[:, None] & col_mask[None, :]
