@@ -26,6 +26,7 @@ import os
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask
 
@@ -107,101 +108,107 @@ def gathered(kernel: Callable[..., tuple[Tensor, Tensor | None]]) -> Callable[..
     return attend
 
 
-CHUNK_SCORES = 1 << 19  # score-matrix elements per chunk: 2 MB in fp32, cache-sized
+CHUNK_ELEMENTS = 1 << 19  # gathered K/V elements per chunk: 2 MB in fp32, cache-sized
 
 
-def head_major_blocks(x: Tensor, heads: int) -> Tensor:
-    """(B, regions, tokens, heads·d) -> (B·heads·regions, tokens, d): one contiguous block per
-    (batch, head, region), so that a routed region is one row of an index_select."""
-    batch, regions, tokens, channels = x.shape
-    blocks = x.reshape(batch, regions, tokens, heads, channels // heads).permute(0, 3, 1, 2, 4)
-    return blocks.reshape(batch * heads * regions, tokens, channels // heads)
+def flash_heads(x: Tensor, heads: int, width: int) -> Tensor:
+    """(n, L, heads·d) -> (n, heads, L, width): a strided view, zero-padded to ``width`` channels when d is
+    smaller (PyTorch's CPU flash kernels want one head size for q, k and v; zero channels add nothing)."""
+    x = x.unflatten(-1, (heads, -1))
+    if x.shape[-1] < width:
+        x = F.pad(x, (0, width - x.shape[-1]))
+    return x.transpose(1, 2)
+
+
+def merge_flash_heads(x: Tensor, channels: int) -> Tensor:
+    """(n, heads, L, width) -> (n, L, heads·d) with d = channels / heads: the inverse of ``flash_heads``."""
+    return x.transpose(1, 2)[..., :channels // x.shape[1]].flatten(2)
 
 
 class ChunkedRoutedAttention(torch.autograd.Function):
-    """Token attention of head-major blocks over their routed blocks, a chunk of query blocks at a time.
+    """Token attention of every query region over its routed key regions, a cache-sized chunk of query
+    regions at a time, through PyTorch's CPU flash-attention kernels.
 
-    q_blocks (N, L, dq), k_blocks (N, M, dq), v_blocks (N, M, dv); routed (N, topk) indexes the
-    key blocks of every query block; weights (N, topk) scale a routed block's k and v (soft
-    routing) or are None. The backward recomputes each chunk's scores instead of keeping them and
-    adds the chunk's K/V gradients into one buffer, so the gathered copy never exists in either pass.
+    q (N, L, qk_dim) and kv (N, M, qk_dim + dim) are region-major (N = batch · regions) and may be strided
+    views of the qkv projection: the kernels read heads in place, so no head-major copy of the map is
+    made. routed (N, topk) indexes kv's regions for every query region; weights (N, topk) scale a routed
+    region's k and v (soft routing) or are None. Each chunk gathers its own routed K/V (the official
+    algorithm's copy, a chunk of it at a time, never the whole map's); the backward gathers again, runs
+    the flash backward from the saved log-sum-exp and adds the K/V gradients into one buffer.
     """
 
     @staticmethod
-    def chunk(scaled_q: Tensor, k_blocks: Tensor, v_blocks: Tensor, weights: Tensor | None, routed: Tensor,
-              rows: slice) -> tuple[Tensor, ...]:
-        """One chunk's routed K/V (unweighted and weighted) and attention probabilities. The queries come
-        scaled, so that no pass over the (topk times larger) score matrix applies the scale."""
-        index = routed[rows].flatten()
+    def routed_kv(kv: Tensor, weights: Tensor | None, routed: Tensor, rows: slice) -> tuple[Tensor, Tensor]:
+        """A chunk's gathered [k | v] (count, topk, M, channels), and the same weighted and flattened to
+        (count, topk · M, channels) for attention."""
         count, topk = routed[rows].shape
-        raw_keys = k_blocks.index_select(0, index).view(count, topk, k_blocks.shape[1], -1)
-        raw_values = v_blocks.index_select(0, index).view(count, topk, v_blocks.shape[1], -1)
-        keys, values = raw_keys, raw_values
-        if weights is not None:
-            keys, values = raw_keys * weights[rows, :, None, None], raw_values * weights[rows, :, None, None]
-        keys, values = keys.flatten(1, 2), values.flatten(1, 2)
-        probs = torch.bmm(scaled_q[rows], keys.transpose(1, 2)).softmax(dim=-1)
-        return raw_keys, raw_values, keys, values, probs
+        gathered = kv.index_select(0, routed[rows].flatten()).view(count, topk, kv.shape[1], -1)
+        weighted = gathered if weights is None else gathered * weights[rows, :, None, None]
+        return gathered, weighted.flatten(1, 2)
 
     @staticmethod
-    def forward(ctx, q_blocks: Tensor, k_blocks: Tensor, v_blocks: Tensor, weights: Tensor | None, routed: Tensor,
-                scale: float, step: int) -> Tensor:
-        out = q_blocks.new_empty(q_blocks.shape[:2] + (v_blocks.shape[-1],))
-        scaled_q = q_blocks * scale
-        for start in range(0, len(q_blocks), step):
+    def forward(ctx, q: Tensor, kv: Tensor, weights: Tensor | None, routed: Tensor, heads: int, scale: float,
+                step: int) -> Tensor:
+        qk_dim = q.shape[-1]
+        dim = kv.shape[-1] - qk_dim
+        width = max(qk_dim, dim) // heads
+        out = q.new_empty(q.shape[:2] + (dim,))
+        log_sum_exp = []
+        for start in range(0, len(q), step):
             rows = slice(start, start + step)
-            *_, values, probs = ChunkedRoutedAttention.chunk(scaled_q, k_blocks, v_blocks, weights, routed, rows)
-            torch.bmm(probs, values, out=out[rows])
-        ctx.save_for_backward(scaled_q, k_blocks, v_blocks, weights, routed, out)
-        ctx.scale, ctx.step = scale, step
+            k, v = ChunkedRoutedAttention.routed_kv(kv, weights, routed, rows)[1].split([qk_dim, dim], dim=-1)
+            chunk_out, chunk_lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                flash_heads(q[rows], heads, width), flash_heads(k, heads, width), flash_heads(v, heads, width),
+                scale=scale)
+            out[rows] = merge_flash_heads(chunk_out, dim)
+            log_sum_exp.append(chunk_lse)
+        ctx.save_for_backward(q, kv, weights, routed, out, torch.cat(log_sum_exp))
+        ctx.heads, ctx.scale, ctx.step = heads, scale, step
         return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
-        scaled_q, k_blocks, v_blocks, weights, routed, out = ctx.saved_tensors
-        dq, dk, dv = torch.empty_like(scaled_q), torch.zeros_like(k_blocks), torch.zeros_like(v_blocks)
-        dweights = torch.empty_like(weights) if ctx.needs_input_grad[3] else None
-        delta = (dout * out).sum(-1, keepdim=True)  # rowsum(dO ∘ O): the softmax backward's correction
-        for start in range(0, len(scaled_q), ctx.step):
+        q, kv, weights, routed, out, log_sum_exp = ctx.saved_tensors
+        heads, qk_dim, dim = ctx.heads, q.shape[-1], out.shape[-1]
+        width = max(qk_dim, dim) // heads
+        dq, dkv = q.new_empty(q.shape), kv.new_zeros(kv.shape)
+        dweights = torch.empty_like(weights) if ctx.needs_input_grad[2] else None
+        for start in range(0, len(q), ctx.step):
             rows = slice(start, start + ctx.step)
-            raw_keys, raw_values, keys, values, probs = ChunkedRoutedAttention.chunk(
-                scaled_q, k_blocks, v_blocks, weights, routed, rows)
-            dlogits = probs * (torch.bmm(dout[rows], values.transpose(1, 2)) - delta[rows])  # d(scaled logits)
-            dq[rows] = torch.bmm(dlogits, keys)
-            dkeys = torch.bmm(dlogits.transpose(1, 2), scaled_q[rows]).view(raw_keys.shape)
-            dvalues = torch.bmm(probs.transpose(1, 2), dout[rows]).view(raw_values.shape)
+            gathered, weighted = ChunkedRoutedAttention.routed_kv(kv, weights, routed, rows)
+            k, v = weighted.split([qk_dim, dim], dim=-1)
+            dq_chunk, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                *(flash_heads(t, heads, width) for t in (dout[rows], q[rows], k, v, out[rows])),
+                log_sum_exp[rows], 0.0, False, scale=ctx.scale)
+            dq[rows] = merge_flash_heads(dq_chunk, qk_dim)
+            dgathered = torch.cat([merge_flash_heads(dk, qk_dim), merge_flash_heads(dv, dim)], dim=-1)
+            dgathered = dgathered.view(gathered.shape)
             if dweights is not None:
-                dweights[rows] = (dkeys * raw_keys).sum((2, 3)) + (dvalues * raw_values).sum((2, 3))
+                dweights[rows] = (dgathered * gathered).sum((2, 3))
             if weights is not None:
-                dkeys, dvalues = dkeys * weights[rows, :, None, None], dvalues * weights[rows, :, None, None]
-            index = routed[rows].flatten()
-            dk.index_add_(0, index, dkeys.flatten(0, 1))
-            dv.index_add_(0, index, dvalues.flatten(0, 1))
-        return dq.mul_(ctx.scale), dk, dv, dweights, None, None, None
+                dgathered = dgathered * weights[rows, :, None, None]
+            dkv.index_add_(0, routed[rows].flatten(), dgathered.flatten(0, 1))
+        return dq, dkv, dweights, None, None, None, None
 
 
 def chunked_gathered(module: "BiLevelRoutingAttention", q: Tensor, kv: Tensor, r_weight: Tensor,
                      r_idx: Tensor) -> tuple[Tensor, None]:
-    """The official gather and explicit attention, over cache-sized chunks of query blocks.
+    """The official gather and attention over cache-sized chunks of query regions (the CPU fast path).
 
-    K/V are laid out head-major once, so each chunk gathers its routed blocks with one
-    index_select into the layout the batched matmuls want, and the chunk's gathered K/V and score
-    matrix are freed before the next. The topk-times copy of the whole map never exists: on a CPU,
-    moving that copy and the full score matrix through memory costs more than the math.
+    On a CPU, moving the topk-times copy of the whole map through memory costs more than the math:
+    here each chunk's routed K/V are gathered and consumed while they are in cache, and the heads are
+    read in place from the qkv projection.
     """
     batch, regions, query_tokens, _ = q.shape
-    heads, topk, key_tokens = module.num_heads, r_idx.shape[-1], kv.shape[2]
-    k, v = kv.split([module.qk_dim, module.dim], dim=-1)
-    # the (batch, head, routed region) block of every (batch, head, query region, slot)
-    first_block = (torch.arange(batch * heads, device=q.device) * regions).view(batch, heads, 1, 1)
-    routed = (first_block + r_idx[:, None]).flatten(0, 2)
-    weights = r_weight[:, None].expand(batch, heads, regions, topk).flatten(0, 2) if module.soft_routing else None
+    topk, key_tokens = r_idx.shape[-1], kv.shape[2]
+    first_region = (torch.arange(batch, device=q.device) * regions).view(batch, 1, 1)
+    routed = (first_region + r_idx).flatten(0, 1)  # the kv row of every (batch, query region, slot)
+    weights = r_weight.flatten(0, 1) if module.soft_routing else None
     # a plain int: under torch.jit.trace (fvcore) sizes are tensors, and a tensor step would be an op input
-    step = max(1, CHUNK_SCORES // int(query_tokens * topk * key_tokens))
-    out = ChunkedRoutedAttention.apply(head_major_blocks(q, heads), head_major_blocks(k, heads),
-                                       head_major_blocks(v, heads), weights, routed, module.scale, step)
-    out = out.view(batch, heads, regions, query_tokens, -1)
-    return out.permute(0, 2, 3, 1, 4).reshape(batch, regions, query_tokens, module.dim), None
+    step = max(1, CHUNK_ELEMENTS // int(topk * key_tokens * kv.shape[-1]))
+    out = ChunkedRoutedAttention.apply(q.flatten(0, 1), kv.flatten(0, 1), weights, routed, module.num_heads,
+                                       module.scale, step)
+    return out.view(batch, regions, query_tokens, module.dim), None
 
 
 FLEX_BLOCK = 128  # FlexAttention's default block: every tile of its CUDA kernels, forward and backward, divides it
@@ -280,10 +287,10 @@ def routed_attention_macs(inputs: list[tuple[int, ...]], outputs: list[tuple[int
 
 
 def chunked_attention_macs(inputs: list[tuple[int, ...]], outputs: list[tuple[int, ...]]) -> int:
-    """MACs of ``ChunkedRoutedAttention``: every query block meets topk key blocks on q·k and p·v."""
-    (blocks, query_tokens, qk_channels), (_, key_tokens, _), (_, _, v_channels) = inputs[:3]
-    topk = inputs[-1][-1]  # routed (blocks, topk) is the last tensor input
-    return blocks * query_tokens * topk * key_tokens * (qk_channels + v_channels)
+    """MACs of ``ChunkedRoutedAttention``: every query meets topk key regions on q·k and p·v."""
+    (regions, query_tokens, _), (_, key_tokens, kv_channels) = inputs[:2]
+    topk = inputs[-1][-1]  # routed (regions, topk) is the last tensor input
+    return regions * query_tokens * topk * key_tokens * kv_channels
 
 
 def triton_tile_metrics(run_pass: Callable[[], object]) -> dict[str, float]:
@@ -335,7 +342,7 @@ class BiLevelRoutingAttention(AttentionModule):
         auto_pad: pad H, W up to multiples of n_win and crop the output.
         backend: 'torch' (the official gather, explicit matrix), 'sdpa' (gathered K/V through SDPA),
             'flex' (a routed block mask, nothing gathered), 'triton' (the suite's fused kernels, CUDA) or
-            'chunked' (the gather and explicit attention a cache-sized chunk at a time, CPU).
+            'chunked' (the gather a cache-sized chunk at a time, through PyTorch's CPU flash kernels).
     """
 
     family = "bra"
@@ -348,8 +355,8 @@ class BiLevelRoutingAttention(AttentionModule):
                                                     "block per region, nothing gathered"),
         "triton": triton_backend(),
         "chunked": Backend("chunked", chunked_gathered,
-                           "the official gather and explicit attention over cache-sized chunks of query regions "
-                           "(the CPU fast path)", devices=("cpu",),
+                           "the official gather, a cache-sized chunk of query regions at a time, through "
+                           "PyTorch's CPU flash-attention kernels (the CPU fast path)", devices=("cpu",),
                            custom_ops=(("ChunkedRoutedAttention", chunked_attention_macs),)),
     }
 

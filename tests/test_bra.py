@@ -684,15 +684,17 @@ def test_flex_forward_matches_naive(shape, opts):
     assert ((got.double() - expected).norm() / expected.norm()).item() < 1e-5
 
 
-@pytest.mark.parametrize("scores", [1, 192])  # chunks of one query block, or of 3 (first opts) and 24 blocks
+# gathered elements per chunk: chunks of 1 query region; of 4 (first opts, 256 elements a region) or all 18
+# (second, 40 a region); of 1 or 7. Chunks of 4 and 7 straddle the batch boundary after region 9.
+@pytest.mark.parametrize("elements", [1, 1100, 280])
 @pytest.mark.parametrize("opts", [
     dict(n_win=3, topk=4, **ROUTINGS["soft_diff_param"]),
     dict(n_win=3, topk=2, kv_downsample_mode="ada_avgpool", kv_per_win=1, qk_dim=12),
 ])
-def test_chunked_matches_naive_across_chunk_boundaries(monkeypatch, scores, opts):
-    """The chunk loop itself: chunks far smaller than the map, ending at no region boundary."""
+def test_chunked_matches_naive_across_chunk_boundaries(monkeypatch, elements, opts):
+    """The chunk loop itself: chunks far smaller than the map, some straddling two batch items."""
     import attentions.bra
-    monkeypatch.setattr(attentions.bra, "CHUNK_SCORES", scores)
+    monkeypatch.setattr(attentions.bra, "CHUNK_ELEMENTS", elements)
     module, o = make(8, 2, seed=71, **opts)
     check_against_naive(module, o, (2, 6, 6, 8), seed=72, backends=("chunked",))
 
