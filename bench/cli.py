@@ -29,7 +29,7 @@ from attentions.models import build_model, list_models
 
 from .cases import PHASES, Case, ModelCase, SweepBlock, unique_cases
 from .model_suite import MODEL_RESOLUTIONS, base_model_row, model_cases, one_per_group, run_model_group
-from .measure import TimingPolicy
+from .measure import CPU_ALLOCATORS, TimingPolicy, retain_available, use_cpu_allocator
 from .presets import COMMON_OPTIONS, KV_MODES, PRESETS, STAGE1_WIDTH, kv_axis, preset_blocks, topk_axis
 from .profiles import DTYPE_ALIASES, DTYPES, PROFILES, GpuProfile, canonical_dtype
 from .results import (COLUMNS, MEASURED_STATUSES, MODEL_COLUMNS, SUITES, ResultsFormatError, RunInUseError, RunLock,
@@ -146,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="time replays of each pass captured in a CUDA graph (small shapes, where CPU launch "
                              "overhead dominates); a pass that cannot be captured is timed eagerly, and its row says so")
+    parser.add_argument("--cpu-allocator", choices=CPU_ALLOCATORS,
+                        help="CPU runs: 'retain' (the default on Linux) keeps memory a pass frees for the next pass, "
+                             "as PyTorch's CUDA allocator does; 'system' leaves glibc's defaults, under which every "
+                             "block above 32 MiB is faulted in afresh on every call (each row counts its page faults)")
     parser.add_argument("--time-budget", type=seconds(zero_allowed=False), metavar="S",
                         help="start no case after S seconds of sweeping; --resume completes the ones left")
     parser.add_argument("--workers", type=positive_int, metavar="N",
@@ -649,6 +653,7 @@ def main_sweep(argv: list[str]) -> int:
         argv = metadata["argv"]
     check_cluster_flags(parser, args)
     profile, device, device_name = select_profile(parser, args.gpu)
+    args.cpu_allocator = cpu_allocator_policy(parser, args, device)
     cases = plan(parser, args, device, profile)
     if args.dry_run:
         done = completed_case_keys(results_path) if resuming else set()
@@ -689,16 +694,32 @@ def main_sweep(argv: list[str]) -> int:
     return code
 
 
+def cpu_allocator_policy(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str) -> str | None:
+    """The run's CPU allocator policy, applied to this process (None on a GPU run); exits 2 when it cannot be."""
+    if device != "cpu":
+        if args.cpu_allocator:
+            parser.error(f"--cpu-allocator {args.cpu_allocator}: applies to CPU runs (--gpu cpu), not to this "
+                         f"{device} run")
+        return None
+    policy = args.cpu_allocator or ("retain" if retain_available() else "system")
+    try:
+        use_cpu_allocator(policy)
+    except RuntimeError as exc:
+        parser.error(f"--cpu-allocator {policy}: {exc}")
+    return policy
+
+
 def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace, cases: list[Case] | list[ModelCase],
           results_path: Path, metadata: dict[str, Any], device: str, profile: GpuProfile, device_name: str) -> int:
     """Run the planned cases into the run's files (the caller holds the run's lock) and summarise them.
     Returns the exit status: 130 when interrupted."""
     min_time = args.min_time if args.min_time is not None else (0.5 if device == "cuda" else 0.2)
-    policy = TimingPolicy(min_time_s=min_time, l2_flush=device == "cuda", cuda_graphs=args.cuda_graphs)
+    policy = TimingPolicy(min_time_s=min_time, l2_flush=device == "cuda", cuda_graphs=args.cuda_graphs,
+                          cpu_allocator=args.cpu_allocator)
     metadata["timing"] = {
         "rounds": "paired: a shape's cases round-robin in one process" if args.suite == "attentions" else "unpaired",
         "min_time_s_per_pass": min_time, "min_rounds": policy.min_rounds, "warmup_rounds": policy.warmup_rounds,
-        "l2_flush": policy.l2_flush, "cuda_graphs": policy.cuda_graphs,
+        "l2_flush": policy.l2_flush, "cuda_graphs": policy.cuda_graphs, "cpu_allocator": policy.cpu_allocator,
         "noise_limit": policy.noise_limit_for(torch.device(device))}
     results_path.parent.mkdir(parents=True, exist_ok=True)
     models = args.suite == "models"

@@ -11,6 +11,13 @@
   round every pass runs once, each round starting one pass later, so that drift of the machine
   (clocks, load, temperature) lands on all of them alike. A speedup is the median of per-round
   ratios, with a 95% moving-block bootstrap confidence interval over the rounds.
+- **CPU memory.** glibc serves a block above its mmap threshold (at most 32 MiB, and moved only
+  as blocks are freed) with fresh pages and unmaps it when it is freed, so a pass that allocates
+  such blocks pays a page fault for every 4 KiB it touches, on every call, and how many depends on
+  what ran before it in the process. The ``retain`` CPU allocator policy (the default on glibc)
+  keeps freed memory for reuse instead, as PyTorch's CUDA caching allocator does: a pass then
+  costs its computation and memory traffic, not the kernel's page zeroing. Every CPU row records
+  the page faults of its passes either way.
 - **Noise.** A timing whose spread (p80 / p20), or a speedup whose confidence interval (high /
   low), is wider than the device's limit is noise, not a finding.
 - **Memory.** On CUDA, the allocator's peak during one pass minus what was allocated before it.
@@ -29,8 +36,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import math
 import os
+import platform
+import resource
 import statistics
 import sys
 import time
@@ -60,6 +70,7 @@ class TimingPolicy:
     max_rounds: int = 1000
     l2_flush: bool = True  # CUDA: write a buffer larger than L2 before every timed pass
     cuda_graphs: bool = False  # CUDA: time replays of a captured graph of the pass (small shapes)
+    cpu_allocator: str | None = None  # CPU: 'retain' or 'system' (see use_cpu_allocator); None: as the process is
     noise_limit: float | None = None  # None: the device type's NOISE_LIMIT
 
     def noise_limit_for(self, device: torch.device) -> float:
@@ -72,6 +83,7 @@ class Timing:
 
     times_ms: tuple[float, ...]
     note: str = ""
+    page_faults: tuple[int, ...] = ()  # per round, on the CPU: the process's minor page faults during the pass
 
     @property
     def rounds(self) -> int:
@@ -88,6 +100,10 @@ class Timing:
     @property
     def p80_ms(self) -> float:
         return self._quintiles()[3]
+
+    @property
+    def page_faults_median(self) -> float | None:
+        return statistics.median(self.page_faults) if self.page_faults else None
 
     @property
     def spread(self) -> float:
@@ -240,6 +256,46 @@ def error_against_reference(module: torch.nn.Module, reference_backend: str, x: 
     return compare(got, expected, pass_tensor_names(module, phase))
 
 
+CPU_ALLOCATORS = ("retain", "system")
+RETAINED_BLOCK_LIMIT = 1 << 30  # under 'retain', blocks up to 1 GiB come from the heap and return to it
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_cpu_allocator_in_use = "system"  # what this process has applied: 'retain' cannot be undone
+
+
+def retain_available() -> bool:
+    """Whether this process can apply 'retain': it needs glibc's mallopt."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
+def use_cpu_allocator(policy: str) -> None:
+    """Apply a CPU allocator policy to this process (see the module docstring).
+
+    'system' leaves the C library's defaults. 'retain' raises glibc's mmap threshold to 1 GiB and turns
+    heap trimming off, so that memory a pass frees is reused by the next instead of being returned to
+    the kernel and faulted in again. A process that retains cannot go back: 'system' after 'retain'
+    raises rather than time under a policy other than the one it reports."""
+    global _cpu_allocator_in_use
+    if policy not in CPU_ALLOCATORS:
+        raise ValueError(f"CPU allocator policy {policy!r} is not one of {', '.join(CPU_ALLOCATORS)}")
+    if policy == _cpu_allocator_in_use:
+        return
+    if policy == "system":
+        raise RuntimeError("this process already retains freed memory (CPU allocator 'retain'); the 'system' "
+                           "policy needs a fresh process")
+    if not retain_available():
+        raise RuntimeError(f"CPU allocator 'retain' needs glibc's mallopt (Linux), not {platform.system()} "
+                           f"{platform.libc_ver()[0] or 'without glibc'}; use 'system'")
+    libc = ctypes.CDLL("libc.so.6")
+    if not (libc.mallopt(_M_MMAP_THRESHOLD, RETAINED_BLOCK_LIMIT) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)):
+        raise RuntimeError("glibc's mallopt refused the 'retain' thresholds")
+    _cpu_allocator_in_use = "retain"
+
+
+def minor_page_faults() -> int:
+    """Minor page faults of this process (every thread) so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -267,8 +323,9 @@ def captured(run: Callable[[], object], device: torch.device) -> Callable[[], ob
     return graph.replay
 
 
-def timed_once(run: Callable[[], object], device: torch.device, flush: Callable[[], None] | None) -> float:
-    """Milliseconds of one call of ``run``."""
+def timed_once(run: Callable[[], object], device: torch.device,
+               flush: Callable[[], None] | None) -> tuple[float, int | None]:
+    """Milliseconds of one call of ``run``, and on the CPU the page faults it took."""
     if device.type == "cuda":
         if flush is not None:
             flush()
@@ -277,16 +334,18 @@ def timed_once(run: Callable[[], object], device: torch.device, flush: Callable[
         run()
         end.record()
         end.synchronize()
-        return begin.elapsed_time(end)
-    begin_s = time.perf_counter()
+        return begin.elapsed_time(end), None
+    faults, begin_s = minor_page_faults(), time.perf_counter()
     run()
-    return (time.perf_counter() - begin_s) * 1e3
+    return (time.perf_counter() - begin_s) * 1e3, minor_page_faults() - faults
 
 
 def time_rounds(runs: dict[Hashable, Callable[[], object]], device: torch.device,
                 policy: TimingPolicy) -> dict[Hashable, Timing | Exception]:
     """Each pass's latencies over paired rounds (see the module docstring); one pass alone is timed
     the same way, unpaired. A pass that raises leaves the rotation, and its exception is its result."""
+    if device.type == "cpu" and policy.cpu_allocator is not None:
+        use_cpu_allocator(policy.cpu_allocator)
     results: dict[Hashable, Timing | Exception] = {}
     active: dict[Hashable, Callable[[], object]] = {}
     notes: dict[Hashable, str] = {}
@@ -307,6 +366,7 @@ def time_rounds(runs: dict[Hashable, Callable[[], object]], device: torch.device
     flush = l2_flusher(device) if policy.l2_flush else None
     order = list(active)
     times: dict[Hashable, list[float]] = {key: [] for key in order}
+    faults: dict[Hashable, list[int]] = {key: [] for key in order}
     started, rounds = time.perf_counter(), 0
     while active and rounds < policy.max_rounds:
         for offset in range(len(order)):
@@ -314,14 +374,17 @@ def time_rounds(runs: dict[Hashable, Callable[[], object]], device: torch.device
             if key not in active:
                 continue
             try:
-                times[key].append(timed_once(active[key], device, flush))
+                elapsed_ms, pass_faults = timed_once(active[key], device, flush)
+                times[key].append(elapsed_ms)
+                if pass_faults is not None:
+                    faults[key].append(pass_faults)
             except Exception as exc:  # noqa: BLE001 - as in the warm-up
                 results[key] = exc
                 del active[key]
         rounds += 1
         if rounds >= policy.min_rounds and time.perf_counter() - started >= policy.min_time_s * len(runs):
             break
-    results.update({key: Timing(tuple(times[key]), notes.get(key, "")) for key in active})
+    results.update({key: Timing(tuple(times[key]), notes.get(key, ""), tuple(faults[key])) for key in active})
     return results
 
 

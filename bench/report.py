@@ -55,6 +55,8 @@ def _metadata_markdown(metadata: list[dict]) -> str:
                   + ("suite `models`" if meta.get("suite") == "models" else f"preset `{meta.get('preset')}`"),
                   f"- command: `{meta.get('command')}`",
                   f"- rows by status: {json.dumps(meta.get('status_counts', {}))}", ""]
+        if meta.get("timing"):
+            lines.insert(-1, _timing_markdown(meta["timing"]))
         for node, node_env in (meta.get("nodes") or {}).items():  # a sweep on Ray: where its workers ran
             lines.insert(-1, f"- node `{node}`: {node_env.get('gpu_name') or node_env.get('cpu')}, driver "
                              f"{node_env.get('driver')}, CUDA {node_env.get('cuda')}, torch {node_env.get('torch')}, "
@@ -62,6 +64,18 @@ def _metadata_markdown(metadata: list[dict]) -> str:
         if meta.get("note"):
             lines.insert(-1, f"- {meta['note']}")
     return "\n".join(lines)
+
+
+def _timing_markdown(timing: dict) -> str:
+    """How a run timed its passes, in one line."""
+    parts = [f"timing: {timing.get('rounds')}", f"at least {timing.get('min_time_s_per_pass')} s per pass"]
+    if timing.get("cpu_allocator"):
+        parts.append(f"CPU allocator `{timing['cpu_allocator']}`")
+    if timing.get("cuda_graphs"):
+        parts.append("CUDA graphs")
+    if timing.get("l2_flush"):
+        parts.append("L2 flushed before every pass")
+    return "- " + "; ".join(parts)
 
 
 # What a report writes into its tables/ and plots/ folders: the only files it ever removes.

@@ -59,12 +59,14 @@ COLUMNS = REQUIRED_COLUMNS + [
     "load_before", "load_after",  # the machine's 1-minute load average around the case's timing
     "gpu_state",          # JSON: SM clock, temperature and power before and after (CUDA, through NVML)
     *PLACEMENT_COLUMNS,
+    "page_faults",        # CPU: the process's minor page faults during one pass, median over the timed rounds
 ]
 # Columns added after results files of the same schema were written: a file without them loads with
 # them empty, and a resumed run's file gets them added.
 LATE_COLUMNS = {"attentions": ("tile_efficiency", "speedup_vs_ref", "speedup_ci_low", "speedup_ci_high",
-                               "timing_spread", "load_before", "load_after", "gpu_state", *PLACEMENT_COLUMNS),
-                "models": ("timing_spread", *PLACEMENT_COLUMNS)}
+                               "timing_spread", "load_before", "load_after", "gpu_state", *PLACEMENT_COLUMNS,
+                               "page_faults"),
+                "models": ("timing_spread", *PLACEMENT_COLUMNS, "page_faults")}
 # Rows of the model suite (``--suite models``): one whole backbone of ``attentions.models`` per row.
 MODEL_COLUMNS = [
     "model", "attention", "backend", "resolution", "batch", "dtype", "phase", "status",
@@ -78,6 +80,7 @@ MODEL_COLUMNS = [
     "device", "status_detail", "rounds", "param_mb", "input_mb", "seed", "run_id", "case_key", "timestamp",
     "timing_spread",      # p80 / p20 of the latency
     *PLACEMENT_COLUMNS,
+    "page_faults",        # CPU: minor page faults during one pass, median over the timed rounds
 ]
 SUITES = {"attentions": COLUMNS, "models": MODEL_COLUMNS}  # suite -> its row schema
 # Every other column of a suite holds numbers (or nothing).

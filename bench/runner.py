@@ -215,6 +215,7 @@ def latency_row(timing: Timing, batch: int, macs: int, phase: str, dtype: str, c
     peak = ctx.profile.peak_for(dtype, tf32=ctx.tf32)
     return {"latency_ms_median": timing.median_ms, "latency_ms_p20": timing.p20_ms,
             "latency_ms_p80": timing.p80_ms, "rounds": timing.rounds, "timing_spread": timing.spread,
+            "page_faults": timing.page_faults_median,
             "throughput": batch / seconds, "tflops_achieved": tflops,
             "pct_of_peak": 100 * tflops / peak if peak else None}
 

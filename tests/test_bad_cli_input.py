@@ -166,6 +166,7 @@ CASES: dict[str, tuple[Setup, list[str], int]] = {
     "ray-address-nothing-there": (Setup(lambda results, tmp: [*TINY_RUN, "--run-id", "new", "--results-dir",
                                                               str(results), "--ray-address", "127.0.0.1:1"]),
                                   ["--ray-address 127.0.0.1:1"], 2),
+    "cpu-allocator-unknown": (sweep("--cpu-allocator", "keep"), ["--cpu-allocator", "'keep'", "retain", "system"], 2),
     "retries-negative": (sweep("--retries=-1"), ["--retries", "-1", ">= 0"], 2),
     "retries-text": (sweep("--retries", "twice"), ["--retries", "'twice'"], 2),
     "retries-without-ray": (sweep("--retries", "3"), ["--retries 3", "--workers N > 1", "--ray-address"], 2),

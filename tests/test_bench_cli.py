@@ -31,6 +31,7 @@ import attentions
 import bench
 from bench import cli
 from bench.cases import config_name
+from bench.measure import retain_available
 from bench.presets import KV_MODES
 from bench.profiles import PROFILES
 from bench.results import RunLock, cpu_name
@@ -223,6 +224,7 @@ def test_quick_run_rows_are_consistent(quick_run):
     assert (frame["latency_ms_p20"] > 0).all()
     assert (frame["rounds"] >= 10).all()
     assert (frame["peak_mem_mb"] > 0).all()
+    assert (frame["page_faults"] >= 0).all()  # counted for every timed CPU row
     expected_throughput = frame["batch"] / (frame["latency_ms_median"] / 1000)
     assert ((frame["throughput"] - expected_throughput).abs() <= 1e-6 * expected_throughput).all()
     achieved = frame["hw_gflops"] * 1e9 / (frame["latency_ms_median"] / 1000) / 1e12
@@ -248,6 +250,7 @@ def test_quick_run_metadata(quick_run):
     assert set(counts) <= {"ok", "noisy", "unsupported"} and counts["unsupported"] == CPU_UNSUPPORTED
     assert counts.get("ok", 0) + counts.get("noisy", 0) == QUICK_CASES - CPU_UNSUPPORTED
     assert meta["timing"]["rounds"].startswith("paired") and meta["timing"]["noise_limit"] == 1.3
+    assert meta["timing"]["cpu_allocator"] == ("retain" if retain_available() else "system")  # the CPU default
     assert meta.get("cases_planned", QUICK_CASES) == QUICK_CASES
     assert "resumed" not in meta
     assert ENVIRONMENT_KEYS <= set(meta["environment"]), ENVIRONMENT_KEYS - set(meta["environment"])

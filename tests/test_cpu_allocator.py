@@ -1,0 +1,73 @@
+"""The CPU allocator policy and the page-fault count of every CPU pass.
+
+Each policy is tried in a fresh interpreter: 'retain' cannot be undone within a process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import cli
+from bench.measure import use_cpu_allocator, retain_available
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A pass that allocates, touches and frees a 64 MiB block: above glibc's largest mmap threshold (32 MiB).
+PROBE = """
+import json, sys, torch
+from bench.measure import TimingPolicy, time_rounds
+policy = TimingPolicy(min_time_s=0.0, min_rounds=5, max_rounds=5, cpu_allocator=sys.argv[1])  # 3 warm-up rounds
+def touch_block():
+    torch.ones(16 << 20, dtype=torch.float32).sum()
+timing = time_rounds({"pass": touch_block}, torch.device("cpu"), policy)["pass"]
+print(json.dumps(timing.page_faults))
+"""
+
+BLOCK_PAGES = (64 << 20) // 4096
+
+
+def probe_faults(policy: str) -> list[int]:
+    done = subprocess.run([sys.executable, "-c", PROBE, policy], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, check=True)
+    return json.loads(done.stdout)
+
+
+@pytest.mark.skipif(not retain_available(), reason="'retain' needs glibc")
+def test_retain_reuses_freed_blocks_where_system_faults_them_in_again():
+    system, retain = probe_faults("system"), probe_faults("retain")
+    assert len(system) == len(retain) == 5
+    assert min(system) >= BLOCK_PAGES // 2, system  # every call faults the block in afresh
+    assert max(retain) < BLOCK_PAGES // 20, retain  # after the warm-up, the freed block is reused
+
+
+@pytest.mark.skipif(not retain_available(), reason="'retain' needs glibc")
+def test_system_after_retain_refuses_rather_than_mislabel_the_timing():
+    script = ("from bench.measure import use_cpu_allocator\nuse_cpu_allocator('retain')\nuse_cpu_allocator('retain')\n"
+              "try:\n    use_cpu_allocator('system')\nexcept RuntimeError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert "already retains" in done.stdout and "fresh process" in done.stdout
+
+
+def test_unknown_policy_is_named():
+    with pytest.raises(ValueError, match=r"'keep'.*retain, system"):
+        use_cpu_allocator("keep")
+
+
+def test_cpu_allocator_flag_on_a_gpu_run_exits_2_naming_it(capsys):
+    parser = argparse.ArgumentParser(prog="run_bench.py")
+    args = argparse.Namespace(cpu_allocator="retain")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.cpu_allocator_policy(parser, args, "cuda")
+    assert exit_info.value.code == 2
+    assert "--cpu-allocator retain: applies to CPU runs" in capsys.readouterr().err
+
+
+def test_gpu_run_without_the_flag_has_no_cpu_policy():
+    assert cli.cpu_allocator_policy(argparse.ArgumentParser(), argparse.Namespace(cpu_allocator=None), "cuda") is None
