@@ -270,9 +270,10 @@ def retain_available() -> bool:
 def use_cpu_allocator(policy: str) -> None:
     """Apply a CPU allocator policy to this process (see the module docstring).
 
-    'system' leaves the C library's defaults. 'retain' raises glibc's mmap threshold to 1 GiB and turns
-    heap trimming off, so that memory a pass frees is reused by the next instead of being returned to
-    the kernel and faulted in again. A process that retains cannot go back: 'system' after 'retain'
+    'system' leaves the C library's defaults. 'retain' raises glibc's mmap threshold to 1 GiB and its trim
+    threshold to 2 GiB, so that memory a pass frees is reused by the next instead of being returned to
+    the kernel and faulted in again. glibc still returns some blocks of passes that need hundreds of MB
+    at once: the rows' page faults show where. A process that retains cannot go back: 'system' after 'retain'
     raises rather than time under a policy other than the one it reports."""
     global _cpu_allocator_in_use
     if policy not in CPU_ALLOCATORS:
