@@ -653,6 +653,9 @@ def main_sweep(argv: list[str]) -> int:
         argv = metadata["argv"]
     check_cluster_flags(parser, args)
     profile, device, device_name = select_profile(parser, args.gpu)
+    if resuming and device == "cpu" and args.cpu_allocator is None:
+        # the policy the run's rows were timed under; a run from before the policies had glibc's defaults
+        args.cpu_allocator = metadata.get("timing", {}).get("cpu_allocator") or "system"
     args.cpu_allocator = cpu_allocator_policy(parser, args, device)
     cases = plan(parser, args, device, profile)
     if args.dry_run:

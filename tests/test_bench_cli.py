@@ -342,6 +342,9 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
         assert 3 <= n_before < planned
         meta = json.loads(csv_path.with_suffix(".json").read_text())
         assert "finished" not in meta and "resumed" not in meta
+        # as a run from before the CPU allocator policies left it: a resume keeps glibc's defaults then
+        assert meta["timing"].pop("cpu_allocator") == ("retain" if retain_available() else "system")
+        csv_path.with_suffix(".json").write_text(json.dumps(meta))
         # a torn write: half of a row, no newline; the writer must cut it before appending
         with open(csv_path, "ab") as f:
             f.write(before[-1][: len(before[-1]) // 2])
@@ -369,6 +372,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     assert meta["run_id"] == "killme" and meta["argv"] == [*flags, "--run-id", "killme"]
     assert isinstance(meta.get("resumed"), list) and len(meta["resumed"]) == 1
     assert {"at", "environment"} <= set(meta["resumed"][0])
+    assert meta["timing"]["cpu_allocator"] == "system"
     assert set(meta["status_counts"]) <= set(TIMED) and sum(meta["status_counts"].values()) == planned
     assert sorted(p.name for p in (results_dir / "cpu").iterdir()) == [
         "killme.csv", "killme.json", "whole.csv", "whole.json"]
