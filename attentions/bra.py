@@ -163,14 +163,13 @@ class ChunkedRoutedAttention(torch.autograd.Function):
             out[rows] = merge_flash_heads(chunk_out, dim)
             log_sum_exp.append(chunk_lse)
         ctx.save_for_backward(q, kv, weights, routed, out, torch.cat(log_sum_exp))
-        ctx.heads, ctx.scale, ctx.step = heads, scale, step
+        ctx.heads, ctx.width, ctx.scale, ctx.step = heads, width, scale, step
         return out
 
     @staticmethod
     def backward(ctx, dout: Tensor):
         q, kv, weights, routed, out, log_sum_exp = ctx.saved_tensors
-        heads, qk_dim, dim = ctx.heads, q.shape[-1], out.shape[-1]
-        width = max(qk_dim, dim) // heads
+        heads, width, qk_dim, dim = ctx.heads, ctx.width, q.shape[-1], out.shape[-1]
         dq, dkv = q.new_empty(q.shape), kv.new_zeros(kv.shape)
         dweights = torch.empty_like(weights) if ctx.needs_input_grad[2] else None
         for start in range(0, len(q), ctx.step):
