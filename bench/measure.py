@@ -10,7 +10,7 @@
 - **Paired rounds.** Passes whose latencies are compared run round-robin in one process: in each
   round every pass runs once, each round starting one pass later, so that drift of the machine
   (clocks, load, temperature) lands on all of them alike. A speedup is the median of per-round
-  ratios, with a 95% moving-block bootstrap confidence interval over the rounds.
+  ratios, with a 95% batch-means confidence interval over the rounds (see ``paired_speedup``).
 - **CPU memory.** glibc serves a block above its mmap threshold (at most 32 MiB, and moved only
   as blocks are freed) with fresh pages and unmaps it when it is freed, so a pass that allocates
   such blocks pays a page fault for every 4 KiB it touches, on every call, and how many depends on
@@ -59,7 +59,12 @@ ERROR_TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "float16": 5e-3, "bfloat16
 # measurement on each device type; wider is noise. A shared CPU drifts by tens of percent between
 # seconds; a GPU's kernels repeat within a few percent.
 NOISE_LIMIT = {"cpu": 1.3, "cuda": 1.1}
-BOOTSTRAP_RESAMPLES = 2000
+# A paired speedup's interval comes from this many consecutive batches of rounds: few and long, because a
+# shared CPU's speed for one pass relative to another changes in stretches of 5-15 s (measured on the 2-core
+# development machine), and only batches longer than those are close to independent.
+SPEEDUP_BATCHES = 5
+# Two-sided 95% quantiles of Student's t distribution by degrees of freedom (batches - 1).
+STUDENT_T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
 
 
 @dataclass(frozen=True)
@@ -397,19 +402,22 @@ def time_pass(run: Callable[[], object], device: torch.device, policy: TimingPol
     return result
 
 
-def paired_speedup(reference: Timing, timing: Timing, seed: int = 0) -> tuple[float, float, float]:
+def paired_speedup(reference: Timing, timing: Timing) -> tuple[float, float, float]:
     """Speedup over ``reference`` timed in the same rounds: the median of the per-round ratios
-    (reference ÷ this), and a 95% confidence interval of that median from a moving-block bootstrap
-    over the rounds. Blocks of ⌈√rounds⌉ consecutive rounds keep what drifts slowly within the run
-    (a machine whose speed for one pass changes over seconds) in the interval; resampling single
-    rounds would treat neighbouring rounds as independent and give too narrow an interval."""
+    (reference ÷ this), and a 95% confidence interval for it by batch means. The rounds are split
+    into ``SPEEDUP_BATCHES`` consecutive batches (one per round when there are fewer rounds); the
+    interval is the median ± t · s / √batches, where s is the standard deviation of the batches'
+    median ratios. Treating rounds as independent (a bootstrap over single rounds, or over short
+    blocks) misses what drifts over seconds and gives an interval that other runs fall outside of.
+    One round has no interval (NaN)."""
     ratios = np.asarray(reference.times_ms) / np.asarray(timing.times_ms)
-    rounds = len(ratios)
-    block = math.ceil(math.sqrt(rounds))
-    starts = np.random.default_rng(seed).integers(0, rounds, size=(BOOTSTRAP_RESAMPLES, math.ceil(rounds / block)))
-    resampled = ratios[(starts[:, :, None] + np.arange(block)) % rounds].reshape(BOOTSTRAP_RESAMPLES, -1)[:, :rounds]
-    low, high = np.percentile(np.median(resampled, axis=1), [2.5, 97.5])
-    return float(np.median(ratios)), float(low), float(high)
+    median = float(np.median(ratios))
+    batches = min(SPEEDUP_BATCHES, len(ratios))
+    if batches < 2:
+        return median, math.nan, math.nan
+    batch_medians = [np.median(batch) for batch in np.array_split(ratios, batches)]
+    half_width = STUDENT_T_975[batches - 1] * float(np.std(batch_medians, ddof=1)) / math.sqrt(batches)
+    return median, median - half_width, median + half_width
 
 
 def machine_state(device: torch.device) -> dict[str, float | None]:

@@ -54,7 +54,7 @@ COLUMNS = REQUIRED_COLUMNS + [
     "seed", "run_id", "case_key", "timestamp",
     "tile_efficiency",    # useful ÷ issued matrix multiply-adds of the backend's kernels (backends that declare it)
     "speedup_vs_ref",     # reference latency ÷ latency: the median of per-round ratios of paired rounds
-    "speedup_ci_low", "speedup_ci_high",  # its 95% bootstrap confidence interval
+    "speedup_ci_low", "speedup_ci_high",  # its 95% batch-means confidence interval
     "timing_spread",      # p80 / p20 of the latency; beyond the device's noise limit the row is noisy
     "load_before", "load_after",  # the machine's 1-minute load average around the case's timing
     "gpu_state",          # JSON: SM clock, temperature and power before and after (CUDA, through NVML)

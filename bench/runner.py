@@ -234,11 +234,11 @@ def finish_case(prepared: Prepared, timing: Timing, reference: Timing | None, ct
     if pass_metrics is not None:
         row.update(pass_metrics(prepared.run))
     limit = ctx.timing.noise_limit_for(torch.device(case.device))
-    ci_width = row["speedup_ci_high"] / row["speedup_ci_low"] if reference is not None else 1.0
+    ci_width = speedup_interval_width(row["speedup_ci_low"], row["speedup_ci_high"]) if reference is not None else 1.0
     if prepared.mismatch is not None:
         row["status"] = "mismatch"
         notes.insert(0, prepared.mismatch)
-    elif timing.spread > limit or ci_width > limit:
+    elif timing.spread > limit or not ci_width <= limit:
         row["status"] = "noisy"
         notes.insert(0, f"timing spread p80/p20 {timing.spread:.2f}, speedup interval high/low {ci_width:.2f}: "
                         f"beyond the {limit:g} of a {case.device}; a longer --min-time or a quieter machine helps")
@@ -246,6 +246,11 @@ def finish_case(prepared: Prepared, timing: Timing, reference: Timing | None, ct
         row["status"] = "ok"
     row["status_detail"] = "; ".join(notes)
     return row
+
+
+def speedup_interval_width(low: float, high: float) -> float:
+    """high / low of a speedup's interval; inf when it reaches down to zero or is unknown (NaN)."""
+    return high / low if low > 0 else math.inf
 
 
 def failure(exc: BaseException) -> dict[str, Any]:
