@@ -29,7 +29,7 @@ from attentions.models import build_model, list_models
 
 from .cases import PHASES, Case, ModelCase, SweepBlock, unique_cases
 from .model_suite import MODEL_RESOLUTIONS, base_model_row, model_cases, one_per_group, run_model_group
-from .measure import CPU_ALLOCATORS, TimingPolicy, retain_available, use_cpu_allocator
+from .measure import CPU_ALLOCATORS, MAX_SITTINGS, TimingPolicy, retain_available, use_cpu_allocator
 from .presets import COMMON_OPTIONS, KV_MODES, PRESETS, STAGE1_WIDTH, kv_axis, preset_blocks, topk_axis
 from .profiles import DTYPE_ALIASES, DTYPES, PROFILES, GpuProfile, canonical_dtype
 from .results import (COLUMNS, MEASURED_STATUSES, MODEL_COLUMNS, SUITES, ResultsFormatError, RunInUseError, RunLock,
@@ -61,6 +61,14 @@ def at_least(least: int) -> Callable[[str], int]:
 
 
 positive_int = at_least(1)
+
+
+def sittings_count(text: str) -> int:
+    """An argparse type: a number of timing sittings, 1 to MAX_SITTINGS."""
+    value = positive_int(text)
+    if value > MAX_SITTINGS:
+        raise argparse.ArgumentTypeError(f"{value} sittings: at most {MAX_SITTINGS}")
+    return value
 
 
 def seconds(zero_allowed: bool) -> Callable[[str], float]:
@@ -143,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="RUN", help="run id or results path of a run to complete")
     parser.add_argument("--min-time", type=seconds(zero_allowed=True), default=None, metavar="S",
                         help="minimum timed seconds per case (default 0.5 on GPU, 0.2 on CPU)")
+    parser.add_argument("--sittings", type=sittings_count, default=1, metavar="N",
+                        help=f"take each shape's paired rounds in N sittings (2-{MAX_SITTINGS}; each later one in a "
+                             "fresh process), so that a speedup's interval covers what varies between processes and "
+                             "runs, not only within one; --min-time applies per sitting (default: %(default)s)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="time replays of each pass captured in a CUDA graph (small shapes, where CPU launch "
                              "overhead dominates); a pass that cannot be captured is timed eagerly, and its row says so")
@@ -306,7 +318,8 @@ def check_configurations(parser: argparse.ArgumentParser, cases: Sequence[Case])
 def plan_models(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str,
                 profile: GpuProfile) -> list[ModelCase]:
     """The model suite's cases for the command line (validated here)."""
-    misplaced = [f"--{dest.replace('_', '-')}" for dest in ("preset", "families", "topk", "kv_modes", "auto_pad")
+    misplaced = [f"--{dest.replace('_', '-')}" for dest in ("preset", "families", "topk", "kv_modes", "auto_pad",
+                                                            "sittings")
                  if getattr(args, dest) != parser.get_default(dest)]
     if misplaced:
         parser.error(f"{', '.join(misplaced)}: not used by --suite models (it takes --models, --attentions, "
@@ -718,12 +731,12 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace, cases: list
     Returns the exit status: 130 when interrupted."""
     min_time = args.min_time if args.min_time is not None else (0.5 if device == "cuda" else 0.2)
     policy = TimingPolicy(min_time_s=min_time, l2_flush=device == "cuda", cuda_graphs=args.cuda_graphs,
-                          cpu_allocator=args.cpu_allocator)
+                          cpu_allocator=args.cpu_allocator, sittings=args.sittings)
     metadata["timing"] = {
         "rounds": "paired: a shape's cases round-robin in one process" if args.suite == "attentions" else "unpaired",
         "min_time_s_per_pass": min_time, "min_rounds": policy.min_rounds, "warmup_rounds": policy.warmup_rounds,
-        "l2_flush": policy.l2_flush, "cuda_graphs": policy.cuda_graphs, "cpu_allocator": policy.cpu_allocator,
-        "noise_limit": policy.noise_limit_for(torch.device(device))}
+        "sittings": policy.sittings, "l2_flush": policy.l2_flush, "cuda_graphs": policy.cuda_graphs,
+        "cpu_allocator": policy.cpu_allocator, "noise_limit": policy.noise_limit_for(torch.device(device))}
     results_path.parent.mkdir(parents=True, exist_ok=True)
     models = args.suite == "models"
     metadata_path = results_path.with_suffix(".json")

@@ -11,6 +11,8 @@
   round every pass runs once, each round starting one pass later, so that drift of the machine
   (clocks, load, temperature) lands on all of them alike. A speedup is the median of per-round
   ratios, with a 95% batch-means confidence interval over the rounds (see ``paired_speedup``).
+  The rounds may be taken in several *sittings*, each in a fresh process (``TimingPolicy.sittings``),
+  so that the interval also covers what one process fixes for its lifetime.
 - **CPU memory.** glibc serves a block above its mmap threshold (at most 32 MiB, and moved only
   as blocks are freed) with fresh pages and unmaps it when it is freed, so a pass that allocates
   such blocks pays a page fault for every 4 KiB it touches, on every call, and how many depends on
@@ -63,8 +65,9 @@ NOISE_LIMIT = {"cpu": 1.3, "cuda": 1.1}
 # shared CPU's speed for one pass relative to another changes in stretches of 5-15 s (measured on the 2-core
 # development machine), and only batches longer than those are close to independent.
 SPEEDUP_BATCHES = 5
+MAX_SITTINGS = 10
 # Two-sided 95% quantiles of Student's t distribution by degrees of freedom (batches - 1).
-STUDENT_T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
+STUDENT_T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class TimingPolicy:
     cuda_graphs: bool = False  # CUDA: time replays of a captured graph of the pass (small shapes)
     cpu_allocator: str | None = None  # CPU: 'retain' or 'system' (see use_cpu_allocator); None: as the process is
     noise_limit: float | None = None  # None: the device type's NOISE_LIMIT
+    sittings: int = 1  # paired rounds taken this many times, each later sitting in a fresh process (runner)
 
     def noise_limit_for(self, device: torch.device) -> float:
         return self.noise_limit if self.noise_limit is not None else NOISE_LIMIT[device.type]
@@ -89,6 +93,12 @@ class Timing:
     times_ms: tuple[float, ...]
     note: str = ""
     page_faults: tuple[int, ...] = ()  # per round, on the CPU: the process's minor page faults during the pass
+    sittings: tuple[int, ...] = ()  # rounds per sitting, in order, when taken in more than one
+
+    def joined(self, later: Timing) -> Timing:
+        """This timing followed by a later sitting of the same pass."""
+        return Timing(self.times_ms + later.times_ms, self.note or later.note, self.page_faults + later.page_faults,
+                      (self.sittings or (self.rounds,)) + (later.rounds,))
 
     @property
     def rounds(self) -> int:
@@ -404,19 +414,22 @@ def time_pass(run: Callable[[], object], device: torch.device, policy: TimingPol
 
 def paired_speedup(reference: Timing, timing: Timing) -> tuple[float, float, float]:
     """Speedup over ``reference`` timed in the same rounds: the median of the per-round ratios
-    (reference ÷ this), and a 95% confidence interval for it by batch means. The rounds are split
-    into ``SPEEDUP_BATCHES`` consecutive batches (one per round when there are fewer rounds); the
-    interval is the median ± t · s / √batches, where s is the standard deviation of the batches'
-    median ratios. Treating rounds as independent (a bootstrap over single rounds, or over short
-    blocks) misses what drifts over seconds and gives an interval that other runs fall outside of.
-    One round has no interval (NaN)."""
+    (reference ÷ this), and a 95% confidence interval for it by batch means. The batches are the
+    sittings when there were several, else ``SPEEDUP_BATCHES`` consecutive runs of rounds (one per
+    round when there are fewer rounds); the interval is the median ± t · s / √batches, where s is
+    the standard deviation of the batches' median ratios. Treating rounds as independent (a
+    bootstrap over single rounds, or over short blocks) misses what drifts over seconds and gives an
+    interval that other runs fall outside of. One round has no interval (NaN)."""
     ratios = np.asarray(reference.times_ms) / np.asarray(timing.times_ms)
     median = float(np.median(ratios))
-    batches = min(SPEEDUP_BATCHES, len(ratios))
-    if batches < 2:
+    if len(reference.sittings) > 1:
+        batches = np.split(ratios, np.cumsum(reference.sittings)[:-1])
+    else:
+        batches = np.array_split(ratios, min(SPEEDUP_BATCHES, len(ratios)))
+    if len(batches) < 2:
         return median, math.nan, math.nan
-    batch_medians = [np.median(batch) for batch in np.array_split(ratios, batches)]
-    half_width = STUDENT_T_975[batches - 1] * float(np.std(batch_medians, ddof=1)) / math.sqrt(batches)
+    batch_medians = [np.median(batch) for batch in batches]
+    half_width = STUDENT_T_975[len(batches) - 1] * float(np.std(batch_medians, ddof=1)) / math.sqrt(len(batches))
     return median, median - half_width, median + half_width
 
 

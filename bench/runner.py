@@ -11,10 +11,12 @@ import copy
 import gc
 import json
 import math
+import multiprocessing
 import os
 import socket
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -306,7 +308,8 @@ def comparison_groups(cases: Sequence[Case]) -> list[list[Case]]:
 def run_group(cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case] = ()) -> list[dict[str, Any]]:
     """One row per case of ``cases``, whatever happens to each. Their passes (and those of
     ``companions``, references timed only for their cases' speedups) are timed together in paired
-    rounds; a case alone is timed unpaired. The machine's state before and after is in every row."""
+    rounds (in ``ctx.timing.sittings`` sittings, the later ones each in a fresh process); a case alone
+    is timed unpaired. The machine's state before and after is in every row."""
     device = torch.device(cases[0].device)
     before = machine_state(device)
     rows: dict[str, dict[str, Any]] = {}
@@ -321,6 +324,12 @@ def run_group(cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case]
             rows[case.key] = {**row, **failure(exc)}
             free_memory(case.device)
     timings = time_rounds({key: p.run for key, p in prepared.items()}, device, ctx.timing)
+    for _ in range(1, ctx.timing.sittings):
+        timed = [p.case for key, p in prepared.items() if isinstance(timings[key], Timing)]
+        if timed:
+            later = sitting_in_fresh_process(timed, ctx.seed, ctx.timing)
+            timings.update({case.key: timings[case.key].joined(later[case.key])
+                            if isinstance(later[case.key], Timing) else later[case.key] for case in timed})
     after = machine_state(device)
     for key, item in prepared.items():
         timing = timings[key]
@@ -338,6 +347,31 @@ def run_group(cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case]
     inputs.clear()
     free_memory(device.type)
     return [stamped(rows[case.key]) for case in cases]
+
+
+def sitting_in_fresh_process(cases: Sequence[Case], seed: int, policy: TimingPolicy) -> dict[str, Timing | Exception]:
+    """One more sitting of paired rounds of ``cases`` (rebuilt from the seed: the same weights and
+    inputs), in a process spawned for it. What a process fixes for its lifetime (where its memory
+    lies, its allocator's state, its compiled kernels) then varies between sittings as it does
+    between runs. A sitting that cannot run makes every pass's result its error."""
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(_time_sitting, list(cases), seed, policy).result()
+    except Exception as exc:  # noqa: BLE001 - recorded as the passes' results
+        error = RuntimeError(f"a timing sitting in a fresh process failed: {type(exc).__name__}: {exc}")
+        return {case.key: error for case in cases}
+
+
+def _time_sitting(cases: list[Case], seed: int, policy: TimingPolicy) -> dict[str, Timing | Exception]:
+    """The body of ``sitting_in_fresh_process``; exceptions travel back as text (not every one pickles)."""
+    inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+    runs = {}
+    for case in cases:
+        module, x, grad_out = build_module(case, seed, inputs)
+        runs[case.key] = make_pass(module, x, case.phase, grad_out)
+    results = time_rounds(runs, torch.device(cases[0].device), policy)
+    return {key: result if isinstance(result, Timing) else RuntimeError(f"{type(result).__name__}: {result}")
+            for key, result in results.items()}
 
 
 def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:

@@ -10,6 +10,8 @@ import os
 import socket
 import sys
 import time
+from dataclasses import replace
+from functools import reduce
 
 import numpy as np
 import pandas as pd
@@ -173,6 +175,39 @@ def test_a_paired_speedup_interval_needs_two_rounds():
     assert speedup == 2.5 and low < 2.0 and high > 3.0
     speedup, low, high = paired_speedup(Timing((3.0,)), Timing((2.0,)))
     assert speedup == 1.5 and math.isnan(low) and math.isnan(high)
+
+
+def test_sittings_are_the_batches_of_a_speedup_interval():
+    """Timed in three sittings whose ratios sit at 1.0, 1.2 and 1.4, the interval is the median ± t₂ ·
+    s / √3 over the sittings' medians, however the rounds within each sitting scatter."""
+    times = np.random.default_rng(2).uniform(5.0, 9.0, (3, 6))
+    ratios = np.array([[1.0], [1.2], [1.4]]) * np.array([0.99, 1.0, 1.0, 1.0, 1.0, 1.01])
+    reference = reduce(Timing.joined, [Timing(tuple(row)) for row in ratios * times])
+    fast = reduce(Timing.joined, [Timing(tuple(row)) for row in times])
+    assert reference.sittings == fast.sittings == (6, 6, 6) and reference.rounds == 18
+    speedup, low, high = paired_speedup(reference, fast)
+    half_width = 4.303 * 0.2 / math.sqrt(3)
+    assert speedup == pytest.approx(1.2) and (low, high) == pytest.approx((1.2 - half_width, 1.2 + half_width))
+
+
+def test_a_group_timed_in_sittings_adds_the_rounds_of_a_fresh_process():
+    ctx = context()
+    ctx.timing = replace(FAST, sittings=2)
+    reference, chunked = run_group([case("bra", "torch", n_win=2, topk=2), case("bra", "chunked", n_win=2, topk=2)],
+                                   ctx)
+    assert reference["status"] == chunked["status"] == "ok", (reference["status_detail"], chunked["status_detail"])
+    assert reference["rounds"] == chunked["rounds"] == 2 * FAST.max_rounds
+    assert 0 < chunked["speedup_ci_low"] <= chunked["speedup_vs_ref"] <= chunked["speedup_ci_high"] < math.inf
+
+
+def test_a_sitting_that_cannot_run_makes_its_passes_errors(fake_family):
+    """The fake family is registered in this process only: the fresh process cannot build it."""
+    ctx = context()
+    ctx.timing = replace(FAST, sittings=2)
+    rows = run_group([case("fake", "torch"), case("fake", "jitter")], ctx)
+    assert [row["status"] for row in rows] == ["error", "error"]
+    assert all("a timing sitting in a fresh process failed" in row["status_detail"] and "fake" in row["status_detail"]
+               for row in rows), [row["status_detail"] for row in rows]
 
 
 def test_cpu_peak_memory_sees_a_known_allocation():
