@@ -13,11 +13,12 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 import socket
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -353,25 +354,47 @@ def sitting_in_fresh_process(cases: Sequence[Case], seed: int, policy: TimingPol
     """One more sitting of paired rounds of ``cases`` (rebuilt from the seed: the same weights and
     inputs), in a process spawned for it. What a process fixes for its lifetime (where its memory
     lies, its allocator's state, its compiled kernels) then varies between sittings as it does
-    between runs. A sitting that cannot run makes every pass's result its error."""
+    between runs. A sitting that cannot run makes every pass's result its error. The process ignores
+    Ctrl-C, which the sweep's handler turns into a stop after the case in progress; a second Ctrl-C
+    ends it with the sweep."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_time_sitting, args=(list(cases), seed, policy, sender), daemon=True)
     try:
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return pool.submit(_time_sitting, list(cases), seed, policy).result()
-    except Exception as exc:  # noqa: BLE001 - recorded as the passes' results
-        error = RuntimeError(f"a timing sitting in a fresh process failed: {type(exc).__name__}: {exc}")
+        process.start()
+        sender.close()
+        outcome = receiver.recv()
+    except EOFError:
+        process.join()
+        outcome = RuntimeError(f"the process ended without a result (exit code {process.exitcode})")
+    except BaseException:
+        process.terminate()
+        raise
+    finally:
+        process.join()
+    if isinstance(outcome, Exception):
+        error = RuntimeError(f"a timing sitting in a fresh process failed: {outcome}")
         return {case.key: error for case in cases}
+    return outcome
 
 
-def _time_sitting(cases: list[Case], seed: int, policy: TimingPolicy) -> dict[str, Timing | Exception]:
-    """The body of ``sitting_in_fresh_process``; exceptions travel back as text (not every one pickles)."""
-    inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-    runs = {}
-    for case in cases:
-        module, x, grad_out = build_module(case, seed, inputs)
-        runs[case.key] = make_pass(module, x, case.phase, grad_out)
-    results = time_rounds(runs, torch.device(cases[0].device), policy)
-    return {key: result if isinstance(result, Timing) else RuntimeError(f"{type(result).__name__}: {result}")
+def _time_sitting(cases: list[Case], seed: int, policy: TimingPolicy, sender: Connection) -> None:
+    """The body of ``sitting_in_fresh_process``: sends each pass's Timing or error, or the sitting's
+    error. Exceptions travel as text, since not every one pickles."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        runs = {}
+        for case in cases:
+            module, x, grad_out = build_module(case, seed, inputs)
+            runs[case.key] = make_pass(module, x, case.phase, grad_out)
+        results = time_rounds(runs, torch.device(cases[0].device), policy)
+        outcome: dict[str, Timing | Exception] | Exception = {
+            key: result if isinstance(result, Timing) else RuntimeError(f"{type(result).__name__}: {result}")
             for key, result in results.items()}
+    except Exception as exc:  # noqa: BLE001 - the sitting's failure, reported to the sweep
+        outcome = RuntimeError(f"{type(exc).__name__}: {exc}")
+    sender.send(outcome)
 
 
 def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
