@@ -69,6 +69,8 @@ def _metadata_markdown(metadata: list[dict]) -> str:
 def _timing_markdown(timing: dict) -> str:
     """How a run timed its passes, in one line."""
     parts = [f"timing: {timing.get('rounds')}", f"at least {timing.get('min_time_s_per_pass')} s per pass"]
+    if timing.get("sittings", 1) > 1:
+        parts[-1] += f" in each of {timing['sittings']} sittings, the later ones in fresh processes"
     if timing.get("cpu_allocator"):
         parts.append(f"CPU allocator `{timing['cpu_allocator']}`")
     if timing.get("cuda_graphs"):

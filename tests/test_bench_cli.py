@@ -308,6 +308,24 @@ def test_bra_layer_flops_through_the_harness(tmp_path):
         assert row["hw_gflops"] == pytest.approx(factor * row["gmacs"], rel=1e-9), (row["backend"], row["phase"])
 
 
+def test_a_run_in_sittings_pools_their_rounds_and_says_so(tmp_path):
+    """--sittings 2: every timed row has the rounds of both sittings (10 each at --min-time 0), the
+    paired row an interval from them, and the run's JSON and report name the sittings."""
+    flags = ["--gpu", "cpu", "--families", "full", "--backends", "torch", "sdpa", "--resolutions", "8", "--batch", "2",
+             "--phase", "fwd", "--min-time", "0", "--sittings", "2", "--quiet", "--run-id", "sittings",
+             "--results-dir", str(tmp_path / "results"), "--reports-dir", str(tmp_path / "reports")]
+    assert cli.main(flags) == 0
+    frame = bench.load_results(tmp_path / "results" / "cpu" / "sittings.csv")
+    assert len(frame) == 2 and frame["status"].isin(TIMED).all(), frame[["case_key", "status_detail"]]
+    assert (frame["rounds"] == 20).all()
+    sdpa = frame[frame["backend"] == "sdpa"].iloc[0]
+    assert 0 < sdpa["speedup_ci_low"] <= sdpa["speedup_vs_ref"] <= sdpa["speedup_ci_high"] < math.inf
+    metadata = json.loads((tmp_path / "results" / "cpu" / "sittings.json").read_text())
+    assert metadata["timing"]["sittings"] == 2
+    report = (tmp_path / "reports" / "cpu" / "sittings" / "README.md").read_text()
+    assert "in each of 2 sittings, the later ones in fresh processes" in report
+
+
 # --------------------------------------------------------------------------------------------
 # 3. kill a sweep and resume it
 # --------------------------------------------------------------------------------------------
