@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sittings", type=sittings_count, default=1, metavar="N",
                         help=f"take each shape's paired rounds in N sittings (2-{MAX_SITTINGS}; each later one in a "
                              "fresh process), so that a speedup's interval covers what varies between processes and "
-                             "runs, not only within one; --min-time applies per sitting (default: %(default)s)")
+                             "runs, not only within one (take 5 or more: the interval of 2 or 3 is wide); --min-time applies per "
+                             "sitting (default: %(default)s)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="time replays of each pass captured in a CUDA graph (small shapes, where CPU launch "
                              "overhead dominates); a pass that cannot be captured is timed eagerly, and its row says so")
