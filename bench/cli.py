@@ -152,10 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-time", type=seconds(zero_allowed=True), default=None, metavar="S",
                         help="minimum timed seconds per case (default 0.5 on GPU, 0.2 on CPU)")
     parser.add_argument("--sittings", type=sittings_count, default=1, metavar="N",
-                        help=f"take each shape's paired rounds in N sittings (at most {MAX_SITTINGS}; each later one in a "
-                             "fresh process), so that a speedup's interval covers what varies between processes and "
-                             "runs, not only within one (take 5 or more: the interval of 2 or 3 is wide); --min-time applies per "
-                             "sitting (default: %(default)s)")
+                        help=f"take each shape's paired rounds in N sittings (at most {MAX_SITTINGS}; each later "
+                             "one in a fresh process), so that a speedup's interval covers what varies between "
+                             "processes and runs, not only within one (take 5 or more: the interval of 2 or 3 is "
+                             "wide); --min-time applies per sitting (default: %(default)s)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="time replays of each pass captured in a CUDA graph (small shapes, where CPU launch "
                              "overhead dominates); a pass that cannot be captured is timed eagerly, and its row says so")
