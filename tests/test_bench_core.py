@@ -197,8 +197,12 @@ def test_a_group_timed_in_sittings_adds_the_rounds_of_a_fresh_process(monkeypatc
     (With one degree of freedom t is 12.7, so on a busy machine the interval may reach below zero:
     the row is then noisy, which this test's noise limit lets pass.)"""
     received = []
-    monkeypatch.setattr(bench.runner, "paired_speedup",
-                        lambda reference, timing: received.append((reference, timing)) or paired_speedup(reference, timing))
+
+    def recording_paired_speedup(reference: Timing, timing: Timing) -> tuple[float, float, float]:
+        received.append((reference, timing))
+        return paired_speedup(reference, timing)
+
+    monkeypatch.setattr(bench.runner, "paired_speedup", recording_paired_speedup)
     ctx = context()
     ctx.timing = replace(FAST, sittings=2)
     reference, chunked = run_group([case("bra", "torch", n_win=2, topk=2), case("bra", "chunked", n_win=2, topk=2)],
