@@ -63,13 +63,19 @@ class RegionRouter(nn.Module):
         self.scale = scale
         self.diff_routing = diff_routing
         self.emb = nn.Linear(qk_dim, qk_dim) if param_routing else nn.Identity()
+        self.pinned: Tensor | None = None  # (B, regions, topk) indices routed to instead of the top-k
 
     def forward(self, region_q: Tensor, region_k: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, regions, qk_dim) pair -> routing weights and indices, both (B, regions, topk)."""
+        """(B, regions, qk_dim) pair -> routing weights and indices, both (B, regions, topk). With ``pinned``
+        indices, those regions are routed to, weighted by the softmax of their logits."""
         if not self.diff_routing:
             region_q, region_k = region_q.detach(), region_k.detach()
         logits = (self.emb(region_q) * self.scale) @ self.emb(region_k).transpose(-2, -1)
-        top_logits, indices = logits.topk(self.topk, dim=-1)
+        if self.pinned is None:
+            top_logits, indices = logits.topk(self.topk, dim=-1)
+        else:
+            indices = self.pinned
+            top_logits = logits.gather(-1, indices)
         return top_logits.softmax(dim=-1), indices
 
 
@@ -487,13 +493,8 @@ class BiLevelRoutingAttention(AttentionModule):
                 f"ret_attn_mask=True needs the attention weights, which backend {self.backend!r} never "
                 f"forms; use backend='torch'")
         _, height, width, _ = x.shape
-        padded_h, padded_w = self.padded_size(height, width)
-        if (padded_h, padded_w) != (height, width):
-            x = pad_to_multiple(x, self.n_win)
-        q, kv = self.qkv(self.to_regions(x))
+        q, kv, r_weight, r_idx = self.route(x)
         batch, regions, region_h, region_w, _ = q.shape
-
-        r_weight, r_idx = self.router(q.mean((2, 3)), kv[..., :self.qk_dim].mean((2, 3)))
         out, attn_weight = self.attend(self, q.flatten(2, 3), self.pool_kv(kv), r_weight, r_idx)
         out = self.from_regions(out.reshape(batch, regions, region_h, region_w, self.dim))
         if self.lepe is not None:
@@ -502,6 +503,25 @@ class BiLevelRoutingAttention(AttentionModule):
         if ret_attn_mask:
             return out, r_weight, r_idx, attn_weight.flatten(0, 1)
         return out
+
+    def route(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The forward up to the routing: q (B, regions, h, w, qk_dim) and [k | v] by region of the (padded)
+        map, and the routing weights and indices (B, regions, topk)."""
+        padded_h, padded_w = self.padded_size(x.shape[1], x.shape[2])
+        if (padded_h, padded_w) != tuple(x.shape[1:3]):
+            x = pad_to_multiple(x, self.n_win)
+        q, kv = self.qkv(self.to_regions(x))
+        r_weight, r_idx = self.router(q.mean((2, 3)), kv[..., :self.qk_dim].mean((2, 3)))
+        return q, kv, r_weight, r_idx
+
+    def exact_copy(self, x: Tensor) -> BiLevelRoutingAttention:
+        """The float64 copy routes to the regions this module picks on ``x``: in low precision a near-tie
+        of two routing logits may be broken the other way than in float64, which would compare two
+        different computations rather than measure rounding."""
+        exact = super().exact_copy(x)
+        with torch.no_grad():
+            exact.router.pinned = self.route(x)[3]
+        return exact
 
     def macs(self, batch: int, height: int, width: int) -> MacCount:
         padded_h, padded_w = self.padded_size(height, width)

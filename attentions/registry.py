@@ -7,6 +7,7 @@ weights, plus what the harness needs to know before running it (devices, dtypes,
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import inspect
 import math
@@ -19,6 +20,8 @@ from torch import nn
 
 from .errors import AttentionConfigError, BackendUnavailableError
 
+# Kinds of call an attention module remembers as validated (check_input); more start the memory afresh.
+VALIDATED_CALLS_KEPT = 64
 FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 Shape = tuple[int, ...]
@@ -155,6 +158,7 @@ class AttentionModule(nn.Module):
             raise AttentionConfigError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.dim = dim
         self.num_heads = num_heads
+        self._validated_calls: set[tuple] = set()  # see check_input
         self.backend = backend
 
     @property
@@ -168,8 +172,25 @@ class AttentionModule(nn.Module):
         self._backend = name
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Validate an NHWC input, that the current backend can run on it (device, dtype, backward) and
-        that it is on the parameters' device and in their dtype."""
+        """Validate an NHWC input (see ``validate_input``), once per kind of call: a call like one already
+        validated (same shape, dtype, device, backend, whether a backward is wanted, autocast) is a cache
+        hit and runs no checks, so that a timed forward is the computation. Moving or converting the
+        module (``.to()``, ``.half()``, ...) and changing its backend start afresh; the family's options
+        are fixed at construction."""
+        if not isinstance(x, torch.Tensor):
+            self.validate_input(x)  # raises
+        # autocast on any device (one C call; the per-device query costs a Python device lookup more)
+        key = (x.shape, x.dtype, x.device, self._backend, self.needs_backward(x), torch._C._is_any_autocast_enabled())
+        if key in self._validated_calls:
+            return
+        self.validate_input(x)
+        if len(self._validated_calls) >= VALIDATED_CALLS_KEPT:
+            self._validated_calls.clear()
+        self._validated_calls.add(key)
+
+    def validate_input(self, x: torch.Tensor) -> None:
+        """Every check of an NHWC input, uncached: its shape, that the current backend can run on it
+        (device, dtype, backward) and that it is on the parameters' device and in their dtype."""
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise AttentionConfigError(f"expected an NHWC tensor (B, H, W, C), got {shape}")
@@ -180,19 +201,37 @@ class AttentionModule(nn.Module):
         if min(x.shape[:3]) < 1:
             raise AttentionConfigError(f"input has an empty dimension: {tuple(x.shape)}")
         self.check_map_size(x.shape[1], x.shape[2])
-        needs_backward = torch.is_grad_enabled() and (
-            x.requires_grad or any(p.requires_grad for p in self.parameters()))
-        ok, reason = self.backends[self.backend].availability(x.device, backward=needs_backward, dtype=x.dtype)
+        ok, reason = self.backends[self.backend].availability(x.device, backward=self.needs_backward(x),
+                                                              dtype=x.dtype)
         if ok:
             reason = self.unsupported_reason() or ""
         if reason:
             raise BackendUnavailableError(f"'{self.family}' backend '{self.backend}': {reason}")
         check_matches_parameters(self, x, "the input")
 
+    def needs_backward(self, x: torch.Tensor) -> bool:
+        """Whether a forward on ``x`` now records a graph for a backward (of the input or a parameter)."""
+        return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
+
+    def _apply(self, fn, recurse: bool = True):
+        """``.to()``, ``.cuda()``, ``.half()`` and the like: inputs are validated afresh afterwards."""
+        self._validated_calls.clear()
+        return super()._apply(fn, recurse)
+
     def check_map_size(self, height: int, width: int) -> None:
         """Raise ``AttentionConfigError`` when this module's options cannot take an H×W map (regions
         that do not divide it, a stride wider than it). ``check_input`` calls it; a sweep planner calls
         it on a module built on the meta device, so that a bad size is refused before anything runs."""
+
+    def exact_copy(self, x: torch.Tensor) -> AttentionModule:
+        """A float64 copy on the reference backend that computes what this module computes on ``x`` (in its
+        dtype), without rounding: the harness's yardstick of accuracy (``bench.accuracy``). A family whose
+        forward makes discrete choices from rounded values overrides it so that the copy makes this
+        module's choices on ``x`` (BRA: its top-k routing), else a near-tie that float64 breaks the other
+        way would turn rounding into a different computation."""
+        exact = copy.deepcopy(self).double()
+        exact.backend = self.reference_backend
+        return exact
 
     def unsupported_reason(self) -> str | None:
         """Why the current backend cannot express this module's options, or None when it can."""

@@ -26,18 +26,13 @@
   On the CPU, the PyTorch profiler's allocation events during one pass: the peak of the running
   sum of bytes allocated minus freed by PyTorch's CPU allocator (kernel workspaces included,
   Python objects and memory from other allocators not).
-- **Error.** Output, and for fwd+bwd every gradient, of the case's backend against the family's
-  reference backend on a copy of the same module and the same input: max absolute error and the
-  norm-relative error ‖a − b‖ / ‖b‖, the latter judged against a tolerance per dtype. Non-finite
-  values (NaN, ±inf) are counted, never compared: any makes both errors inf; one in the case's
-  tensors where the reference's value is finite makes the case a mismatch, and a reference with any
-  cannot judge the case (``NonFiniteReferenceError``).
+- **Error.** See ``bench.accuracy``: every case against float64 math on the same rounded weights
+  and inputs, bounded by its reference backend's own error in the case's dtype.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import ctypes
 import math
 import os
@@ -52,10 +47,6 @@ from typing import Callable, Hashable
 import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
-
-# Norm-relative tolerance per dtype for a backend against the reference in the same dtype.
-ERROR_TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
-
 
 # Widest timing spread (p80 / p20) and speedup confidence interval (high / low) that are still a
 # measurement on each device type; wider is noise. A shared CPU drifts by tens of percent between
@@ -131,60 +122,6 @@ class Timing:
         return statistics.quantiles(self.times_ms, n=5, method="inclusive")
 
 
-class NonFiniteReferenceError(RuntimeError):
-    """The reference backend's own output or gradients hold NaN/inf: there is nothing to judge a case against."""
-
-
-@dataclass(frozen=True)
-class ErrorMeasurement:
-    """A case's output and gradients against the reference's.
-
-    ``max_abs`` and ``rel`` are inf when a compared tensor holds a non-finite value: a NaN has no
-    distance to report, and inf (rather than an empty cell, which means "not measured") keeps it
-    beyond every tolerance and never a small number. ``nonfinite`` maps each tensor to its count of
-    NaN/inf values where the reference's value is finite (only tensors that have some).
-    """
-
-    max_abs: float
-    rel: float
-    nonfinite: dict[str, int]
-
-    def mismatch_reason(self, tolerance: float, dtype: str) -> str | None:
-        """Why the case is a mismatch at this tolerance, or None when every tensor is finite and within it."""
-        if self.nonfinite:
-            return (f"{_total(self.nonfinite)} in the output/gradients where the reference has none "
-                    f"({_per_tensor(self.nonfinite)})")
-        if not self.rel <= tolerance:  # written so that a NaN could never pass
-            return f"rel_err {self.rel:.3g} > tolerance {tolerance:g} for {dtype}"
-        return None
-
-
-def nonfinite_counts(names: list[str], tensors: list[torch.Tensor],
-                     reference: list[torch.Tensor] | None = None) -> dict[str, int]:
-    """Per named tensor, its NaN/inf values (only where ``reference``'s are finite, if given); tensors
-    without any are left out."""
-    counts: dict[str, int] = {}
-    for index, (name, tensor) in enumerate(zip(names, tensors)):
-        bad = ~tensor.isfinite()
-        if reference is not None:
-            bad &= reference[index].isfinite()
-        count = int(bad.sum())
-        if count:
-            counts[name] = count
-    return counts
-
-
-def _total(counts: dict[str, int]) -> str:
-    """'3 non-finite values (NaN/inf)': the total of ``counts``, for a status_detail."""
-    total = sum(counts.values())
-    return f"{total} non-finite value{'' if total == 1 else 's'} (NaN/inf)"
-
-
-def _per_tensor(counts: dict[str, int]) -> str:
-    """'output 3, gradient of proj.weight 1': where the non-finite values are, for a status_detail."""
-    return ", ".join(f"{name} {count}" for name, count in counts.items())
-
-
 def trainable_parameters(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
     """The parameters a fwd+bwd pass differentiates, with their names, in ``make_pass``'s order."""
     return [(name, p) for name, p in module.named_parameters() if p.requires_grad]
@@ -214,61 +151,6 @@ def make_pass(module: torch.nn.Module, x: torch.Tensor, phase: str,
         grads = torch.autograd.grad(out, [leaf, *params], grad_out, allow_unused=True)
         return [out.detach()] + [torch.zeros_like(t) if g is None else g for t, g in zip([leaf, *params], grads)]
     return forward_backward
-
-
-def compare(results: list[torch.Tensor], reference: list[torch.Tensor],
-            names: list[str] | None = None) -> ErrorMeasurement:
-    """Max absolute error, the worst norm-relative error and the non-finite values over matching tensors.
-
-    ``results[0]`` is the output, judged against its own norm. The gradients follow; each is judged
-    against its own norm or 1e-3 of the largest gradient norm, whichever is larger, so that a
-    gradient that is zero in exact arithmetic (a key bias under softmax, say) is not judged on
-    rounding noise alone. ``names`` label the tensors in ``nonfinite`` (default: 'tensor <index>').
-    A non-finite value on either side makes both errors inf: NaN never enters a norm or a maximum,
-    where it would turn the result into NaN or, in Python's ``max``, silently lose.
-    """
-    names = names or [f"tensor {index}" for index in range(len(results))]
-    nonfinite = nonfinite_counts(names, results, reference)
-    if nonfinite or nonfinite_counts(names, reference):  # any NaN/inf of the results is in one of the two
-        return ErrorMeasurement(math.inf, math.inf, nonfinite)
-
-    norms = [want.double().norm().item() for want in reference]
-    gradient_scale = max(norms[1:], default=0.0)
-    max_abs, rel = 0.0, 0.0
-    for index, (got, want) in enumerate(zip(results, reference)):
-        diff = got.double() - want.double()
-        max_abs = max(max_abs, diff.abs().max().item())
-        floor = 1e-3 * gradient_scale if index else 0.0
-        rel = max(rel, diff.norm().item() / max(norms[index], floor, 1e-300))
-    return ErrorMeasurement(max_abs, rel, nonfinite)
-
-
-def reference_pass(module: torch.nn.Module, reference_backend: str, x: torch.Tensor, phase: str,
-                   grad_out: torch.Tensor | None) -> list[torch.Tensor]:
-    """The pass of the module on its reference backend (on a copy, unless it runs that backend already);
-    raises ``NonFiniteReferenceError`` naming the backend and the counts when its output or gradients hold
-    NaN/inf."""
-    if module.backend != reference_backend:
-        module = copy.deepcopy(module)
-        module.backend = reference_backend
-    expected = make_pass(module, x, phase, grad_out)()
-    bad = nonfinite_counts(pass_tensor_names(module, phase), expected)
-    if bad:
-        raise NonFiniteReferenceError(
-            f"reference backend '{reference_backend}' gives {_total(bad)} in its output/gradients "
-            f"({_per_tensor(bad)}): the case cannot be judged")
-    return expected
-
-
-def error_against_reference(module: torch.nn.Module, reference_backend: str, x: torch.Tensor, phase: str,
-                            grad_out: torch.Tensor | None) -> ErrorMeasurement:
-    """Run the module and a reference-backend copy of it on the same input; compare everything.
-
-    Raises ``NonFiniteReferenceError`` when the reference's own tensors hold NaN/inf.
-    """
-    expected = reference_pass(module, reference_backend, x, phase, grad_out)
-    got = make_pass(module, x, phase, grad_out)()
-    return compare(got, expected, pass_tensor_names(module, phase))
 
 
 CPU_ALLOCATORS = ("retain", "system")

@@ -48,9 +48,9 @@ COLUMNS = REQUIRED_COLUMNS + [
     "macs_parts",         # JSON of the analytic parts (projections, routing/offsets, attention, positional)
     "flops_check",        # empty when fvcore and macs() agree within 1%, else the disagreement
     "hw_gflops",          # hardware FLOPs of the measured pass: 2 × MACs, × 3 for fwd+bwd
-    "rel_err",            # ‖out − ref‖ / ‖ref‖, worst over output and gradients; inf (and max_abs_err) on NaN/inf
-    "err_tolerance",      # the dtype's tolerance on rel_err
-    "reference_backend",  # backend the error was measured against
+    "rel_err",            # ‖got − exact‖ / ‖exact‖ against float64 math (bench.accuracy), of err_tensor; inf on NaN/inf
+    "err_tolerance",      # the bound on rel_err: max(2 × ref_rel_err, the dtype's floor)
+    "reference_backend",  # the family's reference backend, run in float64 for the exact values
     "seed", "run_id", "case_key", "timestamp",
     "tile_efficiency",    # useful ÷ issued matrix multiply-adds of the backend's kernels (backends that declare it)
     "speedup_vs_ref",     # reference latency ÷ latency: the median of per-round ratios of paired rounds
@@ -60,12 +60,14 @@ COLUMNS = REQUIRED_COLUMNS + [
     "gpu_state",          # JSON: SM clock, temperature and power before and after (CUDA, through NVML)
     *PLACEMENT_COLUMNS,
     "page_faults",        # CPU: the process's minor page faults during one pass, median over the timed rounds
+    "ref_rel_err",        # the reference backend's own rel_err (in the case's dtype) on err_tensor
+    "err_tensor",         # the tensor closest to its bound (output, input gradient, gradient of <parameter>)
 ]
 # Columns added after results files of the same schema were written: a file without them loads with
 # them empty, and a resumed run's file gets them added.
 LATE_COLUMNS = {"attentions": ("tile_efficiency", "speedup_vs_ref", "speedup_ci_low", "speedup_ci_high",
                                "timing_spread", "load_before", "load_after", "gpu_state", *PLACEMENT_COLUMNS,
-                               "page_faults"),
+                               "page_faults", "ref_rel_err", "err_tensor"),
                 "models": ("timing_spread", *PLACEMENT_COLUMNS, "page_faults")}
 # Rows of the model suite (``--suite models``): one whole backbone of ``attentions.models`` per row.
 MODEL_COLUMNS = [
@@ -87,7 +89,7 @@ SUITES = {"attentions": COLUMNS, "models": MODEL_COLUMNS}  # suite -> its row sc
 TEXT_COLUMNS = {
     "attentions": {"family", "backend", "dtype", "phase", "kv_downsample_mode", "status", "device_name", "gpu_profile",
                    "options", "device", "status_detail", "macs_parts", "flops_check", "reference_backend", "run_id",
-                   "case_key", "timestamp", "gpu_state", *PLACEMENT_COLUMNS},
+                   "case_key", "timestamp", "gpu_state", "err_tensor", *PLACEMENT_COLUMNS},
     "models": {"model", "attention", "backend", "dtype", "phase", "status", "device_name", "gpu_profile", "options",
                "device", "status_detail", "run_id", "case_key", "timestamp", *PLACEMENT_COLUMNS},
 }

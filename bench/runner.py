@@ -29,8 +29,9 @@ from attentions import BackendUnavailableError
 
 from .cases import Case
 from .flops import FlopCounterUnavailable, count_macs, hardware_flops
-from .measure import (ERROR_TOLERANCE, Timing, TimingPolicy, error_against_reference, machine_state,
-                      make_pass, paired_speedup, peak_memory_bytes, reference_pass, time_rounds)
+from .accuracy import ReferencePasses, accuracy, reference_passes
+from .measure import (Timing, TimingPolicy, machine_state, make_pass, paired_speedup, peak_memory_bytes,
+                      time_rounds)
 from .profiles import DTYPES, GpuProfile
 from .results import COLUMNS, ResultsWriter, completed_case_keys, cpu_name, now_iso
 
@@ -162,10 +163,11 @@ class Prepared:
         return make_pass(self.module, self.x, self.case.phase, self.grad_out)
 
 
-def prepare_case(case: Case, ctx: RunContext,
-                 inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None) -> Prepared:
-    """Everything of one case but its latency: error against the reference, FLOPs, peak memory.
-    Exceptions propagate (``failure`` turns them into a status). ``inputs``: see ``build_module``."""
+def prepare_case(case: Case, ctx: RunContext, inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 references: dict[tuple, ReferencePasses] | None = None) -> Prepared:
+    """Everything of one case but its latency: accuracy against float64, FLOPs, peak memory.
+    Exceptions propagate (``failure`` turns them into a status). ``inputs``: see ``build_module``;
+    ``references`` keeps each configuration's reference passes for its other backends."""
     device = torch.device(case.device)
     ok, reason = attentions.backend_available(case.family, case.backend, device, backward=case.phase == "fwd+bwd",
                                               dtype=DTYPES[case.dtype])
@@ -175,24 +177,24 @@ def prepare_case(case: Case, ctx: RunContext,
     row: dict[str, Any] = {
         "param_mb": sum(p.numel() * p.element_size() for p in module.parameters()) / MB,
         "input_mb": x.numel() * x.element_size() / MB,
-        "err_tolerance": ERROR_TOLERANCE[case.dtype],
     }
     notes = []
     mismatch: str | None = None
+    references = {} if references is None else references
     try:
-        # Both calls raise NonFiniteReferenceError when the reference's output or gradients hold NaN/inf: the
-        # case (the reference's own row included) cannot be judged, and its row records an error.
-        if case.backend == module.reference_backend:
-            reference_pass(module, module.reference_backend, x, case.phase, grad_out)
-            notes.append("reference backend: no error to measure")
-        else:
-            error = error_against_reference(module, module.reference_backend, x, case.phase, grad_out)
-            row["max_abs_err"], row["rel_err"] = error.max_abs, error.rel
-            mismatch = error.mismatch_reason(row["err_tolerance"], case.dtype)
-    except Exception as exc:  # the reference may not fit where the fast path does
+        # NonFiniteReferenceError when the float64 reference's output or gradients hold NaN/inf: the case (the
+        # reference's own row included) cannot be judged, and its row records an error.
+        if configuration_key(case) not in references:
+            references[configuration_key(case)] = reference_passes(module, x, case.phase, grad_out)
+        measured = accuracy(module, x, case.phase, grad_out, references[configuration_key(case)])
+        row.update(max_abs_err=measured.max_abs, rel_err=measured.rel, ref_rel_err=measured.reference_rel,
+                   err_tolerance=measured.bound, err_tensor=measured.tensor)
+        mismatch = measured.mismatch_reason()
+    except Exception as exc:  # the references may not fit where the fast path does
         if not is_oom(exc):
             raise
-        notes.append("error not measured: the reference backend ran out of memory")
+        notes.append("accuracy not measured: the reference backend ran out of memory (in float64 or the case's "
+                     "dtype)")
     free_memory(case.device)
 
     analytic = module.macs(case.batch, case.resolution, case.resolution)
@@ -316,14 +318,17 @@ def run_group(cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case]
     rows: dict[str, dict[str, Any]] = {}
     prepared: dict[str, Prepared] = {}
     inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+    references: dict[tuple, ReferencePasses] = {}
     for case in [*cases, *companions]:
         row = base_row(case, ctx)
         try:
-            prepared[case.key] = prepare_case(case, ctx, inputs)
+            prepared[case.key] = prepare_case(case, ctx, inputs, references)
             prepared[case.key].row = {**row, **prepared[case.key].row}
         except Exception as exc:  # noqa: BLE001 - recorded as the case's status; the group goes on
             rows[case.key] = {**row, **failure(exc)}
             free_memory(case.device)
+    references.clear()  # before timing: the device's memory is the passes' alone
+    free_memory(device.type)
     timings = time_rounds({key: p.run for key, p in prepared.items()}, device, ctx.timing)
     for _ in range(1, ctx.timing.sittings):
         timed = [p.case for key, p in prepared.items() if isinstance(timings[key], Timing)]

@@ -25,7 +25,8 @@ from attentions.registry import _FAMILIES, AttentionModule, Backend, MacCount
 from bench import COLUMNS, Case, ResultsFormatError, RunContext, SweepBlock, TimingPolicy, load_results, run_sweep
 from bench.runner import failure, placement, run_case, run_group
 from bench.flops import count_macs
-from bench.measure import Timing, compare, paired_speedup, peak_memory_bytes, time_pass, time_rounds
+from bench.accuracy import ERROR_FLOOR, judge, max_abs_error, relative_errors
+from bench.measure import Timing, paired_speedup, peak_memory_bytes, time_pass, time_rounds
 from bench.presets import COMMON_OPTIONS, preset_blocks
 from bench.profiles import PROFILES
 from bench.cases import unique_cases
@@ -105,19 +106,42 @@ def test_gpu_check_preset_holds_the_fast_path_figures_cases():
 # measurements
 # --------------------------------------------------------------------------------------------
 
-def test_compare_judges_output_and_gradients():
+def test_relative_errors_judge_output_and_gradients():
     torch.manual_seed(0)
     out, grad_a, grad_b = torch.randn(100), torch.randn(50) * 100, torch.randn(3) * 1e-9
-    same = compare([out, grad_a, grad_b], [out, grad_a, grad_b])
-    assert (same.max_abs, same.rel, same.nonfinite) == (0.0, 0.0, {})
-    # a gradient that is zero in exact arithmetic, off by rounding noise: not a mismatch
-    noisy = compare([out, grad_a, grad_b + 1e-6], [out, grad_a, grad_b])
-    assert noisy.rel < 1e-5  # ‖1e-6‖ over 1e-3 of the largest gradient norm
+    assert relative_errors([out, grad_a, grad_b], [out, grad_a, grad_b]) == [0.0, 0.0, 0.0]
+    # a gradient that is zero in exact arithmetic, off by rounding noise: judged against 1e-3 of the largest
+    noisy = relative_errors([out, grad_a, grad_b + 1e-6], [out, grad_a, grad_b])
+    assert noisy[2] == pytest.approx(1e-6 * math.sqrt(3) / (1e-3 * grad_a.norm().item()), rel=1e-6)
     # a real error in a small gradient is still seen
-    wrong = compare([out, grad_a, torch.ones(3)], [out, grad_a, torch.full((3,), 2.0)])
-    assert wrong.max_abs == pytest.approx(1.0) and wrong.rel == pytest.approx(0.5)
+    exact = [out, grad_a, torch.full((3,), 2.0)]
+    assert relative_errors([out, grad_a, torch.ones(3)], exact)[2] == pytest.approx(0.5)
+    assert max_abs_error([out, grad_a, torch.ones(3)], exact) == pytest.approx(1.0)
     # and in the output, relative to its own norm
-    assert compare([out * 1.1, grad_a], [out, grad_a]).rel == pytest.approx(0.1)
+    assert relative_errors([out * 1.1, grad_a], [out, grad_a])[0] == pytest.approx(0.1)
+
+
+def test_judge_bounds_each_tensor_by_the_references_own_error():
+    """The bound of each tensor is 2 × the reference's error on it, or the dtype's floor; the deciding tensor is
+    the one nearest its bound, and its numbers are the row's."""
+    torch.manual_seed(1)
+    exact = [torch.randn(200, dtype=torch.float64), torch.randn(100, dtype=torch.float64)]
+    direction = [torch.randn_like(t) for t in exact]
+
+    def off(by: list[float]) -> list[torch.Tensor]:  # each tensor at exactly ``by`` relative error
+        return [e + d * (b * e.norm() / d.norm()) for e, d, b in zip(exact, direction, by)]
+
+    reference = off([0.01, 0.02])
+    within = judge(off([0.019, 0.039]), reference, exact, ["output", "input gradient"], "bfloat16")
+    assert within.mismatch_reason() is None
+    assert within.bounds == pytest.approx((0.02, 0.04)) and within.tensor == "input gradient"
+    beyond = judge(off([0.021, 0.01]), reference, exact, ["output", "input gradient"], "bfloat16")
+    assert beyond.tensor == "output"
+    assert (beyond.rel, beyond.reference_rel, beyond.bound) == pytest.approx((0.021, 0.01, 0.02))
+    assert beyond.mismatch_reason().startswith("output: rel_err 0.021 from float64 > bound 0.02")
+    # an exact reference bounds nothing below the floor
+    floored = judge(off([4e-3, 4e-3]), exact, exact, ["output", "input gradient"], "bfloat16")
+    assert floored.bound == ERROR_FLOOR["bfloat16"] and floored.mismatch_reason() is None
 
 
 def test_time_pass_statistics():
@@ -329,12 +353,12 @@ def test_one_bad_case_never_ends_the_sweep(fake_family, tmp_path):
     assert "RuntimeError: kernel exploded" in detail[0]
     assert "out of memory" in detail[1]
     assert "runs on cuda, not on cpu" in detail[2]
-    assert "rel_err" in detail[3] and "tolerance" in detail[3]
+    assert detail[3].startswith("output: rel_err 0.01 from float64 > bound 1e-05")
     assert "n_win=3" in detail[4] and "auto_pad" in detail[4]
     wrong = rows.iloc[3]
     assert wrong["rel_err"] == pytest.approx(0.01, rel=1e-3) and wrong["latency_ms_median"] > 0
     assert rows.iloc[5]["gmacs"] == pytest.approx(2 * 8 * 8 * 16 * 16 / 1e9)
-    assert rows.iloc[7]["rel_err"] < 1e-4 and rows.iloc[7]["hw_gflops"] == pytest.approx(6 * rows.iloc[7]["gmacs"])
+    assert rows.iloc[7]["rel_err"] < 1e-5 and rows.iloc[7]["hw_gflops"] == pytest.approx(6 * rows.iloc[7]["gmacs"])
 
 
 def test_resume_skips_completed_cases(fake_family, tmp_path):

@@ -197,3 +197,41 @@ def test_backend_that_cannot_run_on_the_device_raises_dedicated_error():
     with pytest.raises(BackendUnavailableError, match="runs on cuda, not on cpu"):
         module(torch.randn(1, 14, 14, 32))
     assert issubclass(BackendUnavailableError, ValueError) and issubclass(AttentionConfigError, ValueError)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_inputs_are_validated_once_per_kind_of_call(name, monkeypatch):
+    """A forward like one already validated runs no checks (the timed pass is the computation); another
+    shape, dtype, backend, grad mode or a converted module is validated afresh, so bad input still raises."""
+    module = small(name)
+    validated = []
+    monkeypatch.setattr(module, "validate_input", lambda x: (validated.append(tuple(x.shape)),
+                                                             type(module).validate_input(module, x))[-1])
+    x = torch.randn(1, 14, 14, 32)
+    with torch.no_grad():
+        module(x)
+        module(x.clone())
+    assert validated == [(1, 14, 14, 32)]
+    module(x)  # grad enabled: a backward is wanted now
+    module.backend = "sdpa"
+    with torch.no_grad():
+        module(x)
+        module(torch.randn(2, 14, 14, 32))
+    assert len(validated) == 4
+    module.double()
+    with pytest.raises(AttentionConfigError, match="module.to"):  # float32 input, float64 weights
+        module(x)
+    with pytest.raises(AttentionConfigError, match="channels"):
+        module(torch.randn(1, 14, 14, 16))
+
+
+def test_a_cached_validation_still_sees_parameters_unfrozen():
+    """flex has no backward on the CPU: with frozen parameters and no input gradient it runs under grad mode;
+    once a parameter is trainable again the same call is refused, not let through from the cache."""
+    module = small("full", "flex").requires_grad_(False)
+    x = torch.randn(1, 14, 14, 32)
+    module.validate_input(x)
+    module.check_input(x)
+    module.proj.weight.requires_grad_(True)
+    with pytest.raises(BackendUnavailableError, match="no backward on cpu"):
+        module.check_input(x)
