@@ -29,7 +29,8 @@ from attentions.models import build_model, list_models
 
 from .cases import PHASES, Case, ModelCase, SweepBlock, unique_cases
 from .model_suite import MODEL_RESOLUTIONS, base_model_row, model_cases, one_per_group, run_model_group
-from .measure import CPU_ALLOCATORS, MAX_SITTINGS, TimingPolicy, retain_available, use_cpu_allocator
+from .measure import (CPU_ALLOCATORS, MAX_SITTINGS, SPEEDUP_INTERVAL_METHOD, TimingPolicy, retain_available,
+                      use_cpu_allocator)
 from .presets import COMMON_OPTIONS, KV_MODES, PRESETS, STAGE1_WIDTH, kv_axis, preset_blocks, topk_axis
 from .profiles import DTYPE_ALIASES, DTYPES, PROFILES, GpuProfile, canonical_dtype
 from .results import (COLUMNS, MEASURED_STATUSES, MODEL_COLUMNS, SUITES, ResultsFormatError, RunInUseError, RunLock,
@@ -737,7 +738,8 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace, cases: list
         "rounds": "paired: a shape's cases round-robin in one process" if args.suite == "attentions" else "unpaired",
         "min_time_s_per_pass": min_time, "min_rounds": policy.min_rounds, "warmup_rounds": policy.warmup_rounds,
         "sittings": policy.sittings, "l2_flush": policy.l2_flush, "cuda_graphs": policy.cuda_graphs,
-        "cpu_allocator": policy.cpu_allocator, "noise_limit": policy.noise_limit_for(torch.device(device))}
+        "cpu_allocator": policy.cpu_allocator, "noise_limit": policy.noise_limit_for(torch.device(device)),
+        "speedup_interval": SPEEDUP_INTERVAL_METHOD}
     results_path.parent.mkdir(parents=True, exist_ok=True)
     models = args.suite == "models"
     metadata_path = results_path.with_suffix(".json")

@@ -32,6 +32,9 @@ not a failure; a failure turning ``ok`` is ``fixed``. The comparison *fails* whe
 Coverage: the comparison also fails when the runs share no case, or fewer than ``min_shared`` (default
 50%) of BASE's cases: a NEW run that skipped most of the sweep proves nothing about it.
 
+Speedup intervals are compared only between runs whose metadata name the same interval method (a
+warning says when they do not).
+
 Environment differences (GPU profile, device and GPU names, torch, CUDA, driver, triton,
 xformers, TF32) come from each run's ``<run-id>.json``; they are warnings. A run without its JSON
 is a warning too; its rows' ``gpu_profile`` and ``device_name`` are compared instead.
@@ -381,6 +384,12 @@ def compare_frames(base: pd.DataFrame, new: pd.DataFrame,
     return table, only_in_base, only_in_new
 
 
+def _interval_method(metadata: dict[str, Any] | None) -> str | None:
+    """How a run's speedup intervals were made (``bench.measure.SPEEDUP_INTERVAL_METHOD``); None for a run
+    from before the method was recorded, or without metadata."""
+    return ((metadata or {}).get("timing") or {}).get("speedup_interval")
+
+
 def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFAULT_MAX_REGRESSION,
                  min_shared: float = DEFAULT_MIN_SHARED) -> Comparison:
     """Align two results files on case_key and judge every shared case (see the module docstring).
@@ -400,6 +409,12 @@ def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFA
     new_meta = _metadata(new, "NEW", warnings)
     warnings += _environment_warnings(_environment(base_meta, base_frame), _environment(new_meta, new_frame))
     warnings += _resumed_warnings(base_meta, "BASE") + _resumed_warnings(new_meta, "NEW")
+    base_method, new_method = _interval_method(base_meta), _interval_method(new_meta)
+    if base_method != new_method:
+        warnings.append(f"the runs' speedup intervals were made by different methods (BASE {base_method or 'unrecorded'}, "
+                        f"NEW {new_method or 'unrecorded'}): intervals are not compared")
+        for frame in (base_frame, new_frame):
+            frame[["speedup_ci_low", "speedup_ci_high"]] = math.nan
 
     table, only_in_base, only_in_new = compare_frames(base_frame, new_frame, max_regression)
     too_few_shared = None

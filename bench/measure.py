@@ -10,7 +10,7 @@
 - **Paired rounds.** Passes whose latencies are compared run round-robin in one process: in each
   round every pass runs once, each round starting one pass later, so that drift of the machine
   (clocks, load, temperature) lands on all of them alike. A speedup is the median of per-round
-  ratios, with a 95% batch-means confidence interval over the rounds (see ``paired_speedup``).
+  ratios, with a 95% confidence interval by batch means of the log-ratios (see ``paired_speedup``).
   The rounds may be taken in several *sittings*, each in a fresh process (``TimingPolicy.sittings``),
   so that the interval also covers what one process fixes for its lifetime.
 - **CPU memory.** glibc serves a block above its mmap threshold (at most 32 MiB, and moved only
@@ -57,6 +57,8 @@ NOISE_LIMIT = {"cpu": 1.3, "cuda": 1.1}
 # development machine), and only batches longer than those are close to independent.
 SPEEDUP_BATCHES = 5
 MAX_SITTINGS = 10
+# How paired_speedup's interval is made, recorded with a run: intervals of different methods do not compare.
+SPEEDUP_INTERVAL_METHOD = "log-batch-means-t95"
 # Two-sided 95% quantiles of Student's t distribution by degrees of freedom (batches - 1).
 STUDENT_T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -296,23 +298,25 @@ def time_pass(run: Callable[[], object], device: torch.device, policy: TimingPol
 
 def paired_speedup(reference: Timing, timing: Timing) -> tuple[float, float, float]:
     """Speedup over ``reference`` timed in the same rounds: the median of the per-round ratios
-    (reference ÷ this), and a 95% confidence interval for it by batch means. The batches are the
-    sittings when there were several, else ``SPEEDUP_BATCHES`` consecutive runs of rounds (one per
-    round when there are fewer rounds); the interval is the median ± t · s / √batches, where s is
-    the standard deviation of the batches' median ratios. Treating rounds as independent (a
-    bootstrap over single rounds, or over short blocks) misses what drifts over seconds and gives an
-    interval that other runs fall outside of. One round has no interval (NaN)."""
-    ratios = np.asarray(reference.times_ms) / np.asarray(timing.times_ms)
-    median = float(np.median(ratios))
+    (reference ÷ this), and a 95% confidence interval for it by batch means on the log scale. The
+    batches are the sittings when there were several, else ``SPEEDUP_BATCHES`` consecutive runs of
+    rounds (one per round when there are fewer rounds); the interval is exp(m ± t · s / √batches), where
+    m is the median log-ratio and s the standard deviation of the batches' median log-ratios. On the log
+    scale a ratio's interval is always above zero, and 2× slower sits as far below as 2× faster sits
+    above (``SPEEDUP_INTERVAL_METHOD``). Treating rounds as independent (a bootstrap over single rounds,
+    or over short blocks) misses what drifts over seconds and gives an interval that other runs fall
+    outside of. One round has no interval (NaN)."""
+    log_ratios = np.log(np.asarray(reference.times_ms) / np.asarray(timing.times_ms))
+    center = float(np.median(log_ratios))
     if len(reference.sittings) > 1:
-        batches = np.split(ratios, np.cumsum(reference.sittings)[:-1])
+        batches = np.split(log_ratios, np.cumsum(reference.sittings)[:-1])
     else:
-        batches = np.array_split(ratios, min(SPEEDUP_BATCHES, len(ratios)))
+        batches = np.array_split(log_ratios, min(SPEEDUP_BATCHES, len(log_ratios)))
     if len(batches) < 2:
-        return median, math.nan, math.nan
+        return math.exp(center), math.nan, math.nan
     batch_medians = [np.median(batch) for batch in batches]
     half_width = STUDENT_T_975[len(batches) - 1] * float(np.std(batch_medians, ddof=1)) / math.sqrt(len(batches))
-    return median, median - half_width, median + half_width
+    return math.exp(center), math.exp(center - half_width), math.exp(center + half_width)
 
 
 def machine_state(device: torch.device) -> dict[str, float | None]:

@@ -179,7 +179,7 @@ def test_a_paired_speedup_does_not_drift_with_the_machine():
     assert paired_speedup(Timing(tuple(2 * drift)), Timing(tuple(drift))) == pytest.approx((2.0, 2.0, 2.0))
     jitter = np.random.default_rng(0).normal(1.0, 0.05, (2, 30))
     speedup, low, high = paired_speedup(Timing(tuple(2 * drift * jitter[0])), Timing(tuple(drift * jitter[1])))
-    assert low < 2.0 < high and low <= speedup <= high and high / low < 1.1
+    assert low < 2.0 < high and low <= speedup <= high and high / low < 1.11  # 5% jitter per pass: ±5% or so
 
 
 def test_a_ratio_that_drifts_within_the_run_widens_its_interval():
@@ -190,8 +190,22 @@ def test_a_ratio_that_drifts_within_the_run_widens_its_interval():
     ratio = np.linspace(1.2, 1.5, 100) * rng.normal(1.0, 0.01, 100)
     fast = rng.uniform(10.0, 20.0, 100)
     speedup, low, high = paired_speedup(Timing(tuple(ratio * fast)), Timing(tuple(fast)))
-    assert speedup == pytest.approx(np.median(ratio))
+    assert speedup == pytest.approx(np.exp(np.median(np.log(ratio))))
     assert low < np.median(ratio[:50]) < np.median(ratio[50:]) < high
+
+
+def test_a_speedup_interval_is_positive_and_symmetric_on_the_log_scale():
+    """Batches whose ratios sit at 0.3, 1, 3, 0.5 and 2 (a noisy machine): the interval stays above zero, where
+    the median ± t · s / √n of the ratios themselves reaches far below it, and it sits as many times below
+    the speedup as above."""
+    batch_ratios = np.repeat([0.3, 1.0, 3.0, 0.5, 2.0], 4)
+    fast = np.random.default_rng(3).uniform(5.0, 9.0, 20)
+    speedup, low, high = paired_speedup(Timing(tuple(batch_ratios * fast)), Timing(tuple(fast)))
+    linear_low = 1.0 - 2.776 * np.std(batch_ratios[::4], ddof=1) / math.sqrt(5)
+    assert linear_low < 0 < low < speedup < high
+    assert speedup / low == pytest.approx(high / speedup)
+    log_half_width = 2.776 * np.std(np.log(batch_ratios[::4]), ddof=1) / math.sqrt(5)
+    assert (low, high) == pytest.approx((math.exp(-log_half_width), math.exp(log_half_width)))
 
 
 def test_a_paired_speedup_interval_needs_two_rounds():
@@ -203,23 +217,24 @@ def test_a_paired_speedup_interval_needs_two_rounds():
 
 
 def test_sittings_are_the_batches_of_a_speedup_interval():
-    """Timed in three sittings whose ratios sit at 1.0, 1.2 and 1.4, the interval is the median ± t₂ ·
-    s / √3 over the sittings' medians, however the rounds within each sitting scatter."""
+    """Timed in three sittings whose ratios sit at 1.0, 1.2 and 1.4, the interval is exp(m ± t₂ · s / √3) over
+    the sittings' median log-ratios, however the rounds within each sitting scatter."""
     times = np.random.default_rng(2).uniform(5.0, 9.0, (3, 6))
     ratios = np.array([[1.0], [1.2], [1.4]]) * np.array([0.99, 1.0, 1.0, 1.0, 1.0, 1.01])
     reference = reduce(Timing.joined, [Timing(tuple(row)) for row in ratios * times])
     fast = reduce(Timing.joined, [Timing(tuple(row)) for row in times])
     assert reference.sittings == fast.sittings == (6, 6, 6) and reference.rounds == 18
     speedup, low, high = paired_speedup(reference, fast)
-    half_width = 4.303 * 0.2 / math.sqrt(3)
-    assert speedup == pytest.approx(1.2) and (low, high) == pytest.approx((1.2 - half_width, 1.2 + half_width))
+    half_width = 4.303 * np.std(np.log([1.0, 1.2, 1.4]), ddof=1) / math.sqrt(3)
+    assert speedup == pytest.approx(1.2)
+    assert (low, high) == pytest.approx((1.2 * math.exp(-half_width), 1.2 * math.exp(half_width)))
 
 
 def test_a_group_timed_in_sittings_adds_the_rounds_of_a_fresh_process(monkeypatch):
     """Two sittings, the second in a spawned process that rebuilds the modules: twice the rounds, and
-    the chunked BRA's interval is the median ± t₁ · s / √2 over the two sittings' median ratios.
-    (With one degree of freedom t is 12.7, so on a busy machine the interval may reach below zero:
-    the row is then noisy, which this test's noise limit lets pass.)"""
+    the chunked BRA's interval is exp(m ± t₁ · s / √2) over the two sittings' median log-ratios. (With one
+    degree of freedom t is 12.7, so on a busy machine the interval is wide: the row is then noisy, which
+    this test's noise limit lets pass.)"""
     received = []
 
     def recording_paired_speedup(reference: Timing, timing: Timing) -> tuple[float, float, float]:
@@ -235,13 +250,13 @@ def test_a_group_timed_in_sittings_adds_the_rounds_of_a_fresh_process(monkeypatc
     assert reference["rounds"] == chunked["rounds"] == 2 * FAST.max_rounds
     [(reference_timing, chunked_timing)] = received
     assert reference_timing.sittings == chunked_timing.sittings == (FAST.max_rounds, FAST.max_rounds)
-    ratios = np.asarray(reference_timing.times_ms) / np.asarray(chunked_timing.times_ms)
-    sitting_medians = [np.median(ratios[:FAST.max_rounds]), np.median(ratios[FAST.max_rounds:])]
+    logs = np.log(np.asarray(reference_timing.times_ms) / np.asarray(chunked_timing.times_ms))
+    sitting_medians = [np.median(logs[:FAST.max_rounds]), np.median(logs[FAST.max_rounds:])]
     half_width = 12.706 * np.std(sitting_medians, ddof=1) / math.sqrt(2)
-    assert chunked["speedup_vs_ref"] == pytest.approx(np.median(ratios))
+    assert chunked["speedup_vs_ref"] == pytest.approx(math.exp(np.median(logs)))
     assert (chunked["speedup_ci_low"], chunked["speedup_ci_high"]) == pytest.approx(
-        (np.median(ratios) - half_width, np.median(ratios) + half_width))
-    assert chunked["speedup_ci_low"] < chunked["speedup_ci_high"] < math.inf
+        (math.exp(np.median(logs) - half_width), math.exp(np.median(logs) + half_width)))
+    assert 0 < chunked["speedup_ci_low"] < chunked["speedup_ci_high"] < math.inf
 
 
 def test_a_sitting_that_cannot_run_makes_its_passes_errors(fake_family):

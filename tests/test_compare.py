@@ -12,6 +12,7 @@ import pytest
 from bench import COLUMNS, Case, RunContext, run_sweep
 from bench.compare import (NEW_FAILURE, OTHER_DEVICE, REGRESSION, compare_runs, format_comparison, main_compare,
                            parse_threshold)
+from bench.measure import SPEEDUP_INTERVAL_METHOD
 from bench.profiles import PROFILES
 from bench.results import ResultsWriter, write_metadata
 from small_results import FAST
@@ -361,3 +362,25 @@ def test_two_real_runs_align_by_case_key(tmp_path, capsys):
     assert sum("no run metadata" in w for w in comparison.warnings) == 2
     assert main_compare([str(base), str(new)]) == (1 if comparison.failed else 0)
     assert "Only in NEW (1)" in capsys.readouterr().out
+
+
+def test_a_paired_speedup_drop_fails_only_between_intervals_of_one_method(tmp_path):
+    """Same latencies, but NEW's paired speedup interval lies wholly below BASE's: a regression when both runs
+    made their intervals the same way; when the methods differ (or one run predates recording it), the
+    intervals are not compared and a warning says why."""
+    def with_speedup(row: dict, low: float, median: float, high: float) -> dict:
+        return {**row, "speedup_vs_ref": median, "speedup_ci_low": low, "speedup_ci_high": high}
+
+    base_rows = [with_speedup(make_row(c, median=1.0 + i), 1.9, 2.0, 2.1) for i, c in enumerate(CASES)]
+    new_rows = [with_speedup(make_row(c, median=1.0 + i), 1.2, 1.3, 1.4) for i, c in enumerate(CASES)]
+    metadata = {"run_id": "x", "argv": [], "environment": environment(),
+                "timing": {"speedup_interval": SPEEDUP_INTERVAL_METHOD}}
+    base = write_run(tmp_path / "base.csv", base_rows, {**metadata, "run_id": "base"})
+    new = write_run(tmp_path / "new.csv", new_rows, {**metadata, "run_id": "new"})
+    comparison = compare_runs(base, new)
+    assert comparison.failed and verdict(comparison, A) == REGRESSION
+    assert "intervals apart" in comparison.table.set_index("case_key").loc[A.key, "note"]
+    older = write_run(tmp_path / "older.csv", base_rows, {**metadata, "run_id": "older", "timing": {}})
+    comparison = compare_runs(older, new)
+    assert not comparison.failed and verdict(comparison, A) == "ok"
+    assert any("different methods (BASE unrecorded, NEW log-batch-means-t95)" in w for w in comparison.warnings)
