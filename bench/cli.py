@@ -29,8 +29,8 @@ from attentions.models import build_model, list_models
 
 from .cases import PHASES, Case, ModelCase, SweepBlock, unique_cases
 from .model_suite import MODEL_RESOLUTIONS, base_model_row, model_cases, one_per_group, run_model_group
-from .measure import (CPU_ALLOCATORS, MAX_SITTINGS, SPEEDUP_INTERVAL_METHOD, TimingPolicy, retain_available,
-                      use_cpu_allocator)
+from .measure import (CPU_ALLOCATORS, MAX_SITTINGS, SPEEDUP_INTERVAL_METHOD, WARMUP_WINDOW, TimingPolicy,
+                      retain_available, use_cpu_allocator)
 from .presets import COMMON_OPTIONS, KV_MODES, PRESETS, STAGE1_WIDTH, kv_axis, preset_blocks, topk_axis
 from .profiles import DTYPE_ALIASES, DTYPES, PROFILES, GpuProfile, canonical_dtype
 from .results import (COLUMNS, MEASURED_STATUSES, MODEL_COLUMNS, SUITES, ResultsFormatError, RunInUseError, RunLock,
@@ -151,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="name of the run's files: letters, digits, '.', '_', '-' (default: UTC time and preset)")
     parser.add_argument("--resume", metavar="RUN", help="run id or results path of a run to complete")
     parser.add_argument("--min-time", type=seconds(zero_allowed=True), default=None, metavar="S",
-                        help="minimum timed seconds per case (default 0.5 on GPU, 0.2 on CPU)")
+                        help="timed seconds each pass gets of its own, per sitting, after at least 10 rounds: no "
+                             "round cap cuts it short, so a fast pass gets as many rounds as that takes (default 0.5 "
+                             "on GPU, 0.2 on CPU; each row records its timed_s)")
     parser.add_argument("--sittings", type=sittings_count, default=1, metavar="N",
                         help=f"take each shape's paired rounds in N sittings (at most {MAX_SITTINGS}; each later "
                              "one in a fresh process), so that a speedup's interval covers what varies between "
@@ -736,7 +738,10 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace, cases: list
                           cpu_allocator=args.cpu_allocator, sittings=args.sittings)
     metadata["timing"] = {
         "rounds": "paired: a shape's cases round-robin in one process" if args.suite == "attentions" else "unpaired",
-        "min_time_s_per_pass": min_time, "min_rounds": policy.min_rounds, "warmup_rounds": policy.warmup_rounds,
+        "min_time_s_per_pass": min_time, "min_rounds": policy.min_rounds, "max_rounds": policy.max_rounds,
+        "warmup": {"min_calls": policy.warmup_rounds, "max_calls": policy.warmup_max_calls,
+                   "max_s": policy.warmup_max_s, "settled_when": f"{WARMUP_WINDOW} consecutive calls within the "
+                                                                  f"noise limit of each other"},
         "sittings": policy.sittings, "l2_flush": policy.l2_flush, "cuda_graphs": policy.cuda_graphs,
         "cpu_allocator": policy.cpu_allocator, "noise_limit": policy.noise_limit_for(torch.device(device)),
         "speedup_interval": SPEEDUP_INTERVAL_METHOD}

@@ -3,10 +3,13 @@
 - **Passes.** ``fwd`` runs under ``torch.inference_mode`` (no autograd state kept), the way a
   forward is deployed. ``fwd+bwd`` runs the forward and ``torch.autograd.grad`` of a fixed random
   upstream gradient with respect to the input and every parameter.
-- **Latency.** Warm-up rounds first (compilation, caches, allocator). Then every round is timed
-  on its own: CUDA events on a GPU (after writing a buffer larger than L2, so every pass starts
-  with a cold cache), ``time.perf_counter`` on the CPU. Rounds continue until both a minimum time
-  and a minimum number of rounds are reached, or a maximum count is.
+- **Latency.** A warm-up first (compilation, caches, allocator, clocks): at least three calls, then
+  until three consecutive calls lie within the device's noise limit of each other, at most 50 calls
+  or 10 s (``warm_up``; each row records its warm-up calls and says when it did not settle). Then
+  every round is timed on its own: CUDA events on a GPU (after writing a buffer larger than L2, so
+  every pass starts with a cold cache), ``time.perf_counter`` on the CPU. Rounds continue until
+  there are a minimum number of them and every pass has had a minimum time of its own timed calls;
+  no round count cuts that short unless a policy sets ``max_rounds`` (the row then says so).
 - **Paired rounds.** Passes whose latencies are compared run round-robin in one process: in each
   round every pass runs once, each round starting one pass later, so that drift of the machine
   (clocks, load, temperature) lands on all of them alike. A speedup is the median of per-round
@@ -65,10 +68,12 @@ STUDENT_T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7:
 
 @dataclass(frozen=True)
 class TimingPolicy:
-    warmup_rounds: int = 3
-    min_time_s: float = 0.5  # per pass: paired rounds of n passes run at least n times this
+    warmup_rounds: int = 3  # at least this many warm-up calls, then more until stable (see warm_up)
+    warmup_max_calls: int = 50  # the warm-up's cap, in calls ...
+    warmup_max_s: float = 10.0  # ... and in seconds of warm-up calls, whichever comes first
+    min_time_s: float = 0.5  # timed seconds each pass gets of its own (per sitting)
     min_rounds: int = 10
-    max_rounds: int = 1000
+    max_rounds: int | None = None  # None: as many rounds as min_time_s needs; a number cuts them (rows say so)
     l2_flush: bool = True  # CUDA: write a buffer larger than L2 before every timed pass
     cuda_graphs: bool = False  # CUDA: time replays of a captured graph of the pass (small shapes)
     cpu_allocator: str | None = None  # CPU: 'retain' or 'system' (see use_cpu_allocator); None: as the process is
@@ -87,11 +92,19 @@ class Timing:
     note: str = ""
     page_faults: tuple[int, ...] = ()  # per round, on the CPU: the process's minor page faults during the pass
     sittings: tuple[int, ...] = ()  # rounds per sitting, in order, when taken in more than one
+    warmup_calls: int = 0  # warm-up calls before the timed rounds (the most of any sitting)
+    warmup_settled: bool = True  # whether every sitting's warm-up settled before its cap
 
     def joined(self, later: Timing) -> Timing:
         """This timing followed by a later sitting of the same pass."""
         return Timing(self.times_ms + later.times_ms, self.note or later.note, self.page_faults + later.page_faults,
-                      (self.sittings or (self.rounds,)) + (later.rounds,))
+                      (self.sittings or (self.rounds,)) + (later.rounds,), max(self.warmup_calls, later.warmup_calls),
+                      self.warmup_settled and later.warmup_settled)
+
+    @property
+    def timed_s(self) -> float:
+        """Seconds of timed passes behind the statistics."""
+        return sum(self.times_ms) / 1e3
 
     @property
     def rounds(self) -> int:
@@ -240,19 +253,44 @@ def timed_once(run: Callable[[], object], device: torch.device,
     return (time.perf_counter() - begin_s) * 1e3, minor_page_faults() - faults
 
 
+# The warm-up has settled when this many consecutive calls lie within the device's noise limit of each other.
+WARMUP_WINDOW = 3
+
+
+def warm_up(run: Callable[[], object], device: torch.device, policy: TimingPolicy,
+            flush: Callable[[], None] | None) -> tuple[int, bool]:
+    """Call ``run`` until it is warm: at least ``policy.warmup_rounds`` calls, then until the last
+    ``WARMUP_WINDOW`` calls' times lie within the noise limit of each other (slowest ÷ fastest), or the cap
+    (``warmup_max_calls`` calls or ``warmup_max_s`` seconds of them) is reached. Compilation, autotuning,
+    caches, the allocator and the clocks settle meanwhile. Returns (calls, whether it settled)."""
+    limit = policy.noise_limit_for(device)
+    cap = max(policy.warmup_rounds, policy.warmup_max_calls)
+    times: list[float] = []
+    while True:
+        times.append(timed_once(run, device, flush)[0])
+        recent = times[-WARMUP_WINDOW:]
+        settled = len(recent) == WARMUP_WINDOW and max(recent) <= limit * min(recent)
+        if len(times) >= policy.warmup_rounds and (settled or len(times) >= cap
+                                                    or sum(times) >= policy.warmup_max_s * 1e3):
+            return len(times), settled or cap < WARMUP_WINDOW  # a cap below the window is a fixed count
+
+
 def time_rounds(runs: dict[Hashable, Callable[[], object]], device: torch.device,
                 policy: TimingPolicy) -> dict[Hashable, Timing | Exception]:
     """Each pass's latencies over paired rounds (see the module docstring); one pass alone is timed
-    the same way, unpaired. A pass that raises leaves the rotation, and its exception is its result."""
+    the same way, unpaired. Each pass is warmed up first (``warm_up``). Rounds go on until there are
+    ``min_rounds`` and every pass has ``min_time_s`` seconds of its own timed calls (or ``max_rounds``,
+    when set, cuts them). A pass that raises leaves the rotation, and its exception is its result."""
     if device.type == "cpu" and policy.cpu_allocator is not None:
         use_cpu_allocator(policy.cpu_allocator)
     results: dict[Hashable, Timing | Exception] = {}
     active: dict[Hashable, Callable[[], object]] = {}
     notes: dict[Hashable, str] = {}
+    warmups: dict[Hashable, tuple[int, bool]] = {}
+    flush = l2_flusher(device) if policy.l2_flush else None
     for key, run in runs.items():
         try:
-            for _ in range(policy.warmup_rounds):
-                run()
+            warmups[key] = warm_up(run, device, policy, flush)
             if policy.cuda_graphs and device.type == "cuda":
                 try:
                     run = captured(run, device)
@@ -263,12 +301,12 @@ def time_rounds(runs: dict[Hashable, Callable[[], object]], device: torch.device
         except Exception as exc:  # noqa: BLE001 - the pass's own failure, recorded as its result
             results[key] = exc
     synchronize(device)
-    flush = l2_flusher(device) if policy.l2_flush else None
     order = list(active)
     times: dict[Hashable, list[float]] = {key: [] for key in order}
     faults: dict[Hashable, list[int]] = {key: [] for key in order}
-    started, rounds = time.perf_counter(), 0
-    while active and rounds < policy.max_rounds:
+    spent_ms: dict[Hashable, float] = {key: 0.0 for key in order}
+    rounds = 0
+    while active and (policy.max_rounds is None or rounds < policy.max_rounds):
         for offset in range(len(order)):
             key = order[(rounds + offset) % len(order)]
             if key not in active:
@@ -276,16 +314,31 @@ def time_rounds(runs: dict[Hashable, Callable[[], object]], device: torch.device
             try:
                 elapsed_ms, pass_faults = timed_once(active[key], device, flush)
                 times[key].append(elapsed_ms)
+                spent_ms[key] += elapsed_ms
                 if pass_faults is not None:
                     faults[key].append(pass_faults)
             except Exception as exc:  # noqa: BLE001 - as in the warm-up
                 results[key] = exc
                 del active[key]
         rounds += 1
-        if rounds >= policy.min_rounds and time.perf_counter() - started >= policy.min_time_s * len(runs):
+        if rounds >= policy.min_rounds and all(spent_ms[key] >= policy.min_time_s * 1e3 for key in active):
             break
-    results.update({key: Timing(tuple(times[key]), notes.get(key, ""), tuple(faults[key])) for key in active})
+    results.update({key: Timing(tuple(times[key]), notes.get(key, ""), tuple(faults[key]), (), *warmups[key])
+                    for key in active})
     return results
+
+
+def timing_notes(timing: Timing, policy: TimingPolicy) -> list[str]:
+    """What a row says about how its timing fell short of the policy: a warm-up that never settled, and
+    less timed time than ``min_time_s`` per sitting asked for (rounds cut by ``max_rounds``)."""
+    notes = []
+    if not timing.warmup_settled:
+        notes.append(f"warm-up did not settle within {timing.warmup_calls} calls (the last {WARMUP_WINDOW} spread "
+                     f"beyond the noise limit)")
+    asked = policy.min_time_s * max(1, len(timing.sittings))
+    if timing.timed_s < asked:
+        notes.append(f"timed {timing.timed_s:.3g} s of the {asked:g} s asked: rounds cut at {timing.rounds}")
+    return notes
 
 
 def time_pass(run: Callable[[], object], device: torch.device, policy: TimingPolicy) -> Timing:

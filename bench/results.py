@@ -62,13 +62,15 @@ COLUMNS = REQUIRED_COLUMNS + [
     "page_faults",        # CPU: the process's minor page faults during one pass, median over the timed rounds
     "ref_rel_err",        # the reference backend's own rel_err (in the case's dtype) on err_tensor
     "err_tensor",         # the tensor closest to its bound (output, input gradient, gradient of <parameter>)
+    "timed_s",            # seconds of timed calls behind the latency statistics (all sittings)
+    "warmup_calls",       # warm-up calls before the timed rounds (until stable, capped)
 ]
 # Columns added after results files of the same schema were written: a file without them loads with
 # them empty, and a resumed run's file gets them added.
 LATE_COLUMNS = {"attentions": ("tile_efficiency", "speedup_vs_ref", "speedup_ci_low", "speedup_ci_high",
                                "timing_spread", "load_before", "load_after", "gpu_state", *PLACEMENT_COLUMNS,
-                               "page_faults", "ref_rel_err", "err_tensor"),
-                "models": ("timing_spread", *PLACEMENT_COLUMNS, "page_faults")}
+                               "page_faults", "ref_rel_err", "err_tensor", "timed_s", "warmup_calls"),
+                "models": ("timing_spread", *PLACEMENT_COLUMNS, "page_faults", "timed_s", "warmup_calls")}
 # Rows of the model suite (``--suite models``): one whole backbone of ``attentions.models`` per row.
 MODEL_COLUMNS = [
     "model", "attention", "backend", "resolution", "batch", "dtype", "phase", "status",
@@ -83,6 +85,8 @@ MODEL_COLUMNS = [
     "timing_spread",      # p80 / p20 of the latency
     *PLACEMENT_COLUMNS,
     "page_faults",        # CPU: minor page faults during one pass, median over the timed rounds
+    "timed_s",            # seconds of timed calls behind the latency statistics
+    "warmup_calls",       # warm-up calls before the timed rounds (until stable, capped)
 ]
 SUITES = {"attentions": COLUMNS, "models": MODEL_COLUMNS}  # suite -> its row schema
 # Every other column of a suite holds numbers (or nothing).

@@ -31,7 +31,7 @@ from .cases import Case
 from .flops import FlopCounterUnavailable, count_macs, hardware_flops
 from .accuracy import ReferencePasses, accuracy, reference_passes
 from .measure import (Timing, TimingPolicy, machine_state, make_pass, paired_speedup, peak_memory_bytes,
-                      time_rounds)
+                      time_rounds, timing_notes)
 from .profiles import DTYPES, GpuProfile
 from .results import COLUMNS, ResultsWriter, completed_case_keys, cpu_name, now_iso
 
@@ -220,6 +220,7 @@ def latency_row(timing: Timing, batch: int, macs: int, phase: str, dtype: str, c
     peak = ctx.profile.peak_for(dtype, tf32=ctx.tf32)
     return {"latency_ms_median": timing.median_ms, "latency_ms_p20": timing.p20_ms,
             "latency_ms_p80": timing.p80_ms, "rounds": timing.rounds, "timing_spread": timing.spread,
+            "timed_s": timing.timed_s, "warmup_calls": timing.warmup_calls,
             "page_faults": timing.page_faults_median,
             "throughput": batch / seconds, "tflops_achieved": tflops,
             "pct_of_peak": 100 * tflops / peak if peak else None}
@@ -233,6 +234,7 @@ def finish_case(prepared: Prepared, timing: Timing, reference: Timing | None, ct
     row.update(latency_row(timing, case.batch, prepared.macs, case.phase, case.dtype, ctx))
     if timing.note:
         notes.append(timing.note)
+    notes += timing_notes(timing, ctx.timing)
     if reference is not None:
         row["speedup_vs_ref"], row["speedup_ci_low"], row["speedup_ci_high"] = paired_speedup(reference, timing)
     pass_metrics = prepared.module.backends[prepared.module.backend].pass_metrics

@@ -17,7 +17,8 @@ from bench.profiles import PROFILES
 
 # Three rounds and no noise verdict: the tests that use it are about rows and files, not timing noise
 # (a loaded test machine would make some rows noisy at random).
-FAST = TimingPolicy(warmup_rounds=1, min_time_s=0.0, min_rounds=3, max_rounds=3, noise_limit=float("inf"))
+FAST = TimingPolicy(warmup_rounds=1, warmup_max_calls=1, min_time_s=0.0, min_rounds=3, max_rounds=3,
+                    noise_limit=float("inf"))
 BRA_OPTIONS = [{"topk": 1}, {}, {"kv_downsample_mode": "avgpool", "kv_downsample_ratio": 2}]  # {}: topk 4
 MISMATCH_LATENCY_MS = 1e-3  # a mismatch row's timing: a huge "speedup" if it were ever used
 

@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import replace
 from functools import reduce
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,8 @@ from bench import COLUMNS, Case, ResultsFormatError, RunContext, SweepBlock, Tim
 from bench.runner import failure, placement, run_case, run_group
 from bench.flops import count_macs
 from bench.accuracy import ERROR_FLOOR, judge, max_abs_error, relative_errors
-from bench.measure import Timing, paired_speedup, peak_memory_bytes, time_pass, time_rounds
+import bench.measure
+from bench.measure import Timing, paired_speedup, peak_memory_bytes, time_pass, time_rounds, timing_notes
 from bench.presets import COMMON_OPTIONS, preset_blocks
 from bench.profiles import PROFILES
 from bench.cases import unique_cases
@@ -147,7 +149,7 @@ def test_judge_bounds_each_tensor_by_the_references_own_error():
 def test_time_pass_statistics():
     calls = []
     timing = time_pass(lambda: calls.append(torch.randn(64, 64) @ torch.randn(64, 64)), torch.device("cpu"),
-                       TimingPolicy(warmup_rounds=2, min_time_s=0.0, min_rounds=7, max_rounds=7))
+                       TimingPolicy(warmup_rounds=2, warmup_max_calls=2, min_time_s=0.0, min_rounds=7, max_rounds=7))
     assert timing.rounds == 7 and len(calls) == 9
     assert 0 < timing.p20_ms <= timing.median_ms <= timing.p80_ms
 
@@ -164,7 +166,7 @@ def test_paired_rounds_rotate_and_drop_a_failing_pass():
                 raise RuntimeError(f"{name} failed")
         return run
 
-    policy = TimingPolicy(warmup_rounds=1, min_time_s=0.0, min_rounds=4, max_rounds=4)
+    policy = TimingPolicy(warmup_rounds=1, warmup_max_calls=1, min_time_s=0.0, min_rounds=4, max_rounds=4)
     timings = time_rounds({"a": recorder("a"), "b": recorder("b"), "c": recorder("c", fail_on_call=3)},
                           torch.device("cpu"), policy)
     assert calls == ["a", "b", "c",  # warm-up
@@ -536,3 +538,50 @@ def test_load_results_accepts_the_metadata_path_and_keeps_types(tmp_path, fake_f
     (tmp_path / "run.json").write_text(json.dumps({"run_id": "run"}))
     frame = load_results(tmp_path / "run.json")
     assert len(frame) == 1 and frame["resolution"].dtype.kind == "i" and frame["gmacs"].dtype.kind == "f"
+
+
+def scripted_timer(monkeypatch, times_ms: dict[str, Callable[[int], float]]) -> dict[str, int]:
+    """Replace the stopwatch: pass ``name`` (a run returning its name) takes ``times_ms[name](call)`` ms on its
+    call-th call (from 0); returns the call counts."""
+    calls = {name: 0 for name in times_ms}
+
+    def timed_once(run, device, flush):
+        name = run()
+        elapsed = times_ms[name](calls[name])
+        calls[name] += 1
+        return elapsed, 0
+    monkeypatch.setattr(bench.measure, "timed_once", timed_once)
+    return calls
+
+
+def test_the_warm_up_lasts_until_three_calls_agree(monkeypatch):
+    """Calls of 50, 30, 20, 10.5, 10, 10.2 ms: warm from the sixth on (three within the CPU's 1.3 of each other);
+    a pass alternating 10 and 20 ms never settles and stops at the cap, and its row says so."""
+    settling = [50.0, 30.0, 20.0, 10.5, 10.0, 10.2]
+    calls = scripted_timer(monkeypatch, {"settling": lambda i: settling[i] if i < 6 else 10.0,
+                                         "restless": lambda i: 10.0 if i % 2 else 20.0})
+    policy = TimingPolicy(min_time_s=0.0, min_rounds=3, warmup_max_calls=20)
+    timings = time_rounds({"settling": lambda: "settling", "restless": lambda: "restless"}, torch.device("cpu"), policy)
+    assert (timings["settling"].warmup_calls, timings["settling"].warmup_settled) == (6, True)
+    assert (timings["restless"].warmup_calls, timings["restless"].warmup_settled) == (20, False)
+    assert calls == {"settling": 6 + 3, "restless": 20 + 3}
+    assert timing_notes(timings["restless"], policy) == [
+        "warm-up did not settle within 20 calls (the last 3 spread beyond the noise limit)"]
+    assert timing_notes(timings["settling"], policy) == []
+
+
+def test_min_time_is_each_passes_own_and_no_round_cap_cuts_it(monkeypatch):
+    """A 1 ms pass paired with a 10 ms one and 2.5 s asked: 2500 rounds (more than the old cap of 1000), so that
+    the fast pass gets its 2.5 s of its own; a policy that caps the rounds gets rows that say how short they fell."""
+    scripted_timer(monkeypatch, {"fast": lambda i: 1.0, "slow": lambda i: 10.0})
+    runs = {"fast": lambda: "fast", "slow": lambda: "slow"}
+    policy = TimingPolicy(min_time_s=2.5, min_rounds=10)
+    timings = time_rounds(runs, torch.device("cpu"), policy)
+    assert timings["fast"].rounds == timings["slow"].rounds == 2500
+    assert timings["fast"].timed_s == pytest.approx(2.5) and timings["slow"].timed_s == pytest.approx(25.0)
+    assert timing_notes(timings["fast"], policy) == []
+    capped = replace(policy, max_rounds=1000)
+    timings = time_rounds(runs, torch.device("cpu"), capped)
+    assert timings["fast"].rounds == 1000
+    assert timing_notes(timings["fast"], capped) == ["timed 1 s of the 2.5 s asked: rounds cut at 1000"]
+    assert timing_notes(timings["slow"], capped) == []
