@@ -15,12 +15,12 @@ from .bra import BiLevelRoutingAttention
 from .deformable import DeformableAttention
 from .errors import AttentionConfigError, BackendUnavailableError
 from .full import FullAttention
-from .registry import (AttentionModule, Backend, MacCount, backend_available, build, custom_op_macs, family_options,
-                       list_attentions)
+from .registry import (AttentionModule, Backend, MacCount, backend_available, build, custom_op_macs,
+                       extension_modules, family_options, list_attentions, register)
 from .window import WindowAttention
 
 __all__ = [
     "AttentionConfigError", "AttentionModule", "Backend", "BackendUnavailableError", "BiLevelRoutingAttention",
     "DeformableAttention", "FullAttention", "MacCount", "WindowAttention", "backend_available", "build",
-    "custom_op_macs", "family_options", "list_attentions",
+    "custom_op_macs", "extension_modules", "family_options", "list_attentions", "register",
 ]

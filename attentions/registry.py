@@ -305,6 +305,21 @@ def list_attentions() -> dict[str, dict[str, Any]]:
     }
 
 
+def extension_modules() -> tuple[str, ...]:
+    """Modules outside this package that define a registered family or one of its backends' functions (a
+    researcher's own), in registration order. A fresh process imports them to see the same registry (a
+    family defined in a script run as ``__main__`` is left out: a spawned process re-runs that script's
+    top level itself)."""
+    names: list[str] = []
+    for cls in _FAMILIES.values():
+        for defined in (cls, *(backend.attend for backend in cls.backends.values())):
+            module = getattr(defined, "__module__", None)
+            if module and module != "__main__" and module.split(".")[0] not in ("attentions", "torch") \
+                    and module not in names:
+                names.append(module)
+    return tuple(names)
+
+
 def custom_op_macs() -> dict[str, MacFormula]:
     """Every registered backend's custom ops (autograd.Function class names) and their MAC formulas."""
     return {op: formula for cls in _FAMILIES.values() for b in cls.backends.values() for op, formula in b.custom_ops}

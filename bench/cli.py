@@ -36,6 +36,7 @@ from .profiles import DTYPE_ALIASES, DTYPES, PROFILES, GpuProfile, canonical_dty
 from .results import (COLUMNS, MEASURED_STATUSES, MODEL_COLUMNS, SUITES, ResultsFormatError, RunInUseError, RunLock,
                       completed_case_keys, cpu_name, environment, load_results, now_iso, read_metadata, write_metadata)
 from .runner import Executor, RunContext, base_row, comparison_groups, in_process, run_group, run_sweep
+from .settings import Numerics
 
 DEFAULT_RETRIES = 2  # --retries
 # The profile's marker in torch.cuda.get_device_name(), to warn when the profile and the GPU differ.
@@ -159,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
                              "one in a fresh process), so that a speedup's interval covers what varies between "
                              "processes and runs, not only within one (take 5 or more: the interval of 2 or 3 is "
                              "wide); --min-time applies per sitting (default: %(default)s)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="let float32 matmuls and cuDNN convolutions run in TF32 (faster, ~1e-3 relative error); "
+                             "pct_of_peak then divides by the TF32 peak. Off by default: exact fp32, cuDNN's own "
+                             "TF32 default included")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="let cuDNN autotune its convolution algorithms per shape (torch.backends.cudnn.benchmark)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="deterministic algorithms only (torch.use_deterministic_algorithms; a backend without "
+                             "one records an error)")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="time replays of each pass captured in a CUDA graph (small shapes, where CPU launch "
                              "overhead dominates); a pass that cannot be captured is timed eagerly, and its row says so")
@@ -674,6 +684,9 @@ def main_sweep(argv: list[str]) -> int:
         # the policy the run's rows were timed under; a run from before the policies had glibc's defaults
         args.cpu_allocator = metadata.get("timing", {}).get("cpu_allocator") or "system"
     args.cpu_allocator = cpu_allocator_policy(parser, args, device)
+    numerics = Numerics(tf32_matmul=args.tf32, tf32_cudnn=args.tf32, cudnn_benchmark=args.cudnn_benchmark,
+                        deterministic=args.deterministic)
+    numerics.apply()  # before anything is built or recorded: the run's environment shows them
     cases = plan(parser, args, device, profile)
     if args.dry_run:
         done = completed_case_keys(results_path) if resuming else set()
@@ -690,7 +703,7 @@ def main_sweep(argv: list[str]) -> int:
         metadata = {"run_id": run_id, "suite": args.suite,
                     "preset": args.preset if args.suite == "attentions" else None, "gpu_profile": profile.name,
                     "device_name": device_name, "argv": argv, "command": "python run_bench.py " + shlex.join(argv),
-                    "environment": environment(), "cases_planned": len(cases)}
+                    "environment": environment(), "cases_planned": len(cases), "numerics": numerics.as_dict()}
     try:
         with RunLock(results_path):  # one writer per run: a second sweep or resume of it refuses
             if resuming:
@@ -699,7 +712,7 @@ def main_sweep(argv: list[str]) -> int:
                 parser.error(f"--run-id: {results_path} exists; use --resume {metadata['run_id']} to complete it")
             else:
                 metadata["started"] = now_iso()
-            code = sweep(parser, args, cases, results_path, metadata, device, profile, device_name)
+            code = sweep(parser, args, cases, results_path, metadata, device, profile, device_name, numerics)
     except RunInUseError as exc:
         parser.error(str(exc))
     except OSError as exc:
@@ -730,7 +743,8 @@ def cpu_allocator_policy(parser: argparse.ArgumentParser, args: argparse.Namespa
 
 
 def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace, cases: list[Case] | list[ModelCase],
-          results_path: Path, metadata: dict[str, Any], device: str, profile: GpuProfile, device_name: str) -> int:
+          results_path: Path, metadata: dict[str, Any], device: str, profile: GpuProfile, device_name: str,
+          numerics: Numerics) -> int:
     """Run the planned cases into the run's files (the caller holds the run's lock) and summarise them.
     Returns the exit status: 130 when interrupted."""
     min_time = args.min_time if args.min_time is not None else (0.5 if device == "cuda" else 0.2)
@@ -755,7 +769,7 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace, cases: list
     write_metadata(metadata_path, metadata)
 
     ctx = RunContext(run_id=metadata["run_id"], profile=profile, device_name=device_name, timing=policy,
-                     tf32=torch.backends.cuda.matmul.allow_tf32)
+                     numerics=numerics)
     stop_at = None if args.time_budget is None else time.monotonic() + args.time_budget
     bar = SweepProgress(len(cases), disable=args.quiet)
     try:

@@ -14,22 +14,32 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import socket
+import sys
 from typing import Any, Callable, Iterator
 
 import ray
 import torch
 
-from .results import environment
+from .results import environment, numerics_now
 from .runner import Group, GroupRunner, RunContext, run_here, stamped
+
+
+def driver_paths() -> dict[str, Any]:
+    """A runtime environment in which workers import from the driver's ``sys.path``: on a local cluster the
+    modules that registered extra families or backends (a researcher's own, beside the script) import in
+    the workers as they did in the driver. (On a remote cluster they must be installed on every node.)"""
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}}
 
 
 def start(address: str | None, cpus: int) -> None:
     """Connect this process to the cluster at ``address`` (``auto`` or ``HOST:PORT``), or start a local
-    cluster of ``cpus`` CPUs and the GPUs Ray finds, for this process alone. ConnectionError at once
-    when nothing answers at HOST:PORT (Ray itself would try for minutes)."""
+    cluster of ``cpus`` CPUs and the GPUs Ray finds, for this process alone (``driver_paths``).
+    ConnectionError at once when nothing answers at HOST:PORT (Ray itself would try for minutes)."""
     if address is None:
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING,
+                 runtime_env=driver_paths())
         return
     if address != "auto":
         host, _, port = address.rpartition(":")
@@ -51,7 +61,8 @@ def cluster_gpus() -> int:
 
 @functools.cache
 def node_environment() -> tuple[str, dict[str, Any]]:
-    """This node's hostname and environment (GPU model, driver, CUDA, torch, triton...), once per process."""
+    """This node's hostname and environment (GPU model, driver, CUDA, torch, triton...), once per process (its
+    numerics as they were then: ``run_group_task`` reports them as they are)."""
     return socket.gethostname(), environment()
 
 
@@ -61,7 +72,9 @@ def run_group_task(run: GroupRunner, group: Group, ctx: RunContext,
     environment."""
     if threads is not None:
         torch.set_num_threads(threads)
-    return run_here(run, group, ctx), *node_environment()
+    rows = run_here(run, group, ctx)
+    node, node_env = node_environment()
+    return rows, node, {**node_env, **numerics_now()}
 
 
 class RayExecutor:

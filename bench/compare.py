@@ -92,6 +92,9 @@ ENVIRONMENT_FIELDS = [
     ("triton", "environment", "triton"),
     ("xformers", "environment", "xformers"),
     ("TF32 matmul", "environment", "tf32_matmul"),
+    ("TF32 cuDNN", "environment", "tf32_cudnn"),
+    ("cudnn.benchmark", "environment", "cudnn_benchmark"),
+    ("deterministic algorithms", "environment", "deterministic"),
 ]
 
 

@@ -57,6 +57,8 @@ def _metadata_markdown(metadata: list[dict]) -> str:
                   f"- rows by status: {json.dumps(meta.get('status_counts', {}))}", ""]
         if meta.get("timing"):
             lines.insert(-1, _timing_markdown(meta["timing"]))
+        if isinstance(meta.get("numerics"), dict):
+            lines.insert(-1, "- numerics: " + ", ".join(f"{k} {v}" for k, v in sorted(meta["numerics"].items())))
         for node, node_env in (meta.get("nodes") or {}).items():  # a sweep on Ray: where its workers ran
             lines.insert(-1, f"- node `{node}`: {node_env.get('gpu_name') or node_env.get('cpu')}, driver "
                              f"{node_env.get('driver')}, CUDA {node_env.get('cuda')}, torch {node_env.get('torch')}, "

@@ -335,6 +335,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def numerics_now() -> dict[str, Any]:
+    """This process's math modes now (see ``bench.settings.Numerics``), as a run's environment records them."""
+    return {"tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}
+
+
 def environment() -> dict[str, Any]:
     """What produced a run: hardware, software versions and the suite's commit."""
     repo = Path(__file__).resolve().parent.parent
@@ -350,7 +358,7 @@ def environment() -> dict[str, Any]:
         "triton": _version("triton"),
         "xformers": _version("xformers"),
         "fvcore": _version("fvcore"),
-        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        **numerics_now(),
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

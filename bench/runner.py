@@ -34,6 +34,7 @@ from .measure import (Timing, TimingPolicy, machine_state, make_pass, paired_spe
                       time_rounds, timing_notes)
 from .profiles import DTYPES, GpuProfile
 from .results import COLUMNS, ResultsWriter, completed_case_keys, cpu_name, now_iso
+from .settings import Numerics, ProcessSettings
 
 SEED = 0
 FLOP_TOLERANCE = 0.01  # fvcore and macs() must agree within 1%
@@ -49,7 +50,9 @@ class RunContext:
     device_name: str
     timing: TimingPolicy = field(default_factory=TimingPolicy)
     seed: int = SEED
-    tf32: bool = False
+    numerics: Numerics = field(default_factory=Numerics)
+    # modules that registered families or backends in the sweep's process: every process timing cases imports them
+    extension_modules: tuple[str, ...] = field(default_factory=attentions.extension_modules)
     _mac_cache: dict[tuple, tuple[int, str]] = field(default_factory=dict)
 
 
@@ -217,7 +220,7 @@ def latency_row(timing: Timing, batch: int, macs: int, phase: str, dtype: str, c
     at ``batch``)."""
     seconds = timing.median_ms / 1e3
     tflops = hardware_flops(macs, phase) / seconds / 1e12
-    peak = ctx.profile.peak_for(dtype, tf32=ctx.tf32)
+    peak = ctx.profile.peak_for(dtype, tf32=ctx.numerics.tf32_matmul)
     return {"latency_ms_median": timing.median_ms, "latency_ms_p20": timing.p20_ms,
             "latency_ms_p80": timing.p80_ms, "rounds": timing.rounds, "timing_spread": timing.spread,
             "timed_s": timing.timed_s, "warmup_calls": timing.warmup_calls,
@@ -314,7 +317,12 @@ def run_group(cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case]
     """One row per case of ``cases``, whatever happens to each. Their passes (and those of
     ``companions``, references timed only for their cases' speedups) are timed together in paired
     rounds (in ``ctx.timing.sittings`` sittings, the later ones each in a fresh process); a case alone
-    is timed unpaired. The machine's state before and after is in every row."""
+    is timed unpaired. The machine's state before and after is in every row. The process takes the run's
+    numerics and extension modules first (its threads stay as they are)."""
+    try:
+        process_settings(ctx).apply()
+    except ImportError as exc:  # an extension module this process cannot import: its cases cannot run here
+        return [stamped({**base_row(case, ctx), **failure(exc)}) for case in cases]
     device = torch.device(cases[0].device)
     before = machine_state(device)
     rows: dict[str, dict[str, Any]] = {}
@@ -335,7 +343,7 @@ def run_group(cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case]
     for _ in range(1, ctx.timing.sittings):
         timed = [p.case for key, p in prepared.items() if isinstance(timings[key], Timing)]
         if timed:
-            later = sitting_in_fresh_process(timed, ctx.seed, ctx.timing)
+            later = sitting_in_fresh_process(timed, ctx.seed, ctx.timing, process_settings(ctx, torch.get_num_threads()))
             timings.update({case.key: timings[case.key].joined(later[case.key])
                             if isinstance(later[case.key], Timing) else later[case.key] for case in timed})
     after = machine_state(device)
@@ -357,16 +365,23 @@ def run_group(cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case]
     return [stamped(rows[case.key]) for case in cases]
 
 
-def sitting_in_fresh_process(cases: Sequence[Case], seed: int, policy: TimingPolicy) -> dict[str, Timing | Exception]:
+def process_settings(ctx: RunContext, threads: int | None = None) -> ProcessSettings:
+    """What a process timing the run's cases takes from the sweep's: ``threads`` None leaves its own."""
+    return ProcessSettings(ctx.numerics, threads, ctx.extension_modules)
+
+
+def sitting_in_fresh_process(cases: Sequence[Case], seed: int, policy: TimingPolicy,
+                             settings: ProcessSettings) -> dict[str, Timing | Exception]:
     """One more sitting of paired rounds of ``cases`` (rebuilt from the seed: the same weights and
-    inputs), in a process spawned for it. What a process fixes for its lifetime (where its memory
-    lies, its allocator's state, its compiled kernels) then varies between sittings as it does
-    between runs. A sitting that cannot run makes every pass's result its error. The process ignores
-    Ctrl-C, which the sweep's handler turns into a stop after the case in progress; a second Ctrl-C
-    ends it with the sweep."""
+    inputs), in a process spawned for it, under the sweep's ``settings``. What a process fixes for its
+    lifetime (where its memory lies, its allocator's state, its compiled kernels) then varies between
+    sittings as it does between runs. A sitting that cannot run, or whose process ends up under other
+    settings than the sweep's, makes every pass's result its error. The process ignores Ctrl-C, which
+    the sweep's handler turns into a stop after the case in progress; a second Ctrl-C ends it with
+    the sweep."""
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_time_sitting, args=(list(cases), seed, policy, sender), daemon=True)
+    process = context.Process(target=_time_sitting, args=(list(cases), seed, policy, settings, sender), daemon=True)
     try:
         process.start()
         sender.close()
@@ -385,11 +400,16 @@ def sitting_in_fresh_process(cases: Sequence[Case], seed: int, policy: TimingPol
     return outcome
 
 
-def _time_sitting(cases: list[Case], seed: int, policy: TimingPolicy, sender: Connection) -> None:
+def _time_sitting(cases: list[Case], seed: int, policy: TimingPolicy, settings: ProcessSettings,
+                  sender: Connection) -> None:
     """The body of ``sitting_in_fresh_process``: sends each pass's Timing or error, or the sitting's
     error. Exceptions travel as text, since not every one pickles."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
+        settings.apply()
+        differences = settings.differences()
+        if differences:
+            raise RuntimeError(f"its process did not take the sweep's settings: {', '.join(differences)}")
         inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         runs = {}
         for case in cases:

@@ -25,6 +25,7 @@ import bench.runner
 from attentions.registry import _FAMILIES, AttentionModule, Backend, MacCount
 from bench import COLUMNS, Case, ResultsFormatError, RunContext, SweepBlock, TimingPolicy, load_results, run_sweep
 from bench.runner import failure, placement, run_case, run_group
+from bench.settings import Numerics, ProcessSettings
 from bench.flops import count_macs
 from bench.accuracy import ERROR_FLOOR, judge, max_abs_error, relative_errors
 import bench.measure
@@ -262,12 +263,15 @@ def test_a_group_timed_in_sittings_adds_the_rounds_of_a_fresh_process(monkeypatc
 
 
 def test_a_sitting_that_cannot_run_makes_its_passes_errors(fake_family):
-    """The fake family is registered in this process only: the fresh process cannot build it."""
+    """The fake family is registered by the test, not by importing its module: the fresh process imports
+    test_bench_core (the module that defines it) but finds nothing of it registered, and says so."""
     ctx = context()
+    assert ctx.extension_modules == ("test_bench_core",)
     ctx.timing = replace(FAST, sittings=2)
     rows = run_group([case("fake", "torch"), case("fake", "jitter")], ctx)
     assert [row["status"] for row in rows] == ["error", "error"]
-    assert all("a timing sitting in a fresh process failed" in row["status_detail"] and "fake" in row["status_detail"]
+    assert all(row["status_detail"].startswith("RuntimeError: a timing sitting in a fresh process failed: ")
+               and "no family or backend of test_bench_core registered" in row["status_detail"]
                for row in rows), [row["status_detail"] for row in rows]
 
 
@@ -585,3 +589,36 @@ def test_min_time_is_each_passes_own_and_no_round_cap_cuts_it(monkeypatch):
     assert timings["fast"].rounds == 1000
     assert timing_notes(timings["fast"], capped) == ["timed 1 s of the 2.5 s asked: rounds cut at 1000"]
     assert timing_notes(timings["slow"], capped) == []
+
+
+@pytest.fixture
+def extension_family():
+    """tests/extension_family.py imported, as a plugin would be: its family registered until the test ends
+    (its import registers it only the first time)."""
+    import extension_family
+    _FAMILIES[extension_family.FAMILY] = extension_family.ScaledLinearAttention
+    yield extension_family.FAMILY
+    del _FAMILIES[extension_family.FAMILY]
+
+
+def test_a_later_sitting_takes_the_sweeps_numerics_threads_and_extensions(extension_family):
+    """The sweep's process runs under non-default numerics, one thread, and a family from a module outside the
+    package; the second sitting's fresh process imports that module, sets the same numerics and threads,
+    checks them and times the passes."""
+    numerics = Numerics(tf32_matmul=True, tf32_cudnn=True, cudnn_benchmark=True)
+    ctx = replace(context(), numerics=numerics, timing=replace(FAST, sittings=2))
+    assert ctx.extension_modules == ("extension_family",)
+    rows = run_group([case(extension_family, "torch")], ctx)
+    assert rows[0]["status"] == "ok" and rows[0]["rounds"] == 2 * FAST.max_rounds, rows[0]["status_detail"]
+    assert Numerics.current() == numerics  # the sweep's own process runs under them too
+    Numerics().apply()
+
+
+def test_settings_a_process_did_not_take_are_named():
+    settings = ProcessSettings(Numerics(tf32_matmul=True), torch.get_num_threads() + 1, ("extension_family",))
+    Numerics().apply()
+    assert settings.differences() == [f"threads {torch.get_num_threads()}, not {torch.get_num_threads() + 1}",
+                                      "tf32_matmul False, not True",
+                                      "no family or backend of extension_family registered (the sweep's process has "
+                                      "some)"]
+    assert ProcessSettings(Numerics(), torch.get_num_threads(), ()).differences() == []

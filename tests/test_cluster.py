@@ -31,7 +31,7 @@ import ray  # noqa: E402
 import bench  # noqa: E402
 from bench import cli  # noqa: E402
 from bench.cases import Case, ModelCase  # noqa: E402
-from bench.cluster import RayExecutor  # noqa: E402
+from bench.cluster import RayExecutor, driver_paths  # noqa: E402
 from bench.measure import TimingPolicy  # noqa: E402
 from bench.model_suite import base_model_row, one_per_group, run_model_group  # noqa: E402
 from bench.profiles import PROFILES  # noqa: E402
@@ -51,7 +51,8 @@ PLANNED = 6
 @pytest.fixture(scope="module")
 def cluster() -> str:
     """The module's local Ray cluster (2 CPUs); its address."""
-    context = ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+                       runtime_env=driver_paths())
     yield context.address_info["gcs_address"]
     ray.shutdown()
 
@@ -239,3 +240,30 @@ def test_a_killed_driver_loses_no_completed_row(cluster, tmp_path):
     assert len(frame) == PLANNED and not frame["case_key"].duplicated().any() and frame["status"].isin(TIMED).all()
     meta = bench.results.read_metadata(csv_path)
     assert len(meta["resumed"]) == 1 and meta["timing"]["workers"] == 2
+
+
+def test_ray_workers_take_the_sweeps_numerics_and_extensions(cluster, tmp_path):
+    """A family registered by a module outside the package (tests/extension_family.py, imported here as a plugin
+    would be) and non-default numerics: the workers import the module, time its cases, and report (in their
+    node environment) the sweep's numerics."""
+    import extension_family
+    from attentions.registry import _FAMILIES
+    from bench.settings import Numerics
+    _FAMILIES[extension_family.FAMILY] = extension_family.ScaledLinearAttention
+    try:
+        cases = [Case(extension_family.FAMILY, "torch", (), 1, resolution, 16, 1, "float32", "cpu", "fwd")
+                 for resolution in (7, 14)]
+        path = tmp_path / "extension.csv"
+        numerics = Numerics(tf32_matmul=True, tf32_cudnn=False, cudnn_benchmark=True)
+        ctx = replace(context(path), numerics=numerics, extension_modules=("extension_family",))
+        nodes = {}
+        assert run_sweep(cases, ctx, path, executor=executor(on_node=nodes.__setitem__)) == (2, 0)
+    finally:
+        del _FAMILIES[extension_family.FAMILY]
+        Numerics().apply()
+    frame = load_results(path)
+    assert frame["status"].isin(TIMED).all(), list(frame["status_detail"])
+    assert frame["worker"].ne(f"pid {os.getpid()}").all()
+    [worker_environment] = nodes.values()
+    assert (worker_environment["tf32_matmul"], worker_environment["tf32_cudnn"],
+            worker_environment["cudnn_benchmark"]) == (True, False, True)
