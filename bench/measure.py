@@ -51,6 +51,8 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from .clocks import ClockWatch
+
 # Widest timing spread (p80 / p20) and speedup confidence interval (high / low) that are still a
 # measurement on each device type; wider is noise. A shared CPU drifts by tens of percent between
 # seconds; a GPU's kernels repeat within a few percent.
@@ -94,12 +96,15 @@ class Timing:
     sittings: tuple[int, ...] = ()  # rounds per sitting, in order, when taken in more than one
     warmup_calls: int = 0  # warm-up calls before the timed rounds (the most of any sitting)
     warmup_settled: bool = True  # whether every sitting's warm-up settled before its cap
+    throttled: str = ""  # GPU: what the clocks did wrong during the rounds (bench.clocks), empty when nothing
+    clocks: tuple[dict, ...] = ()  # GPU: the clocks' summary of each sitting (ClockWatch.summary)
 
     def joined(self, later: Timing) -> Timing:
         """This timing followed by a later sitting of the same pass."""
         return Timing(self.times_ms + later.times_ms, self.note or later.note, self.page_faults + later.page_faults,
                       (self.sittings or (self.rounds,)) + (later.rounds,), max(self.warmup_calls, later.warmup_calls),
-                      self.warmup_settled and later.warmup_settled)
+                      self.warmup_settled and later.warmup_settled,
+                      "; ".join(filter(None, (self.throttled, later.throttled))), self.clocks + later.clocks)
 
     @property
     def timed_s(self) -> float:
@@ -275,12 +280,14 @@ def warm_up(run: Callable[[], object], device: torch.device, policy: TimingPolic
             return len(times), settled or cap < WARMUP_WINDOW  # a cap below the window is a fixed count
 
 
-def time_rounds(runs: dict[Hashable, Callable[[], object]], device: torch.device,
-                policy: TimingPolicy) -> dict[Hashable, Timing | Exception]:
+def time_rounds(runs: dict[Hashable, Callable[[], object]], device: torch.device, policy: TimingPolicy,
+                watch: ClockWatch | None = None) -> dict[Hashable, Timing | Exception]:
     """Each pass's latencies over paired rounds (see the module docstring); one pass alone is timed
     the same way, unpaired. Each pass is warmed up first (``warm_up``). Rounds go on until there are
     ``min_rounds`` and every pass has ``min_time_s`` seconds of its own timed calls (or ``max_rounds``,
-    when set, cuts them). A pass that raises leaves the rotation, and its exception is its result."""
+    when set, cuts them). A pass that raises leaves the rotation, and its exception is its result.
+    On a GPU the clocks are watched between rounds (``watch``, by default ``ClockWatch.for_device``):
+    what they did wrong is every timing's ``throttled``."""
     if device.type == "cpu" and policy.cpu_allocator is not None:
         use_cpu_allocator(policy.cpu_allocator)
     results: dict[Hashable, Timing | Exception] = {}
@@ -301,6 +308,9 @@ def time_rounds(runs: dict[Hashable, Callable[[], object]], device: torch.device
         except Exception as exc:  # noqa: BLE001 - the pass's own failure, recorded as its result
             results[key] = exc
     synchronize(device)
+    watch = watch or ClockWatch.for_device(device)
+    if watch is not None:
+        watch.sample(force=True)
     order = list(active)
     times: dict[Hashable, list[float]] = {key: [] for key in order}
     faults: dict[Hashable, list[int]] = {key: [] for key in order}
@@ -321,10 +331,16 @@ def time_rounds(runs: dict[Hashable, Callable[[], object]], device: torch.device
                 results[key] = exc
                 del active[key]
         rounds += 1
+        if watch is not None:
+            watch.sample()
         if rounds >= policy.min_rounds and all(spent_ms[key] >= policy.min_time_s * 1e3 for key in active):
             break
-    results.update({key: Timing(tuple(times[key]), notes.get(key, ""), tuple(faults[key]), (), *warmups[key])
-                    for key in active})
+    throttled, clocks = "", ()
+    if watch is not None:
+        watch.sample(force=True)
+        throttled, clocks = watch.verdict() or "", (watch.summary(),)
+    results.update({key: Timing(tuple(times[key]), notes.get(key, ""), tuple(faults[key]), (), *warmups[key],
+                                throttled, clocks) for key in active})
     return results
 
 

@@ -57,7 +57,7 @@ COLUMNS = REQUIRED_COLUMNS + [
     "speedup_ci_low", "speedup_ci_high",  # its 95% batch-means confidence interval
     "timing_spread",      # p80 / p20 of the latency; beyond the device's noise limit the row is noisy
     "load_before", "load_after",  # the machine's 1-minute load average around the case's timing
-    "gpu_state",          # JSON: SM clock, temperature and power before and after (CUDA, through NVML)
+    "gpu_state",          # JSON: SM clock, temperature and power before, during (range, throttle reasons) and after
     *PLACEMENT_COLUMNS,
     "page_faults",        # CPU: the process's minor page faults during one pass, median over the timed rounds
     "ref_rel_err",        # the reference backend's own rel_err (in the case's dtype) on err_tensor

@@ -245,13 +245,18 @@ def finish_case(prepared: Prepared, timing: Timing, reference: Timing | None, ct
         row.update(pass_metrics(prepared.run))
     limit = ctx.timing.noise_limit_for(torch.device(case.device))
     ci_width = speedup_interval_width(row["speedup_ci_low"], row["speedup_ci_high"]) if reference is not None else 1.0
+    noise = []
+    if timing.spread > limit or not ci_width <= limit:
+        noise.append(f"timing spread p80/p20 {timing.spread:.2f}, speedup interval high/low {ci_width:.2f}: beyond "
+                     f"the {limit:g} of a {case.device}; a longer --min-time or a quieter machine helps")
+    if timing.throttled:
+        noise.append(timing.throttled)
     if prepared.mismatch is not None:
         row["status"] = "mismatch"
         notes.insert(0, prepared.mismatch)
-    elif timing.spread > limit or not ci_width <= limit:
+    elif noise:
         row["status"] = "noisy"
-        notes.insert(0, f"timing spread p80/p20 {timing.spread:.2f}, speedup interval high/low {ci_width:.2f}: "
-                        f"beyond the {limit:g} of a {case.device}; a longer --min-time or a quieter machine helps")
+        notes[:0] = noise
     else:
         row["status"] = "ok"
     row["status_detail"] = "; ".join(notes)
@@ -357,8 +362,10 @@ def run_group(cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case]
             rows[key] = finish_case(item, timing, reference if paired else None, ctx)
         except Exception as exc:  # noqa: BLE001 - as above
             rows[key] = {**item.row, **failure(exc)}
+        during = list(timing.clocks) if isinstance(timing, Timing) else []
         rows[key].update(load_before=before["load_avg"], load_after=after["load_avg"],
-                         gpu_state=json.dumps({"before": before, "after": after}) if device.type == "cuda" else None)
+                         gpu_state=json.dumps({"before": before, "during": during, "after": after})
+                         if device.type == "cuda" else None)
     prepared.clear()
     inputs.clear()
     free_memory(device.type)
