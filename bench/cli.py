@@ -28,7 +28,7 @@ from attentions import AttentionConfigError
 from attentions.models import build_model, list_models
 
 from .cases import PHASES, Case, ModelCase, SweepBlock, unique_cases
-from .model_suite import MODEL_RESOLUTIONS, base_model_row, model_cases, one_per_group, run_model_group
+from .model_suite import MODEL_RESOLUTIONS, base_model_row, model_cases, model_groups, run_model_group
 from .measure import (CPU_ALLOCATORS, MAX_SITTINGS, SPEEDUP_INTERVAL_METHOD, WARMUP_WINDOW, TimingPolicy,
                       retain_available, use_cpu_allocator)
 from .presets import COMMON_OPTIONS, KV_MODES, PRESETS, STAGE1_WIDTH, kv_axis, preset_blocks, topk_axis
@@ -777,7 +777,7 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace, cases: list
             ran, skipped = run_sweep(cases, ctx, results_path, progress=bar.progress, starting=bar.starting,
                                      run=run_model_group if models else run_group,
                                      columns=MODEL_COLUMNS if models else COLUMNS, stop_at=stop_at,
-                                     groups=one_per_group if models else comparison_groups,
+                                     groups=model_groups if models else comparison_groups,
                                      should_stop=lambda: interrupt.requested, executor=executor)
     finally:
         bar.close()

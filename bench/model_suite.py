@@ -14,12 +14,15 @@ Policies (documented in the README):
   on batch statistics), gradients of the input and every parameter.
 - **FLOPs**: fvcore's MACs of one image's forward in eval mode, the convention of the published
   figures, counted once per model, attention choice and resolution.
+- **Timing**: the backends of one model case in paired rounds, each row with its speedup over the
+  reference backend (the attention family's, ``torch``) and a confidence interval, noisy by the
+  attention suite's rules.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -30,8 +33,9 @@ from attentions.models import build_model, list_models
 from .cases import ModelCase
 from .flops import hardware_flops
 from .profiles import DTYPES, GpuProfile
-from .measure import make_pass, peak_memory_bytes, time_pass
-from .runner import MB, RunContext, count_macs_any_backend, isolated, latency_row
+from .measure import Timing, make_pass, peak_memory_bytes, time_rounds
+from .runner import (MB, RunContext, count_macs_any_backend, failure, free_memory, process_settings, reference_case,
+                     stamped, timing_row)
 
 COMPARISON_MODEL = "swin_layout"  # the backbone whose attention the suite swaps
 MODEL_RESOLUTIONS = (224, 512, 1024)
@@ -90,8 +94,9 @@ def count_model_macs(case: ModelCase, model: torch.nn.Module, x: torch.Tensor, c
     return ctx._mac_cache[key]
 
 
-def measure_model_case(case: ModelCase, ctx: RunContext) -> dict[str, Any]:
-    """All measurements of one model case; exceptions propagate to ``run_model_case``."""
+def prepare_model_case(case: ModelCase, ctx: RunContext) -> tuple[dict[str, Any], Callable[[], object], int]:
+    """Everything of one model case but its latency: the row so far (parameters, FLOPs, peak memory), the
+    pass to time and its MACs at the case's batch. Exceptions propagate (``failure`` makes them a status)."""
     device, dtype = torch.device(case.device), DTYPES[case.dtype]
     torch.manual_seed(ctx.seed)
     model = build_model(case.model, **case.options_dict)
@@ -109,28 +114,65 @@ def measure_model_case(case: ModelCase, ctx: RunContext) -> dict[str, Any]:
         "input_mb": x.numel() * x.element_size() / MB,
     }
     macs, note = count_model_macs(case, model, x, ctx)
-    row["gmacs_per_image"] = macs / 1e9
-    row["hw_gflops"] = hardware_flops(macs * case.batch, case.phase) / 1e9
+    row.update(gmacs_per_image=macs / 1e9, hw_gflops=hardware_flops(macs * case.batch, case.phase) / 1e9,
+               status_detail=note)
     run = make_pass(model, x, case.phase, grad_out)
     run()  # first call outside the measurements: lazy init, compilation
     row["peak_mem_mb"] = peak_memory_bytes(run, device) / MB
-    row.update(latency_row(time_pass(run, device, ctx.timing), case.batch, macs * case.batch, case.phase, case.dtype,
-                           ctx))
-    row.update(status="ok", status_detail=note)
-    return row
-
-
-def run_model_case(case: ModelCase, ctx: RunContext) -> dict[str, Any]:
-    """One row for one model case, whatever happens to it."""
-    return isolated(base_model_row(case, ctx), lambda: measure_model_case(case, ctx), case.device)
+    return row, run, macs * case.batch
 
 
 def run_model_group(cases: Sequence[ModelCase], ctx: RunContext,
                     companions: Sequence[ModelCase] = ()) -> list[dict[str, Any]]:
-    """``run_sweep``'s ``run`` for the model suite: each case timed alone (groups of one)."""
-    return [run_model_case(case, ctx) for case in cases]
+    """``run_sweep``'s ``run`` for the model suite: one row per case, whatever happens to each. The backends
+    of one model case (``model_groups``), and the ``companions`` (references timed again for their cases'
+    speedups), are timed together in paired rounds, as the attention suite's shapes are: each row has
+    its speedup over the reference backend with an interval, and is noisy by the same rules."""
+    try:
+        process_settings(ctx).apply()
+    except ImportError as exc:
+        return [stamped({**base_model_row(case, ctx), **failure(exc)}) for case in cases]
+    device = torch.device(cases[0].device)
+    rows: dict[str, dict[str, Any]] = {}
+    prepared: dict[str, tuple[dict[str, Any], Callable[[], object], int]] = {}
+    for case in [*cases, *companions]:
+        try:
+            row, run, macs = prepare_model_case(case, ctx)
+            prepared[case.key] = ({**base_model_row(case, ctx), **row}, run, macs)
+        except Exception as exc:  # noqa: BLE001 - recorded as the case's status; the group goes on
+            rows[case.key] = {**base_model_row(case, ctx), **failure(exc)}
+            free_memory(case.device)
+    timings = time_rounds({key: run for key, (_, run, _) in prepared.items()}, device, ctx.timing)
+    by_key = {case.key: case for case in [*cases, *companions]}
+    for key, (row, _, macs) in prepared.items():
+        case, timing = by_key[key], timings[key]
+        reference = timings.get(reference_case(case).key)
+        paired = isinstance(reference, Timing) and reference_case(case).key != key
+        try:
+            if isinstance(timing, Exception):
+                raise timing
+            timed, noise, notes = timing_row(timing, reference if paired else None, case.batch, macs, case.phase,
+                                             case.dtype, case.device, ctx)
+            rows[key] = {**row, **timed, "status": "noisy" if noise else "ok",
+                         "status_detail": "; ".join(noise + [row["status_detail"]] * bool(row["status_detail"])
+                                                    + notes)}
+        except Exception as exc:  # noqa: BLE001 - as above
+            rows[key] = {**row, **failure(exc)}
+    prepared.clear()
+    free_memory(device.type)
+    return [stamped(rows[case.key]) for case in cases]
 
 
-def one_per_group(cases: Sequence[ModelCase]) -> list[list[ModelCase]]:
-    """``run_sweep``'s ``groups`` for the model suite."""
-    return [[case] for case in cases]
+def run_model_case(case: ModelCase, ctx: RunContext) -> dict[str, Any]:
+    """One row for one model case, timed alone."""
+    return run_model_group([case], ctx)[0]
+
+
+def model_groups(cases: Sequence[ModelCase]) -> list[list[ModelCase]]:
+    """``run_sweep``'s ``groups`` for the model suite: the backends of one model, attention choice, resolution,
+    batch, dtype, device and phase, in the order of their first case."""
+    groups: dict[tuple, list[ModelCase]] = {}
+    for case in cases:
+        groups.setdefault((case.model, case.attention, case.resolution, case.batch, case.dtype, case.device,
+                           case.phase), []).append(case)
+    return list(groups.values())

@@ -70,7 +70,8 @@ COLUMNS = REQUIRED_COLUMNS + [
 LATE_COLUMNS = {"attentions": ("tile_efficiency", "speedup_vs_ref", "speedup_ci_low", "speedup_ci_high",
                                "timing_spread", "load_before", "load_after", "gpu_state", *PLACEMENT_COLUMNS,
                                "page_faults", "ref_rel_err", "err_tensor", "timed_s", "warmup_calls"),
-                "models": ("timing_spread", *PLACEMENT_COLUMNS, "page_faults", "timed_s", "warmup_calls")}
+                "models": ("timing_spread", *PLACEMENT_COLUMNS, "page_faults", "timed_s", "warmup_calls",
+                           "speedup_vs_ref", "speedup_ci_low", "speedup_ci_high")}
 # Rows of the model suite (``--suite models``): one whole backbone of ``attentions.models`` per row.
 MODEL_COLUMNS = [
     "model", "attention", "backend", "resolution", "batch", "dtype", "phase", "status",
@@ -87,6 +88,8 @@ MODEL_COLUMNS = [
     "page_faults",        # CPU: minor page faults during one pass, median over the timed rounds
     "timed_s",            # seconds of timed calls behind the latency statistics
     "warmup_calls",       # warm-up calls before the timed rounds (until stable, capped)
+    "speedup_vs_ref",     # the reference backend's latency ÷ this one: median of per-round ratios of paired rounds
+    "speedup_ci_low", "speedup_ci_high",  # its 95% confidence interval
 ]
 SUITES = {"attentions": COLUMNS, "models": MODEL_COLUMNS}  # suite -> its row schema
 # Every other column of a suite holds numbers (or nothing).

@@ -27,7 +27,7 @@ import torch
 import attentions
 from attentions import BackendUnavailableError
 
-from .cases import Case
+from .cases import Case, ModelCase
 from .flops import FlopCounterUnavailable, count_macs, hardware_flops
 from .accuracy import ReferencePasses, accuracy, reference_passes
 from .measure import (Timing, TimingPolicy, machine_state, make_pass, paired_speedup, peak_memory_bytes,
@@ -229,36 +229,45 @@ def latency_row(timing: Timing, batch: int, macs: int, phase: str, dtype: str, c
             "pct_of_peak": 100 * tflops / peak if peak else None}
 
 
-def finish_case(prepared: Prepared, timing: Timing, reference: Timing | None, ctx: RunContext) -> dict[str, Any]:
-    """The rest of a prepared case's row from its timing (and its reference's, from the same rounds):
-    latency, its speedup over the reference with a confidence interval, the backend's own metrics,
-    and the status: mismatch when the error check failed, noisy beyond the device's noise limit."""
-    case, row, notes = prepared.case, dict(prepared.row), list(prepared.notes)
-    row.update(latency_row(timing, case.batch, prepared.macs, case.phase, case.dtype, ctx))
-    if timing.note:
-        notes.append(timing.note)
-    notes += timing_notes(timing, ctx.timing)
+def timing_row(timing: Timing, reference: Timing | None, batch: int, macs: int, phase: str, dtype: str, device: str,
+               ctx: RunContext) -> tuple[dict[str, Any], list[str], list[str]]:
+    """A timed pass's latency columns and, with a ``reference`` timed in the same rounds, its speedup over it
+    with a confidence interval; then why it is noise (spread or interval beyond the device's limit, the
+    GPU throttling), empty when it is not; then notes on how it was timed. Shared by both suites."""
+    row = latency_row(timing, batch, macs, phase, dtype, ctx)
+    notes = ([timing.note] if timing.note else []) + timing_notes(timing, ctx.timing)
+    ci_width = 1.0
     if reference is not None:
         row["speedup_vs_ref"], row["speedup_ci_low"], row["speedup_ci_high"] = paired_speedup(reference, timing)
-    pass_metrics = prepared.module.backends[prepared.module.backend].pass_metrics
-    if pass_metrics is not None:
-        row.update(pass_metrics(prepared.run))
-    limit = ctx.timing.noise_limit_for(torch.device(case.device))
-    ci_width = speedup_interval_width(row["speedup_ci_low"], row["speedup_ci_high"]) if reference is not None else 1.0
+        ci_width = speedup_interval_width(row["speedup_ci_low"], row["speedup_ci_high"])
+    limit = ctx.timing.noise_limit_for(torch.device(device))
     noise = []
     if timing.spread > limit or not ci_width <= limit:
         noise.append(f"timing spread p80/p20 {timing.spread:.2f}, speedup interval high/low {ci_width:.2f}: beyond "
-                     f"the {limit:g} of a {case.device}; a longer --min-time or a quieter machine helps")
+                     f"the {limit:g} of a {device}; a longer --min-time or a quieter machine helps")
     if timing.throttled:
         noise.append(timing.throttled)
+    return row, noise, notes
+
+
+def finish_case(prepared: Prepared, timing: Timing, reference: Timing | None, ctx: RunContext) -> dict[str, Any]:
+    """The rest of a prepared case's row from its timing (and its reference's, from the same rounds):
+    latency, its speedup over the reference with a confidence interval, the backend's own metrics,
+    and the status: mismatch when the error check failed, noisy when ``timing_row`` finds it noise."""
+    case, row = prepared.case, dict(prepared.row)
+    timed, noise, notes = timing_row(timing, reference, case.batch, prepared.macs, case.phase, case.dtype,
+                                     case.device, ctx)
+    row.update(timed)
+    notes = prepared.notes + notes
+    pass_metrics = prepared.module.backends[prepared.module.backend].pass_metrics
+    if pass_metrics is not None:
+        row.update(pass_metrics(prepared.run))
     if prepared.mismatch is not None:
         row["status"] = "mismatch"
         notes.insert(0, prepared.mismatch)
-    elif noise:
-        row["status"] = "noisy"
-        notes[:0] = noise
     else:
-        row["status"] = "ok"
+        row["status"] = "noisy" if noise else "ok"
+        notes = noise + notes
     row["status_detail"] = "; ".join(notes)
     return row
 
@@ -284,26 +293,16 @@ def stamped(row: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
 
-def isolated(row: dict[str, Any], measure: Callable[[], dict[str, Any]], device: str) -> dict[str, Any]:
-    """``row`` completed by ``measure()``, or by the status of what it raised, whatever happens."""
-    try:
-        row.update(measure())
-    except Exception as exc:  # noqa: BLE001 - isolation is the point: record and go on
-        row.update(failure(exc))
-    finally:
-        free_memory(device)
-    return stamped(row)
-
-
 def configuration_key(case: Case) -> tuple:
     """What a case shares with its reference: everything but the backend."""
     return (case.family, case.options_json, case.batch, case.resolution, case.dim, case.heads, case.dtype,
             case.device, case.phase)
 
 
-def reference_case(case: Case) -> Case:
-    """The same case on its family's reference backend."""
-    return replace(case, backend=attentions.list_attentions()[case.family]["reference_backend"])
+def reference_case(case: Case | ModelCase) -> Case | ModelCase:
+    """The same case on its family's reference backend (a model case: on its first attention family's)."""
+    family = case.attention.split(",")[0] if isinstance(case, ModelCase) else case.family
+    return replace(case, backend=attentions.list_attentions()[family]["reference_backend"])
 
 
 def comparison_groups(cases: Sequence[Case]) -> list[list[Case]]:
@@ -490,7 +489,8 @@ def run_sweep(cases: Sequence[Any], ctx: RunContext, results_path: Path,
     Cases are measured in ``groups`` (by default ``comparison_groups``: timed together in paired
     rounds). ``run(cases, ctx, companions)`` makes the rows of a group's cases that have none yet;
     ``companions`` are the references of those cases that already have a row, timed again for the
-    pairing. The model suite runs one case per group (``run_model_group``, ``columns=MODEL_COLUMNS``).
+    pairing. The model suite pairs a model case's backends (``run_model_group``, ``model_groups``,
+    ``columns=MODEL_COLUMNS``).
     ``executor`` runs the groups: ``in_process`` one after the other, ``bench.cluster.RayExecutor``
     several at once on a Ray cluster; either way this process alone writes the rows, in the order the
     groups complete, and never a case's row twice.

@@ -33,7 +33,7 @@ from bench import cli  # noqa: E402
 from bench.cases import Case, ModelCase  # noqa: E402
 from bench.cluster import RayExecutor, driver_paths  # noqa: E402
 from bench.measure import TimingPolicy  # noqa: E402
-from bench.model_suite import base_model_row, one_per_group, run_model_group  # noqa: E402
+from bench.model_suite import base_model_row, model_groups, run_model_group  # noqa: E402
 from bench.profiles import PROFILES  # noqa: E402
 from bench.results import MODEL_COLUMNS, cpu_name, load_results  # noqa: E402
 from bench.runner import RunContext, base_row, run_group, run_sweep  # noqa: E402
@@ -108,7 +108,7 @@ def test_the_model_suite_fans_out_one_case_per_task(cluster, tmp_path):
     cases = [ModelCase("biformer_tiny", "bra", "torch", 1, resolution, "float32", "cpu", "fwd") for resolution in (32, 64)]
     path = tmp_path / "models.csv"
     ray_executor = RayExecutor("cpu", 2, 0, base_model_row, threads=1)
-    assert run_sweep(cases, context(path), path, run=run_model_group, columns=MODEL_COLUMNS, groups=one_per_group,
+    assert run_sweep(cases, context(path), path, run=run_model_group, columns=MODEL_COLUMNS, groups=model_groups,
                      executor=ray_executor) == (2, 0)
     frame = load_results(path)
     assert list(frame.columns) == MODEL_COLUMNS and (frame["status"] == "ok").all()
