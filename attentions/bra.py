@@ -524,11 +524,19 @@ class BiLevelRoutingAttention(AttentionModule):
         return exact
 
     def macs(self, batch: int, height: int, width: int) -> MacCount:
+        return self._macs(batch, height, width, padded=True)
+
+    def useful_macs(self, batch: int, height: int, width: int) -> MacCount:
+        """The projections, LePE and token attention of the real tokens (each real query still attends its
+        routed regions whole); the routing between regions as it runs."""
+        return self._macs(batch, height, width, padded=False)
+
+    def _macs(self, batch: int, height: int, width: int, padded: bool) -> MacCount:
         padded_h, padded_w = self.padded_size(height, width)
         regions = self.n_win ** 2
         region_h, region_w = padded_h // self.n_win, padded_w // self.n_win
         pooled_h, pooled_w = self.pooled_region_side(region_h, region_w)
-        tokens = batch * padded_h * padded_w
+        tokens = batch * (padded_h * padded_w if padded else height * width)
         qk, dim = self.qk_dim, self.dim
         routing = batch * regions * regions * qk
         if self.param_routing:

@@ -243,8 +243,14 @@ class AttentionModule(nn.Module):
         return self.backends[self.backend].attend
 
     def macs(self, batch: int, height: int, width: int) -> MacCount:
-        """Analytic multiply-adds of one forward on a (batch, height, width, dim) input."""
+        """Analytic multiply-adds of one forward on a (batch, height, width, dim) input, as it runs (on the
+        padded map, for a family that pads one)."""
         raise NotImplementedError
+
+    def useful_macs(self, batch: int, height: int, width: int) -> MacCount:
+        """The multiply-adds of ``macs`` that serve the H×W map itself: for a family that pads the map (BRA's
+        auto_pad), those of the padding's own tokens left out. Throughput figures count these."""
+        return self.macs(batch, height, width)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, backend={self.backend!r}"

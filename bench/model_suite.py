@@ -80,23 +80,40 @@ def check_backend(model: torch.nn.Module, case: ModelCase) -> None:
             raise BackendUnavailableError(f"'{family}': {reason}")
 
 
-def count_model_macs(case: ModelCase, model: torch.nn.Module, x: torch.Tensor, ctx: RunContext) -> tuple[int, str]:
-    """fvcore MACs of one image's forward in eval mode, and a note on how they were counted."""
+def padding_macs(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """Multiply-adds that the model's attention modules spend on padding in a forward on ``x``: each one's
+    ``macs`` less its ``useful_macs`` at the map it is given (BRA's auto_pad; zero where nothing is padded)."""
+    seen: list[tuple[attentions.AttentionModule, torch.Size]] = []
+    hooks = [module.register_forward_pre_hook(lambda module, args: seen.append((module, args[0].shape)))
+             for module in model.modules() if isinstance(module, attentions.AttentionModule)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sum(module.macs(*shape[:3]).total - module.useful_macs(*shape[:3]).total for module, shape in seen)
+
+
+def count_model_macs(case: ModelCase, model: torch.nn.Module, x: torch.Tensor,
+                     ctx: RunContext) -> tuple[int, int, str]:
+    """fvcore MACs of one image's forward in eval mode, the same without what padding costs (the real
+    maps' MACs, which throughput figures count), and a note on how they were counted."""
     key = ("model", case.model, case.options_json, case.resolution)
     if key not in ctx._mac_cache:
         training = model.training
         model.eval()
         try:
             counted, _, note = count_macs_any_backend(model, x[:1], case.backend)
+            ctx._mac_cache[key] = (counted, counted - padding_macs(model, x[:1]), note)
         finally:
             model.train(training)
-        ctx._mac_cache[key] = (counted, note)
     return ctx._mac_cache[key]
 
 
 def prepare_model_case(case: ModelCase, ctx: RunContext) -> tuple[dict[str, Any], Callable[[], object], int]:
     """Everything of one model case but its latency: the row so far (parameters, FLOPs, peak memory), the
-    pass to time and its MACs at the case's batch. Exceptions propagate (``failure`` makes them a status)."""
+    pass to time and its MACs on the real maps at the case's batch. Exceptions propagate (``failure`` makes them a status)."""
     device, dtype = torch.device(case.device), DTYPES[case.dtype]
     torch.manual_seed(ctx.seed)
     model = build_model(case.model, **case.options_dict)
@@ -113,13 +130,13 @@ def prepare_model_case(case: ModelCase, ctx: RunContext) -> tuple[dict[str, Any]
         "param_mb": sum(p.numel() * p.element_size() for p in params) / MB,
         "input_mb": x.numel() * x.element_size() / MB,
     }
-    macs, note = count_model_macs(case, model, x, ctx)
-    row.update(gmacs_per_image=macs / 1e9, hw_gflops=hardware_flops(macs * case.batch, case.phase) / 1e9,
-               status_detail=note)
+    macs, unpadded, note = count_model_macs(case, model, x, ctx)
+    row.update(gmacs_per_image=macs / 1e9, gmacs_per_image_unpadded=unpadded / 1e9,
+               hw_gflops=hardware_flops(macs * case.batch, case.phase) / 1e9, status_detail=note)
     run = make_pass(model, x, case.phase, grad_out)
     run()  # first call outside the measurements: lazy init, compilation
     row["peak_mem_mb"] = peak_memory_bytes(run, device) / MB
-    return row, run, macs * case.batch
+    return row, run, unpadded * case.batch
 
 
 def run_model_group(cases: Sequence[ModelCase], ctx: RunContext,

@@ -64,19 +64,21 @@ COLUMNS = REQUIRED_COLUMNS + [
     "err_tensor",         # the tensor closest to its bound (output, input gradient, gradient of <parameter>)
     "timed_s",            # seconds of timed calls behind the latency statistics (all sittings)
     "warmup_calls",       # warm-up calls before the timed rounds (until stable, capped)
+    "gmacs_unpadded",     # gmacs less what padding costs (BRA's auto_pad): what tflops_achieved and pct_of_peak count
 ]
 # Columns added after results files of the same schema were written: a file without them loads with
 # them empty, and a resumed run's file gets them added.
 LATE_COLUMNS = {"attentions": ("tile_efficiency", "speedup_vs_ref", "speedup_ci_low", "speedup_ci_high",
                                "timing_spread", "load_before", "load_after", "gpu_state", *PLACEMENT_COLUMNS,
-                               "page_faults", "ref_rel_err", "err_tensor", "timed_s", "warmup_calls"),
+                               "page_faults", "ref_rel_err", "err_tensor", "timed_s", "warmup_calls",
+                               "gmacs_unpadded"),
                 "models": ("timing_spread", *PLACEMENT_COLUMNS, "page_faults", "timed_s", "warmup_calls",
-                           "speedup_vs_ref", "speedup_ci_low", "speedup_ci_high")}
+                           "speedup_vs_ref", "speedup_ci_low", "speedup_ci_high", "gmacs_per_image_unpadded")}
 # Rows of the model suite (``--suite models``): one whole backbone of ``attentions.models`` per row.
 MODEL_COLUMNS = [
     "model", "attention", "backend", "resolution", "batch", "dtype", "phase", "status",
     "params_m",           # parameters, millions
-    "gmacs_per_image",    # fvcore's count of one image's forward (batch 1, eval mode): the papers' GFLOPs
+    "gmacs_per_image",    # fvcore's count of one image's forward (batch 1, eval mode): the papers' GFLOPs, padding included
     "throughput", "latency_ms_median", "latency_ms_p20", "latency_ms_p80", "peak_mem_mb",
     "tflops_achieved", "pct_of_peak",
     "hw_gflops",          # hardware FLOPs of the measured pass: 2 × MACs × batch, × 3 for fwd+bwd
@@ -90,6 +92,7 @@ MODEL_COLUMNS = [
     "warmup_calls",       # warm-up calls before the timed rounds (until stable, capped)
     "speedup_vs_ref",     # the reference backend's latency ÷ this one: median of per-round ratios of paired rounds
     "speedup_ci_low", "speedup_ci_high",  # its 95% confidence interval
+    "gmacs_per_image_unpadded",  # gmacs_per_image less what padding costs: what tflops_achieved counts
 ]
 SUITES = {"attentions": COLUMNS, "models": MODEL_COLUMNS}  # suite -> its row schema
 # Every other column of a suite holds numbers (or nothing).

@@ -157,7 +157,7 @@ class Prepared:
     module: torch.nn.Module
     x: torch.Tensor
     grad_out: torch.Tensor
-    macs: int
+    macs: int  # on the real (unpadded) map: what throughput figures count
     notes: list[str]
     mismatch: str | None  # why the error check failed, or None
 
@@ -206,9 +206,9 @@ def prepare_case(case: Case, ctx: RunContext, inputs: dict[tuple, tuple[torch.Te
     macs, row["flops_check"], flop_note = count_case_macs(case, module, x, ctx)
     if flop_note:
         notes.append(flop_note)
-    row["gmacs"] = macs / 1e9
-    row["hw_gflops"] = hardware_flops(macs, case.phase) / 1e9
-    prepared = Prepared(case, row, module, x, grad_out, macs, notes, mismatch)
+    unpadded = macs - (analytic.total - module.useful_macs(case.batch, case.resolution, case.resolution).total)
+    row.update(gmacs=macs / 1e9, gmacs_unpadded=unpadded / 1e9, hw_gflops=hardware_flops(macs, case.phase) / 1e9)
+    prepared = Prepared(case, row, module, x, grad_out, unpadded, notes, mismatch)
     run = prepared.run
     run()  # first call outside the measurements: lazy init, compilation
     row["peak_mem_mb"] = peak_memory_bytes(run, device) / MB
@@ -216,8 +216,8 @@ def prepare_case(case: Case, ctx: RunContext, inputs: dict[tuple, tuple[torch.Te
 
 
 def latency_row(timing: Timing, batch: int, macs: int, phase: str, dtype: str, ctx: RunContext) -> dict[str, Any]:
-    """Latency statistics, throughput and achieved TFLOP/s of a timed pass (``macs``: of its forward
-    at ``batch``)."""
+    """Latency statistics, throughput and achieved TFLOP/s of a timed pass (``macs``: of its forward at
+    ``batch``, on the real map: work spent on padding is no throughput)."""
     seconds = timing.median_ms / 1e3
     tflops = hardware_flops(macs, phase) / seconds / 1e12
     peak = ctx.profile.peak_for(dtype, tf32=ctx.numerics.tf32_matmul)

@@ -622,3 +622,19 @@ def test_settings_a_process_did_not_take_are_named():
                                       "no family or backend of extension_family registered (the sweep's process has "
                                       "some)"]
     assert ProcessSettings(Numerics(), torch.get_num_threads(), ()).differences() == []
+
+
+def test_throughput_counts_the_real_map_not_the_padding():
+    """BRA with auto_pad on a 10×10 map cut into 7×7 regions runs on 14×14: gmacs (fvcore, as run) counts the
+    padded map, gmacs_unpadded the real one (the padding's own tokens left out), and tflops_achieved divides
+    the latter; without padding the two counts agree."""
+    padded = run_case(case("bra", "torch", resolution=10, auto_pad=True, n_win=7), context())
+    module = attentions.build("bra", dim=16, num_heads=2, auto_pad=True, n_win=7)
+    excess = module.macs(2, 10, 10).total - module.useful_macs(2, 10, 10).total
+    assert module.useful_macs(2, 10, 10)["projections"] * 196 == module.macs(2, 10, 10)["projections"] * 100
+    assert excess > 0 and padded["gmacs_unpadded"] * 1e9 == pytest.approx(padded["gmacs"] * 1e9 - excess)
+    assert padded["tflops_achieved"] == pytest.approx(
+        2 * padded["gmacs_unpadded"] * 1e9 / (padded["latency_ms_median"] / 1e3) / 1e12)
+    assert padded["hw_gflops"] == pytest.approx(2 * padded["gmacs"])  # the hardware ran the padded map
+    whole = run_case(case("bra", "torch", resolution=14, auto_pad=True, n_win=7), context())
+    assert whole["gmacs_unpadded"] == whole["gmacs"]

@@ -73,7 +73,7 @@ def test_rows_follow_the_model_schema_and_the_dry_run(model_run):
 
 def test_failed_cases_are_rows_with_their_reason(model_run):
     frame = model_run["frame"]
-    failed = frame[frame["status"] != "ok"]
+    failed = frame[~frame["status"].isin(["ok", "noisy"])]  # noisy: timed on this (shared) machine
     assert set(zip(failed["resolution"], failed["phase"])) == {(32, "fwd+bwd")} and len(failed) == 2
     assert (failed["status"] == "error").all()
     assert failed["status_detail"].str.contains("Expected more than 1 value per channel when training").all()
@@ -100,6 +100,12 @@ def test_measurements_are_consistent(model_run):
     assert ok["pct_of_peak"].isna().all() and ok.loc[ok["status"] == "ok", "status_detail"].isna().all()
     assert ok.loc[ok["status"] == "noisy", "status_detail"].str.startswith("timing spread p80/p20").all()
     assert ok["speedup_vs_ref"].isna().all()  # one backend: nothing to pair with
+    # BRA's 7×7 regions do not divide biformer_tiny's stage maps at 32² and 64² (8×8 and 16×16 in stage 1): padded
+    biformer = ok[ok["model"] == "biformer_tiny"]
+    assert (biformer["gmacs_per_image_unpadded"] < biformer["gmacs_per_image"]).all()
+    seconds = ok["latency_ms_median"] / 1e3
+    assert ok["tflops_achieved"].to_numpy() == pytest.approx(
+        (factor * ok["batch"] * ok["gmacs_per_image_unpadded"] * 1e9 / seconds / 1e12).to_numpy())
     assert (ok["timed_s"] >= 0.01).all() and (ok["warmup_calls"] >= 3).all()
 
 
