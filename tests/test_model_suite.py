@@ -142,7 +142,9 @@ def test_metadata_names_the_suite(model_run):
     meta = json.loads(model_run["csv"].with_suffix(".json").read_text())
     assert meta["suite"] == "models" and meta["preset"] is None and meta["run_id"] == "models"
     assert meta["argv"] == model_run["flags"] and "--suite models" in meta["command"]
-    assert meta["status_counts"] == {"ok": CASES - 2, "error": 2} and meta["cases_planned"] == CASES
+    counts = meta["status_counts"]
+    assert counts.get("ok", 0) + counts.get("noisy", 0) == CASES - 2 and counts["error"] == 2  # noisy: shared machine
+    assert sum(counts.values()) == meta["cases_planned"] == CASES
     assert meta["environment"]["torch"] == torch.__version__ and meta["started"] <= meta["finished"]
 
 
@@ -165,7 +167,8 @@ def test_report_has_the_model_table_in_three_formats(model_run):
     swin64 = frame[(frame["model"] == "swin_layout") & (frame["resolution"] == 64)]
     shown = table[(table["Model"] == "Swin-T layout") & (table["Res."] == "64²")].iloc[0]
     assert shown["FLOPs (G)"] == pytest.approx(swin64["gmacs_per_image"].iloc[0])
-    assert shown["fwd ms"] == pytest.approx(swin64.loc[swin64["phase"] == "fwd", "latency_ms_median"].iloc[0])
+    fwd_ms = float(str(shown["fwd ms"]).split()[0])  # "1.23 [1.2–1.3]", "… NOISY" when the machine scattered it
+    assert fwd_ms == pytest.approx(swin64.loc[swin64["phase"] == "fwd", "latency_ms_median"].iloc[0], rel=1e-2)
     tex = (out / "tables" / "models.tex").read_text()
     assert re.findall(r"\\(begin|end)\{(\w+)\}", tex) == [("begin", "table"), ("begin", "tabular"),
                                                            ("end", "tabular"), ("end", "table")]
