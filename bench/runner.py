@@ -29,7 +29,7 @@ from attentions import BackendUnavailableError
 
 from .cases import Case, ModelCase
 from .flops import FlopCounterUnavailable, count_macs, hardware_flops
-from .accuracy import ReferencePasses, accuracy, reference_passes
+from .accuracy import Accuracy, ReferencePasses, accuracy, reference_passes
 from .measure import (Timing, TimingPolicy, machine_state, make_pass, paired_speedup, peak_memory_bytes,
                       time_rounds, timing_notes)
 from .profiles import DTYPES, GpuProfile
@@ -53,7 +53,7 @@ class RunContext:
     numerics: Numerics = field(default_factory=Numerics)
     # modules that registered families or backends in the sweep's process: every process timing cases imports them
     extension_modules: tuple[str, ...] = field(default_factory=attentions.extension_modules)
-    _mac_cache: dict[tuple, tuple[int, str]] = field(default_factory=dict)
+    _mac_cache: dict[tuple, tuple] = field(default_factory=dict)  # MAC counts by shape: see count_case_macs
 
 
 def build_module(case: Case, seed: int, inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -166,8 +166,31 @@ class Prepared:
         return make_pass(self.module, self.x, self.case.phase, self.grad_out)
 
 
+def measure_accuracy(case: Case, module: torch.nn.Module, x: torch.Tensor, grad_out: torch.Tensor,
+                     references: dict[tuple, tuple[int, ReferencePasses]]) -> tuple[Accuracy, int]:
+    """The case's accuracy against float64 (``bench.accuracy``) on the whole batch, or, when the reference
+    passes (float64 needs twice to four times the case's memory) run out of memory, on the first half of
+    it, a quarter, ... down to one image: the images are independent in every family, and a bug in how a
+    kernel indexes the batch still shows on the images it checks. ``references`` keeps each
+    configuration's reference passes (and on how many images) for its other backends. Returns the
+    accuracy and the images it was measured on; an allocation failure on one image propagates."""
+    key = configuration_key(case)
+    images = references[key][0] if key in references else case.batch
+    while True:
+        try:
+            if key not in references:
+                references[key] = (images, reference_passes(module, x[:images], case.phase, grad_out[:images]))
+            return accuracy(module, x[:images], case.phase, grad_out[:images], references[key][1]), images
+        except Exception as exc:
+            if not is_oom(exc) or images == 1:
+                raise
+            references.pop(key, None)
+            free_memory(case.device)
+            images = (images + 1) // 2
+
+
 def prepare_case(case: Case, ctx: RunContext, inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None,
-                 references: dict[tuple, ReferencePasses] | None = None) -> Prepared:
+                 references: dict[tuple, tuple[int, ReferencePasses]] | None = None) -> Prepared:
     """Everything of one case but its latency: accuracy against float64, FLOPs, peak memory.
     Exceptions propagate (``failure`` turns them into a status). ``inputs``: see ``build_module``;
     ``references`` keeps each configuration's reference passes for its other backends."""
@@ -183,21 +206,21 @@ def prepare_case(case: Case, ctx: RunContext, inputs: dict[tuple, tuple[torch.Te
     }
     notes = []
     mismatch: str | None = None
-    references = {} if references is None else references
     try:
         # NonFiniteReferenceError when the float64 reference's output or gradients hold NaN/inf: the case (the
         # reference's own row included) cannot be judged, and its row records an error.
-        if configuration_key(case) not in references:
-            references[configuration_key(case)] = reference_passes(module, x, case.phase, grad_out)
-        measured = accuracy(module, x, case.phase, grad_out, references[configuration_key(case)])
+        measured, images = measure_accuracy(case, module, x, grad_out, {} if references is None else references)
         row.update(max_abs_err=measured.max_abs, rel_err=measured.rel, ref_rel_err=measured.reference_rel,
                    err_tolerance=measured.bound, err_tensor=measured.tensor)
         mismatch = measured.mismatch_reason()
-    except Exception as exc:  # the references may not fit where the fast path does
+        if images < case.batch:
+            notes.append(f"accuracy checked on the first {images} of {case.batch} images: the reference passes do "
+                         f"not fit the whole batch")
+    except Exception as exc:  # the references may not fit even one image where the fast path does
         if not is_oom(exc):
             raise
         notes.append("accuracy not measured: the reference backend ran out of memory (in float64 or the case's "
-                     "dtype)")
+                     "dtype) even on one image")
     free_memory(case.device)
 
     analytic = module.macs(case.batch, case.resolution, case.resolution)
@@ -332,7 +355,7 @@ def run_group(cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case]
     rows: dict[str, dict[str, Any]] = {}
     prepared: dict[str, Prepared] = {}
     inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-    references: dict[tuple, ReferencePasses] = {}
+    references: dict[tuple, tuple[int, ReferencePasses]] = {}
     for case in [*cases, *companions]:
         row = base_row(case, ctx)
         try:
