@@ -65,9 +65,9 @@ class Accuracy:
     @property
     def deciding(self) -> int:
         """Index of the tensor closest to, or furthest beyond, its bound (the first such)."""
-        def excess(index: int) -> float:
+        def excess(index: int) -> float:  # a non-finite error decides; an infinite bound (see judge) never does
             error, bound = self.errors[index], self.bounds[index]
-            return math.inf if math.isnan(error) else error / bound if bound > 0 else math.inf
+            return math.inf if not math.isfinite(error) else error / bound if bound > 0 else math.inf
         return max(range(len(self.errors)), key=excess)
 
     @property

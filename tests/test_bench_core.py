@@ -664,3 +664,15 @@ def test_accuracy_falls_back_to_fewer_images_when_the_references_do_not_fit(monk
     row = run_case(four, context())
     assert row["status"] == "ok" and row.get("rel_err") is None
     assert "accuracy not measured" in row["status_detail"]
+
+
+def test_pct_of_peak_divides_by_the_peak_of_the_math_used():
+    """float32 on an H100 profile: the plain fp32 peak (67 TFLOP/s) when TF32 is off, the TF32 peak (495) when
+    the run lets matmuls use it; bf16 is its own peak either way."""
+    timing = Timing((2.0, 2.0, 2.0))  # 2 ms for 1e9 multiply-adds forward: 1 TFLOP/s
+    for tf32, peak in ((False, 67), (True, 495)):
+        ctx = replace(context(), profile=PROFILES["h100"], numerics=Numerics(tf32_matmul=tf32, tf32_cudnn=tf32))
+        row = bench.runner.latency_row(timing, 1, 10 ** 9, "fwd", "float32", ctx)
+        assert row["tflops_achieved"] == pytest.approx(1.0) and row["pct_of_peak"] == pytest.approx(100 / peak)
+        assert bench.runner.latency_row(timing, 1, 10 ** 9, "fwd", "bfloat16", ctx)["pct_of_peak"] == pytest.approx(
+            100 / 989)
