@@ -613,8 +613,9 @@ def plot_kv_modes(frame: pd.DataFrame) -> Figure | None:
 
 @_styled
 def plot_model_throughput(frame: pd.DataFrame) -> Figure | None:
-    """The model table as a figure: images/s (y, log) vs GMACs per image (x, log), a point per model and
-    attention choice, labelled; colour = family of its attention, marker = backend; one panel per
+    """The model table as a figure: images/s (y, log) vs GMACs per image (x, log), a point per model,
+    attention choice and backend, each model and attention choice labelled once (at its fastest point: its
+    backends share the x position); colour = family of its attention, marker = backend; one panel per
     resolution (rows) and phase (columns)."""
     table = model_table_data(frame)
     if table.empty:
@@ -630,6 +631,8 @@ def plot_model_throughput(frame: pd.DataFrame) -> Figure | None:
                 ax.plot([row["gmacs_per_image"]], [row["throughput"]], linestyle="",
                         marker=backend_style(row["backend"])[1], color=color,
                         markerfacecolor="white" if row["noisy"] else color, gid=f"backend:{row['backend']}")
+            fastest = rows.sort_values("throughput", ascending=False).drop_duplicates(["model", "attention"])
+            for _, row in fastest.iterrows():
                 own = row["model"].startswith("biformer")  # a BiFormer model with its own attention
                 name = row["model"] if own else f"{row['model']} ({row['attention']})"
                 ax.annotate(name, (row["gmacs_per_image"], row["throughput"]), xytext=(3, 2),
