@@ -751,7 +751,8 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace, cases: list
     policy = TimingPolicy(min_time_s=min_time, l2_flush=device == "cuda", cuda_graphs=args.cuda_graphs,
                           cpu_allocator=args.cpu_allocator, sittings=args.sittings)
     metadata["timing"] = {
-        "rounds": "paired: a shape's cases round-robin in one process" if args.suite == "attentions" else "unpaired",
+        "rounds": "paired: a shape's cases round-robin in one process" if args.suite == "attentions" else
+                  "paired: a model case's backends round-robin in one process",
         "min_time_s_per_pass": min_time, "min_rounds": policy.min_rounds, "max_rounds": policy.max_rounds,
         "warmup": {"min_calls": policy.warmup_rounds, "max_calls": policy.warmup_max_calls,
                    "max_s": policy.warmup_max_s, "settled_when": f"{WARMUP_WINDOW} consecutive calls within the "

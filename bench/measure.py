@@ -357,14 +357,6 @@ def timing_notes(timing: Timing, policy: TimingPolicy) -> list[str]:
     return notes
 
 
-def time_pass(run: Callable[[], object], device: torch.device, policy: TimingPolicy) -> Timing:
-    """One pass timed alone (unpaired); its exception propagates."""
-    result = time_rounds({0: run}, device, policy)[0]
-    if isinstance(result, Exception):
-        raise result
-    return result
-
-
 def paired_speedup(reference: Timing, timing: Timing) -> tuple[float, float, float]:
     """Speedup over ``reference`` timed in the same rounds: the median of the per-round ratios
     (reference ÷ this), and a 95% confidence interval for it by batch means on the log scale. The

@@ -29,7 +29,7 @@ from bench.settings import Numerics, ProcessSettings
 from bench.flops import count_macs
 from bench.accuracy import ERROR_FLOOR, judge, max_abs_error, relative_errors
 import bench.measure
-from bench.measure import Timing, paired_speedup, peak_memory_bytes, time_pass, time_rounds, timing_notes
+from bench.measure import Timing, paired_speedup, peak_memory_bytes, time_rounds, timing_notes
 from bench.presets import COMMON_OPTIONS, preset_blocks
 from bench.profiles import PROFILES
 from bench.cases import unique_cases
@@ -149,8 +149,9 @@ def test_judge_bounds_each_tensor_by_the_references_own_error():
 
 def test_time_pass_statistics():
     calls = []
-    timing = time_pass(lambda: calls.append(torch.randn(64, 64) @ torch.randn(64, 64)), torch.device("cpu"),
-                       TimingPolicy(warmup_rounds=2, warmup_max_calls=2, min_time_s=0.0, min_rounds=7, max_rounds=7))
+    timing = time_rounds({0: lambda: calls.append(torch.randn(64, 64) @ torch.randn(64, 64))}, torch.device("cpu"),
+                         TimingPolicy(warmup_rounds=2, warmup_max_calls=2, min_time_s=0.0, min_rounds=7,
+                                      max_rounds=7))[0]
     assert timing.rounds == 7 and len(calls) == 9
     assert 0 < timing.p20_ms <= timing.median_ms <= timing.p80_ms
 
