@@ -1,43 +1,44 @@
-"""Compare two runs case by case: ``run_bench.py compare BASE NEW [--max-regression 10%]``.
+"""Compare two runs case by case, and gate on them: ``run_bench.py compare BASE NEW``.
 
 The runs are aligned on ``case_key`` (family, backend, options, batch, resolution, dim, heads,
-dtype, device, phase); a case in only one run is named but judged no further.
+dtype, device, phase); a case in only one run is named but judged no further. Every compared case
+gets one of three verdicts, with its reason: ``regressed``, ``ok`` or ``inconclusive``.
 
-Judgement of a case that is ``ok`` in both runs:
+Latency of a case timed (``ok`` or ``noisy``) in both runs, on the same device. Each run's median
+carries a 95% interval (``latency_ms_ci_low/high``: batch means of the log latencies, as the paired
+speedups; runs from before it was recorded stand in their p20-p80 spread, which is wider). With
+ratio r = NEW / BASE of the medians and threshold t (``--max-regression``):
 
-- **Latency.** A regression only when the median ratio NEW/BASE exceeds ``1 + max_regression``
-  *and* the spreads do not overlap (NEW's p20 above BASE's p80). A larger median with overlapping
-  spreads is ``slower (noise)``. Symmetrically, ``faster`` needs a ratio below
-  ``1 / (1 + max_regression)`` and NEW's p80 below BASE's p20 (else ``faster (noise)``).
-- **Peak memory.** A regression when the ratio exceeds ``1 + max_regression`` and the growth is at
-  least 1 MB (smaller differences are allocator noise, whatever their ratio).
-- **Speedup over the reference.** Where both runs timed a case and its reference in paired rounds
-  (``speedup_vs_ref`` with a confidence interval), a drop is a regression when NEW's interval lies
-  wholly below BASE's, by more than ``max_regression``: unlike latencies taken in two runs, a paired
-  speedup does not drift with the machine.
-- **Noise.** A case that is ``noisy`` in either run has no latency or speedup regression (``slower
-  (noise)`` at most); its memory is judged as usual.
-- **GMACs.** A change (beyond a relative 1e-6) means the measured work changed: it is shown and
-  warned about, never a failure.
-- **Device.** A case whose rows name two devices (``device_name``: the GPU or CPU model it ran on,
-  as in a run spread over mixed GPUs) is ``other device``: its latency, memory and speedup are not
-  compared (no ratio across two device models), never a failure, and a warning names both devices.
-  Its status is judged as usual.
+- **regressed** when r > 1 + t *and* the intervals do not overlap (NEW's low end above BASE's high
+  end) *and* the slowdown is the code's, not the machine's: the case's paired speedup over its
+  reference (timed in the same rounds, so free of what the machine did between the runs) dropped
+  too, its interval wholly below BASE's. A reference case has no speedup of its own: the backends
+  timed beside it must have gained on it. A case timed alone has no such check, and says so.
+- **ok** when the ratio's interval (NEW low / BASE high to NEW high / BASE low) stays within 1 + t,
+  or when r <= 1 + t and neither run is noisy.
+- **inconclusive** otherwise: noisy in either run (unless the intervals separate, as above, or the
+  ratio's interval stays within 1 + t), intervals that overlap, fewer than ``MIN_ROUNDS`` rounds, no
+  interval, or a slowdown that the paired speedups put on the machine.
 
-Status changes: ``ok`` into ``mismatch``, ``error`` or ``oom`` is a ``NEW FAILURE``; ``ok`` into
-``unsupported`` (a backend missing from NEW's environment) is ``now unsupported`` and a warning,
-not a failure; a failure turning ``ok`` is ``fixed``. The comparison *fails* when any case is a
-``REGRESSION`` or a ``NEW FAILURE``.
+Besides latency, a case is **regressed** when its peak memory grew beyond 1 + t by at least 1 MB
+(noise or not: memory is no timing figure), when its paired speedup fell by more than t with the
+two intervals apart, or when it stopped working (``ok`` into ``mismatch``, ``error`` or ``oom``: a
+new failure). A backend ``unsupported`` in NEW, and a case whose rows name two devices (``other
+device``), are inconclusive: nothing can be said of them. A failure turning ``ok`` is ``fixed``. A
+GMACs change (beyond a relative 1e-6) means the measured work changed: a warning, never a verdict.
 
-Coverage: the comparison also fails when the runs share no case, or fewer than ``min_shared`` (default
-50%) of BASE's cases: a NEW run that skipped most of the sweep proves nothing about it.
+The gate: exit 1 when any case regressed; else exit 3 (undecided) when more than
+``--max-inconclusive`` (default 10%) of the compared cases are inconclusive, or NEW has fewer than
+``--min-shared`` (default 50%) of BASE's cases; else 0. ``--rerun-inconclusive N`` re-times NEW's
+cases that are inconclusive for their timing's sake with the code at hand (``bench.remeasure``),
+paired with their reference, up to N times before the verdict. docs/regression-gate.md states the
+rule's measured false-alarm and detection rates.
 
 Speedup intervals are compared only between runs whose metadata name the same interval method (a
-warning says when they do not).
-
-Environment differences (GPU profile, device and GPU names, torch, CUDA, driver, triton,
-xformers, TF32) come from each run's ``<run-id>.json``; they are warnings. A run without its JSON
-is a warning too; its rows' ``gpu_profile`` and ``device_name`` are compared instead.
+warning says when they do not). Environment differences (GPU profile, device and GPU names, torch,
+CUDA, driver, triton, xformers, TF32) come from each run's ``<run-id>.json``; they are warnings. A
+run without its JSON is a warning too; its rows' ``gpu_profile`` and ``device_name`` are compared
+instead.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 
@@ -57,28 +58,38 @@ from .results import ResultsFormatError, load_results, read_metadata, resolve_re
 
 DEFAULT_MAX_REGRESSION = 0.10
 DEFAULT_MIN_SHARED = 0.5   # share of BASE's cases that NEW must also have
+DEFAULT_MAX_INCONCLUSIVE = 0.10  # share of compared cases that may be inconclusive before the gate cannot judge
 MIN_MEMORY_DELTA_MB = 1.0  # peak-memory differences below this are never judged
 GMACS_TOLERANCE = 1e-6     # relative change of GMACs that counts as "the work changed"
+MIN_ROUNDS = 5             # fewer timed rounds on either side are too few to judge a latency
 PROG = "run_bench.py compare"
 
-# Verdicts
+# Verdicts: every compared case gets one, with its reason
+REGRESSED = "regressed"
 OK = "ok"
+INCONCLUSIVE = "inconclusive"
+VERDICTS = (REGRESSED, INCONCLUSIVE, OK)
+# What changed between the runs (the ``change`` column)
+SLOWER = "slower"
 FASTER = "faster"
-FASTER_NOISE = "faster (noise)"
-SLOWER_NOISE = "slower (noise)"
-REGRESSION = "REGRESSION"
-NEW_FAILURE = "NEW FAILURE"
+UNCHANGED = "unchanged"
+TOO_FEW_ROUNDS = "too few rounds"
+UNMEASURED = "no interval"
+NEW_FAILURE = "new failure"
 FIXED = "fixed"
 NOW_UNSUPPORTED = "now unsupported"
 NOW_SUPPORTED = "now supported"
 OTHER_DEVICE = "other device"
-FAILING_VERDICTS = (REGRESSION, NEW_FAILURE)
+
+# Exit statuses of ``compare``
+EXIT_PASSED, EXIT_REGRESSED, EXIT_UNUSABLE, EXIT_INCONCLUSIVE = 0, 1, 2, 3
 
 FAILURE_STATUSES = ("mismatch", "error", "oom")
 
 IDENTITY = ["family", "backend", "options", "resolution", "batch", "dim", "heads", "dtype", "device", "phase"]
-MEASURED = ["status", "status_detail", "latency_ms_median", "latency_ms_p20", "latency_ms_p80", "peak_mem_mb",
-            "gmacs", "rel_err", "speedup_vs_ref", "speedup_ci_low", "speedup_ci_high", "device_name"]
+MEASURED = ["status", "status_detail", "latency_ms_median", "latency_ms_p20", "latency_ms_p80", "latency_ms_ci_low",
+            "latency_ms_ci_high", "rounds", "peak_mem_mb", "gmacs", "rel_err", "speedup_vs_ref", "speedup_ci_low",
+            "speedup_ci_high", "device_name"]
 TIMED = ("ok", "noisy")  # statuses with a latency worth comparing
 
 # (label, where in the metadata): top-level keys, or keys of metadata["environment"]
@@ -100,30 +111,56 @@ ENVIRONMENT_FIELDS = [
 
 @dataclass
 class Comparison:
-    """Two runs side by side.
+    """Two runs side by side, and the gate's decision.
 
     ``table`` has one row per case present in both runs, in BASE's order, with the case's identity
     (``case_key``, a readable ``case`` label, family, backend, ``options`` as ``k=v,...``,
     resolution, batch, dim, heads, dtype, device, phase), each run's measurements suffixed
-    ``_base`` / ``_new`` (status, status_detail, latency_ms_median/p20/p80, peak_mem_mb, gmacs,
-    rel_err, the speedup over the reference, device_name), the ratios NEW/BASE ``latency_ratio``,
-    ``mem_ratio`` (empty across two device names) and ``gmacs_ratio``, and ``verdict`` and ``note`` (why).
+    ``_base`` / ``_new`` (``MEASURED``), the ratios NEW/BASE ``latency_ratio``, ``mem_ratio`` (empty across
+    two device names) and ``gmacs_ratio``, and ``verdict`` (regressed, ok, inconclusive), ``change`` and
+    ``reason``; ``remeasured`` counts how often NEW's case was re-timed before its verdict.
     """
 
     table: pd.DataFrame
     only_in_base: list[str]
     only_in_new: list[str]
     warnings: list[str]
-    failed: bool
     max_regression: float = DEFAULT_MAX_REGRESSION
+    max_inconclusive: float = DEFAULT_MAX_INCONCLUSIVE
     too_few_shared: str | None = None  # why the runs share too few cases to be compared, or None
     base: str = ""
     new: str = ""
 
     @property
-    def failures(self) -> pd.DataFrame:
-        """The rows that make the comparison fail."""
-        return self.table[self.table["verdict"].isin(FAILING_VERDICTS)]
+    def regressed(self) -> pd.DataFrame:
+        return self.table[self.table["verdict"] == REGRESSED]
+
+    @property
+    def inconclusive(self) -> pd.DataFrame:
+        return self.table[self.table["verdict"] == INCONCLUSIVE]
+
+    @property
+    def too_inconclusive(self) -> str | None:
+        """Why the gate cannot judge (too few shared cases, or more inconclusive ones than allowed), or None."""
+        if self.too_few_shared:
+            return self.too_few_shared
+        count, compared = len(self.inconclusive), len(self.table)
+        if compared and count > self.max_inconclusive * compared:
+            return (f"{count} of {compared} cases inconclusive ({count / compared:.0%}), more than the "
+                    f"{_percent(self.max_inconclusive)} allowed (--max-inconclusive)")
+        return None
+
+    @property
+    def exit_status(self) -> int:
+        """EXIT_REGRESSED on any regressed case, else EXIT_INCONCLUSIVE when the runs cannot be judged, else
+        EXIT_PASSED."""
+        if len(self.regressed):
+            return EXIT_REGRESSED
+        return EXIT_INCONCLUSIVE if self.too_inconclusive else EXIT_PASSED
+
+    @property
+    def failed(self) -> bool:
+        return self.exit_status != EXIT_PASSED
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,14 +229,17 @@ def _options_text(options: Any) -> str:
     return ",".join(f"{k}={v}" for k, v in parsed.items()) if isinstance(parsed, dict) else options
 
 
+def row_case(row: pd.Series | dict[str, Any]) -> Case:
+    """The attention-suite case a results row (with its ``options`` as stored, JSON) measured."""
+    options = json.loads(row["options"]) if isinstance(row["options"], str) and row["options"] else {}
+    return Case(row["family"], row["backend"], tuple(sorted(options.items())), int(row["batch"]),
+                int(row["resolution"]), int(row["dim"]), int(row["heads"]), row["dtype"], row["device"], row["phase"])
+
+
 def case_label(row: pd.Series | dict[str, Any]) -> str:
     """The same label as ``Case.label()`` (and ``run_bench.py --dry-run``) for a results row."""
     try:
-        options = json.loads(row["options"]) if isinstance(row["options"], str) and row["options"] else {}
-        case = Case(row["family"], row["backend"], tuple(sorted(options.items())), int(row["batch"]),
-                    int(row["resolution"]), int(row["dim"]), int(row["heads"]), row["dtype"], row["device"],
-                    row["phase"])
-        return case.label()
+        return row_case(row).label()
     except (TypeError, ValueError, AttributeError, json.JSONDecodeError):
         return str(row["case_key"])
 
@@ -288,79 +328,158 @@ def _same_devices(table: pd.DataFrame) -> pd.Series:
     return pd.Series([_same_device(r) for _, r in table.iterrows()], index=table.index, dtype=bool)
 
 
-def judge(row: pd.Series, max_regression: float) -> tuple[str, str]:
-    """(verdict, note) of one aligned case."""
+@dataclass(frozen=True)
+class Interval:
+    """A 95% interval of a run's median latency (ms), and where it came from."""
+
+    low: float
+    high: float
+    source: str  # "ci": the row's batch-means interval; "p20-p80": the spread, for runs that recorded no interval
+
+
+def latency_interval(row: pd.Series, side: str) -> Interval | None:
+    """The interval of one side's median latency: its recorded confidence interval, else (older runs) its
+    p20–p80 spread, which is wider and so errs towards ``inconclusive``; None when neither is there."""
+    low, high = row.get(f"latency_ms_ci_low_{side}"), row.get(f"latency_ms_ci_high_{side}")
+    if _known(low, high):
+        return Interval(float(low), float(high), "ci")
+    low, high = row.get(f"latency_ms_p20_{side}"), row.get(f"latency_ms_p80_{side}")
+    return Interval(float(low), float(high), "p20-p80") if _known(low, high) else None
+
+
+def speedup_shift(row: pd.Series) -> str | None:
+    """How the case's paired speedup over its reference moved between the runs: ``dropped`` (NEW's interval
+    wholly below BASE's), ``rose`` (wholly above), ``unchanged`` (they overlap); None without both intervals.
+    Measured in paired rounds, it is free of what the machine did between the runs."""
+    if not _known(row["speedup_ci_low_base"], row["speedup_ci_high_base"], row["speedup_ci_low_new"],
+                  row["speedup_ci_high_new"]):
+        return None
+    if row["speedup_ci_high_new"] < row["speedup_ci_low_base"]:
+        return "dropped"
+    if row["speedup_ci_low_new"] > row["speedup_ci_high_base"]:
+        return "rose"
+    return "unchanged"
+
+
+def _speedups(row: pd.Series) -> str:
+    return (f"{row['speedup_vs_ref_base']:.2f}× [{row['speedup_ci_low_base']:.2f}–{row['speedup_ci_high_base']:.2f}] "
+            f"-> {row['speedup_vs_ref_new']:.2f}× [{row['speedup_ci_low_new']:.2f}–{row['speedup_ci_high_new']:.2f}]")
+
+
+def _status_change(row: pd.Series) -> tuple[str, str]:
+    """(verdict, change) of a case not timed in both runs."""
     base_status, new_status = row["status_base"], row["status_new"]
+    if base_status in TIMED and new_status in FAILURE_STATUSES:
+        return REGRESSED, NEW_FAILURE
+    if base_status in TIMED:
+        return INCONCLUSIVE, NOW_UNSUPPORTED
+    if new_status in TIMED:
+        return OK, FIXED if base_status in FAILURE_STATUSES else NOW_SUPPORTED
+    return OK, f"still {new_status}" if base_status == new_status else f"{base_status} -> {new_status}"
+
+
+def _machine_check(row: pd.Series, siblings: pd.DataFrame) -> tuple[bool, str]:
+    """Whether an absolute slowdown beyond the intervals is the code's (True) or may be the machine's (False),
+    and why: the case's paired speedup over its reference must have dropped too. A reference case has no
+    speedup of its own: the speedups of the other backends timed beside it (``siblings``) must have risen."""
+    shift = speedup_shift(row)
+    if shift == "dropped":
+        return True, f"and its speedup over the reference timed beside it dropped: {_speedups(row)}"
+    if shift is not None:
+        return False, (f"but its speedup over the reference timed beside it is {shift}: {_speedups(row)}; the "
+                       f"machine, or a change shared with the reference, slowed it")
+    shifts = [speedup_shift(s) for _, s in siblings.iterrows()]
+    shifts = [s for s in shifts if s is not None]
+    if "rose" in shifts:
+        return True, "and the backends timed beside it gained on it (their paired speedups over it rose)"
+    if shifts:
+        return False, ("but the backends timed beside it slowed alike (their paired speedups over it are "
+                       "unchanged): the machine, or a change common to all of them")
+    return True, "unpaired: nothing timed beside it tells the machine from the code"
+
+
+def judge(row: pd.Series, max_regression: float, siblings: pd.DataFrame | None = None) -> tuple[str, str, str]:
+    """(verdict, change, reason) of one aligned case: ``verdict`` is regressed, ok or inconclusive
+    (see the module docstring); ``siblings`` are the other aligned cases of its configuration (its reference
+    and the backends timed beside it), which tell a slower machine from slower code."""
+    siblings = siblings if siblings is not None else row.to_frame().T.iloc[:0]
     notes: list[str] = []
     if _known(row["gmacs_ratio"]) and abs(row["gmacs_ratio"] - 1) > GMACS_TOLERANCE:
         notes.append(f"GMACs {row['gmacs_base']:.4g} -> {row['gmacs_new']:.4g} (work changed)")
-
+    base_status, new_status = row["status_base"], row["status_new"]
     if base_status not in TIMED or new_status not in TIMED:
-        if base_status in TIMED and new_status in FAILURE_STATUSES:
-            verdict = NEW_FAILURE
-        elif base_status in TIMED:
-            verdict = NOW_UNSUPPORTED
-        elif new_status in TIMED:
-            verdict = FIXED if base_status in FAILURE_STATUSES else NOW_SUPPORTED
-        elif base_status == new_status:
-            verdict = f"still {new_status}"
-        else:
-            verdict = f"{base_status} -> {new_status}"
+        verdict, change = _status_change(row)
         if new_status not in TIMED and _short(row["status_detail_new"]):
             notes.insert(0, _short(row["status_detail_new"]))
-        return verdict, "; ".join(notes)
-
+        return verdict, change, "; ".join(notes)
     if not _same_device(row):
         notes.insert(0, f"BASE on {row['device_name_base']}, NEW on {row['device_name_new']}: latency, memory and "
                         f"speedup not compared")
-        return OTHER_DEVICE, "; ".join(notes)
+        return INCONCLUSIVE, OTHER_DEVICE, "; ".join(notes)
 
-    noisy = "noisy" in (base_status, new_status)
-    limit_up, limit_down = 1 + max_regression, 1 / (1 + max_regression)
-    regression = False
-    verdict = OK
-    judged: list[str] = []  # latency, then memory, before the GMACs note
-    latency = row["latency_ratio"]
-    spreads = _known(row["latency_ms_p20_base"], row["latency_ms_p80_base"], row["latency_ms_p20_new"],
-                     row["latency_ms_p80_new"])
-    if _known(latency) and latency > limit_up:
-        if noisy:
-            verdict = SLOWER_NOISE
-            judged.append(f"latency {_fmt_ratio(latency)}, but the case is noisy in "
-                          f"{'both runs' if base_status == new_status else 'BASE' if base_status == 'noisy' else 'NEW'}")
-        elif not spreads or row["latency_ms_p20_new"] > row["latency_ms_p80_base"]:
-            regression = True
-            why = ("no spreads recorded" if not spreads else
-                   f"NEW p20 {row['latency_ms_p20_new']:.3g} ms > BASE p80 {row['latency_ms_p80_base']:.3g} ms")
-            judged.append(f"latency {_fmt_ratio(latency)} ({why})")
-        else:
-            verdict = SLOWER_NOISE
-            judged.append(f"latency {_fmt_ratio(latency)} within the runs' p20-p80 spreads")
-    elif _known(latency) and latency < limit_down:
-        if not spreads or row["latency_ms_p80_new"] < row["latency_ms_p20_base"]:
-            verdict = FASTER
-        else:
-            verdict = FASTER_NOISE
-            judged.append(f"latency {_fmt_ratio(latency)} within the runs' p20-p80 spreads")
-
-    if not noisy and _known(row["speedup_ci_high_new"], row["speedup_ci_low_base"]):
-        speedups = (f"speedup over the reference {row['speedup_vs_ref_base']:.2f}× "
-                    f"[{row['speedup_ci_low_base']:.2f}–{row['speedup_ci_high_base']:.2f}] -> "
-                    f"{row['speedup_vs_ref_new']:.2f}× [{row['speedup_ci_low_new']:.2f}–{row['speedup_ci_high_new']:.2f}]")
-        if row["speedup_ci_high_new"] * limit_up < row["speedup_ci_low_base"]:
-            regression = True
-            judged.append(f"{speedups} (paired rounds, intervals apart)")
-
+    limit_up = 1 + max_regression
+    regressions: list[str] = []
     memory = row["mem_ratio"]
     if _known(memory, row["peak_mem_mb_base"], row["peak_mem_mb_new"]):
         delta = row["peak_mem_mb_new"] - row["peak_mem_mb_base"]
         if memory > limit_up and delta >= MIN_MEMORY_DELTA_MB:
-            regression = True
-            judged.append(f"peak memory {_fmt_ratio(memory)} (+{delta:.3g} MB)")
-        elif memory < limit_down and -delta >= MIN_MEMORY_DELTA_MB:
-            judged.append(f"peak memory {_fmt_ratio(memory)} ({delta:.3g} MB)")
-    notes = judged + notes
-    return (REGRESSION if regression else verdict), "; ".join(notes)
+            regressions.append(f"peak memory {_fmt_ratio(memory)} (+{delta:.3g} MB)")
+        elif memory < 1 / limit_up and -delta >= MIN_MEMORY_DELTA_MB:
+            notes.append(f"peak memory {_fmt_ratio(memory)} ({delta:.3g} MB)")
+    if (_known(row["speedup_ci_high_new"], row["speedup_ci_low_base"])
+            and row["speedup_ci_high_new"] * limit_up < row["speedup_ci_low_base"]):
+        regressions.append(f"speedup over the reference {_speedups(row)} (paired rounds, intervals apart by more "
+                           f"than {_percent(max_regression)})")
+
+    verdict, change, why = _judge_latency(row, max_regression, siblings)
+    return (REGRESSED if regressions else verdict), change, "; ".join(filter(None, [why, *regressions, *notes]))
+
+
+def _judge_latency(row: pd.Series, max_regression: float, siblings: pd.DataFrame) -> tuple[str, str, str]:
+    """(verdict, change, reason) from the two runs' median latencies and their intervals."""
+    ratio = row["latency_ratio"]
+    base, new = latency_interval(row, "base"), latency_interval(row, "new")
+    noisy = [side for side, status in (("BASE", row["status_base"]), ("NEW", row["status_new"])) if status == "noisy"]
+    rounds = min(row["rounds_base"] if _known(row["rounds_base"]) else 0,
+                 row["rounds_new"] if _known(row["rounds_new"]) else 0)
+    if not _known(ratio) or base is None or new is None:
+        return INCONCLUSIVE, UNMEASURED, "no latency interval recorded"
+    if rounds < MIN_ROUNDS:
+        return INCONCLUSIVE, TOO_FEW_ROUNDS, f"{int(rounds)} timed rounds: at least {MIN_ROUNDS} are needed to judge"
+    limit_up = 1 + max_regression
+    ratio_low, ratio_high = new.low / base.high, new.high / base.low
+    stated = (f"latency {_fmt_ratio(ratio)} (interval of the ratio {ratio_low:.2f}–{ratio_high:.2f}"
+              f"{', from p20-p80 spreads' if 'p20-p80' in (base.source, new.source) else ''})")
+    if ratio > limit_up and new.low > base.high:
+        code, how = _machine_check(row, siblings)
+        if code:
+            return REGRESSED, SLOWER, f"{stated}, intervals apart{' despite the noise' if noisy else ''}, {how}"
+        return INCONCLUSIVE, SLOWER, f"{stated}, intervals apart, {how}"
+    change = FASTER if ratio < 1 / limit_up and new.high < base.low else SLOWER if ratio > limit_up else UNCHANGED
+    if ratio_high <= limit_up:
+        return OK, change, stated if change != UNCHANGED else ""
+    if noisy:
+        return INCONCLUSIVE, change, f"{stated}: noisy in {' and '.join(noisy)}"
+    if ratio > limit_up:
+        return INCONCLUSIVE, change, f"{stated}: beyond {_percent(max_regression)} but the intervals overlap"
+    return OK, change, stated if change != UNCHANGED else ""
+
+
+def _siblings(table: pd.DataFrame) -> list[pd.DataFrame]:
+    """Per aligned case, the other cases of its configuration (all but the backend)."""
+    if table.empty:
+        return []
+    keys = table[[c for c in IDENTITY if c != "backend"]].astype(str).agg("|".join, axis=1)
+    return [table[(keys == key) & (table.index != index)] for index, key in keys.items()]
+
+
+def judge_table(table: pd.DataFrame, max_regression: float) -> pd.DataFrame:
+    """The aligned table with ``verdict``, ``change`` and ``reason`` of every case."""
+    judged = [judge(row, max_regression, siblings) for (_, row), siblings in zip(table.iterrows(), _siblings(table))]
+    table["verdict"] = [v for v, _, _ in judged]
+    table["change"] = [c for _, c, _ in judged]
+    table["reason"] = [r for _, _, r in judged]
+    return table
 
 
 def compare_frames(base: pd.DataFrame, new: pd.DataFrame,
@@ -381,10 +500,7 @@ def compare_frames(base: pd.DataFrame, new: pd.DataFrame,
                          ("gmacs_ratio", "gmacs")):
         table[name] = [_ratio(n, b) if same or name == "gmacs_ratio" else math.nan
                        for n, b, same in zip(table[f"{column}_new"], table[f"{column}_base"], same_device)]
-    judged = [judge(r, max_regression) for _, r in table.iterrows()]
-    table["verdict"] = [v for v, _ in judged]
-    table["note"] = [n for _, n in judged]
-    return table, only_in_base, only_in_new
+    return judge_table(table, max_regression), only_in_base, only_in_new
 
 
 def _interval_method(metadata: dict[str, Any] | None) -> str | None:
@@ -393,18 +509,36 @@ def _interval_method(metadata: dict[str, Any] | None) -> str | None:
     return ((metadata or {}).get("timing") or {}).get("speedup_interval")
 
 
+class RemeasureError(RuntimeError):
+    """NEW's cases cannot be re-timed here (another device, a run without the metadata that says how)."""
+
+
+# NEW's rows to re-time -> their re-timed rows (same columns); given NEW's metadata (see bench.remeasure)
+Remeasure = Callable[[pd.DataFrame, "dict[str, Any] | None"], pd.DataFrame]
+RETIMABLE_CHANGES = (SLOWER, FASTER, UNCHANGED, TOO_FEW_ROUNDS, UNMEASURED)  # inconclusive for the timing's sake
+
+
+def _fraction(name: str, value: float) -> None:
+    if not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a fraction in [0, 1], not {value!r}")
+
+
 def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFAULT_MAX_REGRESSION,
-                 min_shared: float = DEFAULT_MIN_SHARED) -> Comparison:
+                 min_shared: float = DEFAULT_MIN_SHARED, max_inconclusive: float = DEFAULT_MAX_INCONCLUSIVE,
+                 rerun_inconclusive: int = 0, remeasure: Remeasure | None = None) -> Comparison:
     """Align two results files on case_key and judge every shared case (see the module docstring).
 
-    Raises ResultsFormatError when either file is missing, empty, has no rows or is not a results
-    file of this suite. Missing run metadata is a warning. Fewer shared cases than ``min_shared`` of
-    BASE's (and none at all) fail the comparison.
+    With ``rerun_inconclusive`` N, NEW's cases that are inconclusive for their timing's sake are re-timed with
+    the code at hand (``remeasure``, by default ``bench.remeasure.remeasure_rows``), up to N times, before the
+    verdict. Raises ResultsFormatError when either file is missing, empty, has no rows or is not a results
+    file of this suite. Missing run metadata is a warning.
     """
     if not math.isfinite(max_regression) or max_regression < 0:
         raise ValueError(f"max_regression must be a finite, non-negative fraction, not {max_regression!r}")
-    if not 0 <= min_shared <= 1:
-        raise ValueError(f"min_shared must be a fraction in [0, 1], not {min_shared!r}")
+    _fraction("min_shared", min_shared)
+    _fraction("max_inconclusive", max_inconclusive)
+    if rerun_inconclusive < 0:
+        raise ValueError(f"rerun_inconclusive must be 0 or more, not {rerun_inconclusive!r}")
     warnings: list[str] = []
     base_frame = _load(base, "BASE", warnings)
     new_frame = _load(new, "NEW", warnings)
@@ -420,6 +554,24 @@ def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFA
             frame[["speedup_ci_low", "speedup_ci_high"]] = math.nan
 
     table, only_in_base, only_in_new = compare_frames(base_frame, new_frame, max_regression)
+    remeasured: dict[str, int] = {}
+    for _ in range(rerun_inconclusive):
+        retime = table[(table["verdict"] == INCONCLUSIVE) & table["change"].isin(RETIMABLE_CHANGES)]["case_key"]
+        if retime.empty:
+            break
+        if remeasure is None:
+            from .remeasure import remeasure_rows as remeasure
+        fresh = remeasure(new_frame[new_frame["case_key"].isin(set(retime))], new_meta)
+        new_frame = pd.concat([new_frame[~new_frame["case_key"].isin(set(fresh["case_key"]))], fresh],
+                              ignore_index=True)
+        for key in fresh["case_key"]:
+            remeasured[key] = remeasured.get(key, 0) + 1
+        table, only_in_base, only_in_new = compare_frames(base_frame, new_frame, max_regression)
+    table["remeasured"] = [remeasured.get(key, 0) for key in table["case_key"]]
+    if remeasured:
+        warnings.append(f"{len(remeasured)} of NEW's cases were re-timed with the code at hand before their verdict "
+                        f"(--rerun-inconclusive); NEW's results file is unchanged")
+
     too_few_shared = None
     if table.empty or len(table) < min_shared * len(base_frame):
         required = "one" if min_shared == 0 else _percent(min_shared)
@@ -433,16 +585,16 @@ def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFA
     moved = table[~_same_devices(table)]
     for (base_device, new_device), rows in moved.groupby(["device_name_base", "device_name_new"], dropna=False):
         warnings.append(f"{len(rows)} case(s) ran on another device: BASE {base_device!r}, NEW {new_device!r}; their "
-                        f"latency, memory and speedup are not compared (verdict '{OTHER_DEVICE}')")
-    unsupported = table[table["verdict"] == NOW_UNSUPPORTED]
+                        f"latency, memory and speedup are not compared (change '{OTHER_DEVICE}')")
+    unsupported = table[table["change"] == NOW_UNSUPPORTED]
     if len(unsupported):
         warnings.append(f"{len(unsupported)} case(s) ran in BASE but are unsupported in NEW (a backend missing from "
                         f"NEW's environment?): {', '.join(unsupported['case'][:5])}"
                         f"{' …' if len(unsupported) > 5 else ''}")
-    failed = bool(table["verdict"].isin(FAILING_VERDICTS).any()) or too_few_shared is not None
     return Comparison(table=table, only_in_base=only_in_base, only_in_new=only_in_new, warnings=warnings,
-                      failed=failed, max_regression=max_regression, too_few_shared=too_few_shared,
-                      base=str(resolve_results_path(base)), new=str(resolve_results_path(new)))
+                      max_regression=max_regression, max_inconclusive=max_inconclusive,
+                      too_few_shared=too_few_shared, base=str(resolve_results_path(base)),
+                      new=str(resolve_results_path(new)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -484,7 +636,9 @@ def format_comparison(c: Comparison) -> str:
             "latency": table["latency_ratio"].map(_fmt_ratio),
             "memory": table["mem_ratio"].map(_fmt_ratio),
             "GMACs": table["gmacs_ratio"].map(_fmt_ratio),
-            "verdict": table["verdict"], "note": table["note"],
+            "verdict": table["verdict"], "change": table["change"],
+            "reason": [f"{reason}{'; ' if reason else ''}re-timed {n}×" if n else reason
+                       for reason, n in zip(table["reason"], table["remeasured"])],
         })
         lines.append(_text_table(shown, right={"res", "C", "heads", "batch", "base ms", "new ms", "latency",
                                                "memory", "GMACs"}))
@@ -493,22 +647,24 @@ def format_comparison(c: Comparison) -> str:
     for name, labels in (("BASE", c.only_in_base), ("NEW", c.only_in_new)):
         if labels:
             lines += ["", f"Only in {name} ({len(labels)}), not compared:", *(f"  - {label}" for label in labels)]
-
     counts = table["verdict"].value_counts() if not table.empty else pd.Series(dtype=int)
-    lines += ["", "Cases: " + (", ".join(f"{n} {v}" for v, n in counts.items()) if len(counts) else "none compared")]
-    threshold = _percent(c.max_regression)
-    if c.failed:
-        regressions = int(counts.get(REGRESSION, 0))
-        new_failures = int(counts.get(NEW_FAILURE, 0))
-        parts = [f"{regressions} regression{'s' if regressions != 1 else ''} beyond {threshold}"] if regressions else []
-        if new_failures:
-            parts.append(f"{new_failures} new failure{'s' if new_failures != 1 else ''}")
-        if c.too_few_shared:
-            parts.append(c.too_few_shared)
-        lines.append(f"FAILED: {', '.join(parts)} in {len(table)} cases compared")
-    else:
-        lines.append(f"PASSED: no regression beyond {threshold} and no new failure in {len(table)} cases compared")
+    lines += ["", "Cases: " + (", ".join(f"{counts[v]} {v}" for v in VERDICTS if v in counts) or "none compared")]
+    lines.append(verdict_line(c))
     return "\n".join(lines)
+
+
+def verdict_line(c: Comparison) -> str:
+    """The gate's decision in one line, starting with PASSED, FAILED (regressed) or UNDECIDED (cannot judge)."""
+    threshold = _percent(c.max_regression)
+    compared = f"in {len(c.table)} case{'s' if len(c.table) != 1 else ''} compared"
+    if c.exit_status == EXIT_REGRESSED:
+        return f"FAILED: {len(c.regressed)} regressed (beyond {threshold}, or a new failure) {compared}"
+    if c.exit_status == EXIT_INCONCLUSIVE:
+        advice = ("" if c.too_few_shared else
+                  "; re-time them (--rerun-inconclusive N), or rerun with a longer --min-time on a quieter machine")
+        return f"UNDECIDED: {c.too_inconclusive}{advice}"
+    inconclusive = f", {len(c.inconclusive)} inconclusive (allowed)" if len(c.inconclusive) else ""
+    return f"PASSED: no regression beyond {threshold} and no new failure {compared}{inconclusive}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -529,11 +685,27 @@ def _share_arg(text: str) -> float:
     return value
 
 
+def _count_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: give a whole number, 0 or more") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: 0 or more")
+    return value
+
+
+EPILOG = (f"Exit status: {EXIT_PASSED} passed; {EXIT_REGRESSED} a case regressed (slower or larger beyond the "
+          f"threshold, with intervals apart, or a new failure); {EXIT_UNUSABLE} unusable input; "
+          f"{EXIT_INCONCLUSIVE} undecided: too many inconclusive cases, or too few shared ones. The decision rule and "
+          f"its measured error rates: docs/regression-gate.md.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Compare two runs case by case and fail on latency or memory regressions and on "
-                               "cases that stopped working.",
-        epilog="Exit status: 0 no regression, 1 regression or new failure, 2 unusable input.")
+        prog=PROG, description="Compare two runs case by case: each case regressed, ok or inconclusive, and a gate "
+                               "that fails on regressions and when too many cases are inconclusive.",
+        epilog=EPILOG)
     parser.add_argument("base", metavar="BASE", help="results file of the reference run (.csv, .json or no suffix)")
     parser.add_argument("new", metavar="NEW", help="results file of the run to judge")
     parser.add_argument("--max-regression", type=_threshold_arg, default=DEFAULT_MAX_REGRESSION, metavar="PCT",
@@ -542,33 +714,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-shared", type=_share_arg, default=DEFAULT_MIN_SHARED, metavar="PCT",
                         help="share of BASE's cases NEW must have for the comparison to pass, as for "
                              "--max-regression, at most 100%% (default 50%%; 0: any, but at least one)")
+    parser.add_argument("--max-inconclusive", type=_share_arg, default=DEFAULT_MAX_INCONCLUSIVE, metavar="PCT",
+                        help="share of compared cases that may be inconclusive before the gate gives up (exit "
+                             f"{EXIT_INCONCLUSIVE}); as for --min-shared (default "
+                             f"{_percent(DEFAULT_MAX_INCONCLUSIVE)}%)".replace("%", "%%"))
+    parser.add_argument("--rerun-inconclusive", type=_count_arg, default=0, metavar="N",
+                        help="re-time NEW's inconclusive cases with the code at hand, paired with their reference, "
+                             "up to N times before the verdict (default 0; NEW's file is left as it is)")
     return parser
 
 
 def main_compare(argv: Sequence[str] | None = None) -> int:
-    """``run_bench.py compare BASE NEW [--max-regression PCT]``; returns the exit status (never raises SystemExit).
-
-    0: no regression; 1: a regression or a new failure; 2: bad arguments (argparse's message) or an
-    unusable results file (one line on stderr).
-    """
+    """``run_bench.py compare BASE NEW [options]``; returns the exit status (never raises SystemExit): see
+    ``EPILOG``. Bad arguments give argparse's message, an unusable results file one line on stderr."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     # "--max-regression -5%" would read as a missing value: glue the value on so the error names it
     for i in range(len(argv) - 1):
-        if argv[i] == "--max-regression" and argv[i + 1].startswith("-"):
-            argv[i:i + 2] = [f"--max-regression={argv[i + 1]}"]
+        if argv[i] in ("--max-regression", "--max-inconclusive", "--min-shared", "--rerun-inconclusive") \
+                and argv[i + 1].startswith("-"):
+            argv[i:i + 2] = [f"{argv[i]}={argv[i + 1]}"]
             break
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_UNUSABLE)
     try:
-        comparison = compare_runs(args.base, args.new, args.max_regression, args.min_shared)
-    except (ResultsFormatError, OSError) as exc:
+        comparison = compare_runs(args.base, args.new, args.max_regression, args.min_shared, args.max_inconclusive,
+                                  args.rerun_inconclusive)
+    except (ResultsFormatError, OSError, RemeasureError) as exc:
         print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        return EXIT_UNUSABLE
     print(format_comparison(comparison))
-    return 1 if comparison.failed else 0
+    return comparison.exit_status
 
 
 if __name__ == "__main__":

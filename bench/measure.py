@@ -15,7 +15,8 @@
   (clocks, load, temperature) lands on all of them alike. A speedup is the median of per-round
   ratios, with a 95% confidence interval by batch means of the log-ratios (see ``paired_speedup``).
   The rounds may be taken in several *sittings*, each in a fresh process (``TimingPolicy.sittings``),
-  so that the interval also covers what one process fixes for its lifetime.
+  so that the interval also covers what one process fixes for its lifetime. A median latency gets a
+  95% interval by the same method (``median_interval``): what ``compare`` judges two runs by.
 - **CPU memory.** glibc serves a block above its mmap threshold (at most 32 MiB, and moved only
   as blocks are freed) with fresh pages and unmaps it when it is freed, so a pass that allocates
   such blocks pays a page fault for every 4 KiB it touches, on every call, and how many depends on
@@ -357,27 +358,39 @@ def timing_notes(timing: Timing, policy: TimingPolicy) -> list[str]:
     return notes
 
 
-def paired_speedup(reference: Timing, timing: Timing) -> tuple[float, float, float]:
-    """Speedup over ``reference`` timed in the same rounds: the median of the per-round ratios
-    (reference ÷ this), and a 95% confidence interval for it by batch means on the log scale. The
-    batches are the sittings when there were several, else ``SPEEDUP_BATCHES`` consecutive runs of
-    rounds (one per round when there are fewer rounds); the interval is exp(m ± t · s / √batches), where
-    m is the median log-ratio and s the standard deviation of the batches' median log-ratios. On the log
-    scale a ratio's interval is always above zero, and 2× slower sits as far below as 2× faster sits
-    above (``SPEEDUP_INTERVAL_METHOD``). Treating rounds as independent (a bootstrap over single rounds,
-    or over short blocks) misses what drifts over seconds and gives an interval that other runs fall
-    outside of. One round has no interval (NaN)."""
-    log_ratios = np.log(np.asarray(reference.times_ms) / np.asarray(timing.times_ms))
-    center = float(np.median(log_ratios))
-    if len(reference.sittings) > 1:
-        batches = np.split(log_ratios, np.cumsum(reference.sittings)[:-1])
+def log_batch_interval(log_values: np.ndarray, sittings: tuple[int, ...]) -> tuple[float, float, float]:
+    """(center, low, high) on the log scale: the median of per-round log values and a 95% confidence interval
+    for it by batch means. The batches are the sittings when there were several, else ``SPEEDUP_BATCHES``
+    consecutive runs of rounds (one per round when there are fewer rounds); the interval is m ± t · s / √batches,
+    where m is the median and s the standard deviation of the batches' medians (``SPEEDUP_INTERVAL_METHOD``).
+    Treating rounds as independent (a bootstrap over single rounds, or over short blocks) misses what drifts
+    over seconds and gives an interval that other runs fall outside of. One round has no interval (NaN)."""
+    center = float(np.median(log_values))
+    if len(sittings) > 1:
+        batches = np.split(log_values, np.cumsum(sittings)[:-1])
     else:
-        batches = np.array_split(log_ratios, min(SPEEDUP_BATCHES, len(log_ratios)))
+        batches = np.array_split(log_values, min(SPEEDUP_BATCHES, len(log_values)))
     if len(batches) < 2:
-        return math.exp(center), math.nan, math.nan
+        return center, math.nan, math.nan
     batch_medians = [np.median(batch) for batch in batches]
     half_width = STUDENT_T_975[len(batches) - 1] * float(np.std(batch_medians, ddof=1)) / math.sqrt(len(batches))
-    return math.exp(center), math.exp(center - half_width), math.exp(center + half_width)
+    return center, center - half_width, center + half_width
+
+
+def paired_speedup(reference: Timing, timing: Timing) -> tuple[float, float, float]:
+    """Speedup over ``reference`` timed in the same rounds: the median of the per-round ratios
+    (reference ÷ this), and a 95% confidence interval for it by batch means of the log-ratios
+    (``log_batch_interval``). On the log scale a ratio's interval is always above zero, and 2× slower
+    sits as far below as 2× faster sits above."""
+    log_ratios = np.log(np.asarray(reference.times_ms) / np.asarray(timing.times_ms))
+    return tuple(math.exp(v) for v in log_batch_interval(log_ratios, reference.sittings))
+
+
+def median_interval(timing: Timing) -> tuple[float, float]:
+    """A 95% confidence interval (ms) of a pass's median latency, by batch means of the log latencies
+    (``log_batch_interval``): what ``compare`` tests two runs' medians with. NaN for one round."""
+    _, low, high = log_batch_interval(np.log(np.asarray(timing.times_ms)), timing.sittings)
+    return math.exp(low), math.exp(high)
 
 
 def machine_state(device: torch.device) -> dict[str, float | None]:

@@ -65,15 +65,17 @@ COLUMNS = REQUIRED_COLUMNS + [
     "timed_s",            # seconds of timed calls behind the latency statistics (all sittings)
     "warmup_calls",       # warm-up calls before the timed rounds (until stable, capped)
     "gmacs_unpadded",     # gmacs less what padding costs (BRA's auto_pad): what tflops_achieved and pct_of_peak count
+    *("latency_ms_ci_low", "latency_ms_ci_high"),  # 95% batch-means interval of latency_ms_median (compare's test)
 ]
 # Columns added after results files of the same schema were written: a file without them loads with
 # them empty, and a resumed run's file gets them added.
 LATE_COLUMNS = {"attentions": ("tile_efficiency", "speedup_vs_ref", "speedup_ci_low", "speedup_ci_high",
                                "timing_spread", "load_before", "load_after", "gpu_state", *PLACEMENT_COLUMNS,
                                "page_faults", "ref_rel_err", "err_tensor", "timed_s", "warmup_calls",
-                               "gmacs_unpadded"),
+                               "gmacs_unpadded", "latency_ms_ci_low", "latency_ms_ci_high"),
                 "models": ("timing_spread", *PLACEMENT_COLUMNS, "page_faults", "timed_s", "warmup_calls",
-                           "speedup_vs_ref", "speedup_ci_low", "speedup_ci_high", "gmacs_per_image_unpadded")}
+                           "speedup_vs_ref", "speedup_ci_low", "speedup_ci_high", "gmacs_per_image_unpadded",
+                           "latency_ms_ci_low", "latency_ms_ci_high")}
 # Rows of the model suite (``--suite models``): one whole backbone of ``attentions.models`` per row.
 MODEL_COLUMNS = [
     "model", "attention", "backend", "resolution", "batch", "dtype", "phase", "status",
@@ -93,6 +95,7 @@ MODEL_COLUMNS = [
     "speedup_vs_ref",     # the reference backend's latency ÷ this one: median of per-round ratios of paired rounds
     "speedup_ci_low", "speedup_ci_high",  # its 95% confidence interval
     "gmacs_per_image_unpadded",  # gmacs_per_image less what padding costs: what tflops_achieved counts
+    *("latency_ms_ci_low", "latency_ms_ci_high"),  # 95% batch-means interval of latency_ms_median
 ]
 SUITES = {"attentions": COLUMNS, "models": MODEL_COLUMNS}  # suite -> its row schema
 # Every other column of a suite holds numbers (or nothing).

@@ -30,8 +30,8 @@ from attentions import BackendUnavailableError
 from .cases import Case, ModelCase
 from .flops import FlopCounterUnavailable, count_macs, hardware_flops
 from .accuracy import Accuracy, ReferencePasses, accuracy, reference_passes
-from .measure import (Timing, TimingPolicy, machine_state, make_pass, paired_speedup, peak_memory_bytes,
-                      time_rounds, timing_notes)
+from .measure import (Timing, TimingPolicy, machine_state, make_pass, median_interval, paired_speedup,
+                      peak_memory_bytes, time_rounds, timing_notes)
 from .profiles import DTYPES, GpuProfile
 from .results import COLUMNS, ResultsWriter, completed_case_keys, cpu_name, now_iso
 from .settings import Numerics, ProcessSettings
@@ -242,10 +242,12 @@ def latency_row(timing: Timing, batch: int, macs: int, phase: str, dtype: str, c
     """Latency statistics, throughput and achieved TFLOP/s of a timed pass (``macs``: of its forward at
     ``batch``, on the real map: work spent on padding is no throughput)."""
     seconds = timing.median_ms / 1e3
+    ci_low, ci_high = median_interval(timing)
     tflops = hardware_flops(macs, phase) / seconds / 1e12
     peak = ctx.profile.peak_for(dtype, tf32=ctx.numerics.tf32_matmul)
     return {"latency_ms_median": timing.median_ms, "latency_ms_p20": timing.p20_ms,
-            "latency_ms_p80": timing.p80_ms, "rounds": timing.rounds, "timing_spread": timing.spread,
+            "latency_ms_p80": timing.p80_ms, "latency_ms_ci_low": ci_low, "latency_ms_ci_high": ci_high,
+            "rounds": timing.rounds, "timing_spread": timing.spread,
             "timed_s": timing.timed_s, "warmup_calls": timing.warmup_calls,
             "page_faults": timing.page_faults_median,
             "throughput": batch / seconds, "tflops_achieved": tflops,

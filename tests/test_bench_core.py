@@ -677,3 +677,21 @@ def test_pct_of_peak_divides_by_the_peak_of_the_math_used():
         assert row["tflops_achieved"] == pytest.approx(1.0) and row["pct_of_peak"] == pytest.approx(100 / peak)
         assert bench.runner.latency_row(timing, 1, 10 ** 9, "fwd", "bfloat16", ctx)["pct_of_peak"] == pytest.approx(
             100 / 989)
+
+
+def test_median_interval_is_a_batch_means_interval_of_the_log_latencies():
+    """Ten rounds in five batches of two: exp(m ± t(4) · s / √5) with m the median log latency and s the
+    standard deviation of the batches' median logs; wider for scattered rounds; none for one round."""
+    from bench.measure import Timing, median_interval
+    rng = np.random.default_rng(7)
+    times = tuple(float(t) for t in 2.0 * np.exp(rng.normal(0, 0.05, 10)))
+    logs = np.log(times)
+    batch_medians = [np.median(logs[i:i + 2]) for i in range(0, 10, 2)]
+    half = 2.776 * np.std(batch_medians, ddof=1) / math.sqrt(5)
+    low, high = median_interval(Timing(times))
+    assert (low, high) == pytest.approx((math.exp(np.median(logs) - half), math.exp(np.median(logs) + half)))
+    assert low < np.median(times) < high
+    scattered = tuple(float(t) for t in 2.0 * np.exp(rng.normal(0, 0.5, 10)))
+    wide_low, wide_high = median_interval(Timing(scattered))
+    assert wide_high / wide_low > high / low
+    assert all(math.isnan(v) for v in median_interval(Timing((2.0,))))
