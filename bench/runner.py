@@ -488,6 +488,30 @@ GroupRunner = Callable[[Sequence[Any], RunContext, Sequence[Any]], list[dict[str
 Executor = Callable[[Iterator[Group], GroupRunner, RunContext], Iterator[tuple[Group, list[dict[str, Any]]]]]
 
 
+@dataclass(frozen=True)
+class RetryNoisy:
+    """A group runner that re-times a group's noisy cases, beside their references, up to ``retries`` more
+    times, and keeps each case's last row (``--retry-noisy``): noise on a shared machine comes and goes, and a
+    later attempt is as fair a measurement as the first, not a chosen one. A re-timed row says so."""
+
+    run: GroupRunner
+    retries: int
+
+    def __call__(self, cases: Sequence[Any], ctx: RunContext, companions: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        rows = {case.key: row for case, row in zip(cases, self.run(cases, ctx, companions))}
+        for attempt in range(1, self.retries + 1):
+            noisy = [case for case in cases if rows[case.key]["status"] == "noisy"]
+            if not noisy:
+                break
+            keys = {case.key for case in noisy}
+            references = {reference_case(case).key: reference_case(case) for case in noisy}
+            again = self.run(noisy, ctx, [case for key, case in references.items() if key not in keys])
+            for case, row in zip(noisy, again):
+                note = f"re-timed {attempt}× (--retry-noisy): the earlier attempts were noisy"
+                rows[case.key] = {**row, "status_detail": "; ".join(filter(None, [note, row.get("status_detail")]))}
+        return [rows[case.key] for case in cases]
+
+
 def run_here(run: GroupRunner, group: Group, ctx: RunContext) -> list[dict[str, Any]]:
     """``run``'s rows for ``group`` in this process, each saying where it ran (``placement``)."""
     where = placement(group.cases[0].device)

@@ -695,3 +695,24 @@ def test_median_interval_is_a_batch_means_interval_of_the_log_latencies():
     wide_low, wide_high = median_interval(Timing(scattered))
     assert wide_high / wide_low > high / low
     assert all(math.isnan(v) for v in median_interval(Timing((2.0,))))
+
+
+@pytest.mark.parametrize("retries, quiet_on, attempts, status", [(5, 3, 3, "ok"), (1, 3, 2, "noisy"), (0, 3, 1, "noisy")])
+def test_retry_noisy_retimes_only_the_noisy_cases_beside_their_reference(retries, quiet_on, attempts, status):
+    """A stand-in group runner whose sdpa row is noisy until its ``quiet_on``-th attempt: RetryNoisy re-times
+    that case alone (its reference as companion), at most ``retries`` more times, and keeps the last row."""
+    from bench.runner import RetryNoisy
+    calls = []
+
+    def stand_in(cases, ctx, companions=()):
+        calls.append(([c.backend for c in cases], [c.backend for c in companions]))
+        sdpa = "ok" if len(calls) >= quiet_on else "noisy"
+        return [{"status": sdpa if c.backend == "sdpa" else "ok", "status_detail": f"attempt {len(calls)}"}
+                for c in cases]
+
+    cases = [case("full", "torch"), case("full", "sdpa")]
+    rows = RetryNoisy(stand_in, retries)(cases, context())
+    assert calls == [(["torch", "sdpa"], [])] + [(["sdpa"], ["torch"])] * (attempts - 1)
+    assert rows[0]["status_detail"] == "attempt 1" and rows[1]["status"] == status
+    assert rows[1]["status_detail"].endswith(f"attempt {attempts}")
+    assert (f"re-timed {attempts - 1}×" in rows[1]["status_detail"]) == (attempts > 1)
