@@ -62,6 +62,10 @@ DEFAULT_MAX_INCONCLUSIVE = 0.10  # share of compared cases that may be inconclus
 MIN_MEMORY_DELTA_MB = 1.0  # peak-memory differences below this are never judged
 GMACS_TOLERANCE = 1e-6     # relative change of GMACs that counts as "the work changed"
 MIN_ROUNDS = 5             # fewer timed rounds on either side are too few to judge a latency
+# Beyond this change of a configuration's reference latency (either way), the two runs saw different machines:
+# load lands unevenly on backends (measured: paired speedups of identical code 20-40% apart across runs whose
+# reference latency differed 10-100×), so neither latency nor paired speedup is judged across them.
+MACHINE_SHIFT_LIMIT = 1.5
 PROG = "run_bench.py compare"
 
 # Verdicts: every compared case gets one, with its reason
@@ -89,7 +93,7 @@ FAILURE_STATUSES = ("mismatch", "error", "oom")
 IDENTITY = ["family", "backend", "options", "resolution", "batch", "dim", "heads", "dtype", "device", "phase"]
 MEASURED = ["status", "status_detail", "latency_ms_median", "latency_ms_p20", "latency_ms_p80", "latency_ms_ci_low",
             "latency_ms_ci_high", "rounds", "peak_mem_mb", "gmacs", "rel_err", "speedup_vs_ref", "speedup_ci_low",
-            "speedup_ci_high", "device_name"]
+            "speedup_ci_high", "device_name", "reference_backend"]
 TIMED = ("ok", "noisy")  # statuses with a latency worth comparing
 
 # (label, where in the metadata): top-level keys, or keys of metadata["environment"]
@@ -426,6 +430,13 @@ def judge(row: pd.Series, max_regression: float, siblings: pd.DataFrame | None =
             regressions.append(f"peak memory {_fmt_ratio(memory)} (+{delta:.3g} MB)")
         elif memory < 1 / limit_up and -delta >= MIN_MEMORY_DELTA_MB:
             notes.append(f"peak memory {_fmt_ratio(memory)} ({delta:.3g} MB)")
+    shift = reference_shift(row, siblings)
+    if shift is not None and not 1 / MACHINE_SHIFT_LIMIT <= shift <= MACHINE_SHIFT_LIMIT:
+        why = (f"latency {_fmt_ratio(row['latency_ratio'])}, but the machine differed between the runs: the reference "
+               f"timed beside it ran {_fmt_ratio(shift)} its BASE time (beyond {MACHINE_SHIFT_LIMIT:g}× either way), "
+               f"and load does not slow every backend alike, so neither latency nor paired speedup compares")
+        verdict, change = INCONCLUSIVE, _latency_change(row["latency_ratio"], max_regression)
+        return (REGRESSED if regressions else verdict), change, "; ".join([why, *regressions, *notes])
     if (_known(row["speedup_ci_high_new"], row["speedup_ci_low_base"])
             and row["speedup_ci_high_new"] * limit_up < row["speedup_ci_low_base"]):
         regressions.append(f"speedup over the reference {_speedups(row)} (paired rounds, intervals apart by more "
@@ -433,6 +444,22 @@ def judge(row: pd.Series, max_regression: float, siblings: pd.DataFrame | None =
 
     verdict, change, why = _judge_latency(row, max_regression, siblings)
     return (REGRESSED if regressions else verdict), change, "; ".join(filter(None, [why, *regressions, *notes]))
+
+
+def reference_shift(row: pd.Series, siblings: pd.DataFrame) -> float | None:
+    """NEW ÷ BASE latency of the case's reference in the same configuration (the case itself when it is the
+    reference): how differently the machine ran the two runs; None without the reference in both."""
+    reference = row["reference_backend_new"]
+    if row["backend"] == reference:
+        return row["latency_ratio"] if _known(row["latency_ratio"]) else None
+    found = siblings[siblings["backend"] == reference]["latency_ratio"].dropna()
+    return float(found.iloc[0]) if len(found) else None
+
+
+def _latency_change(ratio: float, max_regression: float) -> str:
+    if _known(ratio) and ratio > 1 + max_regression:
+        return SLOWER
+    return FASTER if _known(ratio) and ratio < 1 / (1 + max_regression) else UNCHANGED
 
 
 def _judge_latency(row: pd.Series, max_regression: float, siblings: pd.DataFrame) -> tuple[str, str, str]:
@@ -455,7 +482,9 @@ def _judge_latency(row: pd.Series, max_regression: float, siblings: pd.DataFrame
         if code:
             return REGRESSED, SLOWER, f"{stated}, intervals apart{' despite the noise' if noisy else ''}, {how}"
         return INCONCLUSIVE, SLOWER, f"{stated}, intervals apart, {how}"
-    change = FASTER if ratio < 1 / limit_up and new.high < base.low else SLOWER if ratio > limit_up else UNCHANGED
+    change = _latency_change(ratio, max_regression)
+    if change == FASTER and new.high >= base.low:
+        change = UNCHANGED
     if ratio_high <= limit_up:
         return OK, change, stated if change != UNCHANGED else ""
     if noisy:

@@ -100,15 +100,18 @@ def main() -> None:
     parser.add_argument("--resolutions", type=int, nargs="+", default=[14, 28])
     parser.add_argument("--min-time", type=float, default=0.2, help="seconds per pass (the CLI's CPU default)")
     parser.add_argument("--out", type=Path, default=Path("gate_error_rates.csv"))
+    parser.add_argument("--runs", type=Path, help="keep the runs' results files here (default: a temporary folder)")
     args = parser.parse_args()
     policy = TimingPolicy(min_time_s=args.min_time, l2_flush=False,
                           cpu_allocator="retain" if retain_available() else "system")
     planned = cases(args.resolutions)
     judged: list[dict] = []
     begin = time.monotonic()
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = args.runs or Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
         for index in range(args.trials):
-            judged += trial(index, Path(folder), planned, args.slowdowns, policy)
+            judged += trial(index, folder, planned, args.slowdowns, policy)
             pd.DataFrame(judged).to_csv(args.out, index=False)  # every finished trial kept
             print(f"trial {index + 1}/{args.trials} done, {time.monotonic() - begin:.0f} s", flush=True)
     print(markdown(rates(pd.DataFrame(judged))))

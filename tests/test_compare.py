@@ -116,20 +116,20 @@ def last_line(capsys) -> str:
 
 def test_latency_regression_with_intervals_apart_fails(tmp_path, capsys):
     new_rows = baseline()
-    new_rows[1] = make_row(B, median=4.0)  # 2x, intervals [1.96, 2.04] and [3.92, 4.08]
+    new_rows[0] = make_row(A, median=2.0)  # 2x, intervals [0.98, 1.02] and [1.96, 2.04]; its reference B unchanged
     base, new = pair(tmp_path, baseline(), new_rows)
     comparison = compare_runs(base, new)
     assert comparison.exit_status == EXIT_REGRESSED
-    assert verdict(comparison, B) == REGRESSED and judged(comparison, B)["change"] == SLOWER
-    assert verdict(comparison, A) == verdict(comparison, C) == OK
-    row = judged(comparison, B)
+    assert verdict(comparison, A) == REGRESSED and judged(comparison, A)["change"] == SLOWER
+    assert verdict(comparison, B) == verdict(comparison, C) == OK
+    row = judged(comparison, A)
     assert row["latency_ratio"] == pytest.approx(2.0) and row["mem_ratio"] == pytest.approx(1.0)
     assert "latency 2.00×" in row["reason"] and "intervals apart" in row["reason"] and "unpaired" in row["reason"]
 
     assert main_compare([str(base), str(new)]) == EXIT_REGRESSED
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if " regressed " in line)
-    assert "torch" in line and "2.00×" in line
+    assert "sdpa" in line and "2.00×" in line
     assert out.strip().splitlines()[-1].startswith("FAILED: 1 regressed")
 
 
@@ -172,8 +172,9 @@ def test_fails_open_no_more_every_case_slower_and_noisy(tmp_path, capsys):
                 make_row(C, median=55.0 * 3.0, status="noisy", ci=0.3)]
     base, new = pair(tmp_path, base_rows, new_rows)
     comparison = compare_runs(base, new)
-    assert verdict(comparison, A) == INCONCLUSIVE and "timed beside it is unchanged" in judged(comparison, A)["reason"]
-    assert verdict(comparison, B) == INCONCLUSIVE and "slowed alike" in judged(comparison, B)["reason"]
+    for case in (A, B):
+        assert verdict(comparison, case) == INCONCLUSIVE
+        assert "the machine differed between the runs" in judged(comparison, case)["reason"]
     assert verdict(comparison, C) == REGRESSED and "unpaired" in judged(comparison, C)["reason"]
     assert main_compare([str(base), str(new)]) == EXIT_REGRESSED
     assert last_line(capsys).startswith("FAILED")
@@ -212,10 +213,28 @@ def test_fails_closed_no_more_identical_code_on_a_slower_machine(tmp_path, capsy
 
 def test_a_slower_reference_regressed_when_the_backends_beside_it_gained_on_it(tmp_path):
     base_rows = [make_row(A, median=1.0, speedup=(1.9, 2.0, 2.1)), make_row(B, median=2.0)]
-    new_rows = [make_row(A, median=1.0, speedup=(3.8, 4.0, 4.2)), make_row(B, median=4.0)]
+    new_rows = [make_row(A, median=1.0, speedup=(2.5, 2.6, 2.7)), make_row(B, median=2.6)]
     comparison = compare_runs(*pair(tmp_path, base_rows, new_rows))
     assert verdict(comparison, B) == REGRESSED and "gained on it" in judged(comparison, B)["reason"]
     assert verdict(comparison, A) == OK
+
+
+def test_slowdowns_within_the_paired_ratios_are_the_machines_and_a_distant_machine_is_not_judged(tmp_path):
+    """The reference and its fast path both 1.3x slower, the paired speedup unchanged: the machine (or a change
+    common to both), inconclusive. Beyond MACHINE_SHIFT_LIMIT of the reference's latency the runs saw different
+    machines (load slows backends unevenly): nothing is judged on latency or paired speedup, even a speedup
+    that fell, though memory still is."""
+    base_rows = [make_row(A, median=1.0, speedup=(1.9, 2.0, 2.1)), make_row(B, median=2.0)]
+    alike = [make_row(A, median=1.3, speedup=(1.9, 2.0, 2.1)), make_row(B, median=2.6)]
+    comparison = compare_runs(*pair(tmp_path, base_rows, alike))
+    assert list(comparison.table["verdict"]) == [INCONCLUSIVE, INCONCLUSIVE]
+    assert "timed beside it is unchanged" in judged(comparison, A)["reason"]
+    assert "slowed alike" in judged(comparison, B)["reason"]
+    distant = [make_row(A, median=0.1, speedup=(1.1, 1.2, 1.3), mem=80.0), make_row(B, median=0.12)]
+    comparison = compare_runs(*pair(tmp_path / "distant", base_rows, distant))
+    assert verdict(comparison, B) == INCONCLUSIVE and "ran 0.06× its BASE time" in judged(comparison, B)["reason"]
+    assert verdict(comparison, A) == REGRESSED and "peak memory 2.00×" in judged(comparison, A)["reason"]
+    assert "speedup over the reference" not in judged(comparison, A)["reason"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,10 +271,10 @@ def test_too_few_rounds_are_inconclusive(tmp_path):
 def test_runs_without_intervals_fall_back_to_their_spreads(tmp_path):
     base_rows = [make_row(c, median=1.0 + i, ci=None) for i, c in enumerate(CASES)]
     new_rows = [make_row(c, median=1.0 + i, ci=None) for i, c in enumerate(CASES)]
-    new_rows[1] = make_row(B, median=4.0, ci=None)  # spreads [1.9, 2.1] and [3.8, 4.2]
+    new_rows[0] = make_row(A, median=2.0, ci=None)  # spreads [0.95, 1.05] and [1.9, 2.1]
     comparison = compare_runs(*pair(tmp_path, base_rows, new_rows))
-    assert verdict(comparison, B) == REGRESSED and "from p20-p80 spreads" in judged(comparison, B)["reason"]
-    assert verdict(comparison, A) == OK
+    assert verdict(comparison, A) == REGRESSED and "from p20-p80 spreads" in judged(comparison, A)["reason"]
+    assert verdict(comparison, B) == OK
 
 
 @pytest.mark.parametrize("allowed, expected", [("0", EXIT_INCONCLUSIVE), ("33%", EXIT_INCONCLUSIVE),
@@ -326,7 +345,7 @@ def test_a_case_on_another_device_is_not_judged_but_its_status_is(tmp_path, caps
     inconclusive, and a warning names both devices; a case that fails there still regressed, and a slowdown
     on the same device is still a regression."""
     pcie = "NVIDIA H100 PCIe"
-    new_rows = [make_row(A, median=10.0, device_name=pcie), make_row(B, median=4.0),
+    new_rows = [make_row(A, median=10.0, device_name=pcie), make_row(B, median=2.4),
                 make_row(C, status="error", device_name=pcie)]
     base, new = pair(tmp_path, baseline(), new_rows)
     comparison = compare_runs(base, new)
