@@ -39,6 +39,8 @@ from .runner import Executor, RunContext, base_row, comparison_groups, in_proces
 from .settings import Numerics
 
 DEFAULT_RETRIES = 2  # --retries
+# A user's runs go here (relative to the working directory), never among the committed reference runs in results/
+DEFAULT_RESULTS_DIR = Path("runs") / "results"
 # The profile's marker in torch.cuda.get_device_name(), to warn when the profile and the GPU differ.
 DEVICE_MARKERS = {"a100": "A100", "h100": "H100", "h200": "H200", "l4": "L4", "rtx4090": "4090", "v100": "V100"}
 
@@ -147,7 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--phase", nargs="+", choices=PHASES, help="fwd and/or fwd+bwd")
     parser.add_argument("--auto-pad", action="store_true",
                         help="pad maps that a family's regions do not divide (BRA's auto_pad) instead of refusing them")
-    parser.add_argument("--results-dir", type=Path, default=Path("results"), help="default: %(default)s")
+    parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR,
+                        help="folder of runs: a run's rows go to RESULTS_DIR/<gpu>/<run id>.csv and .json, and "
+                             "--resume looks for its run there (default: %(default)s; the committed reference runs "
+                             "are in results/)")
     parser.add_argument("--run-id", type=run_id_name,
                         help="name of the run's files: letters, digits, '.', '_', '-' (default: UTC time and preset)")
     parser.add_argument("--resume", metavar="RUN", help="run id or results path of a run to complete")
@@ -188,13 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retries", type=at_least(0), metavar="N",
                         help=f"with Ray: runs again of a group whose worker died (a killed process, a lost node) before "
                              f"its cases get error rows (default {DEFAULT_RETRIES})")
-    parser.add_argument("--dry-run", action="store_true", help="list the cases and their count, run nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the cases and their count, run nothing (any GPU profile, without its device)")
     parser.add_argument("--list", action="store_true", help="list attentions, backends and their availability")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--no-report", action="store_true", help="skip the report at the end of the sweep")
     parser.add_argument("--reports-dir", type=Path, default=None,
                         help="folder of reports; the sweep's goes to REPORTS_DIR/<gpu>/<run id>/ (default: "
-                             "'reports' beside the results folder)")
+                             "'reports' beside the results folder: runs/reports)")
     return parser
 
 
@@ -228,8 +234,10 @@ def list_models_text() -> str:
     return "\n".join(lines)
 
 
-def select_profile(parser: argparse.ArgumentParser, requested: str | None) -> tuple[GpuProfile, str, str]:
-    """(profile, device, device name); warns when the profile names another GPU than the one present."""
+def select_profile(parser: argparse.ArgumentParser, requested: str | None,
+                   dry_run: bool = False) -> tuple[GpuProfile, str, str]:
+    """(profile, device, device name); warns when the profile names another GPU than the one present. A
+    ``dry_run`` (which only plans) takes a GPU profile without its device: the name is then the profile's."""
     cuda = torch.cuda.is_available()
     if requested is None:
         if not cuda:
@@ -241,8 +249,10 @@ def select_profile(parser: argparse.ArgumentParser, requested: str | None) -> tu
     if profile.name == "cpu":
         return profile, "cpu", cpu_name()
     if not cuda:
+        if dry_run:
+            return profile, "cuda", profile.marketing_name
         parser.error(f"--gpu {profile.name} needs a CUDA device and none is visible; use --gpu cpu to benchmark "
-                     f"on the CPU")
+                     f"on the CPU (--dry-run lists its cases without one)")
     name = torch.cuda.get_device_name(0)
     if not profile_matches(profile.name, name):
         warnings.warn(f"profile {profile.name!r} ({profile.marketing_name}) requested on a {name}: peak figures "
@@ -489,12 +499,21 @@ def check_folder(parser: argparse.ArgumentParser, flag: str, folder: Path | None
 def main(argv: Sequence[str] | None = None) -> int:
     """``run_bench.py [sweep flags]``, ``run_bench.py report ...`` or ``run_bench.py compare ...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    rearm_sigint()
     if argv[:1] == ["report"]:
         return main_report(argv[1:])
     if argv[:1] == ["compare"]:
         from .compare import main_compare
         return main_compare(argv[1:])
     return main_sweep(argv)
+
+
+def rearm_sigint() -> None:
+    """Give SIGINT back to Python (KeyboardInterrupt) where this process inherited it ignored (a shell's
+    ``trap '' INT``, a background job of a script, a parent's ``preexec_fn``): otherwise Ctrl-C could not
+    stop a sweep. Only the main thread can set a handler."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def default_reports_dir(results_dir: Path) -> Path:
@@ -529,30 +548,58 @@ def main_report(argv: list[str]) -> int:
 
 
 class SweepProgress:
-    """The sweep's tqdm bar. Cases already complete count at once (tqdm's ``initial``, so that they stay
-    out of its rate and ETA), a case run counts when its row is written, and the postfix names the cases
-    running (the first group's, and how many more groups run beside it). ``run_sweep`` reports the
-    complete cases before it starts one: the bar opens with the first."""
+    """The sweep's tqdm bar, in cases. Cases already complete count at once (tqdm's ``initial``, so that they
+    stay out of its rate and ETA). A running group's cases advance together as its work does (``advance``,
+    in-process: each pass prepared, each sitting of rounds), and a case counts whole when its row is written.
+    The estimate is the time so far per case done, partial groups included (no smoothing: a group's rows come
+    together). The postfix names the cases running (the first group's, and how many more groups run beside
+    it). ``run_sweep`` reports the complete cases before it starts one: the bar opens with the first."""
+
+    BAR_FORMAT = "{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
     def __init__(self, total: int, disable: bool) -> None:
         self.total, self.disable = total, disable
         self.already_complete = 0
+        self.written = 0  # rows written by this sweep
         self.bar: tqdm | None = None
-        self.running: list[Sequence[Any]] = []  # the groups started and not written yet, oldest first
+        self.running: list[Sequence[Any]] = []  # the groups started and not all written yet, oldest first
+        self.done: dict[str, float] = {}  # each running case's work done so far, as a fraction of it
 
     def progress(self, case: Any, already_done: bool) -> None:
         if already_done:
             self.already_complete += 1
             return
-        self.running = [group for group in self.running if case not in group]  # a group's rows come together
+        del self.done[case.key]
+        self.written += 1
+        running = [group for group in self.running if any(member.key in self.done for member in group)]
+        finished, self.running = len(running) < len(self.running), running
         self.bar.set_postfix_str(self._running_text(), refresh=False)
-        self.bar.update(1)
+        self._count(refresh=finished)  # a group's rows come together: drawn once, with the last
+
+    def advance(self, cases: Sequence[Any], fraction: float) -> None:
+        """``RunContext.on_progress``: the running ``cases`` are ``fraction`` done. Cases the bar is not running
+        are left alone, and a lower fraction (a retry of noisy cases starting over) is no step back."""
+        moved = False
+        for case in cases:
+            before = self.done.get(case.key)
+            if before is not None and fraction > before:
+                self.done[case.key] = fraction
+                moved = True
+        if moved:
+            self._count(refresh=True)
+
+    def _count(self, refresh: bool) -> None:
+        """Set the bar to the cases done: a sum, not increments, so that fractions never drift past the total."""
+        self.bar.n = self.already_complete + self.written + sum(self.done.values())
+        if refresh:
+            self.bar.refresh()
 
     def starting(self, cases: Sequence[Any]) -> None:
         if self.bar is None:
             self.bar = tqdm(total=self.total, initial=self.already_complete, disable=self.disable, unit="case",
-                            dynamic_ncols=True)
+                            dynamic_ncols=True, smoothing=0, bar_format=self.BAR_FORMAT)
         self.running.append(cases)
+        self.done.update((case.key, 0.0) for case in cases)
         self.bar.set_postfix_str(self._running_text())
 
     def _running_text(self) -> str:
@@ -679,7 +726,7 @@ def main_sweep(argv: list[str]) -> int:
         results_path, metadata, args = resumed_run(parser, args)
         argv = metadata["argv"]
     check_cluster_flags(parser, args)
-    profile, device, device_name = select_profile(parser, args.gpu)
+    profile, device, device_name = select_profile(parser, args.gpu, args.dry_run)
     if resuming and device == "cpu" and args.cpu_allocator is None:
         # the policy the run's rows were timed under; a run from before the policies had glibc's defaults
         args.cpu_allocator = metadata.get("timing", {}).get("cpu_allocator") or "system"
@@ -769,10 +816,10 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace, cases: list
         metadata["timing"]["workers"] = 1
     write_metadata(metadata_path, metadata)
 
-    ctx = RunContext(run_id=metadata["run_id"], profile=profile, device_name=device_name, timing=policy,
-                     numerics=numerics)
-    stop_at = None if args.time_budget is None else time.monotonic() + args.time_budget
     bar = SweepProgress(len(cases), disable=args.quiet)
+    ctx = RunContext(run_id=metadata["run_id"], profile=profile, device_name=device_name, timing=policy,
+                     numerics=numerics, on_progress=None if on_ray else bar.advance)
+    stop_at = None if args.time_budget is None else time.monotonic() + args.time_budget
     try:
         with StopOnInterrupt() as interrupt:
             ran, skipped = run_sweep(cases, ctx, results_path, progress=bar.progress, starting=bar.starting,

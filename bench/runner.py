@@ -54,6 +54,9 @@ class RunContext:
     # modules that registered families or backends in the sweep's process: every process timing cases imports them
     extension_modules: tuple[str, ...] = field(default_factory=attentions.extension_modules)
     _mac_cache: dict[tuple, tuple] = field(default_factory=dict)  # MAC counts by shape: see count_case_macs
+    # on_progress(cases, fraction): how much of a group's work is done (see group_progress); called in the process
+    # that runs the group, so None where groups run elsewhere (Ray)
+    on_progress: Callable[[Sequence[Any], float], None] | None = field(default=None, compare=False, repr=False)
 
 
 def build_module(case: Case, seed: int, inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -342,6 +345,20 @@ def comparison_groups(cases: Sequence[Case]) -> list[list[Case]]:
     return list(groups.values())
 
 
+def group_progress(ctx: RunContext, cases: Sequence[Any], passes: int) -> Callable[[int], None]:
+    """``step(n)``: ``n`` more steps of a group's work are done, reported to ``ctx.on_progress`` as the fraction
+    done. A group of ``passes`` passes takes one step per pass prepared and ``passes`` steps per sitting of rounds."""
+    total, done = passes * (1 + ctx.timing.sittings), 0
+
+    def step(count: int) -> None:
+        nonlocal done
+        done += count
+        if ctx.on_progress is not None:
+            ctx.on_progress(cases, done / total)
+
+    return step
+
+
 def run_group(cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case] = ()) -> list[dict[str, Any]]:
     """One row per case of ``cases``, whatever happens to each. Their passes (and those of
     ``companions``, references timed only for their cases' speedups) are timed together in paired
@@ -358,6 +375,8 @@ def run_group(cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case]
     prepared: dict[str, Prepared] = {}
     inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
     references: dict[tuple, tuple[int, ReferencePasses]] = {}
+    passes = len(cases) + len(companions)
+    step = group_progress(ctx, cases, passes)
     for case in [*cases, *companions]:
         row = base_row(case, ctx)
         try:
@@ -366,15 +385,18 @@ def run_group(cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case]
         except Exception as exc:  # noqa: BLE001 - recorded as the case's status; the group goes on
             rows[case.key] = {**row, **failure(exc)}
             free_memory(case.device)
+        step(1)
     references.clear()  # before timing: the device's memory is the passes' alone
     free_memory(device.type)
     timings = time_rounds({key: p.run for key, p in prepared.items()}, device, ctx.timing)
+    step(passes)
     for _ in range(1, ctx.timing.sittings):
         timed = [p.case for key, p in prepared.items() if isinstance(timings[key], Timing)]
         if timed:
             later = sitting_in_fresh_process(timed, ctx.seed, ctx.timing, process_settings(ctx, torch.get_num_threads()))
             timings.update({case.key: timings[case.key].joined(later[case.key])
                             if isinstance(later[case.key], Timing) else later[case.key] for case in timed})
+        step(passes)
     after = machine_state(device)
     for key, item in prepared.items():
         timing = timings[key]

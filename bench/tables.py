@@ -9,7 +9,9 @@ Rules every table follows:
 - the best value of each column is in bold, within each block of rows (a resolution and phase);
 - rows whose status is not ok keep their place and show the status instead of numbers;
 - a mismatch row never shows a speedup: it failed the error check against the reference;
-- a noisy row shows its latency marked NOISY, never in bold and never in a ratio;
+- a noisy row shows its latency marked NOISY, never in bold and never in a ratio of timings; its peak memory
+  and memory ratios stay (peak memory is no timing figure);
+- only cases that ran are rows: a combination the sweep never ran has no row of "—";
 - a speedup over the reference is the paired one (median of per-round ratios, timed in the same
   rounds) with its 95% confidence interval where the run has it, else the ratio of medians;
 - an error recorded as inf (NaN/inf in a backend's output or gradients) reads "inf" and is never in bold.
@@ -37,6 +39,7 @@ from .results import MEASURED_STATUSES
 from .variants import with_backend, with_dense, with_full_attention, with_reference, with_variants
 
 MB = 2 ** 20
+MEMORY_STATUSES = ("ok", "noisy")  # rows whose peak memory stands: noise is in the timing, not in the memory
 CONVENTIONS = ("GMACs are multiply-adds counted by fvcore, the papers' \"FLOPs\"; hardware FLOPs = 2 × MACs "
                "(forward+backward: 3 × the forward). Latency is the median over timed rounds with the p20–p80 "
                "spread; memory is the peak allocated during one pass above what was allocated before it.")
@@ -264,6 +267,19 @@ def _latency_or_status(row: pd.Series) -> object:
     return row["status"].upper()
 
 
+def _memory(row: pd.Series) -> float | None:
+    """The row's peak memory, where it stands (``MEMORY_STATUSES``)."""
+    return _value(row["peak_mem_mb"]) if row["status"] in MEMORY_STATUSES else None
+
+
+def _memory_ratio(row: pd.Series, partner: str) -> float | None:
+    """Peak memory over the ``partner``'s (a ``bench.variants`` prefix: reference, full), where both stand."""
+    if row["status"] not in MEMORY_STATUSES or row[f"{partner}_status"] not in MEMORY_STATUSES:
+        return None
+    memory, partner_memory = row["peak_mem_mb"], row[f"{partner}_peak_mem_mb"]
+    return memory / partner_memory if partner_memory > 0 and math.isfinite(memory / partner_memory) else None
+
+
 def _speedup(row: pd.Series) -> Cell | None:
     """The speedup over the reference with its confidence interval, when the run paired them."""
     value = _value(row["reference_speedup"])
@@ -317,11 +333,11 @@ def main_table(frame: pd.DataFrame) -> Table:
         table.rows.append([
             row["variant"], row["backend"], f"{row['resolution']}²", f"{row['dim']}/{row['heads']}", row["phase"],
             params_millions(row) if not pd.isna(row["param_mb"]) else None, _value(row["gmacs"]), latency,
-            _value(row["throughput"]) if ok else None, _value(row["peak_mem_mb"]) if ok else None,
+            _value(row["throughput"]) if ok else None, _memory(row),
             _value(row["full_speedup"]) if versus_full else None,
-            _value(row["full_mem_ratio"]) if versus_full else None,
+            _memory_ratio(row, "full") if versus_full else None,
             _value(row["reference_speedup"]) if versus_reference else None,
-            _value(row["reference_mem_ratio"]) if versus_reference else None])
+            _memory_ratio(row, "reference") if versus_reference else None])
         table.blocks.append(blocks.setdefault((row["phase"], row["resolution"], row["dim"]), len(blocks)))
     return table
 
@@ -360,22 +376,18 @@ def ablation_table(frame: pd.DataFrame, axis: str) -> Table | None:
                   "Best per column within each phase and backend in bold. " + CONVENTIONS)
     blocks: dict[tuple, int] = {}
     keyed = {(r["phase"], r["backend"], r[axis], r["resolution"]): r for _, r in bra.iterrows()}
-    values = sorted(bra[axis].unique(), key=lambda v: (str(type(v)), v))
     label = (lambda v: str(int(v))) if axis == "topk" else str
-    for phase in sorted(bra["phase"].unique()):
-        for backend in sorted(bra["backend"].unique()):
-            for value in values:
-                cells: list[object] = [phase, backend, label(value)]
-                for r in resolutions:
-                    row = keyed.get((phase, backend, value, r))
-                    if row is None:
-                        cells += [None, None, None]
-                    elif row["status"] != "ok":
-                        cells += [row["gmacs"] if not pd.isna(row["gmacs"]) else None, _latency_or_status(row), None]
-                    else:
-                        cells += [row["gmacs"], _latency(row), row["peak_mem_mb"]]
-                table.rows.append(cells)
-                table.blocks.append(blocks.setdefault((phase, backend), len(blocks)))
+    ran = sorted(set(zip(bra["phase"], bra["backend"], bra[axis])), key=lambda k: (k[0], k[1], str(type(k[2])), k[2]))
+    for phase, backend, value in ran:  # only what the sweep ran: no row of "—" for a combination it never did
+        cells: list[object] = [phase, backend, label(value)]
+        for r in resolutions:
+            row = keyed.get((phase, backend, value, r))
+            if row is None:
+                cells += [None, None, None]
+            else:
+                cells += [_value(row["gmacs"]), _latency_or_status(row), _memory(row)]
+        table.rows.append(cells)
+        table.blocks.append(blocks.setdefault((phase, backend), len(blocks)))
     return table
 
 
@@ -407,7 +419,8 @@ def backend_table(frame: pd.DataFrame) -> Table | None:
         if status == "ok" and row["reference_status"] != "ok":
             reference = row["reference_status"]
             status = f"reference {reference if isinstance(reference, str) else 'missing'}"
-        memory_saving = None if pd.isna(row["reference_mem_ratio"]) else 1 / row["reference_mem_ratio"]
+        memory_ratio = _memory_ratio(row, "reference")
+        memory_saving = None if memory_ratio is None else 1 / memory_ratio
         table.rows.append([
             row["variant"], row["backend"], f"{row['resolution']}²", f"{row['dim']}/{row['heads']}", row["phase"],
             status, _speedup(row), memory_saving, _value(row["rel_err"]), _value(row["ref_rel_err"]),
@@ -454,7 +467,7 @@ def bra_fast_path_table(frame: pd.DataFrame) -> Table | None:
         table.rows.append([
             row["variant"], row["backend"], f"{row['resolution']}²", f"{row['dim']}/{row['heads']}", row["phase"],
             _latency_or_status(row), _speedup(row),
-            _value(row["reference_mem_ratio"]), 1 / row["topk"],
+            _memory_ratio(row, "reference"), 1 / row["topk"],
             None if row["backend"] == "flex" else _value(row["flex_speedup"]), _value(row["flash_speedup"]),
             flop_ratio, _value(row["flash_speedup"] / flop_ratio),
             _value(row["tflops_achieved"]) if ok else None, _value(row["pct_of_peak"]) if ok else None,

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -26,16 +27,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import tqdm.std
 
 import attentions
 import bench
-from bench import cli
-from bench.cases import config_name
-from bench.measure import retain_available
+from attentions import BackendUnavailableError
+from bench import cli, runner
+from bench.cases import Case, config_name
+from bench.measure import TimingPolicy, retain_available
 from bench.presets import KV_MODES
 from bench.profiles import PROFILES
 from bench.results import RunLock, cpu_name
-from bench.runner import speedup_interval_width
+from bench.runner import base_row, failure, speedup_interval_width, stamped
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_BENCH = REPO / "run_bench.py"
@@ -497,8 +500,153 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
         "8 cases to run, 0 already complete"
 
 
+def test_rearm_sigint_gives_an_ignored_sigint_back_to_python():
+    """SIGINT inherited ignored becomes KeyboardInterrupt again; a handler of the program's own stays."""
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        cli.rearm_sigint()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+        def own(signum, frame):
+            pass
+
+        signal.signal(signal.SIGINT, own)
+        cli.rearm_sigint()
+        assert signal.getsignal(signal.SIGINT) is own
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+REARMED_CHILD = """
+import signal, sys, time
+from bench import cli
+cli.main(["--gpu", "cpu", "--preset", "quick", "--families", "full", "--dry-run"])
+print("started", signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_cli_started_with_sigint_ignored_stops_on_sigint():
+    """A process that inherited SIGINT ignored (as from ``trap '' INT`` or a script's background job) runs the
+    CLI's start-up, after which SIGINT is Python's again: one SIGINT ends it with KeyboardInterrupt."""
+    proc = subprocess.Popen([sys.executable, "-c", REARMED_CHILD], cwd=REPO, env=subprocess_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        started = next((line for line in proc.stdout if line.startswith("started")), "")
+        assert started.split() == ["started", "True"], started or proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=20)
+    finally:
+        stop(proc)
+    assert code != 0 and "KeyboardInterrupt" in proc.stderr.read()  # -SIGINT, or 1 after `python -c`
+
+
 # --------------------------------------------------------------------------------------------
-# 3c. one writer per run, and a last row cut at every byte
+# 3c. the progress bar within a comparison group
+# --------------------------------------------------------------------------------------------
+
+PROGRESS_FLAGS = ["--gpu", "cpu", "--preset", "quick", "--families", "full", "--backends", "torch", "sdpa",
+                  "--resolutions", "14", "28", "--phase", "fwd", "--no-report"]  # 4 cases, 2 groups of 2
+ROUNDS = 10  # of the stand-in group runner, one second each on the stand-in clock
+
+
+class StandInClock:
+    """tqdm's clock in a test: it moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def bar_state(text: str) -> tuple[float, int, int]:
+    """(cases counted, seconds elapsed, seconds left) read from a rendered progress bar."""
+    found = re.search(r"\| ([\d.]+)/\d+ \[(\d+):(\d+)<(\d+):(\d+)", text)
+    assert found, text
+    done, elapsed_m, elapsed_s, left_m, left_s = found.groups()
+    return float(done), 60 * int(elapsed_m) + int(elapsed_s), 60 * int(left_m) + int(left_s)
+
+
+def stand_in_group_runner(clock: StandInClock, bars: list[str]):
+    """A group runner that takes ROUNDS seconds of the stand-in clock, reporting each round to the
+    sweep's progress (``RunContext.on_progress``) and noting the bar as it is then; its rows say so."""
+    def run(cases, ctx, companions=()):
+        for done in range(1, ROUNDS + 1):
+            clock.now += 1
+            ctx.on_progress(cases, done / ROUNDS)
+            bars.append(str(ctx.on_progress.__self__.bar))
+        return [stamped({**base_row(case, ctx), **failure(BackendUnavailableError("a stand-in"))}) for case in cases]
+
+    return run
+
+
+def test_progress_advances_within_a_group_and_estimates_the_time_left(tmp_path, monkeypatch, capsys):
+    """Two groups of two cases, each ROUNDS stand-in seconds: the bar counts a group's cases in fractions
+    from its first round on, long before its rows are written, and from 10% of the run on its estimate of
+    the whole run (elapsed + left) is within 2x of the 20 s it takes."""
+    clock, bars = StandInClock(), []
+    monkeypatch.setattr(tqdm.std, "time", clock)
+    monkeypatch.setattr(cli, "run_group", stand_in_group_runner(clock, bars))
+    assert cli.main([*PROGRESS_FLAGS, "--results-dir", str(tmp_path)]) == 0
+    assert "4 cases run" in capsys.readouterr().out
+    states = [bar_state(text) for text in bars]
+    assert len(states) == 2 * ROUNDS
+    assert states[0][0] == pytest.approx(4 / (2 * ROUNDS), abs=0.05)  # the first round counts
+    assert [done for done, _, _ in states] == sorted(done for done, _, _ in states)
+    assert states[ROUNDS - 1][0] == pytest.approx(2)  # the first group's last round, before its rows
+    total = 2 * ROUNDS
+    for done, elapsed, left in states[total // 10 - 1:]:
+        assert total / 2 <= elapsed + left <= 2 * total, (done, elapsed, left)
+
+
+def test_progress_bar_counts_each_case_once():
+    """Fractions of a running group, a lower one from a retry and its rows: every case counts once, whole."""
+    cases = [Case("full", backend, (), 2, 8, 64, 2, "float32", "cpu", "fwd") for backend in ("torch", "sdpa")]
+    progress = cli.SweepProgress(3, disable=False)
+    progress.progress(Case("full", "flex", (), 2, 8, 64, 2, "float32", "cpu", "fwd"), already_done=True)
+    progress.starting(cases)
+    progress.advance(cases, 0.5)
+    assert progress.bar.n == pytest.approx(2)
+    progress.advance(cases[:1], 0.25)  # a retry of one case starting over
+    progress.advance([Case("window", "torch", (), 2, 8, 64, 2, "float32", "cpu", "fwd")], 0.9)  # not running
+    assert progress.bar.n == pytest.approx(2)
+    progress.progress(cases[0], already_done=False)
+    assert progress.bar.n == pytest.approx(2.5) and progress.running
+    progress.progress(cases[1], already_done=False)
+    assert progress.bar.n == pytest.approx(3) and not progress.running
+    progress.close()
+
+
+def test_run_group_reports_each_pass_prepared_and_each_sitting(monkeypatch):
+    """``run_group``'s progress: one step per pass prepared (companions included), as many per sitting of
+    rounds; reported for the group's cases as it goes, the first before any timing."""
+    events = []
+
+    def prepare(case, ctx, inputs=None, references=None):
+        events.append(("prepared", case.backend))
+        raise BackendUnavailableError("a stand-in")
+
+    def time_rounds(runs, device, policy):
+        events.append(("timed",))
+        return {}
+
+    monkeypatch.setattr(runner, "prepare_case", prepare)
+    monkeypatch.setattr(runner, "time_rounds", time_rounds)
+    case, reference = (Case("full", backend, (), 2, 8, 64, 2, "float32", "cpu", "fwd") for backend in ("sdpa", "torch"))
+    ctx = runner.RunContext(run_id="progress", profile=PROFILES["cpu"], device_name=cpu_name(),
+                            timing=TimingPolicy(sittings=2),
+                            on_progress=lambda cases, fraction: events.append((cases, fraction)))
+    rows = runner.run_group([case], ctx, companions=[reference])
+    assert [row["status"] for row in rows] == ["unsupported"]
+    assert events == [("prepared", "sdpa"), ([case], 1 / 6), ("prepared", "torch"), ([case], 2 / 6), ("timed",),
+                      ([case], 4 / 6), ([case], 6 / 6)]
+
+
+# --------------------------------------------------------------------------------------------
+# 3d. one writer per run, and a last row cut at every byte
 # --------------------------------------------------------------------------------------------
 
 LOCK_FLAGS = ["--gpu", "cpu", "--preset", "quick", "--families", "full", "--backends", "torch", "sdpa",
@@ -652,7 +800,7 @@ def test_cli_resume_after_a_cut_row(lock_run, tmp_path, keep, capsys):
 
 
 # --------------------------------------------------------------------------------------------
-# 3c. the README's CPU command leaves the committed runs and their report as they are
+# 3e. the README's CPU command leaves the committed runs and their report as they are
 # --------------------------------------------------------------------------------------------
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
@@ -662,25 +810,36 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 def test_the_readme_cpu_command_leaves_the_committed_runs_and_report_alone(tmp_path):
     """``python run_bench.py --gpu cpu --preset quick``, run where results/cpu/ and reports/cpu/ are copies
     of the repository's (a smaller sweep of the preset, with the command's default folders and its report):
-    the committed files stay byte for byte, and the run's report is in reports/cpu/<run-id>/."""
+    the committed files stay byte for byte, and the run and its report go to runs/results/cpu/ and
+    runs/reports/cpu/<run-id>/ instead, never among them."""
     for folder in ("results/cpu", "reports/cpu"):
         shutil.copytree(REPO / folder, tmp_path / folder)
-    results, reports = tmp_path / "results" / "cpu", tmp_path / "reports" / "cpu"
-    committed_results, committed_reports = folder_bytes(results), folder_bytes(reports)
+    committed = folder_bytes(tmp_path)
     proc = subprocess.run([sys.executable, str(RUN_BENCH), "--gpu", "cpu", "--preset", "quick", "--families", "full",
                            "--backends", "torch", "sdpa", "--phase", "fwd", "--quiet", "--min-time", "0.01"],
                           cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    [run] = [path for path in results.glob("*.csv") if path.name not in committed_results]
+    after = folder_bytes(tmp_path)
+    assert {name: data for name, data in after.items() if not name.startswith("runs/")} == committed
+    [run] = (tmp_path / "runs" / "results" / "cpu").glob("*.csv")
     run_id = run.stem
-    assert {name: data for name, data in folder_bytes(results).items()
-            if name not in (run.name, f"{run_id}.json")} == committed_results
-    after = folder_bytes(reports)
-    assert {name: data for name, data in after.items() if not name.startswith(f"{run_id}/")} == committed_reports
-    assert f"report: {Path('reports') / 'cpu' / run_id / 'README.md'}" in proc.stdout
+    assert f"rows in {Path('runs') / 'results' / 'cpu' / run.name}" in proc.stdout
+    assert f"report: {Path('runs') / 'reports' / 'cpu' / run_id / 'README.md'}" in proc.stdout
+    report = f"runs/reports/cpu/{run_id}/"
     assert {"README.md", "tables/main.md", "tables/main.tex", "tables/main.csv"} <= {
-        name.split("/", 1)[1] for name in after if name.startswith(f"{run_id}/")}
-    assert f"Run `{run_id}`" in after[f"{run_id}/README.md"].decode()
+        name.removeprefix(report) for name in after if name.startswith(report)}
+    assert f"Run `{run_id}`" in after[f"{report}README.md"].decode()
+
+
+def test_git_ignores_the_default_results_and_reports(tmp_path):
+    """A user's runs (``runs/``, the default of --results-dir and the reports beside it) never show as
+    untracked files of the checkout; the committed reference runs are not ignored."""
+    assert cli.build_parser().get_default("results_dir") == Path("runs") / "results"
+    assert cli.default_reports_dir(Path("runs") / "results") == Path("runs") / "reports"
+    paths = ["runs/results/cpu/x.csv", "runs/reports/cpu/x/README.md", "results/cpu/x.csv", "reports/cpu/README.md"]
+    proc = subprocess.run(["git", "-C", str(REPO), "check-ignore", "--no-index", *paths], capture_output=True,
+                          text=True)
+    assert proc.stdout.split() == paths[:2], proc.stderr
 
 
 # --------------------------------------------------------------------------------------------
@@ -770,13 +929,32 @@ def test_a_time_budget_stops_starting_cases_and_resume_completes_them(tmp_path, 
 # 5. bad flag values: tests/test_bad_cli_input.py has the matrix
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(HAS_CUDA, reason="checks the message on a machine without CUDA")
-def test_gpu_profile_without_cuda_exits_2_suggesting_cpu(tmp_path, capsys):
+def test_gpu_profile_without_cuda_exits_2_suggesting_cpu(tmp_path, monkeypatch, capsys):
+    """A real run of a GPU profile without a GPU refuses before anything is written, and says what does work."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit) as exc:
-        cli.main(["--gpu", "h100", "--preset", "quick", "--dry-run", "--results-dir", str(tmp_path / "r")])
+        cli.main(["--gpu", "h100", "--preset", "quick", "--results-dir", str(tmp_path / "r")])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "h100" in err and "CUDA" in err and "none is visible" in err and "--gpu cpu" in err
+    assert "h100" in err and "CUDA" in err and "none is visible" in err and "--gpu cpu" in err and "--dry-run" in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("suite", ["attentions", "models"])
+def test_dry_run_of_a_gpu_profile_needs_no_gpu(suite, tmp_path, monkeypatch, capsys):
+    """``--gpu h100 --dry-run`` on a machine without CUDA lists the profile's plan (its dtype, CUDA cases)
+    and initialises nothing of CUDA."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def no_cuda(*args, **kwargs):
+        raise AssertionError("a dry run initialised CUDA")
+
+    monkeypatch.setattr(torch.cuda, "_lazy_init", no_cuda)
+    monkeypatch.setattr(torch.cuda, "init", no_cuda)
+    assert cli.main(["--gpu", "h100", "--suite", suite, "--dry-run", "--results-dir", str(tmp_path / "r")]) == 0
+    labels = dry_run_labels(capsys.readouterr().out)
+    assert labels and all(PROFILES["h100"].default_dtype in label for label in labels)
+    assert not (tmp_path / "r").exists()
 
 
 # --------------------------------------------------------------------------------------------

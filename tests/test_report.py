@@ -16,7 +16,7 @@ from bench.results import write_metadata
 from bench.tables import (PAGE_LINES, Table, Column, ablation_table, backend_table, bra_fast_path_table,
                           latex_escape, main_table)
 from bench.variants import with_full_attention, with_reference
-from small_results import MISMATCH_LATENCY_MS
+from small_results import MISMATCH_LATENCY_MS, noise_frame
 
 TABLES = ("main", "bra_topk", "bra_kv_modes", "backends", "bra_fast_paths")
 
@@ -186,6 +186,39 @@ def test_ablation_tables_cover_the_sweep(small_results):
     assert set(kv["kv mode"]) == {"identity", "avgpool"}
     assert "ERROR" in set(kv["7² ms"].astype(str))  # avgpool cannot pool 1×1 regions: its status is shown
     assert ablation_table(frame[frame["family"] != "bra"], "topk") is None
+
+
+def test_noisy_rows_keep_their_peak_memory_and_memory_ratios():
+    """Peak memory is no timing figure: a noisy row shows its memory and its memory ratios in every table,
+    and still no ratio of timings."""
+    frame = noise_frame()
+    shown = main_table(frame).frame()
+    noisy = shown[shown["Latency ms"].astype(str).str.endswith("NOISY")]
+    assert len(noisy) == (frame["status"] == "noisy").sum() and noisy["Mem MB"].notna().all()
+    assert noisy[["× ref", "× full", "Img/s"]].isna().all(axis=None)
+    case = {"Variant": "full", "Backend": "sdpa", "Res.": "14²", "Phase": "fwd"}  # noisy, its reference ok
+
+    def pick(table: pd.DataFrame, **columns) -> pd.Series:
+        return table[(table[list(columns)] == pd.Series(columns)).all(axis=1)].iloc[0]
+    assert pick(shown, **case)[["Mem MB", "Mem/ref"]].tolist() == pytest.approx([1.5, 0.5])
+    backends = pick(backend_table(frame).frame(), **case)
+    assert backends["Status"] == "noisy" and backends["Mem saving"] == pytest.approx(2.0)
+    assert pd.isna(backends["Speedup"])
+    topk = pick(ablation_table(frame, "topk").frame(), Phase="fwd", Backend="chunked", topk="1")
+    assert str(topk["14² ms"]).endswith("NOISY") and topk["14² MB"] == pytest.approx(0.9)
+    fast = pick(bra_fast_path_table(frame).frame(), **case | {"Variant": "bra (topk=1)", "Backend": "chunked"})
+    assert fast["Mem/ref"] == pytest.approx(0.3) and pd.isna(fast["× ref"])
+
+
+def test_the_topk_table_has_rows_only_for_what_the_sweep_ran():
+    """topk 16 ran once (chunked, 14², fwd): one row for it, none of "—" for the backends and phases without it."""
+    frame = noise_frame()
+    shown = ablation_table(frame, "topk").frame()
+    bra = frame[frame["family"] == "bra"]
+    ran = set(zip(bra["phase"], bra["backend"], bra["topk"].astype(int).astype(str)))
+    assert len(shown) == len(ran) == 17 and set(zip(shown["Phase"], shown["Backend"], shown["topk"])) == ran
+    only = shown[shown["topk"] == "16"]
+    assert only[["Phase", "Backend", "28² ms"]].values.tolist() == [["fwd", "chunked", None]]
 
 
 def test_best_value_is_bold_per_block():
