@@ -35,10 +35,11 @@ from .presets import COMMON_OPTIONS, KV_MODES, PRESETS, STAGE1_WIDTH, kv_axis, p
 from .profiles import DTYPE_ALIASES, DTYPES, PROFILES, GpuProfile, canonical_dtype
 from .results import (COLUMNS, MEASURED_STATUSES, MODEL_COLUMNS, SUITES, ResultsFormatError, RunInUseError, RunLock,
                       completed_case_keys, cpu_name, environment, load_results, now_iso, read_metadata, write_metadata)
-from .runner import Executor, RunContext, base_row, comparison_groups, in_process, run_group, run_sweep
+from .runner import Executor, RetryNoisy, RunContext, base_row, comparison_groups, in_process, run_group, run_sweep
 from .settings import Numerics
 
 DEFAULT_RETRIES = 2  # --retries
+MAX_RETRY_NOISY = 10  # --retry-noisy: beyond this the machine is not quiet enough to time on
 # A user's runs go here (relative to the working directory), never among the committed reference runs in results/
 DEFAULT_RESULTS_DIR = Path("runs") / "results"
 # The profile's marker in torch.cuda.get_device_name(), to warn when the profile and the GPU differ.
@@ -50,8 +51,8 @@ def profile_matches(profile: str, device_name: str) -> bool:
     return re.search(rf"\b{DEVICE_MARKERS[profile]}\b", device_name, flags=re.IGNORECASE) is not None
 
 
-def at_least(least: int) -> Callable[[str], int]:
-    """An argparse type: an integer of at least ``least``."""
+def at_least(least: int, most: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``least`` (and at most ``most``)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -59,6 +60,8 @@ def at_least(least: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
         if value < least:
             raise argparse.ArgumentTypeError(f"{value} must be >= {least}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"{value} must be <= {most}")
         return value
 
     return parse
@@ -181,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU runs: 'retain' (the default on Linux) keeps memory a pass frees for the next pass, "
                              "as PyTorch's CUDA allocator does; 'system' leaves glibc's defaults, under which every "
                              "block above 32 MiB is faulted in afresh on every call (each row counts its page faults)")
+    parser.add_argument("--retry-noisy", type=at_least(0, MAX_RETRY_NOISY), default=0, metavar="N",
+                        help="time a group's noisy cases again, beside their references, up to N more times, keeping "
+                             "each case's last attempt (its row says it was re-timed; at most "
+                             f"{MAX_RETRY_NOISY}); noise on a shared machine comes and goes (default: %(default)s)")
     parser.add_argument("--time-budget", type=seconds(zero_allowed=False), metavar="S",
                         help="start no case after S seconds of sweeping; --resume completes the ones left")
     parser.add_argument("--workers", type=positive_int, metavar="N",
@@ -806,7 +813,7 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace, cases: list
                                                                   f"noise limit of each other"},
         "sittings": policy.sittings, "l2_flush": policy.l2_flush, "cuda_graphs": policy.cuda_graphs,
         "cpu_allocator": policy.cpu_allocator, "noise_limit": policy.noise_limit_for(torch.device(device)),
-        "speedup_interval": SPEEDUP_INTERVAL_METHOD}
+        "speedup_interval": SPEEDUP_INTERVAL_METHOD, "retry_noisy": args.retry_noisy}
     results_path.parent.mkdir(parents=True, exist_ok=True)
     models = args.suite == "models"
     metadata_path = results_path.with_suffix(".json")
@@ -820,10 +827,13 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace, cases: list
     ctx = RunContext(run_id=metadata["run_id"], profile=profile, device_name=device_name, timing=policy,
                      numerics=numerics, on_progress=None if on_ray else bar.advance)
     stop_at = None if args.time_budget is None else time.monotonic() + args.time_budget
+    run = run_model_group if models else run_group
+    if args.retry_noisy:
+        run = RetryNoisy(run, args.retry_noisy)
     try:
         with StopOnInterrupt() as interrupt:
             ran, skipped = run_sweep(cases, ctx, results_path, progress=bar.progress, starting=bar.starting,
-                                     run=run_model_group if models else run_group,
+                                     run=run,
                                      columns=MODEL_COLUMNS if models else COLUMNS, stop_at=stop_at,
                                      groups=model_groups if models else comparison_groups,
                                      should_stop=lambda: interrupt.requested, executor=executor)

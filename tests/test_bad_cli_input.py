@@ -172,6 +172,8 @@ CASES: dict[str, tuple[Setup, list[str], int]] = {
     "model-suite-with-sittings": (models("--sittings", "3"), ["--sittings", "--suite models"], 2),
     "retries-negative": (sweep("--retries=-1"), ["--retries", "-1", ">= 0"], 2),
     "retries-text": (sweep("--retries", "twice"), ["--retries", "'twice'"], 2),
+    "retry-noisy-negative": (sweep("--retry-noisy=-1"), ["--retry-noisy", "-1", ">= 0"], 2),
+    "retry-noisy-too-many": (sweep("--retry-noisy", "11"), ["--retry-noisy", "11", "<= 10"], 2),
     "retries-without-ray": (sweep("--retries", "3"), ["--retries 3", "--workers N > 1", "--ray-address"], 2),
     "run-id-escaping": (sweep("--run-id", "../../x"), ["--run-id", "../../x"], 2),
     "run-id-with-slash": (sweep("--run-id", "a/b"), ["--run-id", "a/b"], 2),

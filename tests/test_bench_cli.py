@@ -335,6 +335,34 @@ def test_a_run_in_sittings_pools_their_rounds_and_says_so(tmp_path):
     assert "in each of 2 sittings, the later ones in fresh processes" in report
 
 
+def test_retry_noisy_retimes_a_noisy_case_and_records_it(tmp_path, monkeypatch):
+    """``--retry-noisy 2``: the sweep's group runner is wrapped so that a case whose row came out noisy (here
+    sdpa's first attempt, made noisy after a real measurement) is timed again beside its reference; its row
+    says so, the reference's first row stays, and the run's metadata records the setting."""
+    attempts = []
+
+    def sdpa_noisy_at_first(cases, ctx, companions=()):
+        rows = runner.run_group(cases, ctx, companions)
+        attempts.append([case.backend for case in cases])
+        if len(attempts) == 1:
+            rows = [{**row, "status": "noisy"} if row["backend"] == "sdpa" else row for row in rows]
+        return rows
+
+    monkeypatch.setattr(cli, "run_group", sdpa_noisy_at_first)
+    flags = ["--gpu", "cpu", "--families", "full", "--backends", "torch", "sdpa", "--resolutions", "8", "--batch", "2",
+             "--phase", "fwd", "--min-time", "0", "--retry-noisy", "2", "--quiet", "--no-report", "--run-id", "retry",
+             "--results-dir", str(tmp_path / "results")]
+    assert cli.main(flags) == 0
+    # a later attempt may be noisy of itself on a loaded machine: then it is timed once more, not more
+    assert attempts[0] == ["torch", "sdpa"] and attempts[1:] in ([["sdpa"]], [["sdpa"]] * 2)
+    frame = bench.load_results(tmp_path / "results" / "cpu" / "retry.csv").set_index("backend")
+    assert frame["status"].isin(TIMED).all()
+    assert f"re-timed {len(attempts) - 1}× (--retry-noisy)" in frame.loc["sdpa", "status_detail"]
+    assert "re-timed" not in str(frame.loc["torch", "status_detail"])
+    metadata = json.loads((tmp_path / "results" / "cpu" / "retry.json").read_text())
+    assert metadata["timing"]["retry_noisy"] == 2
+
+
 # --------------------------------------------------------------------------------------------
 # 3. kill a sweep and resume it
 # --------------------------------------------------------------------------------------------
