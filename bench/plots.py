@@ -468,6 +468,7 @@ def _speedup_figure(frame: pd.DataFrame, families: list[str] | None, title: str,
         for y, (variant, backend) in enumerate(entries):
             family = _family_of(variant)
             colors = dict(zip(resolutions, shades(family_color(family), len(resolutions))))
+            unmeasured_at: dict[str, list[tuple[int, float]]] = {}  # label -> (resolution, offset) without a value
             for offset, resolution in zip(offsets, resolutions):
                 cell = rows[(rows["variant"] == variant) & (rows["backend"] == backend)
                             & (rows["resolution"] == resolution)]
@@ -483,8 +484,11 @@ def _speedup_figure(frame: pd.DataFrame, families: list[str] | None, title: str,
                                        **_marker_fill(colors[resolution], cell["cell_status"] == "noisy"))
                     bars.lines[0].set_gid(f"backend:{backend}")
                 else:
-                    ax.annotate(f"{resolution}²: {cell['label']}", (0.01, y + offset), xycoords=("axes fraction",
-                                "data"), fontsize=6, va="center", color="0.3", gid=UNMEASURED)
+                    unmeasured_at.setdefault(cell["label"], []).append((resolution, offset))
+            for label, where in unmeasured_at.items():  # one line per label: '28², 56²: unsupported'
+                sizes = ", ".join(f"{resolution}²" for resolution, _ in where)
+                ax.annotate(f"{sizes}: {label}", (0.01, y + float(np.mean([offset for _, offset in where]))),
+                            xycoords=("axes fraction", "data"), fontsize=6, va="center", color="0.3", gid=UNMEASURED)
         ax.axvline(1.0, color="0.3", linewidth=0.8, zorder=0)
         _log_axis(ax, "x", pd.concat([rows["speedup"], pd.Series([1.0])]), rows["speedup_low"], rows["speedup_high"],
                   suffix="×")
