@@ -79,14 +79,15 @@ class RegionRouter(nn.Module):
         return top_logits.softmax(dim=-1), indices
 
 
-def check_kv_size(name: str, value: object, mode: str, used: bool) -> None:
-    """A kv downsampling size: an integer >= 1 where ``mode`` uses it; else an integer or None, as
-    upstream's configs pass placeholders (-1, None) for the sizes a mode ignores."""
+def check_kv_size(name: str, value: object, mode: str, used: bool) -> int | None:
+    """A kv downsampling size: an integer >= 1 where ``mode`` uses it (returned as an int); else an integer or
+    None, as upstream's configs pass placeholders (-1, None) for the sizes a mode ignores."""
     if used:
-        check_positive_int(name, value)
-    elif value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        return check_positive_int(name, value)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
         raise AttentionConfigError(
             f"{name} must be an integer or None (kv_downsample_mode {mode!r} does not use it), got {value!r}")
+    return value
 
 
 def kv_pooling(mode: str, kv_per_win: int, ratio: int) -> nn.Module | None:
@@ -374,10 +375,10 @@ class BiLevelRoutingAttention(AttentionModule):
         super().__init__(dim, num_heads, backend)
         if qk_dim is None:
             qk_dim = dim
-        check_positive_int("qk_dim", qk_dim)
+        qk_dim = check_positive_int("qk_dim", qk_dim)
         if qk_dim % num_heads:
             raise AttentionConfigError(f"qk_dim {qk_dim} is not divisible by num_heads {num_heads}")
-        check_positive_int("n_win", n_win)
+        n_win = check_positive_int("n_win", n_win)
         if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= n_win ** 2:
             raise AttentionConfigError(f"topk must be an integer in 1..n_win² = 1..{n_win ** 2}, got {topk!r}")
         if kv_downsample_mode in UNIMPLEMENTED_KV_MODES:
@@ -385,9 +386,10 @@ class BiLevelRoutingAttention(AttentionModule):
                 f"kv_downsample_mode {kv_downsample_mode!r} is unimplemented upstream (BiFormer); "
                 f"implemented: {', '.join(KV_DOWNSAMPLE_MODES)}")
         check_choice("kv_downsample_mode", kv_downsample_mode, KV_DOWNSAMPLE_MODES)
-        check_kv_size("kv_per_win", kv_per_win, kv_downsample_mode, kv_downsample_mode.startswith("ada_"))
-        check_kv_size("kv_downsample_ratio", kv_downsample_ratio, kv_downsample_mode,
-                      kv_downsample_mode in ("avgpool", "maxpool"))
+        kv_per_win = check_kv_size("kv_per_win", kv_per_win, kv_downsample_mode,
+                                   kv_downsample_mode.startswith("ada_"))
+        kv_downsample_ratio = check_kv_size("kv_downsample_ratio", kv_downsample_ratio, kv_downsample_mode,
+                                            kv_downsample_mode in ("avgpool", "maxpool"))
         check_kv_size("kv_downsample_kernel", kv_downsample_kernel, kv_downsample_mode, used=False)
         check_choice("param_attention", param_attention, PARAM_ATTENTION_MODES)
         for name, flag in (("param_routing", param_routing), ("diff_routing", diff_routing),
@@ -488,6 +490,7 @@ class BiLevelRoutingAttention(AttentionModule):
     def forward(self, x: Tensor, ret_attn_mask: bool = False):
         """NHWC -> NHWC; with ret_attn_mask also (r_weight, r_idx, attn_weight), as upstream."""
         self.check_input(x)
+        check_flag("ret_attn_mask", ret_attn_mask)  # a truthy "no" would return a tuple
         if ret_attn_mask and self.backend != self.reference_backend:
             raise AttentionConfigError(
                 f"ret_attn_mask=True needs the attention weights, which backend {self.backend!r} never "
@@ -523,10 +526,10 @@ class BiLevelRoutingAttention(AttentionModule):
             exact.router.pinned = self.route(x)[3]
         return exact
 
-    def macs(self, batch: int, height: int, width: int) -> MacCount:
+    def count_macs(self, batch: int, height: int, width: int) -> MacCount:
         return self._macs(batch, height, width, padded=True)
 
-    def useful_macs(self, batch: int, height: int, width: int) -> MacCount:
+    def count_useful_macs(self, batch: int, height: int, width: int) -> MacCount:
         """The projections, LePE and token attention of the real tokens (each real query still attends its
         routed regions whole); the routing between regions as it runs."""
         return self._macs(batch, height, width, padded=False)

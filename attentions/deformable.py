@@ -92,11 +92,11 @@ class DeformableAttention(AttentionModule):
                  offset_range_factor: float = 2.0, offset_kernel: int = 5, use_pe: bool = True,
                  fmap_size: int | tuple[int, int] = 14, dwc_pe: bool = False, backend: str = "torch") -> None:
         super().__init__(dim, num_heads, backend)
-        check_positive_int("n_groups", n_groups)
+        n_groups = check_positive_int("n_groups", n_groups)
         if num_heads % n_groups:
             raise AttentionConfigError(f"n_groups {n_groups} must divide num_heads {num_heads}")
-        check_positive_int("stride", stride)
-        check_positive_int("offset_kernel", offset_kernel)
+        stride = check_positive_int("stride", stride)
+        offset_kernel = check_positive_int("offset_kernel", offset_kernel)
         if offset_kernel % 2 == 0:
             raise AttentionConfigError(f"offset_kernel must be odd, got {offset_kernel}")
         table_h, table_w = map_size("fmap_size", fmap_size)
@@ -190,7 +190,7 @@ class DeformableAttention(AttentionModule):
             out = out + conv_nhwc(self.rpe_table, q)
         return pointwise(self.proj_out, out)
 
-    def macs(self, batch: int, height: int, width: int) -> MacCount:
+    def count_macs(self, batch: int, height: int, width: int) -> MacCount:
         grid_h, grid_w = self.sampled_grid_size(height, width)
         queries, samples = batch * height * width, batch * grid_h * grid_w
         dim = self.dim

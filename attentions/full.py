@@ -55,7 +55,7 @@ class FullAttention(AttentionModule):
             out = out + conv_nhwc(self.lepe, x)
         return self.proj(out)
 
-    def macs(self, batch: int, height: int, width: int) -> MacCount:
+    def count_macs(self, batch: int, height: int, width: int) -> MacCount:
         tokens = batch * height * width
         return MacCount(
             projections=tokens * self.dim * 4 * self.dim,

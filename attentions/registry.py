@@ -23,6 +23,7 @@ from .errors import AttentionConfigError, BackendUnavailableError
 # Kinds of call an attention module remembers as validated (check_input); more start the memory afresh.
 VALIDATED_CALLS_KEPT = 64
 FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+DEVICE_TYPES: tuple[str, ...] = ("cpu", "cuda")  # the device types a backend may run on
 
 Shape = tuple[int, ...]
 # MACs of one call of a custom op (an autograd.Function) from its tensor inputs' and outputs' shapes
@@ -39,7 +40,7 @@ class Backend:
     name: str
     attend: Callable[..., Any]
     description: str
-    devices: tuple[str, ...] = ("cpu", "cuda")
+    devices: tuple[str, ...] = DEVICE_TYPES
     dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES  # on every device unless device_dtypes narrows them
     # (device, dtypes) pairs for devices that take only some of ``dtypes`` (e.g. CPU FlexAttention: no float64)
     device_dtypes: tuple[tuple[str, tuple[torch.dtype, ...]], ...] = field(default=())
@@ -52,23 +53,36 @@ class Backend:
     pass_metrics: PassMetrics | None = None
 
     def __post_init__(self) -> None:
+        # a string such as "cuda" would be read as its letters, an unknown type such as "gpu" never matches
+        for what, devices in (("devices", self.devices), ("backward_devices", self.backward_devices or ())):
+            if not isinstance(devices, tuple) or not all(device in DEVICE_TYPES for device in devices):
+                raise AttentionConfigError(f"backend '{self.name}': {what} must be a tuple of device types from "
+                                           f"{', '.join(DEVICE_TYPES)}, got {devices!r}")
+        if not isinstance(self.dtypes, tuple) or not all(isinstance(d, torch.dtype) for d in self.dtypes):
+            raise AttentionConfigError(f"backend '{self.name}': dtypes must be a tuple of torch.dtype, "
+                                       f"got {self.dtypes!r}")
         for device, dtypes in self.device_dtypes:
             if device not in self.devices or not set(dtypes) <= set(self.dtypes):
-                raise ValueError(f"backend '{self.name}': device_dtypes for {device} must narrow its devices "
-                                 f"{self.devices} and dtypes {self.dtypes}")
+                raise AttentionConfigError(f"backend '{self.name}': device_dtypes for {device} must narrow its "
+                                           f"devices {self.devices} and dtypes {self.dtypes}")
 
     def dtypes_on(self, device: torch.device | str) -> tuple[torch.dtype, ...]:
         """The dtypes this backend takes on ``device``."""
-        return dict(self.device_dtypes).get(torch.device(device).type, self.dtypes)
+        return dict(self.device_dtypes).get(check_device(device), self.dtypes)
 
     def has_backward(self, device: torch.device | str) -> bool:
         devices = self.devices if self.backward_devices is None else self.backward_devices
-        return torch.device(device).type in devices
+        return check_device(device) in devices
 
     def availability(self, device: torch.device | str, backward: bool = False,
                      dtype: torch.dtype | None = None) -> tuple[bool, str]:
-        """Whether this backend can run on ``device`` (with a backward, in ``dtype``, if asked) here, and why not."""
-        device_type = torch.device(device).type
+        """Whether this backend can run on ``device`` (with a backward, in ``dtype``, if asked) here, and why not.
+        Arguments of the wrong kind raise ``AttentionConfigError``: they would otherwise read as a device
+        PyTorch fails on, a truthy ``backward`` or a dtype that is merely unsupported."""
+        check_flag("backward", backward)
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise AttentionConfigError(f"dtype must be a torch.dtype (such as torch.float16) or None, got {dtype!r}")
+        device_type = check_device(device)
         if device_type not in self.devices:
             return False, (f"backend '{self.name}' runs on {', '.join(self.devices)}, "
                            f"not on {device_type}")
@@ -94,10 +108,27 @@ class MacCount(dict):
         return sum(self.values())
 
 
-def check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    """Raise ``AttentionConfigError`` unless ``value`` is an int ≥ ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    """Raise ``AttentionConfigError`` unless ``value`` is an integer ≥ ``minimum`` (an int or a numpy integer;
+    not a bool, a float or a string); return it as an int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise AttentionConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_device(device: Any) -> str:
+    """The type of ``device``, a torch.device or a string such as 'cpu' or 'cuda:0'. A type PyTorch knows
+    but no backend runs on (meta, mps) is returned, for ``Backend.availability`` to refuse with a reason;
+    anything PyTorch cannot read as a device raises ``AttentionConfigError`` instead of its RuntimeError."""
+    if isinstance(device, torch.device):
+        return device.type
+    if isinstance(device, str):
+        try:
+            return torch.device(device).type
+        except RuntimeError:
+            pass
+    raise AttentionConfigError(f"device must be a torch.device or a string such as 'cpu' or 'cuda:0' (backends "
+                               f"run on {', '.join(DEVICE_TYPES)}), got {device!r}")
 
 
 def check_number(name: str, value: Any, *, positive: bool = False) -> float:
@@ -152,8 +183,7 @@ class AttentionModule(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, backend: str) -> None:
         super().__init__()
-        check_positive_int("dim", dim)
-        check_positive_int("num_heads", num_heads)
+        dim, num_heads = check_positive_int("dim", dim), check_positive_int("num_heads", num_heads)
         if dim % num_heads:
             raise AttentionConfigError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.dim = dim
@@ -244,13 +274,31 @@ class AttentionModule(nn.Module):
 
     def macs(self, batch: int, height: int, width: int) -> MacCount:
         """Analytic multiply-adds of one forward on a (batch, height, width, dim) input, as it runs (on the
-        padded map, for a family that pads one)."""
-        raise NotImplementedError
+        padded map, for a family that pads one). Sizes that are not integers >= 1, or a map the module
+        cannot take, raise ``AttentionConfigError``, as its forward would."""
+        return self.count_macs(*self._checked_sizes(batch, height, width))
 
     def useful_macs(self, batch: int, height: int, width: int) -> MacCount:
         """The multiply-adds of ``macs`` that serve the H×W map itself: for a family that pads the map (BRA's
         auto_pad), those of the padding's own tokens left out. Throughput figures count these."""
-        return self.macs(batch, height, width)
+        return self.count_useful_macs(*self._checked_sizes(batch, height, width))
+
+    def _checked_sizes(self, batch: int, height: int, width: int) -> tuple[int, int, int]:
+        """``batch``, ``height`` and ``width`` as ints, once each is known to be an integer >= 1 and the
+        module to take an H×W map; else ``AttentionConfigError``. A str batch would repeat the counts'
+        strings, a negative one negate them."""
+        sizes = (check_positive_int("batch", batch), check_positive_int("height", height),
+                 check_positive_int("width", width))
+        self.check_map_size(sizes[1], sizes[2])
+        return sizes
+
+    def count_macs(self, batch: int, height: int, width: int) -> MacCount:
+        """What ``macs`` returns, for sizes it has checked: every family implements it."""
+        raise NotImplementedError
+
+    def count_useful_macs(self, batch: int, height: int, width: int) -> MacCount:
+        """What ``useful_macs`` returns, for sizes it has checked: ``count_macs`` unless the family pads."""
+        return self.count_macs(batch, height, width)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, backend={self.backend!r}"
@@ -260,8 +308,20 @@ _FAMILIES: dict[str, type[AttentionModule]] = {}
 
 
 def register(cls: type[AttentionModule]) -> type[AttentionModule]:
-    """Class decorator: make a family buildable by its ``family`` name."""
-    _FAMILIES[cls.family] = cls
+    """Class decorator: make a family buildable by its ``family`` name. A class the registry could not build
+    or list (not an AttentionModule subclass, no family name, backends that are not ``Backend`` records or
+    lack its reference backend) raises ``AttentionConfigError``."""
+    if not (isinstance(cls, type) and issubclass(cls, AttentionModule)):
+        raise AttentionConfigError(f"register takes an AttentionModule subclass, got {cls!r}")
+    family, backends = getattr(cls, "family", None), getattr(cls, "backends", None)
+    if not isinstance(family, str) or not family:
+        raise AttentionConfigError(f"{cls.__name__}.family must be a non-empty string, got {family!r}")
+    if not isinstance(backends, dict) or not all(isinstance(b, Backend) for b in backends.values()):
+        raise AttentionConfigError(f"{cls.__name__}.backends must be a dict of Backend records, got {backends!r}")
+    if cls.reference_backend not in backends:
+        raise AttentionConfigError(f"{cls.__name__}.reference_backend {cls.reference_backend!r} is not one of its "
+                                   f"backends: {', '.join(map(repr, backends))}")
+    _FAMILIES[family] = cls
     return cls
 
 

@@ -145,8 +145,8 @@ class WindowAttention(AttentionModule):
     def __init__(self, dim: int, num_heads: int = 8, *, window_size: int = 7, shift_size: int = 0,
                  qkv_bias: bool = True, qk_scale: float | None = None, backend: str = "torch") -> None:
         super().__init__(dim, num_heads, backend)
-        check_positive_int("window_size", window_size)
-        check_positive_int("shift_size", shift_size, minimum=0)
+        window_size = check_positive_int("window_size", window_size)
+        shift_size = check_positive_int("shift_size", shift_size, minimum=0)
         if shift_size >= window_size:
             raise AttentionConfigError(
                 f"shift_size {shift_size} must be smaller than window_size {window_size} (0 = no shift)")
@@ -180,7 +180,7 @@ class WindowAttention(AttentionModule):
         _, height, width, _ = x.shape
         return self.attend(self, pad_to_multiple(x, self.window_size))[:, :height, :width, :]
 
-    def macs(self, batch: int, height: int, width: int) -> MacCount:
+    def count_macs(self, batch: int, height: int, width: int) -> MacCount:
         window = self.window_size
         tokens = batch * (-(-height // window) * window) * (-(-width // window) * window)
         return MacCount(

@@ -34,8 +34,10 @@ from .measure import (CPU_ALLOCATORS, MAX_SITTINGS, SPEEDUP_INTERVAL_METHOD, WAR
 from .presets import COMMON_OPTIONS, KV_MODES, PRESETS, STAGE1_WIDTH, kv_axis, preset_blocks, topk_axis
 from .profiles import DTYPE_ALIASES, DTYPES, PROFILES, GpuProfile, canonical_dtype
 from .results import (COLUMNS, MEASURED_STATUSES, MODEL_COLUMNS, SUITES, ResultsFormatError, RunInUseError, RunLock,
-                      completed_case_keys, cpu_name, environment, load_results, now_iso, read_metadata, write_metadata)
-from .runner import Executor, RetryNoisy, RunContext, base_row, comparison_groups, in_process, run_group, run_sweep
+                      completed_case_keys, cpu_name, environment, load_results, now_iso, one_line_results_warnings,
+                      read_metadata, write_metadata)
+from .runner import (Executor, RetryNoisy, RunContext, Stopped, base_row, comparison_groups, in_process, run_group,
+                     run_sweep)
 from .settings import Numerics
 
 DEFAULT_RETRIES = 2  # --retries
@@ -97,12 +99,23 @@ def seconds(zero_allowed: bool) -> Callable[[str], float]:
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
+# The suffixes of a run's own files (and their temporary copies): a run id ending in one would be read as a file.
+RUN_FILE_SUFFIXES = (".csv", ".json", ".lock", ".tmp")
+
+
+def is_run_id(text: str) -> bool:
+    """Whether ``text`` can name a run: its files stay inside the results folder, and ``--resume`` cannot take
+    it for the path of a file."""
+    return bool(RUN_ID.fullmatch(text)) and not text.lower().endswith(RUN_FILE_SUFFIXES)
+
+
 def run_id_name(text: str) -> str:
     """An argparse type: a run id, which names the run's files inside the results folder."""
-    if not RUN_ID.fullmatch(text):
+    if not is_run_id(text):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a run id: 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or "
-            f"digit (it names files inside the results folder)")
+            f"digit and not ending in {', '.join(RUN_FILE_SUFFIXES)} (it names the run's files inside the results "
+            f"folder)")
     return text
 
 
@@ -322,14 +335,37 @@ def plan(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str,
         parser.error(f"{', '.join(misplaced)}: only with --suite models")
     blocks = apply_overrides(parser, args, preset_blocks(args.preset, profile))
     cases = unique_cases(blocks, device, COMMON_OPTIONS)
-    check_configurations(parser, cases)
+    check_configurations(parser, cases, profile)
     # in the order they run: each comparison group's cases together (timed in paired rounds)
     return [case for group in comparison_groups(cases) for case in group]
 
 
-def check_configurations(parser: argparse.ArgumentParser, cases: Sequence[Case]) -> None:
+def device_memory_bytes(profile: GpuProfile) -> int:
+    """The memory of the profile's device: its GPU's, or this machine's for the CPU profile."""
+    if profile.memory_gb is not None:
+        return int(profile.memory_gb * 1e9)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_input_fits(parser: argparse.ArgumentParser, what: str, shape: tuple[int, ...], dtype: str,
+                     profile: GpuProfile) -> None:
+    """Exit 2 when a case's input alone is larger than its device's whole memory: such a case cannot run on any
+    device of the profile, so it is a bad value, not an ``oom`` row."""
+    size = math.prod(shape) * DTYPES[dtype].itemsize
+    memory = device_memory_bytes(profile)
+    if size > memory:
+        parser.error(f"{what}: its input alone ({' × '.join(map(str, shape))} {dtype}, {size / 2 ** 30:.4g} GiB) "
+                     f"is larger than the memory of {profile.marketing_name} ({memory / 2 ** 30:.4g} GiB); "
+                     f"take a smaller --resolutions or --batch")
+
+
+def check_configurations(parser: argparse.ArgumentParser, cases: Sequence[Case], profile: GpuProfile) -> None:
     """Build every configuration of the plan on the meta device (no memory, no compute) and ask it
-    whether it takes its case's map size: a bad value exits 2, naming it, before anything runs."""
+    whether it takes its case's map size, and whether its input fits its device: a bad value exits 2,
+    naming it, before anything runs."""
+    for case in cases:
+        check_input_fits(parser, case.label(), (case.batch, case.resolution, case.resolution, case.dim), case.dtype,
+                         profile)
     checked = set()
     for case in cases:
         key = (case.family, case.options_json, case.dim, case.heads, case.resolution)
@@ -373,15 +409,17 @@ def plan_models(parser: argparse.ArgumentParser, args: argparse.Namespace, devic
     cases = model_cases(args.models or models, args.attentions or families, args.backends or ["torch"],
                         args.resolutions or list(MODEL_RESOLUTIONS), args.batch, args.dtype or [profile.default_dtype],
                         args.phase or list(PHASES), device, profile)
-    check_model_configurations(parser, cases)
+    check_model_configurations(parser, cases, profile)
     return cases
 
 
-def check_model_configurations(parser: argparse.ArgumentParser, cases: Sequence[ModelCase]) -> None:
+def check_model_configurations(parser: argparse.ArgumentParser, cases: Sequence[ModelCase],
+                               profile: GpuProfile) -> None:
     """The model suite's ``check_configurations``: every model and attention choice built on the meta
     device, asked whether it takes its case's image size."""
     built: dict[tuple[str, str], torch.nn.Module] = {}
     for case in cases:
+        check_input_fits(parser, case.label(), (case.batch, 3, case.resolution, case.resolution), case.dtype, profile)
         try:
             with torch.device("meta"):
                 if (case.model, case.attention) not in built:
@@ -458,7 +496,7 @@ def resumed_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
     if named.suffix in (".csv", ".json"):
         results_path = named.with_suffix(".csv")
     else:
-        if not RUN_ID.fullmatch(args.resume):
+        if not is_run_id(args.resume):
             parser.error(f"--resume: {args.resume!r} is neither a run id nor the path of a run's .csv or .json")
         matches = sorted(args.results_dir.glob(f"*/{args.resume}.csv"))
         if not matches:
@@ -507,12 +545,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``run_bench.py [sweep flags]``, ``run_bench.py report ...`` or ``run_bench.py compare ...``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     rearm_sigint()
-    if argv[:1] == ["report"]:
-        return main_report(argv[1:])
-    if argv[:1] == ["compare"]:
-        from .compare import main_compare
-        return main_compare(argv[1:])
-    return main_sweep(argv)
+    with one_line_results_warnings("run_bench.py"):
+        if argv[:1] == ["report"]:
+            return main_report(argv[1:])
+        if argv[:1] == ["compare"]:
+            from .compare import main_compare
+            return main_compare(argv[1:])
+        return main_sweep(argv)
+
+
+def fail(message: str) -> int:
+    """A failure while running (not a bad command line, so no usage text): the message, and exit status 1."""
+    print(f"run_bench.py: error: {message}", file=sys.stderr)
+    return 1
 
 
 def rearm_sigint() -> None:
@@ -622,29 +667,34 @@ class SweepProgress:
             self.bar.close()
 
 
-class StopOnInterrupt:
-    """While in ``with``, the first SIGINT (Ctrl-C) only sets ``requested``, so that the sweep stops after
-    the case in progress has its row; the handler from before (KeyboardInterrupt by default) takes the
-    next one. Nothing is installed outside the main thread, or where SIGINT is ignored or handled
-    outside Python."""
+class StopOnSignals:
+    """While in ``with``, the signals that end a sweep stop it cleanly. The first SIGINT (Ctrl-C) only sets
+    ``requested``, so that the sweep stops once the group in progress has its rows; a second SIGINT, and
+    SIGTERM or SIGHUP at any time, raise ``Stopped`` at once (the group in progress gets no rows, and a resume
+    runs it). Nothing is installed outside the main thread, nor for a signal ignored or handled outside
+    Python (``nohup`` ignores SIGHUP: it stays ignored)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> StopOnInterrupt:
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None):
-            self._previous = signal.signal(signal.SIGINT, self._interrupt)
+    def __enter__(self) -> StopOnSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                if signal.getsignal(signum) not in (signal.SIG_IGN, None):
+                    self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
-    def _interrupt(self, signum: int, frame: Any) -> None:
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum != signal.SIGINT or self.requested:
+            raise Stopped(signum)
         self.requested = True
-        signal.signal(signal.SIGINT, self._previous)
         # os.write, not print: a handler may run in the middle of a write to sys.stderr (the progress bar's)
         os.write(2, b"\ninterrupt: the sweep stops once the case in progress has its row "
                     b"(Ctrl-C again stops at once)\n")
@@ -770,14 +820,18 @@ def main_sweep(argv: list[str]) -> int:
     except RunInUseError as exc:
         parser.error(str(exc))
     except OSError as exc:
-        parser.error(f"cannot write the run's files in {results_path.parent}: {exc.strerror or exc}")
+        return fail(f"cannot write the run's files in {results_path.parent}: {exc.strerror or exc}"
+                    f"{f' ({exc.filename})' if exc.filename else ''}; the rows written so far are kept, and "
+                    f"--resume {metadata['run_id']} completes the run once the cause is fixed")
     if code == 0 and not args.no_report:
         from .report import build_report
         out = (args.reports_dir or default_reports_dir(args.results_dir)) / profile.name / metadata["run_id"]
         try:
             print(f"report: {build_report(results_path, out)}")
         except OSError as exc:
-            parser.error(f"cannot write the report in {out}: {exc.strerror or exc} (the rows are in {results_path})")
+            return fail(f"cannot write the report in {out}: {exc.strerror or exc}"
+                        f"{f' ({exc.filename})' if exc.filename else ''}; the rows are in {results_path}, and "
+                        f"'python run_bench.py report {results_path}' writes it once the cause is fixed")
     return code
 
 
@@ -830,38 +884,46 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace, cases: list
     run = run_model_group if models else run_group
     if args.retry_noisy:
         run = RetryNoisy(run, args.retry_noisy)
+    stopped_by: int | None = None  # a signal that stopped the sweep at once
     try:
-        with StopOnInterrupt() as interrupt:
-            ran, skipped = run_sweep(cases, ctx, results_path, progress=bar.progress, starting=bar.starting,
-                                     run=run,
-                                     columns=MODEL_COLUMNS if models else COLUMNS, stop_at=stop_at,
-                                     groups=model_groups if models else comparison_groups,
-                                     should_stop=lambda: interrupt.requested, executor=executor)
+        with StopOnSignals() as signals:
+            run_sweep(cases, ctx, results_path, progress=bar.progress, starting=bar.starting, run=run,
+                      columns=MODEL_COLUMNS if models else COLUMNS, stop_at=stop_at,
+                      groups=model_groups if models else comparison_groups,
+                      should_stop=lambda: signals.requested, executor=executor)
+    except Stopped as stop:
+        stopped_by = stop.signum
     finally:
         bar.close()
         if on_ray:
             from . import cluster
             cluster.stop()
     frame = load_results(results_path)
-    not_started = len(cases) - ran - skipped
-    interrupted = interrupt.requested and not_started > 0  # a Ctrl-C during the last group interrupts nothing
-    metadata.update(finished=now_iso(), rows=len(frame), cases_not_started=not_started, interrupted=interrupted,
+    done = set(frame["case_key"])
+    not_started = sum(case.key not in done for case in cases)
+    if stopped_by is None and signals.requested and not_started:  # a Ctrl-C during the last group interrupts nothing
+        stopped_by = signal.SIGINT
+    metadata.update(finished=now_iso(), rows=len(frame), cases_not_started=not_started,
+                    interrupted=stopped_by is not None,
+                    stopped_by=None if stopped_by is None else signal.Signals(stopped_by).name,
                     status_counts={k: int(v) for k, v in frame["status"].value_counts().items()})
     write_metadata(results_path.with_suffix(".json"), metadata)
-    print(model_summary_table(frame) if models else summary_table(frame))
-    print(f"\n{ran} cases run, {skipped} already complete; rows in {results_path}")
+    lines = [model_summary_table(frame) if models else summary_table(frame),
+             f"\n{bar.written} cases run, {bar.already_complete} already complete; rows in {results_path}"]
     devices = sorted(frame["device_name"].dropna().unique())
     if len(devices) > 1:
-        print(f"rows of {len(devices)} device names ({', '.join(devices)}): the report and compare take no ratio "
-              f"between two of them")
+        lines.append(f"rows of {len(devices)} device names ({', '.join(devices)}): the report and compare take no "
+                     f"ratio between two of them")
     noise = None if models else noise_summary(frame, min_time)
     if noise:
-        print(noise)
+        lines.append(noise)
     resume = resume_command(parser, args, metadata["run_id"])
-    if interrupted:
-        print(f"interrupted: {not_started} cases not run; resume with: {resume}")
-        return 130  # the shell's code for a command stopped by SIGINT
-    if not_started:
-        print(f"time budget of {args.time_budget:g} s reached: {not_started} cases not started; "
-              f"{resume} completes them")
-    return 0
+    if stopped_by is not None:
+        lines.append(f"interrupted ({signal.Signals(stopped_by).name}): {not_started} cases not run; "
+                     f"resume with: {resume}")
+    elif not_started:
+        lines.append(f"time budget of {args.time_budget:g} s reached: {not_started} cases not started; "
+                     f"{resume} completes them")
+    with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone: the files say it all
+        print("\n".join(lines), flush=True)
+    return 0 if stopped_by is None else 128 + stopped_by  # the shell's code for a command ended by that signal

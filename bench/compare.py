@@ -54,7 +54,8 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from .cases import Case
-from .results import ResultsFormatError, load_results, read_metadata, resolve_results_path, results_suite
+from .results import (ResultsFormatError, load_results, read_metadata, resolve_results_path, results_suite,
+                      results_warnings, warn_row_count)
 
 DEFAULT_MAX_REGRESSION = 0.10
 DEFAULT_MIN_SHARED = 0.5   # share of BASE's cases that NEW must also have
@@ -201,7 +202,10 @@ def _percent(fraction: float) -> str:
 # --------------------------------------------------------------------------------------------
 
 def _load(path: str | Path, name: str, warnings: list[str]) -> pd.DataFrame:
-    frame = load_results(path)
+    """The run's rows, each case once; what the reader left out (a torn last line) is a warning."""
+    with results_warnings() as left_out:
+        frame = load_results(path)
+    warnings += [f"{name}: {message}" for message in left_out]
     if results_suite(frame.columns) != "attentions":
         raise ResultsFormatError(f"{resolve_results_path(path)} is a {results_suite(frame.columns)}-suite run; "
                                  f"compare aligns attention-suite runs")
@@ -221,6 +225,16 @@ def _metadata(path: str | Path, name: str, warnings: list[str]) -> dict[str, Any
         warnings.append(f"no run metadata for {name} ({resolve_results_path(path).with_suffix('.json')} does not "
                         f"exist); environment compared only on the rows' gpu_profile and device_name")
     return metadata
+
+
+def _row_count_warnings(path: str | Path, name: str, metadata: dict[str, Any] | None, frame: pd.DataFrame) -> list[str]:
+    """Where the run's metadata counts other rows than its file holds (a run still being written, a row cut by
+    a kill, rows lost or added by hand): a warning, since its cases then differ from the run's."""
+    if metadata is None:
+        return []
+    with results_warnings() as differ:
+        warn_row_count(path, metadata, len(frame))
+    return [f"{name}: {message}" for message in differ]
 
 
 def _options_text(options: Any) -> str:
@@ -573,6 +587,8 @@ def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFA
     new_frame = _load(new, "NEW", warnings)
     base_meta = _metadata(base, "BASE", warnings)
     new_meta = _metadata(new, "NEW", warnings)
+    warnings += _row_count_warnings(base, "BASE", base_meta, base_frame) + _row_count_warnings(new, "NEW", new_meta,
+                                                                                               new_frame)
     warnings += _environment_warnings(_environment(base_meta, base_frame), _environment(new_meta, new_frame))
     warnings += _resumed_warnings(base_meta, "BASE") + _resumed_warnings(new_meta, "NEW")
     base_method, new_method = _interval_method(base_meta), _interval_method(new_meta)

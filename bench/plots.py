@@ -63,7 +63,7 @@ from matplotlib.lines import Line2D
 
 import attentions
 
-from .results import STATUSES
+from .results import STATUSES, atomic_write
 from .variants import with_reference, with_variants
 
 PLOT_NAMES = ("scaling", "bra_speedup", "latency_vs_resolution", "memory_vs_resolution", "gmacs_vs_latency",
@@ -784,12 +784,15 @@ PLOTTERS: dict[str, Callable[[pd.DataFrame], Figure | None]] = {
 
 
 def save_figure(figure: Figure, out_dir: Path, name: str) -> list[Path]:
-    """``<name>.png`` (PNG_DPI) and ``<name>.pdf`` of a figure, without a creation date (same input, same file)."""
+    """``<name>.png`` (PNG_DPI) and ``<name>.pdf`` of a figure, without a creation date (same input, same file),
+    each written whole or not at all (``atomic_write``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
     with plot_style():
-        figure.savefig(paths[0], dpi=PNG_DPI)
-        figure.savefig(paths[1], metadata={"CreationDate": None})
+        with atomic_write(paths[0]) as tmp:
+            figure.savefig(tmp, format="png", dpi=PNG_DPI)
+        with atomic_write(paths[1]) as tmp:
+            figure.savefig(tmp, format="pdf", metadata={"CreationDate": None})
     return paths
 
 

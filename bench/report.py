@@ -7,28 +7,54 @@ A folder may hold runs of both suites: attention runs give the attention tables 
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
 from .plots import MODEL_PLOT_NAMES, make_plots
-from .results import ResultsFormatError, load_results, read_metadata, results_suite
+from .results import (TEMPORARY_NAME, ResultsFormatError, ResultsWarning, atomic_write, load_results, read_metadata,
+                      results_suite, warn_row_count)
 from .tables import all_tables, model_table
+
+
+def load_run(file: Path) -> tuple[pd.DataFrame, dict]:
+    """A run's rows and metadata (a note where it has no metadata file); a ResultsWarning when its metadata
+    counts other rows than its file holds."""
+    frame = load_results(file)
+    metadata = read_metadata(file, missing_ok=True)
+    if metadata is None:
+        return frame, {"run_id": Path(file).stem, "note": "no metadata file"}
+    warn_row_count(file, metadata, len(frame))
+    return frame, metadata
 
 
 def collect_results(path: Path) -> dict[str, tuple[pd.DataFrame, list[dict]]]:
     """Per suite ('attentions', 'models'), the rows and metadata of a results file, or of every results file
-    in a folder (newest row per case)."""
+    in a folder (newest row per case). A folder's run that does not load is left out with a ResultsWarning
+    saying why; the folder is refused only when none loads. A file named on its own must load."""
     path = Path(path)
-    files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
+    folder = path.is_dir()
+    files = sorted(path.glob("*.csv")) if folder else [path]
     if not files:
         raise ResultsFormatError(f"no results .csv files in {path}")
     collected: dict[str, tuple[list[pd.DataFrame], list[dict]]] = {}
+    failures = []
     for file in files:
-        frame = load_results(file)
+        try:
+            frame, meta = load_run(file)
+        except (ResultsFormatError, OSError) as exc:
+            if not folder:
+                raise
+            failures.append(str(exc))
+            warnings.warn(ResultsWarning(f"{file} left out of the report: {exc}"), stacklevel=2)
+            continue
         frames, metadata = collected.setdefault(results_suite(frame.columns), ([], []))
         frames.append(frame)
-        metadata.append(read_metadata(file, missing_ok=True) or {"run_id": Path(file).stem, "note": "no metadata file"})
+        metadata.append(meta)
+    if not collected:
+        raise ResultsFormatError(f"no results file in {path} loads: {'; '.join(failures)}")
     out = {}
     for suite, (frames, metadata) in collected.items():
         frame = pd.concat(frames, ignore_index=True)
@@ -100,8 +126,25 @@ def remove_stale_files(out_dir: Path, written: list[Path]) -> None:
             continue
         for path in sorted(folder_path.iterdir()):
             if (path.suffix in REPORT_SUFFIXES and path.is_file() and not path.is_symlink()
-                    and path.resolve() not in keep):
+                    and path.resolve() not in keep) or abandoned_temporary(path):
                 path.unlink()
+    for path in out_dir.iterdir():  # the index's own
+        if abandoned_temporary(path):
+            path.unlink()
+
+
+def abandoned_temporary(path: Path) -> bool:
+    """Whether ``path`` is a temporary file of ``atomic_write`` whose writer is gone (killed mid-write)."""
+    match = TEMPORARY_NAME.fullmatch(path.name)
+    if not match or not path.is_file() or path.is_symlink():
+        return False
+    try:
+        os.kill(int(match["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's live process
+        return False
+    return False
 
 
 def build_report(results: Path, out_dir: Path) -> Path:
@@ -145,5 +188,6 @@ def build_report(results: Path, out_dir: Path) -> Path:
         for png in plots:
             lines += [f"### {png.stem}", "", f"![{png.stem}](plots/{png.name}) ([PDF](plots/{png.stem}.pdf))", ""]
     readme = out_dir / "README.md"
-    readme.write_text("\n".join(lines))
+    with atomic_write(readme) as tmp:
+        tmp.write_text("\n".join(lines))
     return readme

@@ -7,18 +7,21 @@ bad case never ends a sweep: it becomes a row with status ``unsupported``, ``oom
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import gc
 import json
 import math
-import multiprocessing
 import os
+import pickle
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -37,6 +40,7 @@ from .results import COLUMNS, ResultsWriter, completed_case_keys, cpu_name, now_
 from .settings import Numerics, ProcessSettings
 
 SEED = 0
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 FLOP_TOLERANCE = 0.01  # fvcore and macs() must agree within 1%
 MB = 2 ** 20
 
@@ -423,41 +427,77 @@ def process_settings(ctx: RunContext, threads: int | None = None) -> ProcessSett
     return ProcessSettings(ctx.numerics, threads, ctx.extension_modules)
 
 
+class Stopped(BaseException):
+    """The sweep is to stop at once, its group in progress left without rows (a resume runs it): raised by the
+    sweep's handler of a stopping signal, or where a process of the sweep was ended by one. A BaseException,
+    like KeyboardInterrupt, so that no ``except Exception`` turns it into a case's error row."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+# Signals that end a process on request rather than by a fault: a sitting ended by one was stopped from outside.
+STOPPING_SIGNALS = frozenset({signal.SIGINT, signal.SIGHUP, signal.SIGTERM})
+SITTING_MAIN = f"from {__name__} import sitting_main; sitting_main()"
+
+
 def sitting_in_fresh_process(cases: Sequence[Case], seed: int, policy: TimingPolicy,
                              settings: ProcessSettings) -> dict[str, Timing | Exception]:
     """One more sitting of paired rounds of ``cases`` (rebuilt from the seed: the same weights and
-    inputs), in a process spawned for it, under the sweep's ``settings``. What a process fixes for its
+    inputs), in a process started for it, under the sweep's ``settings``. What a process fixes for its
     lifetime (where its memory lies, its allocator's state, its compiled kernels) then varies between
     sittings as it does between runs. A sitting that cannot run, or whose process ends up under other
-    settings than the sweep's, makes every pass's result its error. The process ignores Ctrl-C, which
-    the sweep's handler turns into a stop after the case in progress; a second Ctrl-C ends it with
-    the sweep."""
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_time_sitting, args=(list(cases), seed, policy, settings, sender), daemon=True)
+    settings than the sweep's, makes every pass's result its error.
+    The process runs in a session of its own, so that a terminal's Ctrl-C or hang-up reaches the sweep alone,
+    which decides what it stops; it ends with the sweep: terminated when the sweep stops, killed by the kernel
+    when the sweep's process dies. A sitting ended by a stopping signal from elsewhere raises ``Stopped``: the
+    group gets no rows, rather than error rows."""
+    receiver, sender = os.pipe()
+    job = pickle.dumps((list(cases), seed, policy, settings, os.getpid(), sender))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, sys.path))}  # imports as in this process
     try:
-        process.start()
-        sender.close()
-        outcome = receiver.recv()
-    except EOFError:
-        process.join()
-        outcome = RuntimeError(f"the process ended without a result (exit code {process.exitcode})")
-    except BaseException:
-        process.terminate()
-        raise
+        process = subprocess.Popen([sys.executable, "-c", SITTING_MAIN], stdin=subprocess.PIPE, pass_fds=(sender,),
+                                   start_new_session=True, env=env)
     finally:
-        process.join()
+        os.close(sender)
+    with open(receiver, "rb") as results:
+        try:
+            with contextlib.suppress(BrokenPipeError):  # a process that ended before reading: see below
+                process.stdin.write(job)
+                process.stdin.close()
+            outcome = pickle.load(results)
+        except (EOFError, pickle.UnpicklingError):  # it ended before its outcome was complete
+            outcome = None
+        except BaseException:
+            process.terminate()
+            raise
+        finally:
+            process.wait()
+    if outcome is None:
+        if -process.returncode in STOPPING_SIGNALS:
+            raise Stopped(-process.returncode)
+        outcome = RuntimeError(f"the process ended without a result (exit code {process.returncode})")
     if isinstance(outcome, Exception):
         error = RuntimeError(f"a timing sitting in a fresh process failed: {outcome}")
         return {case.key: error for case in cases}
     return outcome
 
 
-def _time_sitting(cases: list[Case], seed: int, policy: TimingPolicy, settings: ProcessSettings,
-                  sender: Connection) -> None:
-    """The body of ``sitting_in_fresh_process``: sends each pass's Timing or error, or the sitting's
-    error. Exceptions travel as text, since not every one pickles."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def sitting_main() -> None:
+    """The process of ``sitting_in_fresh_process``: its job from stdin, its outcome (each pass's Timing or
+    error, or the sitting's error) pickled into the pipe it was handed."""
+    cases, seed, policy, settings, sweep_pid, pipe = pickle.load(sys.stdin.buffer)
+    die_with(sweep_pid)
+    outcome = _time_sitting(cases, seed, policy, settings)
+    with open(pipe, "wb") as out:
+        pickle.dump(outcome, out)
+
+
+def _time_sitting(cases: list[Case], seed: int, policy: TimingPolicy,
+                  settings: ProcessSettings) -> dict[str, Timing | Exception] | Exception:
+    """The body of ``sitting_main``: each pass's Timing or error, or the sitting's error. Exceptions travel
+    as text, since not every one pickles."""
     try:
         settings.apply()
         differences = settings.differences()
@@ -469,12 +509,22 @@ def _time_sitting(cases: list[Case], seed: int, policy: TimingPolicy, settings: 
             module, x, grad_out = build_module(case, seed, inputs)
             runs[case.key] = make_pass(module, x, case.phase, grad_out)
         results = time_rounds(runs, torch.device(cases[0].device), policy)
-        outcome: dict[str, Timing | Exception] | Exception = {
-            key: result if isinstance(result, Timing) else RuntimeError(f"{type(result).__name__}: {result}")
-            for key, result in results.items()}
+        return {key: result if isinstance(result, Timing) else RuntimeError(f"{type(result).__name__}: {result}")
+                for key, result in results.items()}
     except Exception as exc:  # noqa: BLE001 - the sitting's failure, reported to the sweep
-        outcome = RuntimeError(f"{type(exc).__name__}: {exc}")
-    sender.send(outcome)
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def die_with(parent_pid: int) -> None:
+    """Have the kernel kill this process when its parent ends, however it ends (Linux's PR_SET_PDEATHSIG), so
+    that a killed sweep leaves no sitting running on; a parent already gone ends this process now."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the sweep still terminates its sittings when it stops
+        return
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
 def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:

@@ -35,7 +35,7 @@ import attentions
 from attentions.models import list_models
 
 from .profiles import DTYPES
-from .results import MEASURED_STATUSES
+from .results import MEASURED_STATUSES, atomic_write
 from .variants import with_backend, with_dense, with_full_attention, with_reference, with_variants
 
 MB = 2 ** 20
@@ -218,11 +218,14 @@ class Table:
         return lines + [" & ".join(latex_escape(column.latex_header()) for column in columns) + " \\\\"]
 
     def write(self, out_dir: Path) -> list[Path]:
+        """``<name>.md``, ``.tex`` and ``.csv`` in ``out_dir``, each written whole or not at all (``atomic_write``)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = [out_dir / f"{self.name}.md", out_dir / f"{self.name}.tex", out_dir / f"{self.name}.csv"]
-        paths[0].write_text(self.to_markdown())
-        paths[1].write_text(self.to_latex())
-        self.frame().to_csv(paths[2], index=False)
+        for path, text in zip(paths, (self.to_markdown(), self.to_latex())):
+            with atomic_write(path) as tmp:
+                tmp.write_text(text)
+        with atomic_write(paths[2]) as tmp:
+            self.frame().to_csv(tmp, index=False)
         return paths
 
 

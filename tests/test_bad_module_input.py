@@ -68,6 +68,35 @@ def nhwc(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
 MAP = nhwc(1, 4, 4, DIM)
 
 
+def count(family: str, *sizes: Any, useful: bool = False, **options: Any) -> Callable[[], object]:
+    """Build ``family`` and count its ``macs`` (with ``useful``, its ``useful_macs``) at ``sizes``."""
+    def run() -> object:
+        module = build(family, **options)
+        return (module.useful_macs if useful else module.macs)(*sizes)
+    return run
+
+
+def size(family: str, name: str, value: Any, *, useful: bool = False):
+    """``macs`` (or ``useful_macs``) with one bad size of a 1×4×4 input must name the size and the value."""
+    sizes = {"batch": 1, "height": 4, "width": 4, name: value}
+    return case(f"{family}-{'useful_' if useful else ''}macs-{name}={value!r}",
+                count(family, *sizes.values(), useful=useful), name, repr(value), ">= 1")
+
+
+def availability(family: str, backend: str, device: Any = "cpu", **options: Any):
+    """``backend_available`` with one bad argument (``device`` or the one of ``options``) must name its value."""
+    name, bad = next(iter(options.items()), ("device", device))
+    return case(f"backend_available-{name}={bad!r}",
+                functools.partial(attentions.backend_available, family, backend, device, **options), name, repr(bad))
+
+
+class NoReferenceBackend(attentions.FullAttention):
+    """A family whose backends lack its reference backend ('torch'): the registry must refuse it."""
+
+    family = "no_reference"
+    backends = {"sdpa": attentions.FullAttention.backends["sdpa"]}
+
+
 def switch_backend(model_name: str, backend: Any, **options: Any) -> None:
     """Switch a built model's backend; a refused switch must leave every block on its old backend."""
     model = build_model(model_name, num_classes=0, **options)
@@ -179,6 +208,41 @@ INPUTS = [
     case("deformable-stride-above-map", forward("deformable", nhwc(1, 2, 5, DIM), stride=3), "stride 3", "2×5"),
 ]
 
+MACS = [
+    # the base class checks every family's sizes before counting (a str batch repeated the counts' strings)
+    size("full", "batch", "8"), size("window", "height", 4.0), size("deformable", "width", True),
+    size("bra", "batch", 0), size("full", "batch", -1), size("window", "width", -4),
+    size("deformable", "height", None),
+    size("bra", "batch", "2", useful=True), size("full", "height", 0, useful=True),
+    size("bra", "width", 4.5, useful=True),
+    # and that the module takes the map, as its forward would
+    case("bra-macs-map-not-divisible-by-n_win", count("bra", 1, 5, 4), "H=5", "n_win=2", "auto_pad"),
+    case("bra-useful_macs-map-not-divisible-by-n_win", count("bra", 1, 4, 5, useful=True), "W=5", "n_win=2"),
+    case("deformable-macs-stride-above-map", count("deformable", 1, 2, 5, stride=3), "stride 3", "2×5"),
+]
+
+AVAILABILITY = [
+    # devices PyTorch cannot read: the allowed types are named, not PyTorch's RuntimeError
+    case("backend_available-tpu", functools.partial(attentions.backend_available, "bra", "sdpa", "tpu"),
+         "'tpu'", "cpu, cuda"),
+    availability("full", "torch", "cuda:x"), availability("window", "sdpa", None), availability("full", "torch", 0),
+    # a dtype that is not a torch.dtype, a backward that is not a bool (both used to answer as if valid)
+    availability("bra", "torch", "cpu", dtype="float16"), availability("full", "sdpa", "cpu", dtype=2),
+    availability("deformable", "torch", "cpu", backward="no"),
+    # registering families and backends
+    case("register-not-a-class", functools.partial(attentions.register, 3), "AttentionModule", "3"),
+    case("register-without-reference-backend", functools.partial(attentions.register, NoReferenceBackend),
+         "'torch'", "'sdpa'"),
+    case("backend-devices-a-string", functools.partial(attentions.Backend, "b", abs, "d", devices="cuda"),
+         "devices", "'cuda'"),
+    case("backend-devices-unknown", functools.partial(attentions.Backend, "b", abs, "d", devices=("gpu",)),
+         "('gpu',)", "cpu, cuda"),
+    case("backend-dtypes-strings", functools.partial(attentions.Backend, "b", abs, "d", dtypes=("float16",)),
+         "dtypes", "('float16',)"),
+    # a truthy non-bool returned the attention mask tuple
+    case("bra-ret_attn_mask-a-string", lambda: build("bra")(MAP, ret_attn_mask="no"), "ret_attn_mask", "'no'"),
+]
+
 MODELS = [
     # a backend some stage lacks: refused before any block switches
     case("biformer-switch-to-chunked", functools.partial(switch_backend, "biformer_tiny", "chunked"),
@@ -214,7 +278,7 @@ MODELS = [
 ]
 
 
-@pytest.mark.parametrize("action,expected", CONSTRUCTION + INPUTS + MODELS)
+@pytest.mark.parametrize("action,expected", CONSTRUCTION + INPUTS + MACS + AVAILABILITY + MODELS)
 def test_raises_a_suite_error_that_names_the_value(action, expected):
     with pytest.raises(ValueError) as info:  # anything else (TypeError, RuntimeError, ...) fails the test as is
         action()
@@ -226,4 +290,30 @@ def test_raises_a_suite_error_that_names_the_value(action, expected):
 
 
 def test_the_matrix_is_large_enough():
-    assert len(CONSTRUCTION + INPUTS + MODELS) >= 60
+    assert len(CONSTRUCTION + INPUTS + MACS + AVAILABILITY + MODELS) >= 60
+
+
+@pytest.mark.parametrize("family", SMALL)
+def test_macs_take_numpy_integers_as_ints(family):
+    """A numpy integer is an integer: the same counts as for ints, and ints, not numpy scalars."""
+    module = build(family)
+    for counted in (module.macs(np.int64(2), np.int32(4), np.int16(4)), module.useful_macs(np.int64(2), 4, 4)):
+        assert counted == module.macs(2, 4, 4)
+        assert all(type(value) is int for value in counted.values()), counted
+
+
+def test_macs_of_a_map_bra_pads():
+    """With auto_pad BRA counts a map its regions do not divide: the padded map in ``macs``, less in
+    ``useful_macs``."""
+    module = build("bra", auto_pad=True)
+    assert module.macs(1, 5, 4) == module.macs(1, 6, 4)
+    assert module.useful_macs(1, 5, 4).total < module.macs(1, 5, 4).total
+
+
+@pytest.mark.parametrize("device", ["cuda:0", torch.device("cuda", 0)])
+def test_backend_available_takes_a_device_with_an_index(device):
+    """'cuda:0' is a CUDA device: the same answer as for 'cuda' (on a machine without one, a reason, not an error)."""
+    ok, reason = attentions.backend_available("bra", "sdpa", device)
+    assert (ok, reason) == attentions.backend_available("bra", "sdpa", "cuda")
+    if not torch.cuda.is_available():
+        assert not ok and "CUDA" in reason

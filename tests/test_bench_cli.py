@@ -434,13 +434,8 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# 3b. Ctrl-C: the first stops the sweep after the case in progress, the second at once
+# 3b. signals: tests/test_signals.py
 # --------------------------------------------------------------------------------------------
-
-CTRL_C_FLAGS = ["--gpu", "cpu", "--preset", "quick", "--families", "full", "--backends", "torch", "sdpa",
-                "--resolutions", "14", "28", "--phase", "fwd", "fwd+bwd", "--min-time", "0.2",
-                "--no-report"]  # 8 cases, in 4 comparison groups of 2
-
 
 def wait_for(condition, proc: subprocess.Popen, what: str, log: Path, timeout: float = 60) -> None:
     """Poll ``condition()`` while the sweep runs; fail naming ``what`` if it ends or times out first."""
@@ -450,125 +445,6 @@ def wait_for(condition, proc: subprocess.Popen, what: str, log: Path, timeout: f
         assert time.monotonic() < deadline, f"no {what} within {timeout:g} s:\n{log.read_text()}"
         time.sleep(0.02)
 
-
-def test_ctrl_c_stops_after_the_case_in_progress_and_resume_completes_the_run(tmp_path):
-    """One SIGINT once the first row is written: the case in progress finishes and writes its row, the
-    sweep stops, says how to resume and exits 130; the JSON says interrupted; the command it printed
-    completes the run to exactly the planned cases, each with one row."""
-    results_dir = tmp_path / "results"
-    flags = [*CTRL_C_FLAGS, "--quiet", "--results-dir", str(results_dir), "--run-id", "ctrlc"]
-    labels = dry_run_labels(dry_run(flags))
-    planned = len(labels)
-    assert planned == 8
-    csv_path, log = results_dir / "cpu" / "ctrlc.csv", tmp_path / "ctrlc.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(RUN_BENCH), *flags], cwd=REPO, env=subprocess_env(),
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: len(data_lines(csv_path)) > 1, proc, "first row", log)
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=60)
-    finally:
-        stop(proc)
-    output = log.read_text()
-    assert code == 130, output
-    assert_csv_well_formed(csv_path)
-    frame = bench.load_results(csv_path)
-    rows = len(frame)
-    assert 1 <= rows < planned and len(data_lines(csv_path)) == rows + 1, output
-    assert not frame["case_key"].duplicated().any()
-    resume = "python run_bench.py " + shlex.join(["--resume", "ctrlc", "--results-dir", str(results_dir),
-                                                  "--no-report"])
-    assert f"interrupted: {planned - rows} cases not run; resume with: {resume}" in output
-    meta = json.loads(csv_path.with_suffix(".json").read_text())
-    assert meta["interrupted"] is True and meta["cases_not_started"] == planned - rows
-    assert "resumed" not in meta
-
-    python, script, *resume_flags = shlex.split(resume)
-    assert (python, script) == ("python", "run_bench.py")
-    resumed = run_bench(*resume_flags)
-    assert resumed.returncode == 0, f"stdout:\n{resumed.stdout}\nstderr:\n{resumed.stderr}"
-    assert f"{planned - rows} cases run, {rows} already complete" in resumed.stdout
-    frame = bench.load_results(csv_path)
-    assert len(frame) == planned and not frame["case_key"].duplicated().any()
-    assert sorted(frame.apply(row_label, axis=1)) == sorted(labels)
-    assert frame["status"].isin(TIMED).all()
-    meta = json.loads(csv_path.with_suffix(".json").read_text())
-    assert meta["interrupted"] is False and meta["cases_not_started"] == 0 and len(meta["resumed"]) == 1
-
-
-def test_a_second_ctrl_c_stops_at_once(tmp_path):
-    """The second SIGINT ends the sweep in the middle of a group (two minutes of timed rounds) with
-    KeyboardInterrupt: no row for it, and the run is left as a kill leaves it, for --resume."""
-    results_dir = tmp_path / "results"
-    flags = [*CTRL_C_FLAGS[:-3], "--min-time", "60", "--no-report", "--results-dir", str(results_dir),
-             "--run-id", "twice"]
-    log = tmp_path / "twice.log"
-    with open(log, "w") as out:  # no --quiet: the progress bar names the case running
-        proc = subprocess.Popen([sys.executable, str(RUN_BENCH), *flags], cwd=REPO, env=subprocess_env(),
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: "running full/torch 14² C64 h2 b2 float32 fwd" in log.read_text(), proc,
-                 "progress bar naming the first cases", log)
-        proc.send_signal(signal.SIGINT)
-        wait_for(lambda: "interrupt: the sweep stops once the case in progress has its row" in log.read_text(),
-                 proc, "notice of the first interrupt", log)
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=30)
-    finally:
-        stop(proc)
-    output = log.read_text()
-    # Python's own ending of an uncaught KeyboardInterrupt: -SIGINT, or 1 as seen here when it lands in an
-    # import (fvcore's, during the first case)
-    assert code not in (0, 130) and "KeyboardInterrupt" in output, output
-    csv_path = results_dir / "cpu" / "twice.csv"
-    assert len(data_lines(csv_path)) == 1  # the header alone
-    assert not {"finished", "interrupted"} & set(json.loads(csv_path.with_suffix(".json").read_text()))
-    assert dry_run(["--resume", "twice", "--results-dir", str(results_dir)]).splitlines()[-1] == \
-        "8 cases to run, 0 already complete"
-
-
-def test_rearm_sigint_gives_an_ignored_sigint_back_to_python():
-    """SIGINT inherited ignored becomes KeyboardInterrupt again; a handler of the program's own stays."""
-    previous = signal.getsignal(signal.SIGINT)
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        cli.rearm_sigint()
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-
-        def own(signum, frame):
-            pass
-
-        signal.signal(signal.SIGINT, own)
-        cli.rearm_sigint()
-        assert signal.getsignal(signal.SIGINT) is own
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-REARMED_CHILD = """
-import signal, sys, time
-from bench import cli
-cli.main(["--gpu", "cpu", "--preset", "quick", "--families", "full", "--dry-run"])
-print("started", signal.getsignal(signal.SIGINT) is signal.default_int_handler, flush=True)
-time.sleep(60)
-"""
-
-
-def test_a_cli_started_with_sigint_ignored_stops_on_sigint():
-    """A process that inherited SIGINT ignored (as from ``trap '' INT`` or a script's background job) runs the
-    CLI's start-up, after which SIGINT is Python's again: one SIGINT ends it with KeyboardInterrupt."""
-    proc = subprocess.Popen([sys.executable, "-c", REARMED_CHILD], cwd=REPO, env=subprocess_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    try:
-        started = next((line for line in proc.stdout if line.startswith("started")), "")
-        assert started.split() == ["started", "True"], started or proc.stderr.read()
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=20)
-    finally:
-        stop(proc)
-    assert code != 0 and "KeyboardInterrupt" in proc.stderr.read()  # -SIGINT, or 1 after `python -c`
 
 
 # --------------------------------------------------------------------------------------------

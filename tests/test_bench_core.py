@@ -336,7 +336,7 @@ class FakeAttention(AttentionModule):
         self.check_input(x)
         return self.attend(self.proj(x))
 
-    def macs(self, batch: int, height: int, width: int) -> MacCount:
+    def count_macs(self, batch: int, height: int, width: int) -> MacCount:
         return MacCount(projections=batch * height * width * self.dim * self.dim)
 
 

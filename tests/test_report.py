@@ -247,7 +247,8 @@ def test_report_cli_and_clear_errors(small_results, tmp_path, capsys):
 
 def test_a_folder_of_runs_keeps_the_newest_row_per_case(small_results, tmp_path):
     frame = pd.read_csv(small_results)
-    older = frame.assign(timestamp="2000-01-01T00:00:00+00:00", latency_ms_median=frame["latency_ms_median"] * 100)
+    latencies = ["latency_ms_median", "latency_ms_p20", "latency_ms_p80", "latency_ms_ci_low", "latency_ms_ci_high"]
+    older = frame.assign(timestamp="2000-01-01T00:00:00+00:00", **{c: frame[c] * 100 for c in latencies})
     older.to_csv(tmp_path / "old.csv", index=False)
     frame.to_csv(tmp_path / "new.csv", index=False)
     (tmp_path / "new.json").write_text(json.dumps({"run_id": "new"}))
