@@ -510,9 +510,12 @@ def resumed_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
     except (ResultsFormatError, OSError) as exc:
         parser.error(f"--resume: {exc}")
     stored_argv = metadata.get("argv")
-    if stored_argv is None or not all(isinstance(word, str) for word in stored_argv):
+    if stored_argv is None:
         parser.error(f"--resume: {metadata_path} has no 'argv' (the run's command-line words): it is not "
                      f"the metadata of a run of this tool")
+    if not all(isinstance(word, str) for word in stored_argv):
+        parser.error(f"--resume: {metadata_path}: 'argv' is {stored_argv!r}, not a list of strings (the run's "
+                     f"command-line words)")
     metadata["run_id"] = results_path.stem
     stored = parse_stored_command(parser, stored_argv, metadata_path)
     for dest in RESUME_COMPATIBLE - {"resume"}:

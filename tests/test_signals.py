@@ -205,6 +205,7 @@ def first_sitting(proc: subprocess.Popen, log: Path) -> int:
     return found[0]
 
 
+@pytest.mark.slow  # about a minute: two sweeps in sittings
 def test_ctrl_c_to_the_terminal_during_a_sitting_stores_no_error_row(tmp_path):
     """Ctrl-C in a terminal reaches the sweep's whole process group, the sitting's process among them, here
     while that process is still starting (importing torch). The sitting holds it off from its first instruction:
@@ -231,6 +232,7 @@ def test_ctrl_c_to_the_terminal_during_a_sitting_stores_no_error_row(tmp_path):
     assert len(frame) == 4 and frame["status"].isin(TIMED).all(), frame[["case_key", "status", "status_detail"]]
 
 
+@pytest.mark.slow  # half a minute each
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_a_sweep_ended_during_a_sitting_leaves_no_process_behind(tmp_path, signum):
     """The sweep's process is ended while its sitting's process times its rounds: on SIGTERM the sweep ends
