@@ -242,6 +242,30 @@ def test_a_killed_driver_loses_no_completed_row(cluster, tmp_path):
     assert len(meta["resumed"]) == 1 and meta["timing"]["workers"] == 2
 
 
+def test_sigterm_to_the_driver_stops_the_sweep_as_an_interruption(cluster, tmp_path):
+    """SIGTERM to the sweep's own process with groups running on Ray: no raw signal dump, the rows written stay,
+    the JSON says interrupted by SIGTERM, exit 143, and --resume with workers completes the run, each case once."""
+    results, log = tmp_path / "results", tmp_path / "terminated-driver.log"
+    ray_flags = ["--workers", "2", "--ray-address", cluster]
+    csv_path = results / "cpu" / "terminated.csv"
+    proc = popen_bench(*SWEEP, "--min-time", "0.1", "--results-dir", str(results), "--run-id", "terminated",
+                       *ray_flags, stderr_path=log)
+    try:
+        wait_for(lambda: len(data_lines(csv_path)) > 1, proc, "first row", log, timeout=120)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    finally:
+        stop(proc)
+    assert code == 128 + signal.SIGTERM and "Traceback" not in log.read_text(), log.read_text()
+    written = len(data_lines(csv_path)) - 1
+    meta = bench.results.read_metadata(csv_path)
+    assert (meta["interrupted"], meta["stopped_by"]) == (True, "SIGTERM") or written == PLANNED
+    resumed = run_bench("--resume", "terminated", "--results-dir", str(results), "--quiet", "--no-report", *ray_flags)
+    assert resumed.returncode == 0, resumed.stderr
+    frame = load_results(csv_path)
+    assert len(frame) == PLANNED and not frame["case_key"].duplicated().any() and frame["status"].isin(TIMED).all()
+
+
 def test_ray_workers_take_the_sweeps_numerics_and_extensions(cluster, tmp_path):
     """A family registered by a module outside the package (tests/extension_family.py, imported here as a plugin
     would be) and non-default numerics: the workers import the module, time its cases, and report (in their
