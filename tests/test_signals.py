@@ -295,3 +295,30 @@ def test_stop_on_signals_leaves_an_ignored_sighup_ignored():
             signal.raise_signal(signal.SIGHUP)  # nothing happens
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+# --------------------------------------------------------------------------------------------
+# kill -9 while a report is written
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.slow  # a report and four killed ones: about a minute
+def test_a_report_killed_at_any_moment_leaves_whole_files(tmp_path):
+    """``kill -9`` of ``report`` at several moments over an earlier report: every file in the folder stays whole
+    (the earlier one or the new one, never a 0-byte plot beside the old index), and the next report removes the
+    temporary files the killed ones left."""
+    run = REPO / "results" / "cpu" / "20261205T091110Z-bra56-topk4.csv"
+    out = tmp_path / "report"
+    command = [sys.executable, str(RUN_BENCH), "report", str(run), "--out", str(out)]
+    assert subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, timeout=300).returncode == 0
+    report_files = {path for path in out.rglob("*") if path.is_file() and not path.name.startswith(".")}
+    for delay in (2.0, 3.0, 4.0, 5.0):
+        proc = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        files = {path for path in out.rglob("*") if path.is_file() and not path.name.startswith(".")}
+        assert files == report_files
+        assert all(path.stat().st_size > 0 for path in files), [p for p in files if p.stat().st_size == 0]
+    assert subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, timeout=300).returncode == 0
+    assert not [path for path in out.rglob(".*.tmp")]
