@@ -242,6 +242,7 @@ def test_a_killed_driver_loses_no_completed_row(cluster, tmp_path):
     assert len(meta["resumed"]) == 1 and meta["timing"]["workers"] == 2
 
 
+@pytest.mark.slow  # a Ray sweep, its resume: about 45 s
 def test_sigterm_to_the_driver_stops_the_sweep_as_an_interruption(cluster, tmp_path):
     """SIGTERM to the sweep's own process with groups running on Ray: no raw signal dump, the rows written stay,
     the JSON says interrupted by SIGTERM, exit 143, and --resume with workers completes the run, each case once."""

@@ -79,6 +79,7 @@ def test_ctrl_c_stops_after_the_case_in_progress_and_resume_completes_the_run(tm
     assert meta["interrupted"] is False and meta["cases_not_started"] == 0 and len(meta["resumed"]) == 1
 
 
+@pytest.mark.slow  # a sweep's start-up each: about 15 s
 @pytest.mark.parametrize("signals", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM,), (signal.SIGHUP,)],
                          ids=["second-ctrl-c", "sigterm", "sighup"])
 def test_a_stopping_signal_ends_the_sweep_at_once_as_an_interruption(tmp_path, signals):
