@@ -26,7 +26,7 @@ before attending. These kernels instead read each routed region straight from th
 
 Only the token attention is here; pooling, region affinity and top-k stay in PyTorch.
 Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (fp32 and fp16; no bf16), which is how
-the CPU test suite checks them; ``bench.triton_aot`` compiles them for sm_90 and sm_80 without a GPU.
+the CPU test suite checks them; ``tools.triton_aot`` compiles them for sm_90 and sm_80 without a GPU.
 """
 
 from __future__ import annotations
@@ -324,7 +324,7 @@ class RoutedTiling:
 
 def default_config(kernel: str, row_tokens: int, item_tokens: int, items: int, dtype: torch.dtype) -> KernelConfig:
     """The explicit tuning table: the same answer on every machine, chosen from ahead-of-time
-    compiles for sm_90 and sm_80 (``bench.triton_aot``: registers, spills, shared memory).
+    compiles for sm_90 and sm_80 (``tools.triton_aot``: registers, spills, shared memory).
 
     Rows: a region's tokens up to one 64-row tile (wgmma's native height on Hopper). Columns:
     enough for the items a program usually meets (``items``: topk) at their power-of-two span,

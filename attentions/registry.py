@@ -255,7 +255,7 @@ class AttentionModule(nn.Module):
 
     def exact_copy(self, x: torch.Tensor) -> AttentionModule:
         """A float64 copy on the reference backend that computes what this module computes on ``x`` (in its
-        dtype), without rounding: the harness's yardstick of accuracy (``bench.accuracy``). A family whose
+        dtype), without rounding: the harness's yardstick of accuracy (``bench.core.accuracy``). A family whose
         forward makes discrete choices from rounded values overrides it so that the copy makes this
         module's choices on ``x`` (BRA: its top-k routing), else a near-tie that float64 breaks the other
         way would turn rounding into a different computation."""

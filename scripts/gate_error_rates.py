@@ -8,7 +8,7 @@ Each trial runs a BASE sweep of full attention (``torch``, its reference, and ``
 rounds at two resolutions, forward, CPU, the CLI's timing policy), then one NEW sweep per slowdown, in
 turn, so that the machine's drift lands on every slowdown alike. In NEW, every forward of the ``sdpa``
 backend is stretched by busy-waiting for the given fraction of its own time: a pass that really is that
-much slower. Each NEW is compared with BASE by ``bench.compare.compare_runs`` (10% threshold). Prints a
+much slower. Each NEW is compared with BASE by ``bench.analysis.compare.compare_runs`` (10% threshold). Prints a
 markdown table of verdict rates per slowdown, for the slowed backend (detection, or false alarm at 0) and
 for the untouched reference (false alarm), and writes one row per judged case to ``--out``.
 """
@@ -25,10 +25,10 @@ import torch
 
 import attentions.full
 from bench import Case, RunContext, run_sweep
-from bench.compare import VERDICTS, compare_runs
-from bench.measure import SPEEDUP_INTERVAL_METHOD, TimingPolicy, retain_available
-from bench.profiles import PROFILES
-from bench.results import cpu_name, write_metadata
+from bench.analysis.compare import VERDICTS, compare_runs
+from bench.core.measure import SPEEDUP_INTERVAL_METHOD, TimingPolicy, retain_available
+from bench.core.profiles import PROFILES
+from bench.schema.results import cpu_name, write_metadata
 
 SLOWED_BACKEND = "sdpa"
 ORIGINAL_FORWARD = attentions.full.FullAttention.forward

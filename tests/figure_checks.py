@@ -16,7 +16,7 @@ from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 from PIL import Image
 
-from bench.plots import COLUMN_WIDTH, FULL_WIDTH, MAX_HEIGHT, PNG_DPI, UNMEASURED, backend_style, plot_style
+from bench.report.plots import COLUMN_WIDTH, FULL_WIDTH, MAX_HEIGHT, PNG_DPI, UNMEASURED, backend_style, plot_style
 
 MAX_PNG_BYTES = 1 << 20
 

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import bench.runner
+import bench.execution.runner
 from bench import Case, RunContext, TimingPolicy, run_sweep
-from bench.profiles import PROFILES
-from bench.results import COLUMNS
+from bench.core.profiles import PROFILES
+from bench.schema.results import COLUMNS
 
 # Three rounds and no noise verdict: the tests that use it are about rows and files, not timing noise
 # (a loaded test machine would make some rows noisy at random).
@@ -55,7 +55,7 @@ def make_small_results(tmp_path_factory) -> Path:
     context = RunContext(run_id="plots", profile=PROFILES["cpu"], device_name="test-cpu", timing=FAST)
     with pytest.MonkeyPatch.context() as patch:
         # gc.collect between cases costs more than these tiny cases themselves; nothing to free here
-        patch.setattr(bench.runner, "free_memory", lambda device: None)
+        patch.setattr(bench.execution.runner, "free_memory", lambda device: None)
         assert run_sweep(cases(), context, path) == (len(cases()), 0)
     frame = pd.read_csv(path)
     assert set(frame["status"]) == {"ok", "error"}  # only the avgpool cases at 7²

@@ -1,4 +1,4 @@
-"""The harness's accuracy rule (``bench.accuracy``) catches sabotaged backends and passes honest ones.
+"""The harness's accuracy rule (``bench.core.accuracy``) catches sabotaged backends and passes honest ones.
 
 A sabotaged backend is the family's reference backend with its attention output scaled by 1 + f, f set so
 that the *module's* output is exactly p off in exact arithmetic (the output projection and LePE dilute a
@@ -20,8 +20,8 @@ import torch
 
 import attentions
 from attentions.registry import Backend
-from bench.accuracy import ERROR_FLOOR, accuracy, relative_errors
-from bench.measure import make_pass
+from bench.core.accuracy import ERROR_FLOOR, accuracy, relative_errors
+from bench.core.measure import make_pass
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 SHAPES = {  # family -> (options, resolution)

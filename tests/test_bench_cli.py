@@ -32,13 +32,14 @@ import tqdm.std
 import attentions
 import bench
 from attentions import BackendUnavailableError
-from bench import cli, runner
-from bench.cases import Case, config_name
-from bench.measure import TimingPolicy, retain_available
-from bench.presets import KV_MODES
-from bench.profiles import PROFILES
-from bench.results import RunLock, cpu_name
-from bench.runner import base_row, failure, speedup_interval_width, stamped
+from bench import cli
+from bench.execution import runner
+from bench.suites.cases import Case, config_name
+from bench.core.measure import TimingPolicy, retain_available
+from bench.suites.presets import KV_MODES
+from bench.core.profiles import PROFILES
+from bench.schema.results import RunLock, cpu_name
+from bench.execution.runner import base_row, failure, speedup_interval_width, stamped
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_BENCH = REPO / "run_bench.py"
@@ -91,7 +92,7 @@ def dry_run_labels(stdout: str) -> list[str]:
 
 
 def row_label(row: pd.Series) -> str:
-    """bench.cases.Case.label() rebuilt from a results row, to compare a run with its --dry-run."""
+    """bench.suites.cases.Case.label() rebuilt from a results row, to compare a run with its --dry-run."""
     name = config_name(row["family"], json.loads(row["options"]))
     return (f"{name}/{row['backend']} {row['resolution']}² C{row['dim']} h{row['heads']} "
             f"b{row['batch']} {row['dtype']} {row['phase']}")

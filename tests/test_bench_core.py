@@ -21,19 +21,19 @@ import torch
 from torch import nn
 
 import attentions
-import bench.runner
+import bench.execution.runner
 from attentions.registry import _FAMILIES, AttentionModule, Backend, MacCount
 from bench import COLUMNS, Case, ResultsFormatError, RunContext, SweepBlock, TimingPolicy, load_results, run_sweep
-from bench.runner import failure, placement, run_case, run_group
-from bench.settings import Numerics, ProcessSettings
-from bench.flops import count_macs
-from bench.accuracy import ERROR_FLOOR, judge, max_abs_error, relative_errors
-import bench.measure
-from bench.measure import Timing, paired_speedup, peak_memory_bytes, time_rounds, timing_notes
-from bench.presets import COMMON_OPTIONS, preset_blocks
-from bench.profiles import PROFILES
-from bench.cases import unique_cases
-from bench.results import PLACEMENT_COLUMNS, ResultsWriter, cpu_name
+from bench.execution.runner import failure, placement, run_case, run_group
+from bench.core.settings import Numerics, ProcessSettings
+from bench.core.flops import count_macs
+from bench.core.accuracy import ERROR_FLOOR, judge, max_abs_error, relative_errors
+import bench.core.measure
+from bench.core.measure import Timing, paired_speedup, peak_memory_bytes, time_rounds, timing_notes
+from bench.suites.presets import COMMON_OPTIONS, preset_blocks
+from bench.core.profiles import PROFILES
+from bench.suites.cases import unique_cases
+from bench.schema.results import PLACEMENT_COLUMNS, ResultsWriter, cpu_name
 from small_results import FAST
 
 
@@ -245,7 +245,7 @@ def test_a_group_timed_in_sittings_adds_the_rounds_of_a_fresh_process(monkeypatc
         received.append((reference, timing))
         return paired_speedup(reference, timing)
 
-    monkeypatch.setattr(bench.runner, "paired_speedup", recording_paired_speedup)
+    monkeypatch.setattr(bench.execution.runner, "paired_speedup", recording_paired_speedup)
     ctx = context()
     ctx.timing = replace(FAST, sittings=2)
     reference, chunked = run_group([case("bra", "torch", n_win=2, topk=2), case("bra", "chunked", n_win=2, topk=2)],
@@ -555,7 +555,7 @@ def scripted_timer(monkeypatch, times_ms: dict[str, Callable[[int], float]]) -> 
         elapsed = times_ms[name](calls[name])
         calls[name] += 1
         return elapsed, 0
-    monkeypatch.setattr(bench.measure, "timed_once", timed_once)
+    monkeypatch.setattr(bench.core.measure, "timed_once", timed_once)
     return calls
 
 
@@ -645,7 +645,7 @@ def test_accuracy_falls_back_to_fewer_images_when_the_references_do_not_fit(monk
     """The float64 reference needs several times the case's memory: when its passes run out of memory on the
     whole batch (4 images here), the accuracy is measured on the first half, a quarter, ... and the row says
     on how many; when not even one image fits, the row says that the accuracy was not measured."""
-    real = bench.runner.reference_passes
+    real = bench.execution.runner.reference_passes
     tried = []
 
     def fitting(images: int):
@@ -657,11 +657,11 @@ def test_accuracy_falls_back_to_fewer_images_when_the_references_do_not_fit(monk
         return passes
 
     four = replace(case("full", "sdpa"), batch=4)
-    monkeypatch.setattr(bench.runner, "reference_passes", fitting(1))
+    monkeypatch.setattr(bench.execution.runner, "reference_passes", fitting(1))
     row = run_case(four, context())
     assert tried == [4, 2, 1] and row["status"] == "ok" and 0 < row["rel_err"] <= row["err_tolerance"]
     assert "accuracy checked on the first 1 of 4 images" in row["status_detail"]
-    monkeypatch.setattr(bench.runner, "reference_passes", fitting(0))
+    monkeypatch.setattr(bench.execution.runner, "reference_passes", fitting(0))
     row = run_case(four, context())
     assert row["status"] == "ok" and row.get("rel_err") is None
     assert "accuracy not measured" in row["status_detail"]
@@ -673,16 +673,16 @@ def test_pct_of_peak_divides_by_the_peak_of_the_math_used():
     timing = Timing((2.0, 2.0, 2.0))  # 2 ms for 1e9 multiply-adds forward: 1 TFLOP/s
     for tf32, peak in ((False, 67), (True, 495)):
         ctx = replace(context(), profile=PROFILES["h100"], numerics=Numerics(tf32_matmul=tf32, tf32_cudnn=tf32))
-        row = bench.runner.latency_row(timing, 1, 10 ** 9, "fwd", "float32", ctx)
+        row = bench.execution.runner.latency_row(timing, 1, 10 ** 9, "fwd", "float32", ctx)
         assert row["tflops_achieved"] == pytest.approx(1.0) and row["pct_of_peak"] == pytest.approx(100 / peak)
-        assert bench.runner.latency_row(timing, 1, 10 ** 9, "fwd", "bfloat16", ctx)["pct_of_peak"] == pytest.approx(
+        assert bench.execution.runner.latency_row(timing, 1, 10 ** 9, "fwd", "bfloat16", ctx)["pct_of_peak"] == pytest.approx(
             100 / 989)
 
 
 def test_median_interval_is_a_batch_means_interval_of_the_log_latencies():
     """Ten rounds in five batches of two: exp(m ± t(4) · s / √5) with m the median log latency and s the
     standard deviation of the batches' median logs; wider for scattered rounds; none for one round."""
-    from bench.measure import Timing, median_interval
+    from bench.core.measure import Timing, median_interval
     rng = np.random.default_rng(7)
     times = tuple(float(t) for t in 2.0 * np.exp(rng.normal(0, 0.05, 10)))
     logs = np.log(times)
@@ -701,7 +701,7 @@ def test_median_interval_is_a_batch_means_interval_of_the_log_latencies():
 def test_retry_noisy_retimes_only_the_noisy_cases_beside_their_reference(retries, quiet_on, attempts, status):
     """A stand-in group runner whose sdpa row is noisy until its ``quiet_on``-th attempt: RetryNoisy re-times
     that case alone (its reference as companion), at most ``retries`` more times, and keeps the last row."""
-    from bench.runner import RetryNoisy
+    from bench.execution.runner import RetryNoisy
     calls = []
 
     def stand_in(cases, ctx, companions=()):

@@ -598,7 +598,7 @@ def test_macs_agree_with_fvcore(opts, hw):
 def test_harness_counts_the_chunked_op(opts, hw):
     """fvcore sees ChunkedRoutedAttention as one opaque op: the harness counts it through the MAC
     formula the backend declares."""
-    from bench.flops import count_macs
+    from bench.core.flops import count_macs
     module = attentions.build("bra", dim=16, num_heads=2, n_win=7, backend="chunked", **opts)
     counted, uncounted = count_macs(module, torch.randn(1, *hw, 16))
     assert counted == module.macs(1, *hw).total

@@ -200,7 +200,7 @@ def test_transposed_routing_lists_each_key_regions_routers(triton_kernels):
 def test_fvcore_counts_the_fused_op():
     """Without its handle fvcore would count the fused attention as zero."""
     pytest.importorskip("fvcore")
-    from bench.flops import count_macs
+    from bench.core.flops import count_macs
     module, _ = make(16, 2, backend="triton", n_win=2, topk=3, kv_downsample_mode="avgpool", kv_downsample_ratio=2)
     module = module.float().to(DEVICE)
     counted, uncounted = count_macs(module, torch.randn(1, 8, 8, 16, device=DEVICE))

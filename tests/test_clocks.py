@@ -1,4 +1,4 @@
-"""The GPU clock watch (``bench.clocks``) with a stand-in NVML: a row timed while the SM clock fell or the GPU
+"""The GPU clock watch (``bench.core.clocks``) with a stand-in NVML: a row timed while the SM clock fell or the GPU
 throttled is noisy and says why; steady clocks change nothing. No GPU is needed: the stand-in plays the
 NVML calls back from a script, and the rounds are timed on the CPU."""
 
@@ -9,10 +9,10 @@ import time
 import pytest
 import torch
 
-import bench.measure
-from bench.clocks import THROTTLE_REASONS, ClockWatch
-from bench.measure import time_rounds
-from bench.runner import run_group
+import bench.core.measure
+from bench.core.clocks import THROTTLE_REASONS, ClockWatch
+from bench.core.measure import time_rounds
+from bench.execution.runner import run_group
 from test_bench_core import case, context
 
 SW_POWER_CAP, HW_THERMAL, GPU_IDLE = 0x4, 0x40, 0x1
@@ -72,7 +72,7 @@ def test_the_rounds_are_watched_between_passes():
     the verdict and the summary reach every pass's timing."""
     stand_in = StandInNvml([1980, 1980, 1980, 1500], [0])
     timings = time_rounds({"a": lambda: time.sleep(0.011), "b": lambda: time.sleep(0.011)}, torch.device("cpu"),
-                          bench.measure.TimingPolicy(warmup_max_calls=3, min_time_s=0.0, min_rounds=5),
+                          bench.core.measure.TimingPolicy(warmup_max_calls=3, min_time_s=0.0, min_rounds=5),
                           watch=ClockWatch(stand_in, 0))
     assert stand_in.reads == 1 + 5 + 1
     for timing in timings.values():
@@ -84,7 +84,7 @@ def test_the_rounds_are_watched_between_passes():
 def test_a_row_timed_while_the_gpu_throttled_is_noisy(monkeypatch, reasons, status):
     """A group timed under a stand-in NVML that reports a power cap midway: both rows noisy, with the reason in
     their detail; without it, ok."""
-    monkeypatch.setattr(bench.measure.ClockWatch, "for_device",
+    monkeypatch.setattr(bench.core.measure.ClockWatch, "for_device",
                         classmethod(lambda cls, device, nvml=None: cls(StandInNvml([1980], reasons), 0)))
     rows = run_group([case("full", "torch"), case("full", "sdpa")], context())
     assert [row["status"] for row in rows] == [status, status], [row["status_detail"] for row in rows]

@@ -30,13 +30,13 @@ import ray  # noqa: E402
 
 import bench  # noqa: E402
 from bench import cli  # noqa: E402
-from bench.cases import Case, ModelCase  # noqa: E402
-from bench.cluster import RayExecutor, driver_paths  # noqa: E402
-from bench.measure import TimingPolicy  # noqa: E402
-from bench.model_suite import base_model_row, model_groups, run_model_group  # noqa: E402
-from bench.profiles import PROFILES  # noqa: E402
-from bench.results import MODEL_COLUMNS, cpu_name, load_results  # noqa: E402
-from bench.runner import RunContext, base_row, run_group, run_sweep  # noqa: E402
+from bench.suites.cases import Case, ModelCase  # noqa: E402
+from bench.execution.cluster import RayExecutor, driver_paths  # noqa: E402
+from bench.core.measure import TimingPolicy  # noqa: E402
+from bench.suites.model import base_model_row, model_groups, run_model_group  # noqa: E402
+from bench.core.profiles import PROFILES  # noqa: E402
+from bench.schema.results import MODEL_COLUMNS, cpu_name, load_results  # noqa: E402
+from bench.execution.runner import RunContext, base_row, run_group, run_sweep  # noqa: E402
 from small_results import FAST  # noqa: E402
 from test_bench_cli import TIMED, data_lines, popen_bench, run_bench, stop, wait_for  # noqa: E402
 
@@ -197,7 +197,7 @@ def test_the_cli_with_two_workers_writes_what_one_worker_writes(tmp_path, monkey
     in-process run (no --workers) never imports Ray."""
     results = tmp_path / "results"
     monkeypatch.setitem(sys.modules, "ray", None)
-    monkeypatch.setitem(sys.modules, "bench.cluster", None)
+    monkeypatch.setitem(sys.modules, "bench.execution.cluster", None)
     monkeypatch.delattr(bench, "cluster", raising=False)
     assert cli.main([*SWEEP, "--results-dir", str(results), "--run-id", "one"]) == 0
     monkeypatch.undo()
@@ -209,10 +209,10 @@ def test_the_cli_with_two_workers_writes_what_one_worker_writes(tmp_path, monkey
     assert sorted(two["case_key"]) == sorted(one["case_key"]) and len(two) == PLANNED
     assert_placed(two)
     assert (one["worker"] == f"pid {os.getpid()}").all()
-    meta = bench.results.read_metadata(results / "cpu" / "two.json")
+    meta = bench.schema.results.read_metadata(results / "cpu" / "two.json")
     assert meta["timing"]["workers"] == 2 and meta["timing"]["threads_per_worker"] == 1
     assert meta["ray"] == {"address": "local", "retries": 2} and set(meta["nodes"]) == set(two["node"])
-    assert bench.results.read_metadata(results / "cpu" / "one.json")["timing"]["workers"] == 1
+    assert bench.schema.results.read_metadata(results / "cpu" / "one.json")["timing"]["workers"] == 1
 
 
 def test_a_killed_driver_loses_no_completed_row(cluster, tmp_path):
@@ -238,7 +238,7 @@ def test_a_killed_driver_loses_no_completed_row(cluster, tmp_path):
     assert data_lines(csv_path)[:len(before)] == before
     frame = load_results(csv_path)
     assert len(frame) == PLANNED and not frame["case_key"].duplicated().any() and frame["status"].isin(TIMED).all()
-    meta = bench.results.read_metadata(csv_path)
+    meta = bench.schema.results.read_metadata(csv_path)
     assert len(meta["resumed"]) == 1 and meta["timing"]["workers"] == 2
 
 
@@ -259,7 +259,7 @@ def test_sigterm_to_the_driver_stops_the_sweep_as_an_interruption(cluster, tmp_p
         stop(proc)
     assert code == 128 + signal.SIGTERM and "Traceback" not in log.read_text(), log.read_text()
     written = len(data_lines(csv_path)) - 1
-    meta = bench.results.read_metadata(csv_path)
+    meta = bench.schema.results.read_metadata(csv_path)
     assert (meta["interrupted"], meta["stopped_by"]) == (True, "SIGTERM") or written == PLANNED
     resumed = run_bench("--resume", "terminated", "--results-dir", str(results), "--quiet", "--no-report", *ray_flags)
     assert resumed.returncode == 0, resumed.stderr
@@ -273,7 +273,7 @@ def test_ray_workers_take_the_sweeps_numerics_and_extensions(cluster, tmp_path):
     node environment) the sweep's numerics."""
     import extension_family
     from attentions.registry import _FAMILIES
-    from bench.settings import Numerics
+    from bench.core.settings import Numerics
     _FAMILIES[extension_family.FAMILY] = extension_family.ScaledLinearAttention
     try:
         cases = [Case(extension_family.FAMILY, "torch", (), 1, resolution, 16, 1, "float32", "cpu", "fwd")

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 
 from bench import COLUMNS, Case, RunContext, run_sweep
-from bench.compare import (EXIT_INCONCLUSIVE, EXIT_REGRESSED, FASTER, FIXED, INCONCLUSIVE, MIN_ROUNDS, NEW_FAILURE,
+from bench.analysis.compare import (EXIT_INCONCLUSIVE, EXIT_REGRESSED, FASTER, FIXED, INCONCLUSIVE, MIN_ROUNDS, NEW_FAILURE,
                            NOW_UNSUPPORTED, OK, OTHER_DEVICE, REGRESSED, SLOWER, compare_runs, format_comparison,
                            main_compare, parse_threshold)
-from bench.measure import SPEEDUP_INTERVAL_METHOD
-from bench.profiles import PROFILES
-from bench.results import ResultsWriter, load_results, write_metadata
+from bench.core.measure import SPEEDUP_INTERVAL_METHOD
+from bench.core.profiles import PROFILES
+from bench.schema.results import ResultsWriter, load_results, write_metadata
 from small_results import FAST
 
 
@@ -455,7 +455,7 @@ def test_rerun_inconclusive_with_the_real_harness_and_a_stand_in_clock(tmp_path,
     """Both runs timed by the real harness on a stand-in clock (every pass 0.5 ms: steady); NEW's sdpa row then
     made noisy. Re-measured by the real group runner (beside its reference), it comes back ok and the case
     gets its verdict."""
-    import bench.measure as measure
+    import bench.core.measure as measure
 
     def stand_in_clock(run, device, flush=None):
         run()

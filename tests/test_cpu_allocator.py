@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench import cli
-from bench.measure import retain_available, use_cpu_allocator
+from bench.core.measure import retain_available, use_cpu_allocator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 # mmap threshold, 32 MiB) under 'system', then under 'retain', then asks for 'system' again.
 PROBE = """
 import json, torch
-from bench.measure import TimingPolicy, time_rounds, use_cpu_allocator
+from bench.core.measure import TimingPolicy, time_rounds, use_cpu_allocator
 def touch_block():
     torch.ones(16 << 20, dtype=torch.float32).sum()
 faults = {}

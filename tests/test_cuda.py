@@ -5,7 +5,7 @@ With CUDA (``pytest -m cuda`` on a GPU): for every family and every backend whos
 takes it, float32. Its output and, where the backend has a backward there, the gradients of the
 input and of every parameter are compared with the family's naive float64 reference (imported
 from the family's test file), computed on the CPU from float64 copies of the same weights and
-input. The verdict is the harness's rule (``bench.accuracy.judge``): each tensor's norm-relative error
+input. The verdict is the harness's rule (``bench.core.accuracy.judge``): each tensor's norm-relative error
 from the naive float64 values within max(2 × the family's reference backend's own error in the same
 dtype, the dtype's floor).
 A backend that cannot run there (xformers not installed, say) skips with the registry's reason, a
@@ -30,7 +30,7 @@ from torch import Tensor
 
 import attentions
 from attentions import AttentionModule, BackendUnavailableError
-from bench.accuracy import judge as judge_accuracy
+from bench.core.accuracy import judge as judge_accuracy
 from reference_helpers import F64, Naive, random_module, ref_params, run_module, run_reference
 from test_bra import full_options, naive_bra
 from test_deformable import naive_for as deformable_naive

@@ -22,12 +22,12 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-import bench.results
+import bench.schema.results
 from bench import cli
-from bench.measure import Timing, median_interval
-from bench.plots import PLOT_NAMES
-from bench.report import collect_results
-from bench.results import (COLUMNS, MODEL_COLUMNS, SUITES, TEXT_COLUMNS, VALUE_RULES, ResultsFormatError,
+from bench.core.measure import Timing, median_interval
+from bench.report.plots import PLOT_NAMES
+from bench.report.build import collect_results
+from bench.schema.results import (COLUMNS, MODEL_COLUMNS, SUITES, TEXT_COLUMNS, VALUE_RULES, ResultsFormatError,
                            ResultsWarning, ResultsWriter, atomic_write, load_results, read_metadata, write_metadata)
 
 REAL = Path(__file__).resolve().parent.parent / "results" / "cpu"
@@ -216,9 +216,9 @@ def test_an_interval_out_of_order_is_refused_naming_both_ends(tmp_path, run, lin
 @pytest.mark.parametrize("times", [[49.97250055] * 4, [6.0, 1.0, 1.0, 6.0, 1.0, 6.0, 6.0, 1.0, 1.0, 6.0]],
                          ids=["equal rounds", "two clusters"])
 def test_what_the_runner_writes_at_the_edges_still_loads(tmp_path, times):
-    """The statistics bench.measure writes: equal rounds give quintiles an ulp below their median, and two
+    """The statistics bench.core.measure writes: equal rounds give quintiles an ulp below their median, and two
     clusters of rounds a median of 3.5 ms outside the interval (of the median log latency) at 2.45 ms. A
-    mismatch row's errors are inf where its output has non-finite values (bench.accuracy)."""
+    mismatch row's errors are inf where its output has non-finite values (bench.core.accuracy)."""
     timing = Timing(times)
     low, high = median_interval(timing)
     assert timing.p80_ms < timing.median_ms or not low <= timing.median_ms <= high  # the edge is real
@@ -315,7 +315,7 @@ def test_a_folder_where_a_file_belongs_is_named(tmp_path, capsys):
 
 def test_reads_are_bounded(tmp_path, monkeypatch):
     path = copy_run(ATTENTION_RUN, tmp_path)
-    monkeypatch.setattr(bench.results, "MAX_FILE_BYTES", path.stat().st_size - 1)
+    monkeypatch.setattr(bench.schema.results, "MAX_FILE_BYTES", path.stat().st_size - 1)
     with pytest.raises(ResultsFormatError, match="is larger than"):
         load_results(path)
 
@@ -348,7 +348,7 @@ def test_compare_and_the_cli_show_what_was_left_out_in_one_line(tmp_path, capsys
     base = copy_run(ATTENTION_RUN, tmp_path, "base")
     new = copy_run(ATTENTION_RUN, tmp_path, "new")
     new.write_bytes(new.read_bytes().rstrip(b"\r\n"))
-    from bench.compare import compare_runs
+    from bench.analysis.compare import compare_runs
     comparison = compare_runs(base, new)
     assert f"NEW: {new}, line 11 has no line break: a row being written or cut by a kill; left out" \
         in comparison.warnings

@@ -16,15 +16,15 @@ from fvcore.nn import FlopCountAnalysis
 
 import attentions
 import bench
-import bench.plots
-import bench.report
+import bench.report.plots
+import bench.report.build
 from attentions.models import build_model, list_models
 from bench import cli
-from bench.model_suite import model_groups, run_model_group
-from bench.plots import plot_model_throughput
-from bench.profiles import PROFILES
-from bench.results import MODEL_COLUMNS
-from bench.tables import model_table
+from bench.suites.model import model_groups, run_model_group
+from bench.report.plots import plot_model_throughput
+from bench.core.profiles import PROFILES
+from bench.schema.results import MODEL_COLUMNS
+from bench.report.tables import model_table
 from figure_checks import check_legends_match, check_png
 from test_bench_cli import data_lines, dry_run, dry_run_labels
 
@@ -37,7 +37,7 @@ CASES = 8
 
 
 def row_label(row: pd.Series) -> str:
-    """bench.cases.ModelCase.label() rebuilt from a results row."""
+    """bench.suites.cases.ModelCase.label() rebuilt from a results row."""
     return (f"{row['model']}[{row['attention']}]/{row['backend']} {row['resolution']}px b{row['batch']} "
             f"{row['dtype']} {row['phase']}")
 
@@ -210,11 +210,11 @@ def test_compare_refuses_model_runs(model_run, capsys):
 
 
 def test_a_folder_with_both_suites_reports_both(model_run, small_results, tmp_path, monkeypatch):
-    def fake_plots(frame, out, names=bench.plots.PLOT_NAMES):  # drawn and tested in test_plots.py
+    def fake_plots(frame, out, names=bench.report.plots.PLOT_NAMES):  # drawn and tested in test_plots.py
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{names[0]}.png").write_bytes(b"")
         return [out / f"{names[0]}.png"]
-    monkeypatch.setattr(bench.report, "make_plots", fake_plots)
+    monkeypatch.setattr(bench.report.build, "make_plots", fake_plots)
     folder = tmp_path / "runs"
     folder.mkdir()
     (folder / "attention.csv").write_bytes(small_results.read_bytes())

@@ -19,13 +19,13 @@ import pandas as pd
 import pytest
 import torch
 
-import bench.runner
+import bench.execution.runner
 from attentions.registry import _FAMILIES, Backend
 from bench import load_results, run_sweep
-from bench.compare import NEW_FAILURE, REGRESSED, compare_runs, format_comparison
-from bench.accuracy import judge
-from bench.results import ResultsWriter
-from bench.tables import all_tables, backend_table
+from bench.analysis.compare import NEW_FAILURE, REGRESSED, compare_runs, format_comparison
+from bench.core.accuracy import judge
+from bench.schema.results import ResultsWriter
+from bench.report.tables import all_tables, backend_table
 from test_bench_core import FakeAttention, case, context
 
 PHASES = ("fwd", "fwd+bwd")
@@ -94,7 +94,7 @@ def sabotaged_families(monkeypatch):
     monkeypatch.setitem(_FAMILIES, SabotagedAttention.family, SabotagedAttention)
     monkeypatch.setitem(_FAMILIES, NanReferenceAttention.family, NanReferenceAttention)
     # gc.collect between cases costs more than these tiny cases themselves; nothing to free here
-    monkeypatch.setattr(bench.runner, "free_memory", lambda device: None)
+    monkeypatch.setattr(bench.execution.runner, "free_memory", lambda device: None)
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def test_a_correct_backend_is_still_ok(sabotaged_families, sabotaged_run):
     only a pass that computes the gradient can see the NaN): ok, against the same reference."""
     rows = rows_of(load_results(sabotaged_run), "sabotaged", "torch")
     assert list(rows["status"]) == ["ok", "ok"], list(rows["status_detail"])
-    row = bench.runner.run_case(case("sabotaged", "nan_gradient", "fwd"), context())
+    row = bench.execution.runner.run_case(case("sabotaged", "nan_gradient", "fwd"), context())
     assert row["status"] == "ok" and row["rel_err"] == row["ref_rel_err"] > 0, row["status_detail"]
 
 

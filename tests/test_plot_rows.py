@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_rgba
 
-from bench.plots import (CLIPPED, DRAWN_STATUSES, PLOT_NAMES, PLOTTERS, UNMEASURED, backend_style,
+from bench.report.plots import (CLIPPED, DRAWN_STATUSES, PLOT_NAMES, PLOTTERS, UNMEASURED, backend_style,
                          representative_rows, speedup_table)
 from figure_checks import check_layout, drawn_figure, labelled_ticks
 from small_results import noise_frame

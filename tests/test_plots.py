@@ -1,4 +1,4 @@
-"""The figures of bench.plots, drawn from a small results file that the harness itself produces."""
+"""The figures of bench.report.plots, drawn from a small results file that the harness itself produces."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from bench import load_results
-from bench.plots import (PLOT_NAMES, PLOTTERS, backend_style, family_color, gmacs_table, kv_mode_table,
+from bench.report.plots import (PLOT_NAMES, PLOTTERS, backend_style, family_color, gmacs_table, kv_mode_table,
                          main_widths, make_plots, representative_variants, plot_bra_speedup, plot_kv_modes, plot_latency_vs_resolution,
                          plot_speedup, plot_topk_sweep, resolution_table, scaling_table, speedup_table, topk_table)
-from bench.variants import with_variants
+from bench.analysis.variants import with_variants
 from figure_checks import check_layout, check_legends_match, check_png, colours_of
 from small_results import MISMATCH_LATENCY_MS, select as _select
 

@@ -8,14 +8,14 @@ import re
 import pandas as pd
 import pytest
 
-import bench.report
+import bench.report.build
 from bench import cli, load_results
-from bench.plots import PLOT_NAMES
-from bench.report import build_report
-from bench.results import write_metadata
-from bench.tables import (PAGE_LINES, Table, Column, ablation_table, backend_table, bra_fast_path_table,
+from bench.report.plots import PLOT_NAMES
+from bench.report.build import build_report
+from bench.schema.results import write_metadata
+from bench.report.tables import (PAGE_LINES, Table, Column, ablation_table, backend_table, bra_fast_path_table,
                           latex_escape, main_table)
-from bench.variants import with_full_attention, with_reference
+from bench.analysis.variants import with_full_attention, with_reference
 from small_results import MISMATCH_LATENCY_MS, noise_frame
 
 TABLES = ("main", "bra_topk", "bra_kv_modes", "backends", "bra_fast_paths")
@@ -292,7 +292,7 @@ def test_a_report_removes_only_its_own_stale_tables_and_plots(small_results, tmp
     link = out / "tables" / "linked.md"
     link.symlink_to(outside)
 
-    monkeypatch.setattr(bench.report, "make_plots", fake_plots(("latency_vs_resolution", "topk_sweep")))
+    monkeypatch.setattr(bench.report.build, "make_plots", fake_plots(("latency_vs_resolution", "topk_sweep")))
     readme = build_report(small_results, out)
     files = report_files(out)
     assert not set(stale) & files
@@ -309,7 +309,7 @@ def test_a_report_removes_only_its_own_stale_tables_and_plots(small_results, tmp
     frame = pd.read_csv(small_results)
     no_bra = tmp_path / "no_bra.csv"
     frame[frame["family"] != "bra"].to_csv(no_bra, index=False)
-    monkeypatch.setattr(bench.report, "make_plots", fake_plots(("latency_vs_resolution",)))
+    monkeypatch.setattr(bench.report.build, "make_plots", fake_plots(("latency_vs_resolution",)))
     index = build_report(no_bra, out).read_text()
     files = report_files(out)
     assert {name for name in files if name.startswith("tables/") and name.count("/") == 1} == {
@@ -325,7 +325,7 @@ def test_report_of_one_run_goes_to_its_own_folder_and_of_a_folder_to_the_gpu_fol
                                                                                       monkeypatch, capsys):
     """Without --out: a run's report in reports/<gpu>/<run-id>/, a folder's in reports/<gpu>/ (results and
     reports beside each other, as in the repository)."""
-    monkeypatch.setattr(bench.report, "make_plots", fake_plots(("latency_vs_resolution",)))
+    monkeypatch.setattr(bench.report.build, "make_plots", fake_plots(("latency_vs_resolution",)))
     results = tmp_path / "results" / "cpu"
     results.mkdir(parents=True)
     run = results / "20260101T000000Z-quick.csv"

@@ -22,7 +22,7 @@ import pytest
 
 import bench
 from bench import cli
-from bench.runner import Stopped
+from bench.execution.runner import Stopped
 from test_bench_cli import (REPO, RUN_BENCH, TIMED, assert_csv_well_formed, data_lines, dry_run, dry_run_labels, row_label, run_bench,
                             stop, subprocess_env, wait_for)
 

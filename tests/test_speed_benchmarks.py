@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from bench import Case
-from bench.measure import make_pass
-from bench.runner import build_module
+from bench.core.measure import make_pass
+from bench.execution.runner import build_module
 
 RESOLUTION, DIM, HEADS, BATCH = 28, 64, 2, 2
 VARIANTS = {

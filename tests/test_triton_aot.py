@@ -1,7 +1,7 @@
 """Ahead-of-time compilation of the Triton kernels for sm_90 (H100/H200) and sm_80 (A100), no GPU needed.
 
 Triton's interpreter, which runs the kernels in the other tests, checks none of what a real compile
-checks. ``bench.triton_aot`` runs the BRA module with backend 'triton' forward and backward at every
+checks. ``tools.triton_aot`` runs the BRA module with backend 'triton' forward and backward at every
 case the presets and the model suite launch (and the tests' routing modes and dtypes), intercepts
 every kernel launch and compiles it for both targets instead, down to a cubin. It runs in a
 subprocess: this session has the interpreter on, and triton builds its own library functions for
@@ -36,7 +36,7 @@ def compile_env(tmp_path: Path) -> dict[str, str]:
 
 @dataclass
 class CompileCheck:
-    """``python -m bench.triton_aot`` running in a subprocess, writing into ``folder``."""
+    """``python -m tools.triton_aot`` running in a subprocess, writing into ``folder``."""
 
     folder: Path
     process: subprocess.Popen
@@ -55,7 +55,7 @@ COMPILE_CHECK = pytest.StashKey[CompileCheck]()
 def start_compile_check(folder: Path, workers: int | None = None) -> CompileCheck:
     """Start the check; ``workers`` compile processes (default: one per CPU)."""
     folder.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "bench.triton_aot", "--json", str(folder / "aot.json")]
+    command = [sys.executable, "-m", "tools.triton_aot", "--json", str(folder / "aot.json")]
     if workers:
         command += ["--workers", str(workers)]
     with open(folder / "report.txt", "w") as report:  # the child keeps its own copy of the descriptor
@@ -133,7 +133,7 @@ def test_the_checker_catches_what_the_interpreter_lets_through(tmp_path):
     '''))
     script = textwrap.dedent('''
         import json, torch, broken_kernels
-        from bench.triton_aot import captured_launches, compile_launch
+        from tools.triton_aot import captured_launches, compile_launch
         x, out = torch.randn(1 << 16, dtype=torch.float16), torch.empty(1 << 16)
         with captured_launches(90) as recorder:
             broken_kernels.shape_changes_in_loop[(1,)](x, out, 4, ROWS=16, COLS=64)

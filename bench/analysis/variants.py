@@ -16,7 +16,7 @@ import pandas as pd
 
 import attentions
 
-from .cases import config_name
+from bench.suites.cases import config_name
 
 # What a row and its partner share: the case's shape, and the device it ran on by name (a run on several
 # GPU models pairs rows of one model only, never a ratio across two).
@@ -70,7 +70,7 @@ def _labels_collide(rows: pd.DataFrame, effective: pd.Series, keys: list[str]) -
 
 def with_variants(frame: pd.DataFrame) -> pd.DataFrame:
     """A copy of ``frame`` with a ``variant`` column: the family and its variant keys' values as named by
-    ``bench.cases.config_name``, e.g. 'bra' (the defaults), 'bra (topk=1)', 'bra (avgpool)'."""
+    ``bench.suites.cases.config_name``, e.g. 'bra' (the defaults), 'bra (topk=1)', 'bra (avgpool)'."""
     if frame.empty:
         return frame.assign(variant=pd.Series(dtype=str))
     keys = variant_keys(frame)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .measure import make_pass, pass_tensor_names
+from bench.core.measure import make_pass, pass_tensor_names
 
 # Identifies the rule below in a run's metadata: a change of the rule or its constants changes it.
 ACCURACY_METHOD = "float64-exact, bound max(2 x reference error, dtype floor), per tensor"

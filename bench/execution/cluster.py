@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterator
 import ray
 import torch
 
-from .results import environment, numerics_now
-from .runner import Group, GroupRunner, RunContext, run_here, stamped
+from bench.schema.results import environment, numerics_now
+from bench.execution.runner import Group, GroupRunner, RunContext, run_here, stamped
 
 
 def driver_paths() -> dict[str, Any]:

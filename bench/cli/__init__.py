@@ -27,18 +27,18 @@ import attentions
 from attentions import AttentionConfigError
 from attentions.models import build_model, list_models
 
-from .cases import PHASES, Case, ModelCase, SweepBlock, unique_cases
-from .model_suite import MODEL_RESOLUTIONS, base_model_row, model_cases, model_groups, run_model_group
-from .measure import (CPU_ALLOCATORS, MAX_SITTINGS, SPEEDUP_INTERVAL_METHOD, WARMUP_WINDOW, TimingPolicy,
+from bench.suites.cases import PHASES, Case, ModelCase, SweepBlock, unique_cases
+from bench.suites.model import MODEL_RESOLUTIONS, base_model_row, model_cases, model_groups, run_model_group
+from bench.core.measure import (CPU_ALLOCATORS, MAX_SITTINGS, SPEEDUP_INTERVAL_METHOD, WARMUP_WINDOW, TimingPolicy,
                       retain_available, use_cpu_allocator)
-from .presets import COMMON_OPTIONS, KV_MODES, PRESETS, STAGE1_WIDTH, kv_axis, preset_blocks, topk_axis
-from .profiles import DTYPE_ALIASES, DTYPES, PROFILES, GpuProfile, canonical_dtype
-from .results import (COLUMNS, MEASURED_STATUSES, MODEL_COLUMNS, SUITES, ResultsFormatError, RunInUseError, RunLock,
+from bench.suites.presets import COMMON_OPTIONS, KV_MODES, PRESETS, STAGE1_WIDTH, kv_axis, preset_blocks, topk_axis
+from bench.core.profiles import DTYPE_ALIASES, DTYPES, PROFILES, GpuProfile, canonical_dtype
+from bench.schema.results import (COLUMNS, MEASURED_STATUSES, MODEL_COLUMNS, SUITES, ResultsFormatError, RunInUseError, RunLock,
                       completed_case_keys, cpu_name, environment, load_results, now_iso, one_line_results_warnings,
                       read_metadata, write_metadata)
-from .runner import (Executor, RetryNoisy, RunContext, Stopped, base_row, comparison_groups, in_process, run_group,
+from bench.execution.runner import (Executor, RetryNoisy, RunContext, Stopped, base_row, comparison_groups, in_process, run_group,
                      run_sweep)
-from .settings import Numerics
+from bench.core.settings import Numerics
 
 DEFAULT_RETRIES = 2  # --retries
 MAX_RETRY_NOISY = 10  # --retry-noisy: beyond this the machine is not quiet enough to time on
@@ -552,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv[:1] == ["report"]:
             return main_report(argv[1:])
         if argv[:1] == ["compare"]:
-            from .compare import main_compare
+            from bench.analysis.compare import main_compare
             return main_compare(argv[1:])
         return main_sweep(argv)
 
@@ -584,7 +584,7 @@ def main_report(argv: list[str]) -> int:
                              "reports/<gpu profile>/<run id>/ for one run)")
     args = parser.parse_args(argv)
     check_folder(parser, "--out", args.out)
-    from .report import build_report, collect_results  # plotting libraries load only when reporting
+    from bench.report.build import build_report, collect_results  # plotting libraries load only when reporting
     try:
         frame, _ = next(iter(collect_results(args.results).values()))
         out = args.out
@@ -736,7 +736,7 @@ def ray_executor(parser: argparse.ArgumentParser, args: argparse.Namespace, devi
     """Start (or join, with --ray-address) the Ray cluster and return the sweep's executor on it; the
     workers, their threads and the cluster go into the run's metadata, each node's environment as its
     first rows come back. The caller stops the cluster (``cluster.stop``)."""
-    from . import cluster
+    from bench.execution import cluster
     workers = args.workers or (1 if device == "cpu" else None)  # None: every GPU of the cluster
     threads = None if device == "cuda" else max(1, torch.get_num_threads() // workers)
     try:
@@ -827,7 +827,7 @@ def main_sweep(argv: list[str]) -> int:
                     f"{f' ({exc.filename})' if exc.filename else ''}; the rows written so far are kept, and "
                     f"--resume {metadata['run_id']} completes the run once the cause is fixed")
     if code == 0 and not args.no_report:
-        from .report import build_report
+        from bench.report.build import build_report
         out = (args.reports_dir or default_reports_dir(args.results_dir)) / profile.name / metadata["run_id"]
         try:
             print(f"report: {build_report(results_path, out)}")
@@ -899,7 +899,7 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace, cases: list
     finally:
         bar.close()
         if on_ray:
-            from . import cluster
+            from bench.execution import cluster
             cluster.stop()
     frame = load_results(results_path)
     done = set(frame["case_key"])

@@ -55,7 +55,7 @@ COLUMNS = REQUIRED_COLUMNS + [
     "macs_parts",         # JSON of the analytic parts (projections, routing/offsets, attention, positional)
     "flops_check",        # empty when fvcore and macs() agree within 1%, else the disagreement
     "hw_gflops",          # hardware FLOPs of the measured pass: 2 × MACs, × 3 for fwd+bwd
-    "rel_err",            # ‖got − exact‖ / ‖exact‖ against float64 math (bench.accuracy), of err_tensor; inf on NaN/inf
+    "rel_err",            # ‖got − exact‖ / ‖exact‖ against float64 math (bench.core.accuracy), of err_tensor; inf on NaN/inf
     "err_tolerance",      # the bound on rel_err: max(2 × ref_rel_err, the dtype's floor)
     "reference_backend",  # the family's reference backend, run in float64 for the exact values
     "seed", "run_id", "case_key", "timestamp",
@@ -155,7 +155,7 @@ COUNT_MEDIAN = ValueRule("a median of counts (a whole or half number ≥ 0)", la
 WHOLE = ValueRule("a whole number", _whole)
 POSITIVE = ValueRule("a finite number > 0", lambda v: np.isfinite(v) & (v > 0))
 NON_NEGATIVE = ValueRule("a finite number ≥ 0", lambda v: np.isfinite(v) & (v >= 0))
-ERROR = ValueRule("a number ≥ 0 (or inf)", lambda v: v >= 0)  # inf: bench.accuracy's error of non-finite values
+ERROR = ValueRule("a number ≥ 0 (or inf)", lambda v: v >= 0)  # inf: bench.core.accuracy's error of non-finite values
 FRACTION = ValueRule("a fraction in (0, 1]", lambda v: (v > 0) & (v <= 1))
 VALUE_RULES: dict[str, ValueRule] = {
     **dict.fromkeys(("resolution", "batch", "dim", "heads", "n_win", "topk"), SIZE),
@@ -170,7 +170,7 @@ VALUE_RULES: dict[str, ValueRule] = {
     "page_faults": COUNT_MEDIAN, "seed": WHOLE, "tile_efficiency": FRACTION,
 }
 # (low, high) columns of one row that are ordered, low ≤ high (where both are present). The latency interval
-# is one of the median of the log latencies (bench.measure.median_interval), which need not hold the
+# is one of the median of the log latencies (bench.core.measure.median_interval), which need not hold the
 # arithmetic median of latency_ms_median (two middle rounds of 1 and 6 ms: 3.5 against an interval at 2.45):
 # only its ends are ordered.
 ORDERED_COLUMNS = (("latency_ms_p20", "latency_ms_median"), ("latency_ms_median", "latency_ms_p80"),
@@ -505,7 +505,7 @@ def cpu_name() -> str:
 
 
 def numerics_now() -> dict[str, Any]:
-    """This process's math modes now (see ``bench.settings.Numerics``), as a run's environment records them."""
+    """This process's math modes now (see ``bench.core.settings.Numerics``), as a run's environment records them."""
     return {"tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
             "cudnn_benchmark": torch.backends.cudnn.benchmark,
             "deterministic": torch.are_deterministic_algorithms_enabled(),

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .plots import MODEL_PLOT_NAMES, make_plots
-from .results import (TEMPORARY_NAME, ResultsFormatError, ResultsWarning, atomic_write, load_results, read_metadata,
+from bench.report.plots import MODEL_PLOT_NAMES, make_plots
+from bench.schema.results import (TEMPORARY_NAME, ResultsFormatError, ResultsWarning, atomic_write, load_results, read_metadata,
                       results_suite, warn_row_count)
-from .tables import all_tables, model_table
+from bench.report.tables import all_tables, model_table
 
 
 def load_run(file: Path) -> tuple[pd.DataFrame, dict]:

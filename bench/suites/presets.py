@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .cases import Rule, SweepBlock
-from .profiles import GpuProfile
+from bench.suites.cases import Rule, SweepBlock
+from bench.core.profiles import GpuProfile
 
 KV_MODES = ("identity", "avgpool", "maxpool", "ada_avgpool", "ada_maxpool")
 

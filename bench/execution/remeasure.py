@@ -2,7 +2,7 @@
 
 Each case is timed again in its comparison group, paired with its family's reference (re-timed beside
 it, so its speedup is paired too), under the run's own timing policy and numerics (from its metadata),
-exactly as the sweep times it (``bench.runner.run_group``). The re-timed rows keep the run's id.
+exactly as the sweep times it (``bench.execution.runner.run_group``). The re-timed rows keep the run's id.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .compare import RemeasureError, row_case
-from .measure import TimingPolicy
-from .profiles import PROFILES
-from .runner import Group, RunContext, comparison_groups, reference_case, run_group, run_here
-from .settings import Numerics
+from bench.analysis.compare import RemeasureError, row_case
+from bench.core.measure import TimingPolicy
+from bench.core.profiles import PROFILES
+from bench.execution.runner import Group, RunContext, comparison_groups, reference_case, run_group, run_here
+from bench.core.settings import Numerics
 
 
 def timing_policy(metadata: dict[str, Any]) -> TimingPolicy:

@@ -30,7 +30,7 @@ GMACs change (beyond a relative 1e-6) means the measured work changed: a warning
 The gate: exit 1 when any case regressed; else exit 3 (undecided) when more than
 ``--max-inconclusive`` (default 10%) of the compared cases are inconclusive, or NEW has fewer than
 ``--min-shared`` (default 50%) of BASE's cases; else 0. ``--rerun-inconclusive N`` re-times NEW's
-cases that are inconclusive for their timing's sake with the code at hand (``bench.remeasure``),
+cases that are inconclusive for their timing's sake with the code at hand (``bench.execution.remeasure``),
 paired with their reference, up to N times before the verdict. docs/regression-gate.md states the
 rule's measured false-alarm and detection rates.
 
@@ -53,8 +53,8 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from .cases import Case
-from .results import (ResultsFormatError, load_results, read_metadata, resolve_results_path, results_suite,
+from bench.suites.cases import Case
+from bench.schema.results import (ResultsFormatError, load_results, read_metadata, resolve_results_path, results_suite,
                       results_warnings, warn_row_count)
 
 DEFAULT_MAX_REGRESSION = 0.10
@@ -547,7 +547,7 @@ def compare_frames(base: pd.DataFrame, new: pd.DataFrame,
 
 
 def _interval_method(metadata: dict[str, Any] | None) -> str | None:
-    """How a run's speedup intervals were made (``bench.measure.SPEEDUP_INTERVAL_METHOD``); None for a run
+    """How a run's speedup intervals were made (``bench.core.measure.SPEEDUP_INTERVAL_METHOD``); None for a run
     from before the method was recorded, or without metadata."""
     return ((metadata or {}).get("timing") or {}).get("speedup_interval")
 
@@ -556,7 +556,7 @@ class RemeasureError(RuntimeError):
     """NEW's cases cannot be re-timed here (another device, a run without the metadata that says how)."""
 
 
-# NEW's rows to re-time -> their re-timed rows (same columns); given NEW's metadata (see bench.remeasure)
+# NEW's rows to re-time -> their re-timed rows (same columns); given NEW's metadata (see bench.execution.remeasure)
 Remeasure = Callable[[pd.DataFrame, "dict[str, Any] | None"], pd.DataFrame]
 RETIMABLE_CHANGES = (SLOWER, FASTER, UNCHANGED, TOO_FEW_ROUNDS, UNMEASURED)  # inconclusive for the timing's sake
 
@@ -572,7 +572,7 @@ def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFA
     """Align two results files on case_key and judge every shared case (see the module docstring).
 
     With ``rerun_inconclusive`` N, NEW's cases that are inconclusive for their timing's sake are re-timed with
-    the code at hand (``remeasure``, by default ``bench.remeasure.remeasure_rows``), up to N times, before the
+    the code at hand (``remeasure``, by default ``bench.execution.remeasure.remeasure_rows``), up to N times, before the
     verdict. Raises ResultsFormatError when either file is missing, empty, has no rows or is not a results
     file of this suite. Missing run metadata is a warning.
     """
@@ -605,7 +605,7 @@ def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFA
         if retime.empty:
             break
         if remeasure is None:
-            from .remeasure import remeasure_rows as remeasure
+            from bench.execution.remeasure import remeasure_rows as remeasure
         fresh = remeasure(new_frame[new_frame["case_key"].isin(set(retime))], new_meta)
         new_frame = pd.concat([new_frame[~new_frame["case_key"].isin(set(fresh["case_key"]))], fresh],
                               ignore_index=True)

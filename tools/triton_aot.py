@@ -13,7 +13,7 @@ of Triton's own ``ptxas -v``. With ``--metrics`` nothing is compiled: each case'
 its backend measures (``Backend.pass_metrics``: BRA's tile efficiency).
 
 Run it in a process where Triton's interpreter is off (``TRITON_INTERPRET`` unset when triton is
-first imported): ``python -m bench.triton_aot`` (the tests start it as a subprocess).
+first imported): ``python -m tools.triton_aot`` (the tests start it as a subprocess).
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ import attentions
 from attentions.models import list_models
 from attentions.registry import AttentionModule
 
-from .cases import unique_cases
-from .model_suite import MODEL_RESOLUTIONS, model_cases
-from .presets import BIFORMER_STAGES, COMMON_OPTIONS, PRESETS, preset_blocks
-from .profiles import DTYPES, PROFILES
+from bench.suites.cases import unique_cases
+from bench.suites.model import MODEL_RESOLUTIONS, model_cases
+from bench.suites.presets import BIFORMER_STAGES, COMMON_OPTIONS, PRESETS, preset_blocks
+from bench.core.profiles import DTYPES, PROFILES
 
 # Opt-in dynamic shared memory per block (bytes), by compute capability.
 SHARED_MEMORY_LIMIT = {90: 232448, 80: 166912}
@@ -427,7 +427,7 @@ def report(results: Sequence[CompileResult]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.triton_aot", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.triton_aot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS), help="which cases (default: all)")
     parser.add_argument("--targets", nargs="+", type=int, choices=sorted(SHARED_MEMORY_LIMIT), default=[90, 80],
                         help="compute capabilities (default: 90 80)")

@@ -30,14 +30,14 @@ import torch
 import attentions
 from attentions import BackendUnavailableError
 
-from .cases import Case, ModelCase
-from .flops import FlopCounterUnavailable, count_macs, hardware_flops
-from .accuracy import Accuracy, ReferencePasses, accuracy, reference_passes
-from .measure import (Timing, TimingPolicy, machine_state, make_pass, median_interval, paired_speedup,
+from bench.suites.cases import Case, ModelCase
+from bench.core.flops import FlopCounterUnavailable, count_macs, hardware_flops
+from bench.core.accuracy import Accuracy, ReferencePasses, accuracy, reference_passes
+from bench.core.measure import (Timing, TimingPolicy, machine_state, make_pass, median_interval, paired_speedup,
                       peak_memory_bytes, time_rounds, timing_notes)
-from .profiles import DTYPES, GpuProfile
-from .results import COLUMNS, ResultsWriter, completed_case_keys, cpu_name, now_iso
-from .settings import Numerics, ProcessSettings
+from bench.core.profiles import DTYPES, GpuProfile
+from bench.schema.results import COLUMNS, ResultsWriter, completed_case_keys, cpu_name, now_iso
+from bench.core.settings import Numerics, ProcessSettings
 
 SEED = 0
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
@@ -175,7 +175,7 @@ class Prepared:
 
 def measure_accuracy(case: Case, module: torch.nn.Module, x: torch.Tensor, grad_out: torch.Tensor,
                      references: dict[tuple, tuple[int, ReferencePasses]]) -> tuple[Accuracy, int]:
-    """The case's accuracy against float64 (``bench.accuracy``) on the whole batch, or, when the reference
+    """The case's accuracy against float64 (``bench.core.accuracy``) on the whole batch, or, when the reference
     passes (float64 needs twice to four times the case's memory) run out of memory, on the first half of
     it, a quarter, ... down to one image: the images are independent in every family, and a bug in how a
     kernel indexes the batch still shows on the images it checks. ``references`` keeps each
@@ -612,7 +612,7 @@ def run_sweep(cases: Sequence[Any], ctx: RunContext, results_path: Path,
     ``companions`` are the references of those cases that already have a row, timed again for the
     pairing. The model suite pairs a model case's backends (``run_model_group``, ``model_groups``,
     ``columns=MODEL_COLUMNS``).
-    ``executor`` runs the groups: ``in_process`` one after the other, ``bench.cluster.RayExecutor``
+    ``executor`` runs the groups: ``in_process`` one after the other, ``bench.execution.cluster.RayExecutor``
     several at once on a Ray cluster; either way this process alone writes the rows, in the order the
     groups complete, and never a case's row twice.
     ``progress(case, already_done)`` is called once per case with a row: first for every case whose

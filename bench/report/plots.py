@@ -63,8 +63,8 @@ from matplotlib.lines import Line2D
 
 import attentions
 
-from .results import STATUSES, atomic_write
-from .variants import with_reference, with_variants
+from bench.schema.results import STATUSES, atomic_write
+from bench.analysis.variants import with_reference, with_variants
 
 PLOT_NAMES = ("scaling", "bra_speedup", "latency_vs_resolution", "memory_vs_resolution", "gmacs_vs_latency",
               "topk_sweep", "kv_modes", "speedup")
@@ -125,7 +125,7 @@ def shades(color: tuple[float, float, float], count: int) -> list[tuple[float, f
 # --------------------------------------------------------------------------------------------
 
 def prepared(frame: pd.DataFrame) -> pd.DataFrame:
-    """The frame with a ``variant`` column (``bench.variants.with_variants``) and numeric measurements."""
+    """The frame with a ``variant`` column (``bench.analysis.variants.with_variants``) and numeric measurements."""
     if "variant" not in frame.columns:
         frame = with_variants(frame)
     frame = frame.copy()
@@ -182,7 +182,7 @@ def _drawn_nowhere(failed: pd.DataFrame, drawn_backends) -> tuple[pd.DataFrame, 
 
 
 def _statuses(statuses) -> str:
-    """Distinct statuses in the order of ``bench.results.STATUSES``: 'unsupported/oom'."""
+    """Distinct statuses in the order of ``bench.schema.results.STATUSES``: 'unsupported/oom'."""
     return "/".join(sorted(set(statuses), key=_status_rank))
 
 

@@ -30,7 +30,7 @@
   On the CPU, the PyTorch profiler's allocation events during one pass: the peak of the running
   sum of bytes allocated minus freed by PyTorch's CPU allocator (kernel workspaces included,
   Python objects and memory from other allocators not).
-- **Error.** See ``bench.accuracy``: every case against float64 math on the same rounded weights
+- **Error.** See ``bench.core.accuracy``: every case against float64 math on the same rounded weights
   and inputs, bounded by its reference backend's own error in the case's dtype.
 """
 
@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from .clocks import ClockWatch
+from bench.core.clocks import ClockWatch
 
 # Widest timing spread (p80 / p20) and speedup confidence interval (high / low) that are still a
 # measurement on each device type; wider is noise. A shared CPU drifts by tens of percent between
@@ -97,7 +97,7 @@ class Timing:
     sittings: tuple[int, ...] = ()  # rounds per sitting, in order, when taken in more than one
     warmup_calls: int = 0  # warm-up calls before the timed rounds (the most of any sitting)
     warmup_settled: bool = True  # whether every sitting's warm-up settled before its cap
-    throttled: str = ""  # GPU: what the clocks did wrong during the rounds (bench.clocks), empty when nothing
+    throttled: str = ""  # GPU: what the clocks did wrong during the rounds (bench.core.clocks), empty when nothing
     clocks: tuple[dict, ...] = ()  # GPU: the clocks' summary of each sitting (ClockWatch.summary)
 
     def joined(self, later: Timing) -> Timing:

@@ -30,11 +30,11 @@ import attentions
 from attentions import BackendUnavailableError
 from attentions.models import build_model, list_models
 
-from .cases import ModelCase
-from .flops import hardware_flops
-from .profiles import DTYPES, GpuProfile
-from .measure import Timing, make_pass, peak_memory_bytes, time_rounds
-from .runner import (MB, RunContext, count_macs_any_backend, failure, free_memory, process_settings, reference_case,
+from bench.suites.cases import ModelCase
+from bench.core.flops import hardware_flops
+from bench.core.profiles import DTYPES, GpuProfile
+from bench.core.measure import Timing, make_pass, peak_memory_bytes, time_rounds
+from bench.execution.runner import (MB, RunContext, count_macs_any_backend, failure, free_memory, process_settings, reference_case,
                      stamped, timing_row)
 
 COMPARISON_MODEL = "swin_layout"  # the backbone whose attention the suite swaps

@@ -34,9 +34,9 @@ import torch
 import attentions
 from attentions.models import list_models
 
-from .profiles import DTYPES
-from .results import MEASURED_STATUSES, atomic_write
-from .variants import with_backend, with_dense, with_full_attention, with_reference, with_variants
+from bench.core.profiles import DTYPES
+from bench.schema.results import MEASURED_STATUSES, atomic_write
+from bench.analysis.variants import with_backend, with_dense, with_full_attention, with_reference, with_variants
 
 MB = 2 ** 20
 MEMORY_STATUSES = ("ok", "noisy")  # rows whose peak memory stands: noise is in the timing, not in the memory
@@ -276,7 +276,7 @@ def _memory(row: pd.Series) -> float | None:
 
 
 def _memory_ratio(row: pd.Series, partner: str) -> float | None:
-    """Peak memory over the ``partner``'s (a ``bench.variants`` prefix: reference, full), where both stand."""
+    """Peak memory over the ``partner``'s (a ``bench.analysis.variants`` prefix: reference, full), where both stand."""
     if row["status"] not in MEMORY_STATUSES or row[f"{partner}_status"] not in MEMORY_STATUSES:
         return None
     memory, partner_memory = row["peak_mem_mb"], row[f"{partner}_peak_mem_mb"]
