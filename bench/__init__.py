@@ -1,17 +1,33 @@
 """Benchmark harness: sweeps the ``attentions`` registry (layers, and whole models of ``attentions.models``) into
-pandas rows of FLOPs, memory, latency and error."""
+pandas rows of FLOPs, memory, latency and error.
 
-from bench.suites.cases import Case, ModelCase, Rule, SweepBlock, unique_cases
-from bench.core.flops import count_macs, hardware_flops, register_flop_handle
-from bench.core.accuracy import ERROR_FLOOR, ERROR_MULTIPLE
-from bench.core.measure import TimingPolicy
-from bench.suites.model import run_model_case
-from bench.core.profiles import PROFILES, GpuProfile
-from bench.schema.results import COLUMNS, MODEL_COLUMNS, REQUIRED_COLUMNS, ResultsFormatError, load_results
-from bench.execution.runner import RunContext, run_case, run_sweep
+The names below load on first use, so that ``bench.report`` and ``bench.analysis`` (files in, tables out) never
+import torch through this package.
+"""
 
-__all__ = [
-    "COLUMNS", "Case", "ERROR_FLOOR", "ERROR_MULTIPLE", "GpuProfile", "MODEL_COLUMNS", "ModelCase", "PROFILES", "REQUIRED_COLUMNS",
-    "ResultsFormatError", "Rule", "RunContext", "SweepBlock", "TimingPolicy", "count_macs", "hardware_flops",
-    "load_results", "register_flop_handle", "run_case", "run_model_case", "run_sweep", "unique_cases",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "Case": "bench.suites.cases", "ModelCase": "bench.suites.cases", "Rule": "bench.suites.cases",
+    "SweepBlock": "bench.suites.cases", "unique_cases": "bench.suites.cases",
+    "count_macs": "bench.core.flops", "hardware_flops": "bench.core.flops", "register_flop_handle": "bench.core.flops",
+    "ERROR_FLOOR": "bench.core.accuracy", "ERROR_MULTIPLE": "bench.core.accuracy",
+    "TimingPolicy": "bench.core.measure", "PROFILES": "bench.core.profiles", "GpuProfile": "bench.core.profiles",
+    "COLUMNS": "bench.schema.results", "MODEL_COLUMNS": "bench.schema.results",
+    "REQUIRED_COLUMNS": "bench.schema.results", "ResultsFormatError": "bench.schema.results",
+    "load_results": "bench.schema.results",
+    "RunContext": "bench.suites.base", "Suite": "bench.suites.base", "SUITES": "bench.suites",
+    "register_suite": "bench.suites", "run_case": "bench.suites.attention_rows",
+    "run_model_case": "bench.suites.model", "run_sweep": "bench.execution.runner",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'bench' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import bench.execution.runner
+import bench.suites.attention_rows
 from bench import Case, RunContext, TimingPolicy, run_sweep
 from bench.core.profiles import PROFILES
 from bench.schema.results import COLUMNS
@@ -55,7 +55,7 @@ def make_small_results(tmp_path_factory) -> Path:
     context = RunContext(run_id="plots", profile=PROFILES["cpu"], device_name="test-cpu", timing=FAST)
     with pytest.MonkeyPatch.context() as patch:
         # gc.collect between cases costs more than these tiny cases themselves; nothing to free here
-        patch.setattr(bench.execution.runner, "free_memory", lambda device: None)
+        patch.setattr(bench.suites.attention_rows, "free_memory", lambda device: None)
         assert run_sweep(cases(), context, path) == (len(cases()), 0)
     frame = pd.read_csv(path)
     assert set(frame["status"]) == {"ok", "error"}  # only the avgpool cases at 7²

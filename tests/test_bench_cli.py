@@ -15,9 +15,7 @@ import json
 import math
 import os
 import re
-import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -33,13 +31,15 @@ import attentions
 import bench
 from attentions import BackendUnavailableError
 from bench import cli
-from bench.execution import runner
+from bench.cli import arguments as cli_arguments, progress as cli_progress, sweep as sweep_cli
+from bench.suites import SUITES, attention_rows
 from bench.suites.cases import Case, config_name
 from bench.core.measure import TimingPolicy, retain_available
 from bench.suites.presets import KV_MODES
 from bench.core.profiles import PROFILES
 from bench.schema.results import RunLock, cpu_name
-from bench.execution.runner import base_row, failure, speedup_interval_width, stamped
+from bench.suites.attention_rows import base_row
+from bench.suites.rows import failure, speedup_interval_width, stamped
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_BENCH = REPO / "run_bench.py"
@@ -177,9 +177,9 @@ def test_quick_run_rows_match_the_dry_run(quick_run):
     assert len(frame) == len(labels)
     assert set(frame.apply(row_label, axis=1)) == set(labels)
     # and the keys are the ones the planner makes for these flags
-    parser = cli.build_parser()
+    parser = sweep_cli.build_parser()
     args = parser.parse_args(quick_run["flags"])
-    planned = cli.plan(parser, args, "cpu", PROFILES["cpu"])
+    planned = sweep_cli.plan(parser, args, SUITES["attentions"], "cpu", PROFILES["cpu"])
     assert set(frame["case_key"]) == {c.key for c in planned}
 
 
@@ -343,13 +343,13 @@ def test_retry_noisy_retimes_a_noisy_case_and_records_it(tmp_path, monkeypatch):
     attempts = []
 
     def sdpa_noisy_at_first(cases, ctx, companions=()):
-        rows = runner.run_group(cases, ctx, companions)
+        rows = attention_rows.run_group(cases, ctx, companions)
         attempts.append([case.backend for case in cases])
         if len(attempts) == 1:
             rows = [{**row, "status": "noisy"} if row["backend"] == "sdpa" else row for row in rows]
         return rows
 
-    monkeypatch.setattr(cli, "run_group", sdpa_noisy_at_first)
+    monkeypatch.setattr(SUITES["attentions"], "run_group", sdpa_noisy_at_first)
     flags = ["--gpu", "cpu", "--families", "full", "--backends", "torch", "sdpa", "--resolutions", "8", "--batch", "2",
              "--phase", "fwd", "--min-time", "0", "--retry-noisy", "2", "--quiet", "--no-report", "--run-id", "retry",
              "--results-dir", str(tmp_path / "results")]
@@ -494,7 +494,7 @@ def test_progress_advances_within_a_group_and_estimates_the_time_left(tmp_path, 
     the whole run (elapsed + left) is within 2x of the 20 s it takes."""
     clock, bars = StandInClock(), []
     monkeypatch.setattr(tqdm.std, "time", clock)
-    monkeypatch.setattr(cli, "run_group", stand_in_group_runner(clock, bars))
+    monkeypatch.setattr(SUITES["attentions"], "run_group", stand_in_group_runner(clock, bars))
     assert cli.main([*PROGRESS_FLAGS, "--results-dir", str(tmp_path)]) == 0
     assert "4 cases run" in capsys.readouterr().out
     states = [bar_state(text) for text in bars]
@@ -510,7 +510,7 @@ def test_progress_advances_within_a_group_and_estimates_the_time_left(tmp_path, 
 def test_progress_bar_counts_each_case_once():
     """Fractions of a running group, a lower one from a retry and its rows: every case counts once, whole."""
     cases = [Case("full", backend, (), 2, 8, 64, 2, "float32", "cpu", "fwd") for backend in ("torch", "sdpa")]
-    progress = cli.SweepProgress(3, disable=False)
+    progress = cli_progress.SweepProgress(3, disable=False)
     progress.progress(Case("full", "flex", (), 2, 8, 64, 2, "float32", "cpu", "fwd"), already_done=True)
     progress.starting(cases)
     progress.advance(cases, 0.5)
@@ -538,13 +538,13 @@ def test_run_group_reports_each_pass_prepared_and_each_sitting(monkeypatch):
         events.append(("timed",))
         return {}
 
-    monkeypatch.setattr(runner, "prepare_case", prepare)
-    monkeypatch.setattr(runner, "time_rounds", time_rounds)
+    monkeypatch.setattr(attention_rows, "prepare_case", prepare)
+    monkeypatch.setattr(attention_rows, "time_rounds", time_rounds)
     case, reference = (Case("full", backend, (), 2, 8, 64, 2, "float32", "cpu", "fwd") for backend in ("sdpa", "torch"))
-    ctx = runner.RunContext(run_id="progress", profile=PROFILES["cpu"], device_name=cpu_name(),
+    ctx = attention_rows.RunContext(run_id="progress", profile=PROFILES["cpu"], device_name=cpu_name(),
                             timing=TimingPolicy(sittings=2),
                             on_progress=lambda cases, fraction: events.append((cases, fraction)))
-    rows = runner.run_group([case], ctx, companions=[reference])
+    rows = attention_rows.run_group([case], ctx, companions=[reference])
     assert [row["status"] for row in rows] == ["unsupported"]
     assert events == [("prepared", "sdpa"), ([case], 1 / 6), ("prepared", "torch"), ([case], 2 / 6), ("timed",),
                       ([case], 4 / 6), ([case], 6 / 6)]
@@ -672,7 +672,7 @@ def test_resume_after_a_cut_at_every_byte_completes_the_run_once(lock_run, tmp_p
     frame = bench.load_results(lock_run)
     stored = {row["case_key"]: row.to_dict() for _, row in frame.iterrows()}
     labels = dry_run_labels(dry_run([*LOCK_FLAGS, "--results-dir", str(tmp_path)]))
-    cases = [case for case in cli.plan(cli.build_parser(), cli.build_parser().parse_args(LOCK_FLAGS), "cpu",
+    cases = [case for case in sweep_cli.plan(sweep_cli.build_parser(), sweep_cli.build_parser().parse_args(LOCK_FLAGS), SUITES["attentions"], "cpu",
                                        PROFILES["cpu"])]
     assert sorted(c.label() for c in cases) == sorted(labels)
 
@@ -739,8 +739,8 @@ def test_the_readme_cpu_command_leaves_the_committed_runs_and_report_alone(tmp_p
 def test_git_ignores_the_default_results_and_reports(tmp_path):
     """A user's runs (``runs/``, the default of --results-dir and the reports beside it) never show as
     untracked files of the checkout; the committed reference runs are not ignored."""
-    assert cli.build_parser().get_default("results_dir") == Path("runs") / "results"
-    assert cli.default_reports_dir(Path("runs") / "results") == Path("runs") / "reports"
+    assert sweep_cli.build_parser().get_default("results_dir") == Path("runs") / "results"
+    assert cli_arguments.default_reports_dir(Path("runs") / "results") == Path("runs") / "reports"
     paths = ["runs/results/cpu/x.csv", "runs/reports/cpu/x/README.md", "results/cpu/x.csv", "reports/cpu/README.md"]
     proc = subprocess.run(["git", "-C", str(REPO), "check-ignore", "--no-index", *paths], capture_output=True,
                           text=True)
@@ -923,7 +923,7 @@ def fake_h100(monkeypatch):
 
 def test_profile_for_another_gpu_warns_naming_both(fake_h100):
     with pytest.warns(UserWarning, match=r"(?s)a100.*H100 80GB HBM3") as record:
-        profile, device, name = cli.select_profile(cli.build_parser(), "a100")
+        profile, device, name = sweep_cli.select_profile(sweep_cli.build_parser(), "a100")
     assert any(PROFILES["a100"].marketing_name in str(w.message) for w in record)
     assert profile is PROFILES["a100"] and device == "cuda" and name == H100_NAME
 
@@ -931,14 +931,14 @@ def test_profile_for_another_gpu_warns_naming_both(fake_h100):
 def test_matching_profile_does_not_warn(fake_h100):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        profile, device, name = cli.select_profile(cli.build_parser(), "h100")
+        profile, device, name = sweep_cli.select_profile(sweep_cli.build_parser(), "h100")
     assert profile is PROFILES["h100"] and device == "cuda" and name == H100_NAME
 
 
 def test_profile_is_picked_from_the_gpu(fake_h100):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        profile, device, name = cli.select_profile(cli.build_parser(), None)
+        profile, device, name = sweep_cli.select_profile(sweep_cli.build_parser(), None)
     assert profile.name == "h100" and device == "cuda" and name == H100_NAME
 
 
@@ -947,17 +947,17 @@ def test_profiles_match_whole_model_names(monkeypatch, name, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
     with pytest.raises(SystemExit):  # no profile: an L40S is not an L4, a GH200 not an H200
-        cli.select_profile(cli.build_parser(), None)
+        sweep_cli.select_profile(sweep_cli.build_parser(), None)
     assert name in capsys.readouterr().err
     with pytest.warns(UserWarning, match=name):
-        cli.select_profile(cli.build_parser(), "l4" if "L40" in name else "h200" if "GH" in name else "a100")
+        sweep_cli.select_profile(sweep_cli.build_parser(), "l4" if "L40" in name else "h200" if "GH" in name else "a100")
 
 
 def test_unknown_gpu_without_profile_exits_2(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA GeForce GTX 1080")
     with pytest.raises(SystemExit) as exc:
-        cli.select_profile(cli.build_parser(), None)
+        sweep_cli.select_profile(sweep_cli.build_parser(), None)
     assert exc.value.code == 2
     assert "GTX 1080" in capsys.readouterr().err
 
@@ -965,7 +965,7 @@ def test_unknown_gpu_without_profile_exits_2(monkeypatch, capsys):
 def test_no_cuda_needs_an_explicit_cpu_profile(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit) as exc:
-        cli.select_profile(cli.build_parser(), None)
+        sweep_cli.select_profile(sweep_cli.build_parser(), None)
     assert exc.value.code == 2 and "--gpu cpu" in capsys.readouterr().err
-    profile, device, name = cli.select_profile(cli.build_parser(), "cpu")
+    profile, device, name = sweep_cli.select_profile(sweep_cli.build_parser(), "cpu")
     assert profile.name == "cpu" and device == "cpu" and name == cpu_name() and name

@@ -21,10 +21,13 @@ import torch
 from torch import nn
 
 import attentions
-import bench.execution.runner
+import bench.suites.attention_rows
+import bench.suites.rows
 from attentions.registry import _FAMILIES, AttentionModule, Backend, MacCount
 from bench import COLUMNS, Case, ResultsFormatError, RunContext, SweepBlock, TimingPolicy, load_results, run_sweep
-from bench.execution.runner import failure, placement, run_case, run_group
+from bench.execution.runner import placement
+from bench.suites.attention_rows import run_case, run_group
+from bench.suites.rows import failure
 from bench.core.settings import Numerics, ProcessSettings
 from bench.core.flops import count_macs
 from bench.core.accuracy import ERROR_FLOOR, judge, max_abs_error, relative_errors
@@ -245,7 +248,7 @@ def test_a_group_timed_in_sittings_adds_the_rounds_of_a_fresh_process(monkeypatc
         received.append((reference, timing))
         return paired_speedup(reference, timing)
 
-    monkeypatch.setattr(bench.execution.runner, "paired_speedup", recording_paired_speedup)
+    monkeypatch.setattr(bench.suites.rows, "paired_speedup", recording_paired_speedup)
     ctx = context()
     ctx.timing = replace(FAST, sittings=2)
     reference, chunked = run_group([case("bra", "torch", n_win=2, topk=2), case("bra", "chunked", n_win=2, topk=2)],
@@ -645,7 +648,7 @@ def test_accuracy_falls_back_to_fewer_images_when_the_references_do_not_fit(monk
     """The float64 reference needs several times the case's memory: when its passes run out of memory on the
     whole batch (4 images here), the accuracy is measured on the first half, a quarter, ... and the row says
     on how many; when not even one image fits, the row says that the accuracy was not measured."""
-    real = bench.execution.runner.reference_passes
+    real = bench.suites.attention_rows.reference_passes
     tried = []
 
     def fitting(images: int):
@@ -657,11 +660,11 @@ def test_accuracy_falls_back_to_fewer_images_when_the_references_do_not_fit(monk
         return passes
 
     four = replace(case("full", "sdpa"), batch=4)
-    monkeypatch.setattr(bench.execution.runner, "reference_passes", fitting(1))
+    monkeypatch.setattr(bench.suites.attention_rows, "reference_passes", fitting(1))
     row = run_case(four, context())
     assert tried == [4, 2, 1] and row["status"] == "ok" and 0 < row["rel_err"] <= row["err_tolerance"]
     assert "accuracy checked on the first 1 of 4 images" in row["status_detail"]
-    monkeypatch.setattr(bench.execution.runner, "reference_passes", fitting(0))
+    monkeypatch.setattr(bench.suites.attention_rows, "reference_passes", fitting(0))
     row = run_case(four, context())
     assert row["status"] == "ok" and row.get("rel_err") is None
     assert "accuracy not measured" in row["status_detail"]
@@ -673,9 +676,9 @@ def test_pct_of_peak_divides_by_the_peak_of_the_math_used():
     timing = Timing((2.0, 2.0, 2.0))  # 2 ms for 1e9 multiply-adds forward: 1 TFLOP/s
     for tf32, peak in ((False, 67), (True, 495)):
         ctx = replace(context(), profile=PROFILES["h100"], numerics=Numerics(tf32_matmul=tf32, tf32_cudnn=tf32))
-        row = bench.execution.runner.latency_row(timing, 1, 10 ** 9, "fwd", "float32", ctx)
+        row = bench.suites.rows.latency_row(timing, 1, 10 ** 9, "fwd", "float32", ctx)
         assert row["tflops_achieved"] == pytest.approx(1.0) and row["pct_of_peak"] == pytest.approx(100 / peak)
-        assert bench.execution.runner.latency_row(timing, 1, 10 ** 9, "fwd", "bfloat16", ctx)["pct_of_peak"] == pytest.approx(
+        assert bench.suites.rows.latency_row(timing, 1, 10 ** 9, "fwd", "bfloat16", ctx)["pct_of_peak"] == pytest.approx(
             100 / 989)
 
 

@@ -12,7 +12,7 @@ import torch
 import bench.core.measure
 from bench.core.clocks import THROTTLE_REASONS, ClockWatch
 from bench.core.measure import time_rounds
-from bench.execution.runner import run_group
+from bench.suites.attention_rows import run_group
 from test_bench_core import case, context
 
 SW_POWER_CAP, HW_THERMAL, GPU_IDLE = 0x4, 0x40, 0x1

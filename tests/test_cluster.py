@@ -33,10 +33,11 @@ from bench import cli  # noqa: E402
 from bench.suites.cases import Case, ModelCase  # noqa: E402
 from bench.execution.cluster import RayExecutor, driver_paths  # noqa: E402
 from bench.core.measure import TimingPolicy  # noqa: E402
-from bench.suites.model import base_model_row, model_groups, run_model_group  # noqa: E402
+from bench.suites.model import base_model_row  # noqa: E402
 from bench.core.profiles import PROFILES  # noqa: E402
 from bench.schema.results import MODEL_COLUMNS, cpu_name, load_results  # noqa: E402
-from bench.execution.runner import RunContext, base_row, run_group, run_sweep  # noqa: E402
+from bench.execution.runner import run_sweep  # noqa: E402
+from bench.suites.attention_rows import RunContext, base_row, run_group  # noqa: E402
 from small_results import FAST  # noqa: E402
 from test_bench_cli import TIMED, data_lines, popen_bench, run_bench, stop, wait_for  # noqa: E402
 
@@ -108,8 +109,7 @@ def test_the_model_suite_fans_out_one_case_per_task(cluster, tmp_path):
     cases = [ModelCase("biformer_tiny", "bra", "torch", 1, resolution, "float32", "cpu", "fwd") for resolution in (32, 64)]
     path = tmp_path / "models.csv"
     ray_executor = RayExecutor("cpu", 2, 0, base_model_row, threads=1)
-    assert run_sweep(cases, context(path), path, run=run_model_group, columns=MODEL_COLUMNS, groups=model_groups,
-                     executor=ray_executor) == (2, 0)
+    assert run_sweep(cases, context(path), path, executor=ray_executor) == (2, 0)
     frame = load_results(path)
     assert list(frame.columns) == MODEL_COLUMNS and (frame["status"] == "ok").all()
     assert_placed(frame)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import cli
+from bench.cli import sweep as sweep_cli
 from bench.core.measure import retain_available, use_cpu_allocator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,10 +70,10 @@ def test_cpu_allocator_flag_on_a_gpu_run_exits_2_naming_it(capsys):
     parser = argparse.ArgumentParser(prog="run_bench.py")
     args = argparse.Namespace(cpu_allocator="retain")
     with pytest.raises(SystemExit) as exit_info:
-        cli.cpu_allocator_policy(parser, args, "cuda")
+        sweep_cli.cpu_allocator_policy(parser, args, "cuda")
     assert exit_info.value.code == 2
     assert "--cpu-allocator retain: applies to CPU runs" in capsys.readouterr().err
 
 
 def test_gpu_run_without_the_flag_has_no_cpu_policy():
-    assert cli.cpu_allocator_policy(argparse.ArgumentParser(), argparse.Namespace(cpu_allocator=None), "cuda") is None
+    assert sweep_cli.cpu_allocator_policy(argparse.ArgumentParser(), argparse.Namespace(cpu_allocator=None), "cuda") is None

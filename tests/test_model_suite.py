@@ -219,7 +219,7 @@ def test_a_folder_with_both_suites_reports_both(model_run, small_results, tmp_pa
     folder.mkdir()
     (folder / "attention.csv").write_bytes(small_results.read_bytes())
     (folder / "models.csv").write_bytes(model_run["csv"].read_bytes())
-    readme = bench.report.build_report(folder, tmp_path / "out").read_text()
+    readme = bench.report.build.build_report(folder, tmp_path / "out").read_text()
     assert "### main" in readme and "### models" in readme and "## Plots" in readme
     assert "(plots/scaling.png)" in readme and "(plots/model_throughput.png)" in readme
     models = pd.read_csv(tmp_path / "out" / "tables" / "models.csv")
@@ -264,7 +264,7 @@ def test_bad_model_suite_flags_exit_2_naming_the_value(flags, named, tmp_path, c
 def test_model_flags_need_the_model_suite(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["--gpu", "cpu", "--models", "biformer_tiny", "--dry-run", "--results-dir", str(tmp_path / "r")])
-    assert exc.value.code == 2 and "--models: only with --suite models" in capsys.readouterr().err
+    assert exc.value.code == 2 and "--models: not used by --suite attentions (only by --suite models)" in capsys.readouterr().err
 
 
 def test_list_with_the_model_suite_names_every_model(capsys):

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-import bench.execution.runner
+import bench.suites.attention_rows
 from attentions.registry import _FAMILIES, Backend
 from bench import load_results, run_sweep
 from bench.analysis.compare import NEW_FAILURE, REGRESSED, compare_runs, format_comparison
@@ -94,7 +94,7 @@ def sabotaged_families(monkeypatch):
     monkeypatch.setitem(_FAMILIES, SabotagedAttention.family, SabotagedAttention)
     monkeypatch.setitem(_FAMILIES, NanReferenceAttention.family, NanReferenceAttention)
     # gc.collect between cases costs more than these tiny cases themselves; nothing to free here
-    monkeypatch.setattr(bench.execution.runner, "free_memory", lambda device: None)
+    monkeypatch.setattr(bench.suites.attention_rows, "free_memory", lambda device: None)
 
 
 @pytest.fixture
@@ -170,7 +170,7 @@ def test_a_correct_backend_is_still_ok(sabotaged_families, sabotaged_run):
     only a pass that computes the gradient can see the NaN): ok, against the same reference."""
     rows = rows_of(load_results(sabotaged_run), "sabotaged", "torch")
     assert list(rows["status"]) == ["ok", "ok"], list(rows["status_detail"])
-    row = bench.execution.runner.run_case(case("sabotaged", "nan_gradient", "fwd"), context())
+    row = bench.suites.attention_rows.run_case(case("sabotaged", "nan_gradient", "fwd"), context())
     assert row["status"] == "ok" and row["rel_err"] == row["ref_rel_err"] > 0, row["status_detail"]
 
 

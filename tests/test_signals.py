@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 import bench
-from bench import cli
-from bench.execution.runner import Stopped
+from bench.cli import progress as cli_progress
+from bench.core.processes import Stopped
 from test_bench_cli import (REPO, RUN_BENCH, TIMED, assert_csv_well_formed, data_lines, dry_run, dry_run_labels, row_label, run_bench,
                             stop, subprocess_env, wait_for)
 
@@ -123,14 +123,14 @@ def test_rearm_sigint_gives_an_ignored_sigint_back_to_python():
     previous = signal.getsignal(signal.SIGINT)
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        cli.rearm_sigint()
+        cli_progress.rearm_sigint()
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
         def own(signum, frame):
             pass
 
         signal.signal(signal.SIGINT, own)
-        cli.rearm_sigint()
+        cli_progress.rearm_sigint()
         assert signal.getsignal(signal.SIGINT) is own
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -273,25 +273,25 @@ def test_a_sweep_ended_during_a_sitting_leaves_no_process_behind(tmp_path, signu
 def test_stop_on_signals_first_ctrl_c_requests_then_any_stopping_signal_stops_at_once():
     """In-process: the first SIGINT only sets ``requested``; a second SIGINT raises Stopped(SIGINT); SIGTERM and
     SIGHUP raise Stopped at once; the handlers from before are back after the block."""
-    before = {signum: signal.getsignal(signum) for signum in cli.StopOnSignals.SIGNALS}
-    with cli.StopOnSignals() as signals:
+    before = {signum: signal.getsignal(signum) for signum in cli_progress.StopOnSignals.SIGNALS}
+    with cli_progress.StopOnSignals() as signals:
         signal.raise_signal(signal.SIGINT)
         assert signals.requested
         with pytest.raises(Stopped) as second:
             signal.raise_signal(signal.SIGINT)
     assert second.value.signum == signal.SIGINT
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        with pytest.raises(Stopped) as stopped, cli.StopOnSignals() as signals:
+        with pytest.raises(Stopped) as stopped, cli_progress.StopOnSignals() as signals:
             signal.raise_signal(signum)
         assert stopped.value.signum == signum and not signals.requested
-    assert {signum: signal.getsignal(signum) for signum in cli.StopOnSignals.SIGNALS} == before
+    assert {signum: signal.getsignal(signum) for signum in cli_progress.StopOnSignals.SIGNALS} == before
 
 
 def test_stop_on_signals_leaves_an_ignored_sighup_ignored():
     """Under ``nohup`` SIGHUP is ignored: the sweep must not take it back and stop when the terminal closes."""
     previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        with cli.StopOnSignals():
+        with cli_progress.StopOnSignals():
             assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
             signal.raise_signal(signal.SIGHUP)  # nothing happens
     finally:

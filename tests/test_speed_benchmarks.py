@@ -15,7 +15,7 @@ import torch
 
 from bench import Case
 from bench.core.measure import make_pass
-from bench.execution.runner import build_module
+from bench.suites.attention_rows import build_module
 
 RESOLUTION, DIM, HEADS, BATCH = 28, 64, 2, 2
 VARIANTS = {

@@ -23,7 +23,9 @@ import ray
 import torch
 
 from bench.schema.results import environment, numerics_now
-from bench.execution.runner import Group, GroupRunner, RunContext, run_here, stamped
+from bench.execution.runner import Group, run_here
+from bench.suites.base import GroupRunner, RunContext
+from bench.suites.rows import stamped
 
 
 def driver_paths() -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Each case is timed again in its comparison group, paired with its family's reference (re-timed beside
 it, so its speedup is paired too), under the run's own timing policy and numerics (from its metadata),
-exactly as the sweep times it (``bench.execution.runner.run_group``). The re-timed rows keep the run's id.
+exactly as the sweep times it (the attention suite's ``run_group``). The re-timed rows keep the run's id.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import torch
 from bench.analysis.compare import RemeasureError, row_case
 from bench.core.measure import TimingPolicy
 from bench.core.profiles import PROFILES
-from bench.execution.runner import Group, RunContext, comparison_groups, reference_case, run_group, run_here
+from bench.execution.runner import Group, run_here
+from bench.suites import SUITES
+from bench.suites.base import RunContext
 from bench.core.settings import Numerics
 
 
@@ -62,9 +64,10 @@ def remeasure_rows(rows: pd.DataFrame, metadata: dict[str, Any] | None) -> pd.Da
     devices = sorted({case.device for case in cases})
     if "cuda" in devices and not torch.cuda.is_available():
         raise RemeasureError("NEW's cases ran on CUDA and this machine has no GPU: they cannot be re-timed here")
+    suite = SUITES["attentions"]
     fresh = []
-    for group in comparison_groups(cases):
+    for group in suite.groups(cases):
         keys = {case.key for case in group}
-        companions = list({reference_case(case) for case in group if reference_case(case).key not in keys})
-        fresh += run_here(run_group, Group(group, companions), ctx)
+        companions = list({suite.reference_case(case) for case in group if suite.reference_case(case).key not in keys})
+        fresh += run_here(suite.run_group, Group(group, companions), ctx)
     return pd.DataFrame(fresh, columns=rows.columns)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import attentions
 
@@ -34,6 +34,10 @@ class Rule:
 
 @dataclass(frozen=True)
 class Case:
+    """One measurement of the attention suite (see the module's docstring)."""
+
+    suite: ClassVar[str] = "attentions"  # the suite that runs it (bench.suites.SUITES)
+
     family: str
     backend: str
     options: tuple[tuple[str, Any], ...]  # sorted (name, value) pairs, JSON-serialisable values
@@ -161,6 +165,8 @@ def unique_cases(blocks: list[SweepBlock], device: str,
 class ModelCase:
     """One measurement of the model suite: a backbone of ``attentions.models`` with an attention choice
     (a family for every stage, or four comma-separated) and backend, at an image size in pixels."""
+
+    suite: ClassVar[str] = "models"  # the suite that runs it (bench.suites.SUITES)
 
     model: str
     attention: str

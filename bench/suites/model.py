@@ -21,21 +21,27 @@ Policies (documented in the README):
 
 from __future__ import annotations
 
+import argparse
 import itertools
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
+import pandas as pd
 import torch
 
 import attentions
-from attentions import BackendUnavailableError
+from attentions import AttentionConfigError, BackendUnavailableError
 from attentions.models import build_model, list_models
 
-from bench.suites.cases import ModelCase
 from bench.core.flops import hardware_flops
-from bench.core.profiles import DTYPES, GpuProfile
 from bench.core.measure import Timing, make_pass, peak_memory_bytes, time_rounds
-from bench.execution.runner import (MB, RunContext, count_macs_any_backend, failure, free_memory, process_settings, reference_case,
-                     stamped, timing_row)
+from bench.core.profiles import DTYPES, GpuProfile
+from bench.schema.results import MODEL_COLUMNS
+from bench.suites.base import PlanError, RunContext
+from bench.suites.cases import PHASES, ModelCase
+from bench.suites.planning import check_input_fits, check_known, summary_cell, text_table
+from bench.suites.rows import (MB, count_macs_any_backend, failure, free_memory, process_settings, stamped,
+                               timing_row)
 
 COMPARISON_MODEL = "swin_layout"  # the backbone whose attention the suite swaps
 MODEL_RESOLUTIONS = (224, 512, 1024)
@@ -193,3 +199,84 @@ def model_groups(cases: Sequence[ModelCase]) -> list[list[ModelCase]]:
         groups.setdefault((case.model, case.attention, case.resolution, case.batch, case.dtype, case.device,
                            case.phase), []).append(case)
     return list(groups.values())
+
+
+def reference_case(case: ModelCase) -> ModelCase:
+    """The same model case on the reference backend of its first attention family."""
+    family = case.attention.split(",")[0]
+    return replace(case, backend=attentions.list_attentions()[family]["reference_backend"])
+
+
+def check_model_configurations(cases: Sequence[ModelCase], profile: GpuProfile) -> None:
+    """Every model and attention choice built on the meta device, asked whether it takes its case's image size,
+    and every input checked against the device's memory: PlanError naming a bad value."""
+    built: dict[tuple[str, str], torch.nn.Module] = {}
+    for case in cases:
+        check_input_fits(case.label(), (case.batch, 3, case.resolution, case.resolution), case.dtype, profile)
+        try:
+            with torch.device("meta"):
+                if (case.model, case.attention) not in built:
+                    built[case.model, case.attention] = build_model(case.model, **case.options_dict)
+                built[case.model, case.attention].check_image(torch.empty(1, 3, case.resolution, case.resolution))
+        except AttentionConfigError as exc:
+            raise PlanError(f"{case.model} ({case.attention}) at {case.resolution}×{case.resolution} px: {exc}") from None
+
+
+def model_summary_table(frame: pd.DataFrame) -> str:
+    """One line per model case: parameters, GMACs per image, and latency and memory (or the status)."""
+    if frame.empty:
+        return "(no rows)"
+    shown = frame.assign(result=frame.apply(summary_cell, axis=1), params_m=frame["params_m"].map("{:.2f}".format),
+                         gmacs_per_image=frame["gmacs_per_image"].map("{:.4g}".format))
+    return text_table(shown[["model", "attention", "backend", "resolution", "batch", "dtype", "phase", "params_m",
+                             "gmacs_per_image", "result"]])
+
+
+class ModelSuite:
+    """Whole backbones of ``attentions.models``: a case is a model with an attention choice on one backend, at
+    one image size, batch, dtype and phase."""
+
+    name = "models"
+    flags = frozenset({"models", "attentions"})
+    uses_presets = False
+    pairing = "paired: a model case's backends round-robin in one process"
+
+    @property
+    def columns(self) -> list[str]:
+        return MODEL_COLUMNS
+
+    def plan(self, request: argparse.Namespace, device: str, profile: GpuProfile) -> list[ModelCase]:
+        models = list(list_models())
+        check_known("--models", request.models, models)
+        families = list(attentions.list_attentions())
+        for choice in request.attentions or []:
+            names = choice.split(",")
+            if len(names) not in (1, 4) or any(name not in families for name in names):
+                raise PlanError(f"--attentions: {choice!r} is not a family or four comma-separated families; "
+                                f"families: {', '.join(families)}")
+        check_known("--backends", request.backends,
+                    sorted({b for info in attentions.list_attentions().values() for b in info["backends"]}))
+        cases = model_cases(request.models or models, request.attentions or families, request.backends or ["torch"],
+                            request.resolutions or list(MODEL_RESOLUTIONS), request.batch,
+                            request.dtype or [profile.default_dtype], request.phase or list(PHASES), device, profile)
+        check_model_configurations(cases, profile)
+        return cases
+
+    def groups(self, cases: Sequence[ModelCase]) -> list[list[ModelCase]]:
+        return model_groups(cases)
+
+    def run_group(self, cases: Sequence[ModelCase], ctx: RunContext,
+                  companions: Sequence[ModelCase] = ()) -> list[dict[str, Any]]:
+        return run_model_group(cases, ctx, companions)
+
+    def base_row(self, case: ModelCase, ctx: RunContext) -> dict[str, Any]:
+        return base_model_row(case, ctx)
+
+    def reference_case(self, case: ModelCase) -> ModelCase:
+        return reference_case(case)
+
+    def summary(self, frame: pd.DataFrame) -> str:
+        return model_summary_table(frame)
+
+
+MODEL_SUITE = ModelSuite()

@@ -1,0 +1,133 @@
+"""The attention suite (``--suite attentions``, the default): attention layers of the registry's families,
+planned from a preset narrowed by the sweep's flags, timed in paired rounds per shape."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+
+import attentions
+from attentions import AttentionConfigError
+
+from bench.core.profiles import GpuProfile
+from bench.schema.results import COLUMNS
+from bench.suites.attention_rows import base_row, comparison_groups, reference_case, run_group
+from bench.suites.base import PlanError, RunContext
+from bench.suites.cases import Case, SweepBlock, unique_cases
+from bench.suites.planning import check_input_fits, check_known, summary_cell, text_table
+from bench.suites.presets import COMMON_OPTIONS, KV_MODES, STAGE1_WIDTH, kv_axis, preset_blocks, topk_axis
+
+
+def apply_overrides(request: argparse.Namespace, blocks: list[SweepBlock]) -> list[SweepBlock]:
+    """Narrow or replace the preset's axes with the sweep's flags (validated here)."""
+    known = list(attentions.list_attentions())
+    check_known("--families", request.families, known)
+    families = request.families or known
+    check_known("--backends", request.backends,
+                sorted({b for f in families for b in attentions.list_attentions()[f]["backends"]}), ", ".join(families))
+    check_known("--kv-modes", request.kv_modes, KV_MODES)
+    if request.auto_pad and not any("auto_pad" in attentions.family_options(f) for f in families):
+        padding = [f for f in known if "auto_pad" in attentions.family_options(f)]
+        raise PlanError(f"--auto-pad: none of {', '.join(families)} has the option; {', '.join(padding)} do")
+    out = []
+    for block in blocks:
+        block_families = [f for f in (block.families or known) if f in families]
+        if not block_families:
+            continue
+        block.families = block_families
+        if request.backends:
+            block.backends = list(request.backends)
+        if request.resolutions:
+            dim, heads = STAGE1_WIDTH
+            block.shapes = [(r, dim, heads, {}) for r in request.resolutions]
+        if request.topk:
+            block.option_axes["topk"] = topk_axis(request.topk)
+            block.shapes = [(r, d, h, {k: v for k, v in o.items() if k != "topk"}) for r, d, h, o in block.shapes]
+        if request.kv_modes:
+            block.option_axes["kv"] = kv_axis(request.kv_modes)
+        if request.auto_pad:
+            block.option_axes["auto_pad"] = [{"auto_pad": True}]  # crossed only with the families that have it
+        block.batches = request.batch or block.batches
+        block.dtypes = request.dtype or block.dtypes
+        block.phases = request.phase or block.phases
+        out.append(block)
+    return out
+
+
+def check_configurations(cases: Sequence[Case], profile: GpuProfile) -> None:
+    """Build every configuration of the plan on the meta device (no memory, no compute) and ask it whether it
+    takes its case's map size, and whether its input fits its device: PlanError naming a bad value."""
+    for case in cases:
+        check_input_fits(case.label(), (case.batch, case.resolution, case.resolution, case.dim), case.dtype, profile)
+    checked = set()
+    for case in cases:
+        key = (case.family, case.options_json, case.dim, case.heads, case.resolution)
+        if key in checked:
+            continue
+        checked.add(key)
+        try:
+            with torch.device("meta"):
+                module = attentions.build(case.family, dim=case.dim, num_heads=case.heads, **case.options_dict)
+            module.check_map_size(case.resolution, case.resolution)
+        except AttentionConfigError as exc:
+            options = ", ".join(f"{k}={v}" for k, v in case.options)
+            raise PlanError(f"{case.family} ({options or 'default options'}) at {case.resolution}×{case.resolution}, "
+                            f"C {case.dim}, {case.heads} heads: {exc}") from None
+
+
+def summary_table(frame: pd.DataFrame) -> str:
+    """One line per case and one column per backend: median latency and peak memory, or the status."""
+    if frame.empty:
+        return "(no rows)"
+    options = frame["options"].map(lambda text: ",".join(f"{k}={v}" for k, v in json.loads(text).items()))
+    shown = frame.assign(cell=frame.apply(summary_cell, axis=1), options=options)
+    keys = ["family", "options", "resolution", "batch", "dtype", "phase"]
+    groups = shown.groupby(keys, sort=False, dropna=False)
+    table = groups["cell"].agg(list).to_frame()  # keeps the case order of the run
+    for backend in shown["backend"].unique():
+        table[backend] = groups.apply(lambda g, b=backend: ", ".join(g.loc[g["backend"] == b, "cell"]),
+                                      include_groups=False)
+    table.insert(0, "gmacs", groups["gmacs"].max().map("{:.4g}".format))
+    return text_table(table.drop(columns="cell").reset_index().fillna(""))
+
+
+class AttentionSuite:
+    """Attention layers: a case is a family's configuration on one backend at one shape, dtype and phase."""
+
+    name = "attentions"
+    flags = frozenset({"preset", "families", "topk", "kv_modes", "auto_pad", "sittings"})
+    uses_presets = True
+    pairing = "paired: a shape's cases round-robin in one process"
+
+    @property
+    def columns(self) -> list[str]:
+        return COLUMNS
+
+    def plan(self, request: argparse.Namespace, device: str, profile: GpuProfile) -> list[Case]:
+        blocks = apply_overrides(request, preset_blocks(request.preset, profile))
+        cases = unique_cases(blocks, device, COMMON_OPTIONS)
+        check_configurations(cases, profile)
+        # in the order they run: each comparison group's cases together (timed in paired rounds)
+        return [case for group in comparison_groups(cases) for case in group]
+
+    def groups(self, cases: Sequence[Case]) -> list[list[Case]]:
+        return comparison_groups(cases)
+
+    def run_group(self, cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case] = ()) -> list[dict[str, Any]]:
+        return run_group(cases, ctx, companions)
+
+    def base_row(self, case: Case, ctx: RunContext) -> dict[str, Any]:
+        return base_row(case, ctx)
+
+    def reference_case(self, case: Case) -> Case:
+        return reference_case(case)
+
+    def summary(self, frame: pd.DataFrame) -> str:
+        return summary_table(frame)
+
+
+ATTENTION_SUITE = AttentionSuite()

@@ -1,0 +1,77 @@
+"""The protocol every suite implements (``Suite``), and what every row of one run shares (``RunContext``)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import pandas as pd
+
+import attentions
+
+from bench.core.measure import TimingPolicy
+from bench.core.profiles import GpuProfile
+from bench.core.settings import Numerics
+
+SEED = 0
+
+
+@dataclass
+class RunContext:
+    """What every row of one run shares."""
+
+    run_id: str
+    profile: GpuProfile
+    device_name: str
+    timing: TimingPolicy = field(default_factory=TimingPolicy)
+    seed: int = SEED
+    numerics: Numerics = field(default_factory=Numerics)
+    # modules that registered families or backends in the sweep's process: every process timing cases imports them
+    extension_modules: tuple[str, ...] = field(default_factory=attentions.extension_modules)
+    _mac_cache: dict[tuple, tuple] = field(default_factory=dict)  # MAC counts by shape: see count_case_macs
+    # on_progress(cases, fraction): how much of a group's work is done (see group_progress); called in the process
+    # that runs the group, so None where groups run elsewhere (Ray)
+    on_progress: Callable[[Sequence[Any], float], None] | None = field(default=None, compare=False, repr=False)
+
+
+class PlanError(ValueError):
+    """A sweep request that a suite cannot plan: names the flag or value and what is allowed (the CLI exits 2
+    with it, before anything runs)."""
+
+
+class Suite(Protocol):
+    """A kind of benchmark: how its cases are planned from the sweep's flags, grouped for paired timing, run
+    into rows and summarised. Execution and the command line know a suite only through this protocol; the
+    report finds its tables and plots by the suite's ``name``, which its result files carry."""
+
+    name: str  # the --suite value, and the schema's suite of the rows it writes
+    flags: frozenset[str]  # the suite-specific sweep flags (argparse dests) it takes
+    uses_presets: bool  # whether --preset applies (the run id and metadata name the preset)
+    pairing: str  # how a group's cases are timed together, for the run's metadata
+
+    @property
+    def columns(self) -> list[str]:
+        """Its rows' columns, in file order."""
+
+    def plan(self, request: argparse.Namespace, device: str, profile: GpuProfile) -> list[Any]:
+        """The cases the sweep's flags ask for, in the order they run; PlanError for a bad request."""
+
+    def groups(self, cases: Sequence[Any]) -> list[list[Any]]:
+        """The cases timed together in paired rounds, in the order of their first case."""
+
+    def run_group(self, cases: Sequence[Any], ctx: RunContext, companions: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """One row per case of ``cases``, whatever happens to each (``companions``: references timed again only
+        for the pairing)."""
+
+    def base_row(self, case: Any, ctx: RunContext) -> dict[str, Any]:
+        """The columns that identify a case's row, known before it runs (an error row starts from them)."""
+
+    def reference_case(self, case: Any) -> Any:
+        """The case its speedup is measured against."""
+
+    def summary(self, frame: pd.DataFrame) -> str:
+        """The text table printed at the end of a sweep."""
+
+
+GroupRunner = Callable[[Sequence[Any], RunContext, Sequence[Any]], list[dict[str, Any]]]
