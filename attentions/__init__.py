@@ -16,11 +16,11 @@ from .deformable import DeformableAttention
 from .errors import AttentionConfigError, BackendUnavailableError
 from .full import FullAttention
 from .registry import (AttentionModule, Backend, MacCount, backend_available, build, custom_op_macs,
-                       extension_modules, family_options, list_attentions, register)
+                       extension_modules, family_options, list_attentions, overridden_capabilities, register)
 from .window import WindowAttention
 
 __all__ = [
     "AttentionConfigError", "AttentionModule", "Backend", "BackendUnavailableError", "BiLevelRoutingAttention",
     "DeformableAttention", "FullAttention", "MacCount", "WindowAttention", "backend_available", "build",
-    "custom_op_macs", "extension_modules", "family_options", "list_attentions", "register",
+    "custom_op_macs", "extension_modules", "family_options", "list_attentions", "overridden_capabilities", "register",
 ]

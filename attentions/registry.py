@@ -7,13 +7,15 @@ weights, plus what the harness needs to know before running it (devices, dtypes,
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import importlib.util
 import inspect
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -389,6 +391,32 @@ def extension_modules() -> tuple[str, ...]:
 def custom_op_macs() -> dict[str, MacFormula]:
     """Every registered backend's custom ops (autograd.Function class names) and their MAC formulas."""
     return {op: formula for cls in _FAMILIES.values() for b in cls.backends.values() for op, formula in b.custom_ops}
+
+
+# The fields of a Backend that say where it runs, which a tool may override for a while (overridden_capabilities).
+CAPABILITIES = ("devices", "dtypes", "device_dtypes", "backward_devices", "requires")
+
+
+@contextlib.contextmanager
+def overridden_capabilities(select: Callable[[Backend], bool], **capabilities: Any) -> Iterator[None]:
+    """Within the block, every registered backend for which ``select(backend)`` is true declares
+    ``capabilities`` (fields of ``CAPABILITIES``, validated like a new ``Backend``'s) instead of its own; on exit
+    every family has its own backends again. For tools that exercise a backend where it cannot run: e.g.
+    capturing Triton kernels' launches on the CPU to compile them for a GPU that is not there."""
+    unknown = sorted(set(capabilities) - set(CAPABILITIES))
+    if unknown:
+        raise AttentionConfigError(f"overridden_capabilities: {', '.join(unknown)} are not capabilities; "
+                                   f"valid: {', '.join(CAPABILITIES)}")
+    saved = {name: cls.backends for name, cls in _FAMILIES.items()}
+    try:
+        for cls in _FAMILIES.values():
+            cls.backends = {name: dataclasses.replace(b, **capabilities) if select(b) else b
+                            for name, b in cls.backends.items()}
+        yield
+    finally:
+        for name, cls in _FAMILIES.items():
+            if name in saved:
+                cls.backends = saved[name]
 
 
 def backend_available(name: str, backend: str, device: torch.device | str = "cpu",

@@ -27,7 +27,7 @@ import os
 import re
 import sys
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from importlib import import_module
 from multiprocessing import get_context
 from pathlib import Path
@@ -157,21 +157,11 @@ def test_layers() -> list[LayerCase]:
     return layers
 
 
-@contextlib.contextmanager
-def triton_backends_on_cpu() -> Iterator[None]:
+def triton_backends_on_cpu() -> contextlib.AbstractContextManager[None]:
     """Let every registered Triton backend take CPU tensors in every float dtype: here its launches
     are captured, never run."""
-    from attentions.registry import _FAMILIES  # the registry's own table: patched for this block only
-
-    saved = {name: dict(cls.backends) for name, cls in _FAMILIES.items()}
-    try:
-        for cls in _FAMILIES.values():
-            cls.backends = {name: replace(b, devices=("cpu", "cuda"), dtypes=tuple(DTYPES.values()))
-                            if "triton" in b.requires else b for name, b in cls.backends.items()}
-        yield
-    finally:
-        for name, cls in _FAMILIES.items():
-            cls.backends = saved[name]
+    return attentions.overridden_capabilities(lambda backend: "triton" in backend.requires, devices=("cpu", "cuda"),
+                                              dtypes=tuple(DTYPES.values()))
 
 
 class TargetDriver:
