@@ -11,12 +11,15 @@ import pandas as pd
 import pytest
 
 from bench import COLUMNS, Case, RunContext, run_sweep
+from bench.cli.compare import main as main_compare
 from bench.analysis.compare import (EXIT_INCONCLUSIVE, EXIT_REGRESSED, FASTER, FIXED, INCONCLUSIVE, MIN_ROUNDS, NEW_FAILURE,
                            NOW_UNSUPPORTED, OK, OTHER_DEVICE, REGRESSED, SLOWER, compare_runs, format_comparison,
-                           main_compare, parse_threshold)
-from bench.core.measure import SPEEDUP_INTERVAL_METHOD
+                           parse_threshold)
+from bench.core.measure import LATENCY_INTERVAL_METHOD, SPEEDUP_INTERVAL_METHOD
+from bench.core.methods import measurement_methods
 from bench.core.profiles import PROFILES
-from bench.schema.results import ResultsWriter, load_results, write_metadata
+from bench.schema.files import ResultsWriter, load_results
+from bench.schema.metadata import versioned_metadata, write_metadata
 from small_results import FAST
 
 
@@ -476,7 +479,8 @@ def test_rerun_inconclusive_with_the_real_harness_and_a_stand_in_clock(tmp_path,
     write_metadata(base.with_suffix(".json"), {**metadata, "run_id": "base"})
 
     assert verdict(compare_runs(base, new), cases[1]) == INCONCLUSIVE
-    row = judged(compare_runs(base, new, rerun_inconclusive=2), cases[1])
+    from bench.execution.remeasure import remeasure_rows
+    row = judged(compare_runs(base, new, rerun_inconclusive=2, remeasure=remeasure_rows), cases[1])
     assert (row["remeasured"], row["status_new"], row["verdict"]) == (1, "ok", OK), row["reason"]
     assert row["latency_ms_median_new"] == pytest.approx(0.5) and row["speedup_vs_ref_new"] == pytest.approx(1.0)
 
@@ -572,3 +576,54 @@ def test_a_paired_speedup_drop_regressed_only_between_intervals_of_one_method(tm
     comparison = compare_runs(older, new)
     assert not comparison.failed and verdict(comparison, A) == OK
     assert any("different methods (BASE unrecorded, NEW log-batch-means-t95)" in w for w in comparison.warnings)
+
+
+def versioned(run_id: str, **methods: str) -> dict:
+    """Metadata of a run of the current schema, by this code's methods but for ``methods``."""
+    return {"run_id": run_id, "argv": [], "environment": environment(),
+            **versioned_metadata({**measurement_methods(), **methods})}
+
+
+def test_latency_intervals_of_different_methods_decide_nothing_and_medians_decide_what_they_can(tmp_path):
+    """A case 2× slower with intervals apart regressed between two runs of one latency interval method; against a
+    run that did not record its method, no verdict rests on the intervals: it is inconclusive, with the ratio of
+    the medians; a case within the threshold passes on its medians, unless a run is noisy."""
+    new_rows = baseline()
+    new_rows[0] = make_row(A, median=2.0)
+    new_rows[2] = make_row(C, median=3.1, status="noisy")
+    base = write_run(tmp_path / "base.csv", baseline(), versioned("base"))
+    new = write_run(tmp_path / "new.csv", new_rows, versioned("new"))
+    comparison = compare_runs(base, new)
+    assert verdict(comparison, A) == REGRESSED and "intervals apart" in judged(comparison, A)["reason"]
+    assert not any("latency intervals" in w for w in comparison.warnings)
+
+    unrecorded = write_run(tmp_path / "unrecorded.csv", new_rows)  # metadata without schema_version: version 1
+    comparison = compare_runs(base, unrecorded)
+    methods = f"latency intervals made by different methods (BASE {LATENCY_INTERVAL_METHOD}, NEW unrecorded)"
+    row = judged(comparison, A)
+    assert (row["verdict"], row["change"]) == (INCONCLUSIVE, SLOWER) and row["latency_ratio"] == pytest.approx(2.0)
+    assert row["reason"].startswith(f"latency 2.00×, {methods}: medians only; beyond 10%")
+    assert (verdict(comparison, B), judged(comparison, B)["reason"]) == (OK, f"latency 1.00×, {methods}: medians only")
+    assert verdict(comparison, C) == INCONCLUSIVE and judged(comparison, C)["reason"].endswith("noisy in NEW")
+    assert comparison.exit_status == EXIT_INCONCLUSIVE
+    assert any(w.startswith(f"{methods}: latencies are judged by their medians alone") for w in comparison.warnings)
+
+    other = write_run(tmp_path / "other.csv", new_rows, versioned("other", latency_interval="bootstrap-percentile"))
+    row = judged(compare_runs(base, other), A)
+    assert row["verdict"] == INCONCLUSIVE and f"(BASE {LATENCY_INTERVAL_METHOD}, NEW bootstrap-percentile)" in row["reason"]
+
+
+def test_speedup_intervals_are_compared_only_when_the_runs_methods_name_the_same_method(tmp_path):
+    """Same latencies, NEW's paired speedup interval wholly below BASE's: a regression between runs whose
+    ``methods`` name one speedup interval method; when NEW's names another, the speedups are not compared, and
+    the latencies still are (same latency interval method: no warning about them)."""
+    base_rows = [make_row(c, median=1.0 + i, speedup=(1.9, 2.0, 2.1)) for i, c in enumerate(CASES)]
+    new_rows = [make_row(c, median=1.0 + i, speedup=(1.2, 1.3, 1.4)) for i, c in enumerate(CASES)]
+    base = write_run(tmp_path / "base.csv", base_rows, versioned("base"))
+    same = write_run(tmp_path / "same.csv", new_rows, versioned("same"))
+    assert verdict(compare_runs(base, same), A) == REGRESSED
+    other = write_run(tmp_path / "other.csv", new_rows, versioned("other", speedup_interval="bootstrap-percentile"))
+    comparison = compare_runs(base, other)
+    assert verdict(comparison, A) == OK and not comparison.failed
+    assert comparison.warnings == [f"speedup intervals made by different methods (BASE {SPEEDUP_INTERVAL_METHOD}, "
+                                   f"NEW bootstrap-percentile): speedup intervals are not compared"]

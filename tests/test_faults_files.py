@@ -22,13 +22,16 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-import bench.schema.results
+import bench.schema.storage
 from bench import cli
 from bench.core.measure import Timing, median_interval
-from bench.report.plots import PLOT_NAMES
+from bench.report.catalog import PLOTS, names
 from bench.report.build import collect_results
-from bench.schema.results import (COLUMNS, MODEL_COLUMNS, SUITES, TEXT_COLUMNS, VALUE_RULES, ResultsFormatError,
-                           ResultsWarning, ResultsWriter, atomic_write, load_results, read_metadata, write_metadata)
+from bench.schema.columns import COLUMNS, MODEL_COLUMNS, SUITES, TEXT_COLUMNS, VALUE_RULES
+from bench.schema.errors import ResultsFormatError, ResultsWarning
+from bench.schema.files import ResultsWriter, load_results
+from bench.schema.metadata import read_metadata, write_metadata
+from bench.schema.storage import atomic_write
 
 REAL = Path(__file__).resolve().parent.parent / "results" / "cpu"
 ATTENTION_RUN = REAL / "20261205T091110Z-bra56-topk4.csv"  # 10 rows: ok, noisy and unsupported
@@ -315,7 +318,7 @@ def test_a_folder_where_a_file_belongs_is_named(tmp_path, capsys):
 
 def test_reads_are_bounded(tmp_path, monkeypatch):
     path = copy_run(ATTENTION_RUN, tmp_path)
-    monkeypatch.setattr(bench.schema.results, "MAX_FILE_BYTES", path.stat().st_size - 1)
+    monkeypatch.setattr(bench.schema.storage, "MAX_FILE_BYTES", path.stat().st_size - 1)
     with pytest.raises(ResultsFormatError, match="is larger than"):
         load_results(path)
 
@@ -485,7 +488,7 @@ def test_a_full_disk_during_a_report_keeps_the_old_report_and_names_the_file(tmp
     (out / "plots").mkdir(parents=True)
     earlier = {out / "README.md": b"# earlier report\n"}
     earlier.update({out / "plots" / f"{name}{suffix}": f"earlier {name}{suffix}".encode()
-                    for name in PLOT_NAMES for suffix in (".png", ".pdf")})
+                    for name in names(PLOTS, "attentions") for suffix in (".png", ".pdf")})
     for file, data in earlier.items():
         file.write_bytes(data)
 

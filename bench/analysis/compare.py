@@ -20,6 +20,15 @@ ratio r = NEW / BASE of the medians and threshold t (``--max-regression``):
   ratio's interval stays within 1 + t), intervals that overlap, fewer than ``MIN_ROUNDS`` rounds, no
   interval, or a slowdown that the paired speedups put on the machine.
 
+Intervals are compared only when both runs made them by the same method (``metadata["methods"]``, see
+``bench.core.methods``; runs from before a method was recorded name it unrecorded, and two such runs are
+compared as they always were). When the latency interval methods differ (or one is unrecorded), no verdict
+rests on the latency intervals: the ratio of the medians is shown, a case is **ok** when r <= 1 + t and
+neither run is noisy (the rule above that needs no interval), and **inconclusive** otherwise, its reason
+saying "medians only": a latency regression needs intervals apart, so none is found. When the speedup
+interval methods differ, the paired speedups are not compared (nor used to tell the machine from the code).
+A warning names the methods either way.
+
 Besides latency, a case is **regressed** when its peak memory grew beyond 1 + t by at least 1 MB
 (noise or not: memory is no timing figure), when its paired speedup fell by more than t with the
 two intervals apart, or when it stopped working (``ok`` into ``mismatch``, ``error`` or ``oom``: a
@@ -34,28 +43,27 @@ cases that are inconclusive for their timing's sake with the code at hand (``ben
 paired with their reference, up to N times before the verdict. docs/regression-gate.md states the
 rule's measured false-alarm and detection rates.
 
-Speedup intervals are compared only between runs whose metadata name the same interval method (a
-warning says when they do not). Environment differences (GPU profile, device and GPU names, torch,
-CUDA, driver, triton, xformers, TF32) come from each run's ``<run-id>.json``; they are warnings. A
-run without its JSON is a warning too; its rows' ``gpu_profile`` and ``device_name`` are compared
-instead.
+Environment differences (GPU profile, device and GPU names, torch, CUDA, driver, triton, xformers,
+TF32) come from each run's ``<run-id>.json``; they are warnings. A run without its JSON is a warning
+too; its rows' ``gpu_profile`` and ``device_name`` are compared instead.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import pandas as pd
 
+from bench.schema.columns import results_suite
+from bench.schema.errors import ResultsFormatError, results_warnings
+from bench.schema.files import load_results
+from bench.schema.metadata import read_metadata, warn_row_count
+from bench.schema.storage import resolve_results_path
 from bench.suites.cases import Case
-from bench.schema.results import (ResultsFormatError, load_results, read_metadata, resolve_results_path, results_suite,
-                      results_warnings, warn_row_count)
 
 DEFAULT_MAX_REGRESSION = 0.10
 DEFAULT_MIN_SHARED = 0.5   # share of BASE's cases that NEW must also have
@@ -152,7 +160,7 @@ class Comparison:
         count, compared = len(self.inconclusive), len(self.table)
         if compared and count > self.max_inconclusive * compared:
             return (f"{count} of {compared} cases inconclusive ({count / compared:.0%}), more than the "
-                    f"{_percent(self.max_inconclusive)} allowed (--max-inconclusive)")
+                    f"{percent_text(self.max_inconclusive)} allowed (--max-inconclusive)")
         return None
 
     @property
@@ -193,7 +201,7 @@ def parse_threshold(text: str) -> float:
     return value / 100 if percent or value >= 1 else value
 
 
-def _percent(fraction: float) -> str:
+def percent_text(fraction: float) -> str:
     return f"{fraction * 100:g}%"
 
 
@@ -416,10 +424,12 @@ def _machine_check(row: pd.Series, siblings: pd.DataFrame) -> tuple[bool, str]:
     return True, "unpaired: nothing timed beside it tells the machine from the code"
 
 
-def judge(row: pd.Series, max_regression: float, siblings: pd.DataFrame | None = None) -> tuple[str, str, str]:
+def judge(row: pd.Series, max_regression: float, siblings: pd.DataFrame | None = None,
+          medians_only: str | None = None) -> tuple[str, str, str]:
     """(verdict, change, reason) of one aligned case: ``verdict`` is regressed, ok or inconclusive
     (see the module docstring); ``siblings`` are the other aligned cases of its configuration (its reference
-    and the backends timed beside it), which tell a slower machine from slower code."""
+    and the backends timed beside it), which tell a slower machine from slower code. ``medians_only``: why
+    the runs' latency intervals do not compare (their methods differ), or None when they do."""
     siblings = siblings if siblings is not None else row.to_frame().T.iloc[:0]
     notes: list[str] = []
     if _known(row["gmacs_ratio"]) and abs(row["gmacs_ratio"] - 1) > GMACS_TOLERANCE:
@@ -454,9 +464,9 @@ def judge(row: pd.Series, max_regression: float, siblings: pd.DataFrame | None =
     if (_known(row["speedup_ci_high_new"], row["speedup_ci_low_base"])
             and row["speedup_ci_high_new"] * limit_up < row["speedup_ci_low_base"]):
         regressions.append(f"speedup over the reference {_speedups(row)} (paired rounds, intervals apart by more "
-                           f"than {_percent(max_regression)})")
+                           f"than {percent_text(max_regression)})")
 
-    verdict, change, why = _judge_latency(row, max_regression, siblings)
+    verdict, change, why = _judge_latency(row, max_regression, siblings, medians_only)
     return (REGRESSED if regressions else verdict), change, "; ".join(filter(None, [why, *regressions, *notes]))
 
 
@@ -476,18 +486,29 @@ def _latency_change(ratio: float, max_regression: float) -> str:
     return FASTER if _known(ratio) and ratio < 1 / (1 + max_regression) else UNCHANGED
 
 
-def _judge_latency(row: pd.Series, max_regression: float, siblings: pd.DataFrame) -> tuple[str, str, str]:
-    """(verdict, change, reason) from the two runs' median latencies and their intervals."""
+def _judge_latency(row: pd.Series, max_regression: float, siblings: pd.DataFrame,
+                   medians_only: str | None = None) -> tuple[str, str, str]:
+    """(verdict, change, reason) from the two runs' median latencies and their intervals; from the medians
+    alone when ``medians_only`` says why the intervals do not compare."""
     ratio = row["latency_ratio"]
     base, new = latency_interval(row, "base"), latency_interval(row, "new")
     noisy = [side for side, status in (("BASE", row["status_base"]), ("NEW", row["status_new"])) if status == "noisy"]
     rounds = min(row["rounds_base"] if _known(row["rounds_base"]) else 0,
                  row["rounds_new"] if _known(row["rounds_new"]) else 0)
-    if not _known(ratio) or base is None or new is None:
+    if not _known(ratio) or (medians_only is None and (base is None or new is None)):
         return INCONCLUSIVE, UNMEASURED, "no latency interval recorded"
     if rounds < MIN_ROUNDS:
         return INCONCLUSIVE, TOO_FEW_ROUNDS, f"{int(rounds)} timed rounds: at least {MIN_ROUNDS} are needed to judge"
     limit_up = 1 + max_regression
+    if medians_only is not None:
+        stated = f"latency {_fmt_ratio(ratio)}, {medians_only}: medians only"
+        change = _latency_change(ratio, max_regression)
+        if noisy:
+            return INCONCLUSIVE, change, f"{stated}; noisy in {' and '.join(noisy)}"
+        if ratio > limit_up:
+            return INCONCLUSIVE, change, (f"{stated}; beyond {percent_text(max_regression)}, but only intervals apart "
+                                          f"show a regression")
+        return OK, change, stated
     ratio_low, ratio_high = new.low / base.high, new.high / base.low
     stated = (f"latency {_fmt_ratio(ratio)} (interval of the ratio {ratio_low:.2f}–{ratio_high:.2f}"
               f"{', from p20-p80 spreads' if 'p20-p80' in (base.source, new.source) else ''})")
@@ -504,7 +525,7 @@ def _judge_latency(row: pd.Series, max_regression: float, siblings: pd.DataFrame
     if noisy:
         return INCONCLUSIVE, change, f"{stated}: noisy in {' and '.join(noisy)}"
     if ratio > limit_up:
-        return INCONCLUSIVE, change, f"{stated}: beyond {_percent(max_regression)} but the intervals overlap"
+        return INCONCLUSIVE, change, f"{stated}: beyond {percent_text(max_regression)} but the intervals overlap"
     return OK, change, stated if change != UNCHANGED else ""
 
 
@@ -516,18 +537,21 @@ def _siblings(table: pd.DataFrame) -> list[pd.DataFrame]:
     return [table[(keys == key) & (table.index != index)] for index, key in keys.items()]
 
 
-def judge_table(table: pd.DataFrame, max_regression: float) -> pd.DataFrame:
-    """The aligned table with ``verdict``, ``change`` and ``reason`` of every case."""
-    judged = [judge(row, max_regression, siblings) for (_, row), siblings in zip(table.iterrows(), _siblings(table))]
+def judge_table(table: pd.DataFrame, max_regression: float, medians_only: str | None = None) -> pd.DataFrame:
+    """The aligned table with ``verdict``, ``change`` and ``reason`` of every case (``medians_only``: see
+    ``judge``)."""
+    judged = [judge(row, max_regression, siblings, medians_only)
+              for (_, row), siblings in zip(table.iterrows(), _siblings(table))]
     table["verdict"] = [v for v, _, _ in judged]
     table["change"] = [c for _, c, _ in judged]
     table["reason"] = [r for _, _, r in judged]
     return table
 
 
-def compare_frames(base: pd.DataFrame, new: pd.DataFrame,
-                   max_regression: float = DEFAULT_MAX_REGRESSION) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """(aligned table, labels only in BASE, labels only in NEW) of two loaded results frames."""
+def compare_frames(base: pd.DataFrame, new: pd.DataFrame, max_regression: float = DEFAULT_MAX_REGRESSION,
+                   medians_only: str | None = None) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """(aligned table, labels only in BASE, labels only in NEW) of two loaded results frames; ``medians_only``
+    says why their latency intervals do not compare (see ``judge``), None when they do."""
     base_keys, new_keys = set(base["case_key"]), set(new["case_key"])
     only_in_base = [case_label(r) for _, r in base[~base["case_key"].isin(new_keys)].iterrows()]
     only_in_new = [case_label(r) for _, r in new[~new["case_key"].isin(base_keys)].iterrows()]
@@ -543,13 +567,19 @@ def compare_frames(base: pd.DataFrame, new: pd.DataFrame,
                          ("gmacs_ratio", "gmacs")):
         table[name] = [_ratio(n, b) if same or name == "gmacs_ratio" else math.nan
                        for n, b, same in zip(table[f"{column}_new"], table[f"{column}_base"], same_device)]
-    return judge_table(table, max_regression), only_in_base, only_in_new
+    return judge_table(table, max_regression, medians_only), only_in_base, only_in_new
 
 
-def _interval_method(metadata: dict[str, Any] | None) -> str | None:
-    """How a run's speedup intervals were made (``bench.core.measure.SPEEDUP_INTERVAL_METHOD``); None for a run
-    from before the method was recorded, or without metadata."""
-    return ((metadata or {}).get("timing") or {}).get("speedup_interval")
+def interval_methods_differ(quantity: str, base: dict[str, Any] | None, new: dict[str, Any] | None) -> str | None:
+    """Why the two runs' intervals of ``quantity`` ('latency' or 'speedup') do not compare: the methods their
+    metadata name (``methods.<quantity>_interval``) differ, or one is unrecorded (a run from before it was
+    recorded, or without metadata) while the other is recorded. None when they are the same."""
+    key = f"{quantity}_interval"
+    base_method, new_method = ((metadata or {}).get("methods", {}).get(key) for metadata in (base, new))
+    if base_method == new_method:
+        return None
+    return (f"{quantity} intervals made by different methods (BASE {base_method or 'unrecorded'}, "
+            f"NEW {new_method or 'unrecorded'})")
 
 
 class RemeasureError(RuntimeError):
@@ -572,8 +602,8 @@ def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFA
     """Align two results files on case_key and judge every shared case (see the module docstring).
 
     With ``rerun_inconclusive`` N, NEW's cases that are inconclusive for their timing's sake are re-timed with
-    the code at hand (``remeasure``, by default ``bench.execution.remeasure.remeasure_rows``), up to N times, before the
-    verdict. Raises ResultsFormatError when either file is missing, empty, has no rows or is not a results
+    the code at hand (``remeasure``: the command line gives ``bench.execution.remeasure.remeasure_rows``), up to N
+    times, before the verdict. Raises ResultsFormatError when either file is missing, empty, has no rows or is not a results
     file of this suite. Missing run metadata is a warning.
     """
     if not math.isfinite(max_regression) or max_regression < 0:
@@ -582,6 +612,8 @@ def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFA
     _fraction("max_inconclusive", max_inconclusive)
     if rerun_inconclusive < 0:
         raise ValueError(f"rerun_inconclusive must be 0 or more, not {rerun_inconclusive!r}")
+    if rerun_inconclusive and remeasure is None:
+        raise ValueError("rerun_inconclusive needs remeasure, the function that re-times NEW's rows")
     warnings: list[str] = []
     base_frame = _load(base, "BASE", warnings)
     new_frame = _load(new, "NEW", warnings)
@@ -591,27 +623,28 @@ def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFA
                                                                                                new_frame)
     warnings += _environment_warnings(_environment(base_meta, base_frame), _environment(new_meta, new_frame))
     warnings += _resumed_warnings(base_meta, "BASE") + _resumed_warnings(new_meta, "NEW")
-    base_method, new_method = _interval_method(base_meta), _interval_method(new_meta)
-    if base_method != new_method:
-        warnings.append(f"the runs' speedup intervals were made by different methods (BASE {base_method or 'unrecorded'}, "
-                        f"NEW {new_method or 'unrecorded'}): intervals are not compared")
+    speedups_apart = interval_methods_differ("speedup", base_meta, new_meta)
+    if speedups_apart:
+        warnings.append(f"{speedups_apart}: speedup intervals are not compared")
         for frame in (base_frame, new_frame):
             frame[["speedup_ci_low", "speedup_ci_high"]] = math.nan
+    medians_only = interval_methods_differ("latency", base_meta, new_meta)
+    if medians_only:
+        warnings.append(f"{medians_only}: latencies are judged by their medians alone, which can pass a case but "
+                        f"never find it regressed")
 
-    table, only_in_base, only_in_new = compare_frames(base_frame, new_frame, max_regression)
+    table, only_in_base, only_in_new = compare_frames(base_frame, new_frame, max_regression, medians_only)
     remeasured: dict[str, int] = {}
     for _ in range(rerun_inconclusive):
         retime = table[(table["verdict"] == INCONCLUSIVE) & table["change"].isin(RETIMABLE_CHANGES)]["case_key"]
         if retime.empty:
             break
-        if remeasure is None:
-            from bench.execution.remeasure import remeasure_rows as remeasure
         fresh = remeasure(new_frame[new_frame["case_key"].isin(set(retime))], new_meta)
         new_frame = pd.concat([new_frame[~new_frame["case_key"].isin(set(fresh["case_key"]))], fresh],
                               ignore_index=True)
         for key in fresh["case_key"]:
             remeasured[key] = remeasured.get(key, 0) + 1
-        table, only_in_base, only_in_new = compare_frames(base_frame, new_frame, max_regression)
+        table, only_in_base, only_in_new = compare_frames(base_frame, new_frame, max_regression, medians_only)
     table["remeasured"] = [remeasured.get(key, 0) for key in table["case_key"]]
     if remeasured:
         warnings.append(f"{len(remeasured)} of NEW's cases were re-timed with the code at hand before their verdict "
@@ -619,7 +652,7 @@ def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFA
 
     too_few_shared = None
     if table.empty or len(table) < min_shared * len(base_frame):
-        required = "one" if min_shared == 0 else _percent(min_shared)
+        required = "one" if min_shared == 0 else percent_text(min_shared)
         too_few_shared = (f"NEW has {len(table)} of BASE's {len(base_frame)} cases ({len(table) / len(base_frame):.0%}); "
                           f"at least {required} must be compared (--min-shared)")
     changed = table[[_known(r) and abs(r - 1) > GMACS_TOLERANCE for r in table["gmacs_ratio"]]]
@@ -700,7 +733,7 @@ def format_comparison(c: Comparison) -> str:
 
 def verdict_line(c: Comparison) -> str:
     """The gate's decision in one line, starting with PASSED, FAILED (regressed) or UNDECIDED (cannot judge)."""
-    threshold = _percent(c.max_regression)
+    threshold = percent_text(c.max_regression)
     compared = f"in {len(c.table)} case{'s' if len(c.table) != 1 else ''} compared"
     if c.exit_status == EXIT_REGRESSED:
         return f"FAILED: {len(c.regressed)} regressed (beyond {threshold}, or a new failure) {compared}"
@@ -710,89 +743,3 @@ def verdict_line(c: Comparison) -> str:
         return f"UNDECIDED: {c.too_inconclusive}{advice}"
     inconclusive = f", {len(c.inconclusive)} inconclusive (allowed)" if len(c.inconclusive) else ""
     return f"PASSED: no regression beyond {threshold} and no new failure {compared}{inconclusive}"
-
-
-# --------------------------------------------------------------------------------------------
-# command line
-# --------------------------------------------------------------------------------------------
-
-def _threshold_arg(text: str) -> float:
-    try:
-        return parse_threshold(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _share_arg(text: str) -> float:
-    value = _threshold_arg(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"invalid share {text!r}: at most 100%")
-    return value
-
-
-def _count_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: give a whole number, 0 or more") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: 0 or more")
-    return value
-
-
-EPILOG = (f"Exit status: {EXIT_PASSED} passed; {EXIT_REGRESSED} a case regressed (slower or larger beyond the "
-          f"threshold, with intervals apart, or a new failure); {EXIT_UNUSABLE} unusable input; "
-          f"{EXIT_INCONCLUSIVE} undecided: too many inconclusive cases, or too few shared ones. The decision rule and "
-          f"its measured error rates: docs/regression-gate.md.")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Compare two runs case by case: each case regressed, ok or inconclusive, and a gate "
-                               "that fails on regressions and when too many cases are inconclusive.",
-        epilog=EPILOG)
-    parser.add_argument("base", metavar="BASE", help="results file of the reference run (.csv, .json or no suffix)")
-    parser.add_argument("new", metavar="NEW", help="results file of the run to judge")
-    parser.add_argument("--max-regression", type=_threshold_arg, default=DEFAULT_MAX_REGRESSION, metavar="PCT",
-                        help="allowed slowdown / memory growth: '10%%', '10' (>= 1: percent) or '0.1' (< 1: "
-                             "fraction); default 10%%")
-    parser.add_argument("--min-shared", type=_share_arg, default=DEFAULT_MIN_SHARED, metavar="PCT",
-                        help="share of BASE's cases NEW must have for the comparison to pass, as for "
-                             "--max-regression, at most 100%% (default 50%%; 0: any, but at least one)")
-    parser.add_argument("--max-inconclusive", type=_share_arg, default=DEFAULT_MAX_INCONCLUSIVE, metavar="PCT",
-                        help="share of compared cases that may be inconclusive before the gate gives up (exit "
-                             f"{EXIT_INCONCLUSIVE}); as for --min-shared (default "
-                             f"{_percent(DEFAULT_MAX_INCONCLUSIVE)}%)".replace("%", "%%"))
-    parser.add_argument("--rerun-inconclusive", type=_count_arg, default=0, metavar="N",
-                        help="re-time NEW's inconclusive cases with the code at hand, paired with their reference, "
-                             "up to N times before the verdict (default 0; NEW's file is left as it is)")
-    return parser
-
-
-def main_compare(argv: Sequence[str] | None = None) -> int:
-    """``run_bench.py compare BASE NEW [options]``; returns the exit status (never raises SystemExit): see
-    ``EPILOG``. Bad arguments give argparse's message, an unusable results file one line on stderr."""
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # "--max-regression -5%" would read as a missing value: glue the value on so the error names it
-    for i in range(len(argv) - 1):
-        if argv[i] in ("--max-regression", "--max-inconclusive", "--min-shared", "--rerun-inconclusive") \
-                and argv[i + 1].startswith("-"):
-            argv[i:i + 2] = [f"{argv[i]}={argv[i + 1]}"]
-            break
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_UNUSABLE)
-    try:
-        comparison = compare_runs(args.base, args.new, args.max_regression, args.min_shared, args.max_inconclusive,
-                                  args.rerun_inconclusive)
-    except (ResultsFormatError, OSError, RemeasureError) as exc:
-        print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return EXIT_UNUSABLE
-    print(format_comparison(comparison))
-    return comparison.exit_status
-
-
-if __name__ == "__main__":
-    sys.exit(main_compare())

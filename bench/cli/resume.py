@@ -9,6 +9,7 @@ import shlex
 from pathlib import Path
 
 from bench.cli.arguments import is_run_id
+from bench.core.methods import measurement_methods
 from bench.schema.results import ResultsFormatError, completed_case_keys, read_metadata
 
 # Flags that only say where output goes, how it is shown or where the cases run: allowed beside --resume.
@@ -47,6 +48,11 @@ def resumed_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
     if not all(isinstance(word, str) for word in stored_argv):
         parser.error(f"--resume: {metadata_path}: 'argv' is {stored_argv!r}, not a list of strings (the run's "
                      f"command-line words)")
+    if metadata["methods"] != measurement_methods():
+        changed = ", ".join(f"{key} {metadata['methods'].get(key) or 'unrecorded'} (now {method})"
+                            for key, method in measurement_methods().items() if metadata["methods"].get(key) != method)
+        parser.error(f"--resume: {results_path}'s rows were made by other methods than this code's: {changed}; rows of "
+                     f"both would not compare, so start a new run")
     metadata["run_id"] = results_path.stem
     stored = parse_stored_command(parser, stored_argv, metadata_path)
     for dest in RESUME_COMPATIBLE - {"resume"}:

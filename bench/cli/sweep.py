@@ -24,6 +24,7 @@ from bench.cli.cluster_options import DEFAULT_RETRIES, check_cluster_flags, ray_
 from bench.cli.listing import list_attentions_text, list_models_text
 from bench.cli.progress import StopOnSignals, SweepProgress
 from bench.cli.resume import resume_command, resumed_run
+from bench.core.methods import measurement_methods
 from bench.core.measure import (CPU_ALLOCATORS, MAX_SITTINGS, SPEEDUP_INTERVAL_METHOD, WARMUP_WINDOW, TimingPolicy,
                                 retain_available, use_cpu_allocator)
 from bench.core.processes import Stopped
@@ -32,11 +33,13 @@ from bench.core.settings import Numerics
 from bench.execution.runner import RetryNoisy, in_process, run_sweep
 from bench.schema.results import (RunInUseError, RunLock, completed_case_keys, cpu_name, environment, load_results,
                                   now_iso, write_metadata)
+from bench.schema.metadata import versioned_metadata
 from bench.suites import SUITES
 from bench.suites.base import PlanError, RunContext, Suite
 from bench.suites.cases import PHASES
 from bench.suites.model import MODEL_RESOLUTIONS
 from bench.suites.presets import KV_MODES, PRESETS
+from bench.suites.snapshot import registry_snapshot
 
 MAX_RETRY_NOISY = 10  # --retry-noisy: beyond this the machine is not quiet enough to time on
 
@@ -254,7 +257,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
         results_path = args.results_dir / profile.name / f"{run_id}.csv"
         metadata = {"run_id": run_id, "suite": suite.name, "preset": preset, "gpu_profile": profile.name,
                     "device_name": device_name, "argv": argv, "command": "python run_bench.py " + shlex.join(argv),
-                    "environment": environment(), "cases_planned": len(cases), "numerics": numerics.as_dict()}
+                    "environment": environment(), "cases_planned": len(cases), "numerics": numerics.as_dict(),
+                    **versioned_metadata(measurement_methods()), "registry": registry_snapshot()}
     try:
         with RunLock(results_path):  # one writer per run: a second sweep or resume of it refuses
             if resuming:

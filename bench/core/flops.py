@@ -29,6 +29,8 @@ from attentions.registry import MacFormula
 Handle = Callable[[list[Any], list[Any]], int]
 
 PHASE_FLOP_FACTOR = {"fwd": 1, "fwd+bwd": 3}
+# How rows count work: fvcore's MACs as the papers' FLOPs; hardware FLOPs 2 × MACs, × 3 for fwd+bwd.
+FLOP_CONVENTION = "fvcore-macs/hw-2x/fwd+bwd-3x"
 
 
 class FlopCounterUnavailable(ImportError):

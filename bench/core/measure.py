@@ -65,6 +65,10 @@ SPEEDUP_BATCHES = 5
 MAX_SITTINGS = 10
 # How paired_speedup's interval is made, recorded with a run: intervals of different methods do not compare.
 SPEEDUP_INTERVAL_METHOD = "log-batch-means-t95"
+# How median_interval's interval of a median latency is made: log_batch_interval too, of the log latencies.
+LATENCY_INTERVAL_METHOD = SPEEDUP_INTERVAL_METHOD
+# How latencies are timed (time_rounds): paired passes in rotating rounds, each after a warm-up until stable.
+TIMING_METHOD = "paired-rotating-rounds/warmup-until-stable"
 # Two-sided 95% quantiles of Student's t distribution by degrees of freedom (batches - 1).
 STUDENT_T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
