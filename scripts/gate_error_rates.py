@@ -28,7 +28,8 @@ from bench import Case, RunContext, run_sweep
 from bench.analysis.compare import VERDICTS, compare_runs
 from bench.core.measure import SPEEDUP_INTERVAL_METHOD, TimingPolicy, retain_available
 from bench.core.profiles import PROFILES
-from bench.schema.results import cpu_name, write_metadata
+from bench.core.machine import cpu_name
+from bench.schema.metadata import write_metadata
 
 SLOWED_BACKEND = "sdpa"
 ORIGINAL_FORWARD = attentions.full.FullAttention.forward

@@ -18,7 +18,7 @@ import pytest
 import bench.suites.attention_rows
 from bench import Case, RunContext, TimingPolicy, run_sweep
 from bench.core.profiles import PROFILES
-from bench.schema.results import COLUMNS
+from bench.schema.columns import COLUMNS
 
 # Three rounds and no noise verdict: the tests that use it are about rows and files, not timing noise
 # (a loaded test machine would make some rows noisy at random).

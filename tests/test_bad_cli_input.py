@@ -19,7 +19,7 @@ from typing import Callable
 import pytest
 
 from bench import cli
-from bench.schema.results import RunLock
+from bench.schema.files import RunLock
 
 RUN_ID = "tiny"
 # Two cases of full attention at 8², forward: a real run in seconds.

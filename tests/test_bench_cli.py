@@ -37,7 +37,8 @@ from bench.suites.cases import Case, config_name
 from bench.core.measure import TimingPolicy, retain_available
 from bench.suites.presets import KV_MODES
 from bench.core.profiles import PROFILES
-from bench.schema.results import RunLock, cpu_name
+from bench.core.machine import cpu_name
+from bench.schema.files import RunLock
 from bench.suites.attention_rows import base_row
 from bench.suites.rows import failure, speedup_interval_width, stamped
 

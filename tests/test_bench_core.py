@@ -36,7 +36,9 @@ from bench.core.measure import Timing, paired_speedup, peak_memory_bytes, time_r
 from bench.suites.presets import COMMON_OPTIONS, preset_blocks
 from bench.core.profiles import PROFILES
 from bench.suites.cases import unique_cases
-from bench.schema.results import PLACEMENT_COLUMNS, ResultsWriter, cpu_name
+from bench.core.machine import cpu_name
+from bench.schema.columns import PLACEMENT_COLUMNS
+from bench.schema.files import ResultsWriter
 from small_results import FAST
 
 

@@ -35,7 +35,10 @@ from bench.execution.cluster import RayExecutor, driver_paths  # noqa: E402
 from bench.core.measure import TimingPolicy  # noqa: E402
 from bench.suites.model import base_model_row  # noqa: E402
 from bench.core.profiles import PROFILES  # noqa: E402
-from bench.schema.results import MODEL_COLUMNS, cpu_name, load_results  # noqa: E402
+import bench.schema.metadata  # noqa: E402
+from bench.core.machine import cpu_name  # noqa: E402
+from bench.schema.columns import MODEL_COLUMNS  # noqa: E402
+from bench.schema.files import load_results  # noqa: E402
 from bench.execution.runner import run_sweep  # noqa: E402
 from bench.suites.attention_rows import RunContext, base_row, run_group  # noqa: E402
 from small_results import FAST  # noqa: E402
@@ -209,10 +212,10 @@ def test_the_cli_with_two_workers_writes_what_one_worker_writes(tmp_path, monkey
     assert sorted(two["case_key"]) == sorted(one["case_key"]) and len(two) == PLANNED
     assert_placed(two)
     assert (one["worker"] == f"pid {os.getpid()}").all()
-    meta = bench.schema.results.read_metadata(results / "cpu" / "two.json")
+    meta = bench.schema.metadata.read_metadata(results / "cpu" / "two.json")
     assert meta["timing"]["workers"] == 2 and meta["timing"]["threads_per_worker"] == 1
     assert meta["ray"] == {"address": "local", "retries": 2} and set(meta["nodes"]) == set(two["node"])
-    assert bench.schema.results.read_metadata(results / "cpu" / "one.json")["timing"]["workers"] == 1
+    assert bench.schema.metadata.read_metadata(results / "cpu" / "one.json")["timing"]["workers"] == 1
 
 
 def test_a_killed_driver_loses_no_completed_row(cluster, tmp_path):
@@ -238,7 +241,7 @@ def test_a_killed_driver_loses_no_completed_row(cluster, tmp_path):
     assert data_lines(csv_path)[:len(before)] == before
     frame = load_results(csv_path)
     assert len(frame) == PLANNED and not frame["case_key"].duplicated().any() and frame["status"].isin(TIMED).all()
-    meta = bench.schema.results.read_metadata(csv_path)
+    meta = bench.schema.metadata.read_metadata(csv_path)
     assert len(meta["resumed"]) == 1 and meta["timing"]["workers"] == 2
 
 
@@ -259,7 +262,7 @@ def test_sigterm_to_the_driver_stops_the_sweep_as_an_interruption(cluster, tmp_p
         stop(proc)
     assert code == 128 + signal.SIGTERM and "Traceback" not in log.read_text(), log.read_text()
     written = len(data_lines(csv_path)) - 1
-    meta = bench.schema.results.read_metadata(csv_path)
+    meta = bench.schema.metadata.read_metadata(csv_path)
     assert (meta["interrupted"], meta["stopped_by"]) == (True, "SIGTERM") or written == PLANNED
     resumed = run_bench("--resume", "terminated", "--results-dir", str(results), "--quiet", "--no-report", *ray_flags)
     assert resumed.returncode == 0, resumed.stderr

@@ -23,7 +23,7 @@ from bench import cli
 from bench.suites.model import model_groups, run_model_group
 from bench.report.plots import plot_model_throughput
 from bench.core.profiles import PROFILES
-from bench.schema.results import MODEL_COLUMNS
+from bench.schema.columns import MODEL_COLUMNS
 from bench.report.tables import model_table
 from figure_checks import check_legends_match, check_png
 from test_bench_cli import data_lines, dry_run, dry_run_labels

@@ -24,7 +24,7 @@ from attentions.registry import _FAMILIES, Backend
 from bench import load_results, run_sweep
 from bench.analysis.compare import NEW_FAILURE, REGRESSED, compare_runs, format_comparison
 from bench.core.accuracy import judge
-from bench.schema.results import ResultsWriter
+from bench.schema.files import ResultsWriter
 from bench.report.tables import all_tables, backend_table
 from test_bench_core import FakeAttention, case, context
 

@@ -13,7 +13,7 @@ import sys
 from typing import Any, Sequence
 
 from bench.cli.progress import rearm_sigint
-from bench.schema.results import one_line_results_warnings
+from bench.schema.errors import one_line_results_warnings
 
 # name -> (module, one line of help); a module has DESCRIPTION, add_arguments(parser) and run(args, parser, argv)
 COMMANDS = {

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from bench.execution.runner import Executor
-from bench.schema.results import write_metadata
+from bench.schema.metadata import write_metadata
 from bench.suites.base import Suite
 
 DEFAULT_RETRIES = 2  # --retries

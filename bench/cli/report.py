@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from bench.cli.arguments import check_folder, default_reports_dir
-from bench.schema.results import ResultsFormatError
+from bench.schema.errors import ResultsFormatError
 
 DESCRIPTION = "Tables, plots and an index from result files alone."
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from bench.cli.arguments import is_run_id
 from bench.core.methods import measurement_methods
-from bench.schema.results import ResultsFormatError, completed_case_keys, read_metadata
+from bench.schema.errors import ResultsFormatError
+from bench.schema.files import completed_case_keys
+from bench.schema.metadata import read_metadata
 
 # Flags that only say where output goes, how it is shown or where the cases run: allowed beside --resume.
 RESUME_COMPATIBLE = {"resume", "results_dir", "reports_dir", "quiet", "no_report", "dry_run", "time_budget", "workers",

@@ -31,8 +31,9 @@ from bench.core.processes import Stopped
 from bench.core.profiles import DTYPE_ALIASES, DTYPES, PROFILES, GpuProfile, canonical_dtype
 from bench.core.settings import Numerics
 from bench.execution.runner import RetryNoisy, in_process, run_sweep
-from bench.schema.results import (RunInUseError, RunLock, completed_case_keys, cpu_name, environment, load_results,
-                                  now_iso, write_metadata)
+from bench.core.machine import cpu_name, environment
+from bench.schema.files import completed_case_keys, load_results, now_iso, RunInUseError, RunLock
+from bench.schema.metadata import write_metadata
 from bench.schema.metadata import versioned_metadata
 from bench.suites import SUITES
 from bench.suites.base import PlanError, RunContext, Suite

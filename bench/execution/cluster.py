@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 import ray
 import torch
 
-from bench.schema.results import environment, numerics_now
+from bench.core.machine import environment, numerics_now
 from bench.execution.runner import Group, run_here
 from bench.suites.base import GroupRunner, RunContext
 from bench.suites.rows import stamped

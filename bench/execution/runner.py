@@ -12,7 +12,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from bench.schema.results import ResultsWriter, completed_case_keys, cpu_name
+from bench.core.machine import cpu_name
+from bench.schema.files import completed_case_keys, ResultsWriter
 from bench.suites import suite_of
 from bench.suites.base import GroupRunner, RunContext
 

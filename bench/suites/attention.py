@@ -14,7 +14,7 @@ import attentions
 from attentions import AttentionConfigError
 
 from bench.core.profiles import GpuProfile
-from bench.schema.results import COLUMNS
+from bench.schema.columns import COLUMNS
 from bench.suites.attention_rows import base_row, comparison_groups, reference_case, run_group
 from bench.suites.base import PlanError, RunContext
 from bench.suites.cases import Case, SweepBlock, unique_cases

@@ -36,7 +36,7 @@ from attentions.models import build_model, list_models
 from bench.core.flops import hardware_flops
 from bench.core.measure import Timing, make_pass, peak_memory_bytes, time_rounds
 from bench.core.profiles import DTYPES, GpuProfile
-from bench.schema.results import MODEL_COLUMNS
+from bench.schema.columns import MODEL_COLUMNS
 from bench.suites.base import PlanError, RunContext
 from bench.suites.cases import PHASES, ModelCase
 from bench.suites.planning import check_input_fits, check_known, summary_cell, text_table

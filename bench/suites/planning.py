@@ -10,7 +10,7 @@ from typing import Iterable
 import pandas as pd
 
 from bench.core.profiles import DTYPES, GpuProfile
-from bench.schema.results import MEASURED_STATUSES
+from bench.schema.columns import MEASURED_STATUSES
 from bench.suites.base import PlanError
 
 

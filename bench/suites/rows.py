@@ -17,7 +17,7 @@ from attentions import BackendUnavailableError
 from bench.core.flops import count_macs, hardware_flops
 from bench.core.measure import Timing, median_interval, paired_speedup, timing_notes
 from bench.core.settings import ProcessSettings
-from bench.schema.results import now_iso
+from bench.schema.files import now_iso
 from bench.suites.base import RunContext
 
 MB = 2 ** 20
