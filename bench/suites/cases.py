@@ -18,6 +18,8 @@ from typing import Any, Callable, ClassVar
 
 import attentions
 
+from bench.schema.labels import case_label, configuration_name
+
 PHASES = ("fwd", "fwd+bwd")
 
 
@@ -69,38 +71,18 @@ class Case:
 
     def label(self) -> str:
         """A readable one-line description, e.g. 'bra (topk=1)/sdpa 14² C64 h2 b2 float32 fwd'."""
-        return (f"{config_name(self.family, self.options_dict)}/{self.backend} {self.resolution}² C{self.dim} "
-                f"h{self.heads} b{self.batch} {self.dtype} {self.phase}")
-
-
-# Options that read as a short tag in a configuration's name, in this order; the others read 'name=value'.
-OPTION_TAGS: dict[str, Callable[[Any], str]] = {
-    "topk": lambda v: f"topk={v}",
-    "kv_downsample_mode": str,  # the mode alone: avgpool, ada_maxpool, ...
-    "kv_downsample_ratio": lambda v: f"r={v}",
-    "kv_per_win": lambda v: f"kv={v}",
-}
-
-
-def _tag(name: str, value: Any) -> str:
-    if name in OPTION_TAGS:
-        return OPTION_TAGS[name](value)
-    return name if value is True else f"{name}={value}"
+        return case_label(config_name(self.family, self.options_dict), self.backend, self.resolution, self.dim,
+                          self.heads, self.batch, self.dtype, self.phase)
 
 
 def config_name(family: str, options: dict[str, Any]) -> str:
-    """A configuration's readable name: the family alone for its defaults ('bra', 'full'), else the family
-    and a tag per option that differs from its default, e.g. 'bra (topk=1, avgpool, r=2)'.
-
-    Defaults come from the registry (none for a family it does not know); a True flag reads as its name.
-    """
+    """A configuration's readable name (``bench.schema.labels.configuration_name``) against the registry's
+    defaults of its family (none for a family it does not know)."""
     try:
         defaults = attentions.family_options(family)
     except attentions.AttentionConfigError:
         defaults = {}
-    changed = {k: v for k, v in options.items() if k not in defaults or defaults[k] != v}
-    order = [k for k in OPTION_TAGS if k in changed] + sorted(k for k in changed if k not in OPTION_TAGS)
-    return f"{family} ({', '.join(_tag(k, changed[k]) for k in order)})" if order else family
+    return configuration_name(family, options, defaults)
 
 
 @dataclass
