@@ -16,7 +16,9 @@ from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 from PIL import Image
 
-from bench.report.plots import COLUMN_WIDTH, FULL_WIDTH, MAX_HEIGHT, PNG_DPI, UNMEASURED, backend_style, plot_style
+from bench.report.facts import RegistryFacts
+from bench.report.figure_axes import UNMEASURED
+from bench.report.figure_style import COLUMN_WIDTH, FULL_WIDTH, MAX_HEIGHT, PNG_DPI, backend_style, plot_style
 
 MAX_PNG_BYTES = 1 << 20
 
@@ -37,13 +39,13 @@ def _style(line: Line2D) -> tuple[str, str]:
     return str(line.get_linestyle()), str(line.get_marker())
 
 
-def check_legends_match(figure: Figure) -> int:
+def check_legends_match(figure: Figure, facts: RegistryFacts) -> int:
     """Every drawn mark of a backend (gid 'backend:<name>') has the backend's marker, and its line (if any)
     the backend's line style; so has the backend's legend entry. Returns how many marks were checked."""
     drawn = [(line, line.get_gid().split(":", 1)[1]) for ax in figure.axes for line in ax.get_lines()
              if (line.get_gid() or "").startswith("backend:")]
     for line, backend in drawn:
-        linestyle, marker = backend_style(backend)
+        linestyle, marker = backend_style(backend, facts)
         if line.get_marker() not in ("None", "", None):
             assert line.get_marker() == marker, (backend, line.get_marker(), marker)
         if line.get_linestyle() not in ("None", ""):
@@ -53,9 +55,10 @@ def check_legends_match(figure: Figure) -> int:
     for backend in {b for _, b in drawn}:
         assert backend in entries, f"{backend} is drawn but not in the legend"
         entry = entries[backend]
-        assert entry.get_marker() == backend_style(backend)[1], backend
+        linestyle, marker = backend_style(backend, facts)
+        assert entry.get_marker() == marker, backend
         if entry.get_linestyle() not in ("None", ""):
-            assert _style(entry)[0] == _style(Line2D([], [], linestyle=backend_style(backend)[0]))[0], backend
+            assert _style(entry)[0] == _style(Line2D([], [], linestyle=linestyle))[0], backend
     return len(drawn)
 
 

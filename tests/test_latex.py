@@ -18,7 +18,7 @@ import pytest
 
 import bench.report.build
 from bench.report.build import build_report
-from bench.report.tables import latex_escape
+from bench.report.tabular import latex_escape
 
 REPO = Path(__file__).resolve().parents[1]
 REQUIRES = re.compile(r"% requires: ([\w-]+(?:, [\w-]+)*)\n")
@@ -30,7 +30,7 @@ def tables(request, small_results, tmp_path_factory) -> dict[str, str]:
     results = small_results if request.param == "small_run" else REPO / "results" / "cpu"
     out = tmp_path_factory.mktemp(request.param)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(bench.report.build, "make_plots", lambda frame, out_dir, names=(): [])
+        patch.setattr(bench.report.build, "make_plots", lambda frame, out_dir, facts, names: [])
         build_report(results, out)
     return {path.stem: path.read_text() for path in sorted((out / "tables").glob("*.tex"))}
 

@@ -13,10 +13,16 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_rgba
 
-from bench.report.plots import (CLIPPED, DRAWN_STATUSES, PLOT_NAMES, PLOTTERS, UNMEASURED, backend_style,
-                         representative_rows, speedup_table)
+from bench.report.catalog import PLOTS, names
+from bench.report.facts import frozen_facts
+from bench.report.figure_axes import CLIPPED, UNMEASURED
+from bench.report.figure_style import backend_style
+from bench.report.plot_data import DRAWN_STATUSES, representative_rows, speedup_table
 from figure_checks import check_layout, drawn_figure, labelled_ticks
 from small_results import noise_frame
+
+FACTS = frozen_facts()  # the rows are made by hand: any registry facts that know their families and backends
+PLOT_NAMES = names(PLOTS, "attentions")
 
 TIMING = {"latency_vs_resolution": "latency_ms_median", "memory_vs_resolution": "peak_mem_mb"}
 
@@ -29,7 +35,7 @@ def frame() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def figures(frame) -> dict:
     """Every attention figure of the frame, drawn (it has no kv-mode sweep: no kv_modes figure)."""
-    out = {name: PLOTTERS[name](frame) for name in PLOT_NAMES}
+    out = {name: PLOTS[name].make(frame, FACTS) for name in PLOT_NAMES}
     assert [name for name, figure in out.items() if figure is None] == ["kv_modes"]
     return {name: drawn_figure(figure) for name, figure in out.items() if figure is not None}
 
@@ -84,7 +90,7 @@ def measured(rows: pd.DataFrame) -> pd.DataFrame:
 def test_curves_draw_every_measured_row_and_noisy_timings_hollow(frame, figures, name):
     """Each family's panel has a point per ok or noisy row, hollow exactly where a noisy row's latency is
     drawn (a memory value is no timing: filled)."""
-    for (phase, family), rows in measured(representative_rows(frame)).groupby(["phase", "family"]):
+    for (phase, family), rows in measured(representative_rows(frame, FACTS)).groupby(["phase", "family"]):
         expected = sorted((float(r), round(v, 9), status == "noisy" and name == "latency_vs_resolution")
                           for r, v, status in zip(rows["resolution"], rows[TIMING[name]], rows["status"]))
         assert points(panel(figures[name], f"{family}, {phase}")) == expected, (family, phase)
@@ -93,7 +99,7 @@ def test_curves_draw_every_measured_row_and_noisy_timings_hollow(frame, figures,
 def test_the_best_backend_is_chosen_among_ok_and_noisy_rows(frame, figures):
     """scaling: a point per family, phase and resolution with a measured row, its value the least among ok and
     noisy rows; hollow when that row is noisy (full at 28², fwd: every row noisy; at 14²: the fastest is)."""
-    rows = measured(representative_rows(frame))
+    rows = measured(representative_rows(frame, FACTS))
     for metric, column in (("latency", "latency_ms_median"), ("memory", "peak_mem_mb")):
         for phase, cases in rows.groupby("phase"):
             best = cases.loc[cases.groupby(["family", "resolution"])[column].idxmin()]
@@ -114,11 +120,11 @@ def test_compute_vs_latency_shows_the_fastest_row_even_when_noisy(frame, figures
             and to_rgba(line.get_markerfacecolor()) == (1.0, 1.0, 1.0, 1.0)]
     assert sorted((round(x, 9), round(y, 9)) for line in sdpa for x, y in zip(line.get_xdata(), line.get_ydata())) == [
         (0.05, 1.0), (0.2, 5.6)]  # at 28² every row is noisy, sdpa the fastest
-    assert {line.get_marker() for line in sdpa} == {backend_style("sdpa")[1]}
+    assert {line.get_marker() for line in sdpa} == {backend_style("sdpa", FACTS)[1]}
 
 
 def test_the_speedup_plot_draws_every_valid_pair_hollow_where_noisy(frame, figures):
-    table = speedup_table(frame)
+    table = speedup_table(frame, FACTS)
     pairs = table[table["speedup"].notna() & (table["backend"] != table["reference_backend"])]
     for phase, rows in pairs.groupby("phase"):
         drawn = [(x, hollow) for x, _, hollow in points(panel(figures["speedup"], phase))]
@@ -130,7 +136,7 @@ def test_cases_without_a_value_are_named_where_their_point_would_be(frame, figur
     """Each backend's case without a value, at its resolution in its family's panel (curves), at its topk
     (topk sweep), in its row (speedup); a case where no backend has a value, at its resolution (scaling)
     or GMACs (compute vs latency)."""
-    rows = representative_rows(frame)
+    rows = representative_rows(frame, FACTS)
     failed = rows[~rows["status"].isin(DRAWN_STATUSES)]
     assert set(failed["status"]) == {"unsupported", "oom", "error"}
     for name in TIMING:
@@ -180,7 +186,7 @@ def test_an_interval_cut_by_its_axis_ends_in_an_arrow(figures):
 
 
 def test_every_log_axis_has_two_labelled_ticks(frame, figures):
-    small = [PLOTTERS[name](rows) for rows in small_runs(frame).values() for name in PLOT_NAMES]
+    small = [PLOTS[name].make(rows, FACTS) for rows in small_runs(frame).values() for name in PLOT_NAMES]
     for figure in list(figures.values()) + [drawn_figure(f) for f in small if f is not None]:
         for ax in figure.axes:
             for axis, scale in ((ax.xaxis, ax.get_xscale()), (ax.yaxis, ax.get_yscale())):
@@ -191,7 +197,8 @@ def test_every_log_axis_has_two_labelled_ticks(frame, figures):
 @pytest.mark.parametrize("run", ["full", "bra"])
 def test_a_small_run_keeps_its_layout(frame, run):
     """One family at one resolution: title, legends, tick and axis labels apart and inside the figure."""
-    drawn = {name: figure for name in PLOT_NAMES if (figure := PLOTTERS[name](small_runs(frame)[run])) is not None}
+    rows = small_runs(frame)[run]
+    drawn = {name: figure for name in PLOT_NAMES if (figure := PLOTS[name].make(rows, FACTS)) is not None}
     assert sorted(drawn) == (["bra_speedup", "gmacs_vs_latency", "speedup"] if run == "bra"
                              else ["gmacs_vs_latency", "speedup"])
     for figure in drawn.values():

@@ -10,15 +10,20 @@ import pytest
 
 import bench.report.build
 from bench import cli, load_results
-from bench.report.plots import PLOT_NAMES
-from bench.report.build import build_report
-from bench.schema.results import write_metadata
-from bench.report.tables import (PAGE_LINES, Table, Column, ablation_table, backend_table, bra_fast_path_table,
-                          latex_escape, main_table)
 from bench.analysis.variants import with_full_attention, with_reference
+from bench.report.build import build_report
+from bench.report.catalog import PLOTS, names
+from bench.report.facts import from_snapshot
+from bench.report.tables import backend_table, main_table
+from bench.report.tables_bra import ablation_table, bra_fast_path_table
+from bench.report.tabular import PAGE_LINES, Column, Table, latex_escape
+from bench.schema.results import write_metadata
+from bench.suites.snapshot import registry_snapshot
 from small_results import MISMATCH_LATENCY_MS, noise_frame
 
 TABLES = ("main", "bra_topk", "bra_kv_modes", "backends", "bra_fast_paths")
+PLOT_NAMES = names(PLOTS, "attentions")
+FACTS = from_snapshot(registry_snapshot())  # the registry the small run was measured with
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +79,7 @@ def test_latex_is_well_formed(report, name):
 def test_latex_keeps_the_paper_columns_and_the_markdown_all(small_results):
     """main's LaTeX: the paper's columns, the resolution, width and phase in block headings; the markdown
     and CSV keep every column."""
-    table = main_table(load_results(small_results))
+    table = main_table(load_results(small_results), FACTS)
     tex, markdown = table.to_latex(), table.to_markdown()
     header = r"Variant & Backend & GMACs & Latency ms & Mem MB & $\times$ full & $\times$ ref \\"
     assert header in tex.splitlines()
@@ -100,7 +105,7 @@ def test_latex_float_per_page_of_rows():
 
 def test_main_table_keeps_failed_rows_and_never_ranks_a_mismatch(small_results):
     frame = load_results(small_results)
-    table = main_table(frame)
+    table = main_table(frame, FACTS)
     shown = table.frame()
     statuses = " ".join(str(c) for c in shown["Latency ms"])
     assert "OOM" in statuses and "ERROR" in statuses and "MISMATCH" in statuses
@@ -116,7 +121,7 @@ def test_main_table_keeps_failed_rows_and_never_ranks_a_mismatch(small_results):
 
 def test_speedups_come_from_the_measured_rows(small_results):
     frame = load_results(small_results)
-    shown = main_table(frame).frame()
+    shown = main_table(frame, FACTS).frame()
     row = shown[(shown["Variant"] == "window") & (shown["Backend"] == "sdpa") & (shown["Res."] == "7²")
                 & (shown["Phase"] == "fwd")].iloc[0]
     pick = lambda f, b: frame[(frame.family == f) & (frame.backend == b) & (frame.resolution == 7)  # noqa: E731
@@ -128,7 +133,7 @@ def test_speedups_come_from_the_measured_rows(small_results):
     assert window.speedup_ci_low <= window.speedup_vs_ref <= window.speedup_ci_high
     assert window_ref.backend == "torch" and pd.isna(window_ref.speedup_vs_ref)
     assert row["Mem/full"] == pytest.approx(window.peak_mem_mb / full.peak_mem_mb)
-    backends = backend_table(frame).frame()
+    backends = backend_table(frame, FACTS).frame()
     assert set(backends["Backend"]) == {"sdpa"}
     assert backends["Status"].str.contains("mismatch").sum() == 1
     assert backends.loc[backends["Status"] == "mismatch", "Speedup"].isna().all()
@@ -148,7 +153,7 @@ def test_ratios_never_pair_rows_of_two_device_names(small_results):
     assert len(windows) and windows["full_speedup"].notna().all()
     kept = rows[~moved & ok & (rows["backend"] == "sdpa") & (rows["reference_status"] == "ok")]
     assert len(kept) and kept["reference_speedup"].notna().all()
-    shown = main_table(frame).frame()
+    shown = main_table(frame, FACTS).frame()
     assert shown.loc[(shown["Backend"] == "sdpa") & (shown["Res."] == "14²"), "× ref"].isna().all()
 
 
@@ -161,7 +166,7 @@ def test_bra_fast_path_table_takes_its_ratios_from_the_rows(small_results):
     flash = frame[sdpa & (frame["family"] == "full")].assign(backend="sdpa_flash")
     flex["latency_ms_median"] *= 2
     flash["latency_ms_median"] *= 3
-    shown = bra_fast_path_table(pd.concat([frame, flex, flash], ignore_index=True)).frame()
+    shown = bra_fast_path_table(pd.concat([frame, flex, flash], ignore_index=True), FACTS).frame()
     assert set(shown["Backend"]) == {"sdpa", "flex"}
     assert shown["Variant"].str.contains("avgpool").sum() == 0  # the FLOP ratio assumes unpooled regions
     row = shown[(shown["Backend"] == "sdpa") & (shown["Res."] == "7²") & (shown["Phase"] == "fwd")
@@ -192,7 +197,7 @@ def test_noisy_rows_keep_their_peak_memory_and_memory_ratios():
     """Peak memory is no timing figure: a noisy row shows its memory and its memory ratios in every table,
     and still no ratio of timings."""
     frame = noise_frame()
-    shown = main_table(frame).frame()
+    shown = main_table(frame, FACTS).frame()
     noisy = shown[shown["Latency ms"].astype(str).str.endswith("NOISY")]
     assert len(noisy) == (frame["status"] == "noisy").sum() and noisy["Mem MB"].notna().all()
     assert noisy[["× ref", "× full", "Img/s"]].isna().all(axis=None)
@@ -201,12 +206,12 @@ def test_noisy_rows_keep_their_peak_memory_and_memory_ratios():
     def pick(table: pd.DataFrame, **columns) -> pd.Series:
         return table[(table[list(columns)] == pd.Series(columns)).all(axis=1)].iloc[0]
     assert pick(shown, **case)[["Mem MB", "Mem/ref"]].tolist() == pytest.approx([1.5, 0.5])
-    backends = pick(backend_table(frame).frame(), **case)
+    backends = pick(backend_table(frame, FACTS).frame(), **case)
     assert backends["Status"] == "noisy" and backends["Mem saving"] == pytest.approx(2.0)
     assert pd.isna(backends["Speedup"])
     topk = pick(ablation_table(frame, "topk").frame(), Phase="fwd", Backend="chunked", topk="1")
     assert str(topk["14² ms"]).endswith("NOISY") and topk["14² MB"] == pytest.approx(0.9)
-    fast = pick(bra_fast_path_table(frame).frame(), **case | {"Variant": "bra (topk=1)", "Backend": "chunked"})
+    fast = pick(bra_fast_path_table(frame, FACTS).frame(), **case | {"Variant": "bra (topk=1)", "Backend": "chunked"})
     assert fast["Mem/ref"] == pytest.approx(0.3) and pd.isna(fast["× ref"])
 
 
@@ -262,7 +267,7 @@ def test_a_folder_of_runs_keeps_the_newest_row_per_case(small_results, tmp_path)
 
 def fake_plots(names: tuple[str, ...]):
     """A stand-in for ``make_plots`` (drawn and tested in test_plots.py) writing empty plots of ``names``."""
-    def make(frame, out_dir, suite_names=None):
+    def make(frame, out_dir, facts, plot_names):
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = [out_dir / f"{name}{suffix}" for name in names for suffix in (".png", ".pdf")]
         for path in paths:

@@ -5,33 +5,56 @@ An option is a variant key of a family when, at some resolution, the family's ro
 one value of it (topk, kv mode, ...). Options that change only with the resolution (n_win chosen
 per resolution, a deformable stride) are sweep policies, not variants, and are left out, so one
 variant can be followed across resolutions.
+
+Torch-free and registry-free: the families' default options come in as ``defaults`` (family -> its
+default options), from the run's recorded registry (``bench.report.facts``).
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
 
-import attentions
-
-from bench.suites.cases import config_name
+Defaults = Mapping[str, Mapping[str, Any]]  # family -> its default options
 
 # What a row and its partner share: the case's shape, and the device it ran on by name (a run on several
 # GPU models pairs rows of one model only, never a ratio across two).
 CASE_SHAPE = ["resolution", "batch", "dim", "heads", "dtype", "phase", "device_name"]
 PAIRED = ["status", "latency_ms_median", "peak_mem_mb"]
 
+# Options that read as a short tag in a configuration's name, in this order; the others read 'name=value'.
+OPTION_TAGS: dict[str, Callable[[Any], str]] = {
+    "topk": lambda v: f"topk={v}",
+    "kv_downsample_mode": str,  # the mode alone: avgpool, ada_maxpool, ...
+    "kv_downsample_ratio": lambda v: f"r={v}",
+    "kv_per_win": lambda v: f"kv={v}",
+}
 
-def effective_options(frame: pd.DataFrame) -> pd.Series:
-    """Each row's options over its family's defaults (from the registry, when the family is known)."""
-    known = attentions.list_attentions()
-    return frame.apply(lambda row: {**known.get(row["family"], {}).get("options", {}), **json.loads(row["options"])},
-                       axis=1)
+
+def _tag(name: str, value: Any) -> str:
+    if name in OPTION_TAGS:
+        return OPTION_TAGS[name](value)
+    return name if value is True else f"{name}={value}"
 
 
-def variant_keys(frame: pd.DataFrame) -> dict[str, list[str]]:
+def configuration_name(family: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
+    """A configuration's readable name: the family alone for its ``defaults`` ('bra', 'full'), else the family
+    and a tag per option that differs from its default, e.g. 'bra (topk=1, avgpool, r=2)'; a True flag reads
+    as its name."""
+    changed = {k: v for k, v in options.items() if k not in defaults or defaults[k] != v}
+    order = [k for k in OPTION_TAGS if k in changed] + sorted(k for k in changed if k not in OPTION_TAGS)
+    return f"{family} ({', '.join(_tag(k, changed[k]) for k in order)})" if order else family
+
+
+def effective_options(frame: pd.DataFrame, defaults: Defaults) -> pd.Series:
+    """Each row's options over its family's ``defaults`` (none for a family they do not hold)."""
+    return frame.apply(lambda row: {**defaults.get(row["family"], {}), **json.loads(row["options"])}, axis=1)
+
+
+def variant_keys(frame: pd.DataFrame, defaults: Defaults) -> dict[str, list[str]]:
     """Per family, the option names that distinguish its variants.
 
     First the options that, among the rows setting them, take several values at one resolution and
@@ -40,7 +63,7 @@ def variant_keys(frame: pd.DataFrame) -> dict[str, list[str]]:
     """
     keys: dict[str, list[str]] = {}
     explicit = frame["options"].map(json.loads)
-    effective = effective_options(frame)
+    effective = effective_options(frame, defaults)
     for family, rows in frame.groupby("family", sort=False):
         names = sorted({k for opts in explicit[rows.index] for k in opts})
         varying = []
@@ -50,32 +73,34 @@ def variant_keys(frame: pd.DataFrame) -> dict[str, list[str]]:
             if (values.groupby([setting["resolution"], setting["dim"]]).nunique() > 1).any():
                 varying.append(name)
         for name in [n for n in names if n not in varying]:
-            if not _labels_collide(rows, effective, varying):
+            if not _labels_collide(rows, effective, varying, defaults):
                 break
             varying.append(name)
         keys[family] = sorted(varying)
     return keys
 
 
-def _label(family: str, options: dict, keys: list[str]) -> str:
-    return config_name(family, {k: options[k] for k in keys if k in options})
+def _label(family: str, options: dict, keys: list[str], defaults: Defaults) -> str:
+    return configuration_name(family, {k: options[k] for k in keys if k in options}, defaults.get(family, {}))
 
 
-def _labels_collide(rows: pd.DataFrame, effective: pd.Series, keys: list[str]) -> bool:
+def _labels_collide(rows: pd.DataFrame, effective: pd.Series, keys: list[str], defaults: Defaults) -> bool:
     """Whether two different cases of one shape and backend would get the same label."""
-    labels = [_label(f, effective[i], keys) for f, i in zip(rows["family"], rows.index)]
+    labels = [_label(f, effective[i], keys, defaults) for f, i in zip(rows["family"], rows.index)]
     shape = rows[["backend", "device", *CASE_SHAPE]].assign(label=labels, case=rows["case_key"])
     return bool((shape.groupby(["label", "backend", "device", *CASE_SHAPE])["case"].nunique() > 1).any())
 
 
-def with_variants(frame: pd.DataFrame) -> pd.DataFrame:
+def with_variants(frame: pd.DataFrame, defaults: Defaults) -> pd.DataFrame:
     """A copy of ``frame`` with a ``variant`` column: the family and its variant keys' values as named by
-    ``bench.suites.cases.config_name``, e.g. 'bra' (the defaults), 'bra (topk=1)', 'bra (avgpool)'."""
+    ``configuration_name`` against the families' ``defaults``, e.g. 'bra' (the defaults), 'bra (topk=1)',
+    'bra (avgpool)'."""
     if frame.empty:
         return frame.assign(variant=pd.Series(dtype=str))
-    keys = variant_keys(frame)
-    effective = effective_options(frame)
-    return frame.assign(variant=[_label(f, effective[i], keys[f]) for f, i in zip(frame["family"], frame.index)])
+    keys = variant_keys(frame, defaults)
+    effective = effective_options(frame, defaults)
+    return frame.assign(variant=[_label(f, effective[i], keys[f], defaults)
+                                 for f, i in zip(frame["family"], frame.index)])
 
 
 def _paired(frame: pd.DataFrame, partners: pd.DataFrame, keys: list[str], prefix: str) -> pd.DataFrame:
@@ -83,7 +108,8 @@ def _paired(frame: pd.DataFrame, partners: pd.DataFrame, keys: list[str], prefix
     ``_peak_mem_mb``, and ``<prefix>_speedup`` (partner latency / latency) and ``<prefix>_mem_ratio``
     (peak / partner peak), both only where the row and its partner are ok."""
     partners = partners[keys + PAIRED].drop_duplicates(keys, keep="last").rename(columns={
-        "status": f"{prefix}_status", "latency_ms_median": f"{prefix}_latency_ms", "peak_mem_mb": f"{prefix}_peak_mem_mb"})
+        "status": f"{prefix}_status", "latency_ms_median": f"{prefix}_latency_ms",
+        "peak_mem_mb": f"{prefix}_peak_mem_mb"})
     out = frame.merge(partners, on=keys, how="left")
     out.index = frame.index
     both_ok = (out["status"] == "ok") & (out[f"{prefix}_status"] == "ok")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.report.plots import MODEL_PLOT_NAMES, make_plots
-from bench.schema.results import (TEMPORARY_NAME, ResultsFormatError, ResultsWarning, atomic_write, load_results, read_metadata,
-                      results_suite, warn_row_count)
-from bench.report.tables import all_tables, model_table
+from bench.report.catalog import PLOTS, TABLES, make_plots, make_tables, names, suites_in_order
+from bench.report.facts import facts_of_runs
+from bench.schema.results import (TEMPORARY_NAME, ResultsFormatError, ResultsWarning, atomic_write, load_results,
+                                  read_metadata, results_suite, warn_row_count)
 
 
 def load_run(file: Path) -> tuple[pd.DataFrame, dict]:
@@ -76,7 +76,8 @@ def _metadata_markdown(metadata: list[dict]) -> str:
                   f"OS: {env.get('os')}; Python {env.get('python')}",
                   f"- torch {env.get('torch')}, triton {env.get('triton')}, xformers {env.get('xformers')}, "
                   f"fvcore {env.get('fvcore')}",
-                  f"- suite commit `{env.get('suite_commit')}`{' (with local changes)' if env.get('suite_dirty') else ''}",
+                  f"- suite commit `{env.get('suite_commit')}`"
+                  + (" (with local changes)" if env.get("suite_dirty") else ""),
                   f"- started {meta.get('started')}, finished {meta.get('finished')}; "
                   + ("suite `models`" if meta.get("suite") == "models" else f"preset `{meta.get('preset')}`"),
                   f"- command: `{meta.get('command')}`",
@@ -150,26 +151,28 @@ def abandoned_temporary(path: Path) -> bool:
 def build_report(results: Path, out_dir: Path) -> Path:
     """Write tables (.md, .tex, .csv), plots (.png, .pdf) and README.md into ``out_dir``; return the README.
 
-    Attention-suite rows give the attention tables and plots; model-suite rows the model table. Files
-    of an earlier report in ``out_dir``'s tables/ and plots/ that this one does not write are removed
+    Each suite's rows give that suite's tables and plots (``bench.report.catalog``), in report order,
+    drawn with the registry facts of the runs (``bench.report.facts.facts_of_runs``). Files of an earlier
+    report in ``out_dir``'s tables/ and plots/ that this one does not write are removed
     (``remove_stale_files``).
     """
     suites = collect_results(results)
+    metadata = [meta for _, suite_metadata in suites.values() for meta in suite_metadata]
+    facts = facts_of_runs(metadata)
     out_dir = Path(out_dir)
     tables_dir, plots_dir = out_dir / "tables", out_dir / "plots"
     tables, written = [], []
-    if "attentions" in suites:
-        tables += all_tables(suites["attentions"][0])
-        written += make_plots(suites["attentions"][0], plots_dir)
-    if "models" in suites:
-        tables.append(model_table(suites["models"][0]))
-        written += make_plots(suites["models"][0], plots_dir, MODEL_PLOT_NAMES)
+    for suite in suites_in_order(PLOTS):
+        if suite in suites:
+            written += make_plots(suites[suite][0], plots_dir, facts, names(PLOTS, suite))
+    for suite in suites_in_order(TABLES):
+        if suite in suites:
+            tables += make_tables(suites[suite][0], facts, suite)
     plots = [p for p in written if p.suffix == ".png"]
     for table in tables:
         written += table.write(tables_dir)
     remove_stale_files(out_dir, written)
     frame = pd.concat([frame[["gpu_profile", "device_name", "status"]] for frame, _ in suites.values()])
-    metadata = [meta for _, suite_metadata in suites.values() for meta in suite_metadata]
     profile = ", ".join(sorted(frame["gpu_profile"].astype(str).unique()))
     devices = ", ".join(sorted(frame["device_name"].astype(str).unique()))
     counts = frame["status"].value_counts().to_dict()
