@@ -16,7 +16,7 @@ from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 from PIL import Image
 
-from bench.report.facts import RegistryFacts
+from bench.schema.registry_facts import RegistryFacts
 from bench.report.figure_axes import UNMEASURED
 from bench.report.figure_style import COLUMN_WIDTH, FULL_WIDTH, MAX_HEIGHT, PNG_DPI, backend_style, plot_style
 

@@ -25,6 +25,8 @@ from bench.report.plots import plot_model_throughput
 from bench.core.profiles import PROFILES
 from bench.schema.columns import MODEL_COLUMNS
 from bench.report.tables import model_table
+from bench.schema.registry_facts import from_snapshot, frozen_facts
+from bench.suites.snapshot import registry_snapshot
 from figure_checks import check_legends_match, check_png
 from test_bench_cli import data_lines, dry_run, dry_run_labels
 
@@ -153,8 +155,9 @@ def test_report_has_the_model_table_in_three_formats(model_run):
     assert sorted(p.name for p in (out / "tables").iterdir()) == ["models.csv", "models.md", "models.tex"]
     assert sorted(p.name for p in (out / "plots").iterdir()) == ["model_throughput.pdf", "model_throughput.png"]
     check_png(out / "plots" / "model_throughput.png")
-    figure = plot_model_throughput(model_run["frame"])
-    assert check_legends_match(figure) == 6  # the ok rows: 2 models × fwd at 32², 2 × both phases at 64²
+    facts = from_snapshot(registry_snapshot())
+    figure = plot_model_throughput(model_run["frame"], facts)
+    assert check_legends_match(figure, facts) == 6  # the ok rows: 2 models × fwd at 32², 2 × both phases at 64²
     labels = {t.get_text() for ax in figure.axes for t in ax.texts}
     assert labels == {"biformer_tiny", "swin_layout (window,deformable,bra,full)"}
     table = pd.read_csv(out / "tables" / "models.csv")
@@ -188,13 +191,13 @@ def test_model_table_keeps_failed_rows_out_of_the_ranking(model_run):
     oom = fast["latency_ms_median"].idxmax()
     frame.loc[oom, "status"] = "oom"
     frame.loc[oom, "latency_ms_median"] = 1e-6  # a number left behind must never be shown or ranked
-    table = model_table(frame)
+    table = model_table(frame, frozen_facts())
     rows = table.frame()
     assert (rows["fwd img/s"] == "OOM").sum() == 1
     assert rows.loc[rows["fwd img/s"] == "OOM", ["fwd ms", "fwd MB"]].isna().all(axis=None)
     assert "1e-06" not in table.to_markdown()
     frame.loc[oom, ["status", "latency_ms_median"]] = ["noisy", model_run["frame"].loc[oom, "latency_ms_median"]]
-    noisy = model_table(frame).frame()
+    noisy = model_table(frame, frozen_facts()).frame()
     marked = noisy[noisy["fwd img/s"].astype(str).str.endswith(" NOISY")]
     assert len(marked) >= 1 and marked["fwd MB"].notna().all()  # memory shown: it is no timing figure
 
@@ -210,7 +213,7 @@ def test_compare_refuses_model_runs(model_run, capsys):
 
 
 def test_a_folder_with_both_suites_reports_both(model_run, small_results, tmp_path, monkeypatch):
-    def fake_plots(frame, out, names=bench.report.plots.PLOT_NAMES):  # drawn and tested in test_plots.py
+    def fake_plots(frame, out, facts, names):  # drawn and tested in test_plots.py
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{names[0]}.png").write_bytes(b"")
         return [out / f"{names[0]}.png"]

@@ -25,7 +25,10 @@ from bench import load_results, run_sweep
 from bench.analysis.compare import NEW_FAILURE, REGRESSED, compare_runs, format_comparison
 from bench.core.accuracy import judge
 from bench.schema.files import ResultsWriter
-from bench.report.tables import all_tables, backend_table
+from bench.report.catalog import make_tables
+from bench.report.tables import backend_table
+from bench.schema.registry_facts import from_snapshot
+from bench.suites.snapshot import registry_snapshot
 from test_bench_core import FakeAttention, case, context
 
 PHASES = ("fwd", "fwd+bwd")
@@ -176,7 +179,8 @@ def test_a_correct_backend_is_still_ok(sabotaged_families, sabotaged_run):
 
 def test_tables_show_the_status_and_no_speedup(sabotaged_run):
     frame = load_results(sabotaged_run)
-    tables = {table.name: table for table in all_tables(frame)}
+    facts = from_snapshot(registry_snapshot())  # the live registry: the sabotaged family is this test's own
+    tables = {table.name: table for table in make_tables(frame, facts, "attentions")}
     backends = tables["backends"].frame()
     failed = backends[~((backends["Variant"] == "sabotaged") & (backends["Backend"] == "torch"))]
     assert set(failed["Status"]) == {"mismatch", "error"}
@@ -189,7 +193,7 @@ def test_tables_show_the_status_and_no_speedup(sabotaged_run):
     assert re.search(mismatch, tables["backends"].to_markdown())
     only_nonfinite = frame[(frame["family"] == "sabotaged") & frame["backend"].isin(["torch", "nan_everywhere",
                                                                                      "one_nan"])]
-    assert "**inf**" not in backend_table(only_nonfinite).to_markdown()  # inf errors only: none is the best
+    assert "**inf**" not in backend_table(only_nonfinite, facts).to_markdown()  # inf errors only: none is the best
     for table in tables.values():
         assert table.to_latex()
 

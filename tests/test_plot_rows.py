@@ -14,7 +14,7 @@ import pytest
 from matplotlib.colors import to_rgba
 
 from bench.report.catalog import PLOTS, names
-from bench.report.facts import frozen_facts
+from bench.schema.registry_facts import frozen_facts
 from bench.report.figure_axes import CLIPPED, UNMEASURED
 from bench.report.figure_style import backend_style
 from bench.report.plot_data import DRAWN_STATUSES, representative_rows, speedup_table

@@ -12,7 +12,7 @@ import pytest
 from bench import load_results
 from bench.analysis.variants import with_variants
 from bench.report.catalog import PLOTS, make_plots, names
-from bench.report.facts import from_snapshot
+from bench.schema.registry_facts import from_snapshot
 from bench.report.figure_style import backend_style, family_color
 from bench.report.plot_data import (gmacs_table, main_widths, representative_variants, resolution_table, scaling_table,
                                     speedup_table)

@@ -13,11 +13,11 @@ from bench import cli, load_results
 from bench.analysis.variants import with_full_attention, with_reference
 from bench.report.build import build_report
 from bench.report.catalog import PLOTS, names
-from bench.report.facts import from_snapshot
+from bench.schema.registry_facts import from_snapshot
 from bench.report.tables import backend_table, main_table
 from bench.report.tables_bra import ablation_table, bra_fast_path_table
 from bench.report.tabular import PAGE_LINES, Column, Table, latex_escape
-from bench.schema.results import write_metadata
+from bench.schema.metadata import write_metadata
 from bench.suites.snapshot import registry_snapshot
 from small_results import MISMATCH_LATENCY_MS, noise_frame
 

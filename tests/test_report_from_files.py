@@ -17,9 +17,10 @@ import attentions
 from attentions.models import list_models
 from bench.report.build import build_report
 from bench.report.catalog import PLOTS
-from bench.report.facts import FROZEN_SNAPSHOT, facts_of_runs, from_snapshot
+from bench.schema.registry_facts import FROZEN_SNAPSHOT, facts_of_runs, from_snapshot
 from bench.report.figure_style import FAMILY_PALETTE, STYLES, backend_style, family_color
-from bench.schema.results import ResultsFormatError, read_metadata, write_metadata
+from bench.schema.errors import ResultsFormatError
+from bench.schema.metadata import read_metadata, write_metadata
 from bench.suites.snapshot import registry_snapshot
 
 REPO = Path(__file__).resolve().parents[1]

@@ -58,12 +58,14 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from bench.analysis.variants import Defaults
 from bench.schema.columns import results_suite
+from bench.schema.labels import case_label as labelled_case, configuration_name
+from bench.schema.registry_facts import facts_of_runs, frozen_facts
 from bench.schema.errors import ResultsFormatError, results_warnings
 from bench.schema.files import load_results
 from bench.schema.metadata import read_metadata, warn_row_count
 from bench.schema.storage import resolve_results_path
-from bench.suites.cases import Case
 
 DEFAULT_MAX_REGRESSION = 0.10
 DEFAULT_MIN_SHARED = 0.5   # share of BASE's cases that NEW must also have
@@ -255,18 +257,15 @@ def _options_text(options: Any) -> str:
     return ",".join(f"{k}={v}" for k, v in parsed.items()) if isinstance(parsed, dict) else options
 
 
-def row_case(row: pd.Series | dict[str, Any]) -> Case:
-    """The attention-suite case a results row (with its ``options`` as stored, JSON) measured."""
-    options = json.loads(row["options"]) if isinstance(row["options"], str) and row["options"] else {}
-    return Case(row["family"], row["backend"], tuple(sorted(options.items())), int(row["batch"]),
-                int(row["resolution"]), int(row["dim"]), int(row["heads"]), row["dtype"], row["device"], row["phase"])
-
-
-def case_label(row: pd.Series | dict[str, Any]) -> str:
-    """The same label as ``Case.label()`` (and ``run_bench.py --dry-run``) for a results row."""
+def case_label(row: pd.Series | dict[str, Any], defaults: Defaults) -> str:
+    """The same label as ``run_bench.py --dry-run`` gives the case of a results row, its options named against
+    the families' ``defaults`` (the runs' recorded registry); the case key when the row cannot be read so."""
     try:
-        return row_case(row).label()
-    except (TypeError, ValueError, AttributeError, json.JSONDecodeError):
+        options = json.loads(row["options"]) if isinstance(row["options"], str) and row["options"] else {}
+        configuration = configuration_name(row["family"], options, defaults.get(row["family"], {}))
+        return labelled_case(configuration, row["backend"], int(row["resolution"]), int(row["dim"]),
+                             int(row["heads"]), int(row["batch"]), row["dtype"], row["phase"])
+    except (TypeError, ValueError, AttributeError, KeyError):
         return str(row["case_key"])
 
 
@@ -549,17 +548,21 @@ def judge_table(table: pd.DataFrame, max_regression: float, medians_only: str | 
 
 
 def compare_frames(base: pd.DataFrame, new: pd.DataFrame, max_regression: float = DEFAULT_MAX_REGRESSION,
-                   medians_only: str | None = None) -> tuple[pd.DataFrame, list[str], list[str]]:
+                   medians_only: str | None = None,
+                   defaults: Defaults | None = None) -> tuple[pd.DataFrame, list[str], list[str]]:
     """(aligned table, labels only in BASE, labels only in NEW) of two loaded results frames; ``medians_only``
-    says why their latency intervals do not compare (see ``judge``), None when they do."""
+    says why their latency intervals do not compare (see ``judge``), None when they do; ``defaults``: the
+    families' default options that labels name options against (default: those of the frozen registry, for
+    runs that recorded none)."""
+    defaults = frozen_facts().defaults if defaults is None else defaults
     base_keys, new_keys = set(base["case_key"]), set(new["case_key"])
-    only_in_base = [case_label(r) for _, r in base[~base["case_key"].isin(new_keys)].iterrows()]
-    only_in_new = [case_label(r) for _, r in new[~new["case_key"].isin(base_keys)].iterrows()]
+    only_in_base = [case_label(r, defaults) for _, r in base[~base["case_key"].isin(new_keys)].iterrows()]
+    only_in_new = [case_label(r, defaults) for _, r in new[~new["case_key"].isin(base_keys)].iterrows()]
 
     left = base[["case_key", *IDENTITY, *MEASURED]].rename(columns={c: f"{c}_base" for c in MEASURED})
     right = new[["case_key", *MEASURED]].rename(columns={c: f"{c}_new" for c in MEASURED})
     table = left.merge(right, on="case_key", how="inner", sort=False)
-    table.insert(1, "case", [case_label(r) for _, r in table.iterrows()] if len(table) else [])
+    table.insert(1, "case", [case_label(r, defaults) for _, r in table.iterrows()] if len(table) else [])
     table["options"] = table["options"].map(_options_text)
 
     same_device = _same_devices(table)
@@ -580,10 +583,6 @@ def interval_methods_differ(quantity: str, base: dict[str, Any] | None, new: dic
         return None
     return (f"{quantity} intervals made by different methods (BASE {base_method or 'unrecorded'}, "
             f"NEW {new_method or 'unrecorded'})")
-
-
-class RemeasureError(RuntimeError):
-    """NEW's cases cannot be re-timed here (another device, a run without the metadata that says how)."""
 
 
 # NEW's rows to re-time -> their re-timed rows (same columns); given NEW's metadata (see bench.execution.remeasure)
@@ -629,11 +628,12 @@ def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFA
         for frame in (base_frame, new_frame):
             frame[["speedup_ci_low", "speedup_ci_high"]] = math.nan
     medians_only = interval_methods_differ("latency", base_meta, new_meta)
+    defaults = facts_of_runs([meta for meta in (base_meta, new_meta) if meta is not None]).defaults
     if medians_only:
         warnings.append(f"{medians_only}: latencies are judged by their medians alone, which can pass a case but "
                         f"never find it regressed")
 
-    table, only_in_base, only_in_new = compare_frames(base_frame, new_frame, max_regression, medians_only)
+    table, only_in_base, only_in_new = compare_frames(base_frame, new_frame, max_regression, medians_only, defaults)
     remeasured: dict[str, int] = {}
     for _ in range(rerun_inconclusive):
         retime = table[(table["verdict"] == INCONCLUSIVE) & table["change"].isin(RETIMABLE_CHANGES)]["case_key"]
@@ -644,7 +644,7 @@ def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFA
                               ignore_index=True)
         for key in fresh["case_key"]:
             remeasured[key] = remeasured.get(key, 0) + 1
-        table, only_in_base, only_in_new = compare_frames(base_frame, new_frame, max_regression, medians_only)
+        table, only_in_base, only_in_new = compare_frames(base_frame, new_frame, max_regression, medians_only, defaults)
     table["remeasured"] = [remeasured.get(key, 0) for key in table["case_key"]]
     if remeasured:
         warnings.append(f"{len(remeasured)} of NEW's cases were re-timed with the code at hand before their verdict "

@@ -7,16 +7,18 @@ per resolution, a deformable stride) are sweep policies, not variants, and are l
 variant can be followed across resolutions.
 
 Torch-free and registry-free: the families' default options come in as ``defaults`` (family -> its
-default options), from the run's recorded registry (``bench.report.facts``).
+default options), from the run's recorded registry (``bench.schema.registry_facts``).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
+
+from bench.schema.labels import configuration_name
 
 Defaults = Mapping[str, Mapping[str, Any]]  # family -> its default options
 
@@ -24,30 +26,6 @@ Defaults = Mapping[str, Mapping[str, Any]]  # family -> its default options
 # GPU models pairs rows of one model only, never a ratio across two).
 CASE_SHAPE = ["resolution", "batch", "dim", "heads", "dtype", "phase", "device_name"]
 PAIRED = ["status", "latency_ms_median", "peak_mem_mb"]
-
-# Options that read as a short tag in a configuration's name, in this order; the others read 'name=value'.
-OPTION_TAGS: dict[str, Callable[[Any], str]] = {
-    "topk": lambda v: f"topk={v}",
-    "kv_downsample_mode": str,  # the mode alone: avgpool, ada_maxpool, ...
-    "kv_downsample_ratio": lambda v: f"r={v}",
-    "kv_per_win": lambda v: f"kv={v}",
-}
-
-
-def _tag(name: str, value: Any) -> str:
-    if name in OPTION_TAGS:
-        return OPTION_TAGS[name](value)
-    return name if value is True else f"{name}={value}"
-
-
-def configuration_name(family: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> str:
-    """A configuration's readable name: the family alone for its ``defaults`` ('bra', 'full'), else the family
-    and a tag per option that differs from its default, e.g. 'bra (topk=1, avgpool, r=2)'; a True flag reads
-    as its name."""
-    changed = {k: v for k, v in options.items() if k not in defaults or defaults[k] != v}
-    order = [k for k in OPTION_TAGS if k in changed] + sorted(k for k in changed if k not in OPTION_TAGS)
-    return f"{family} ({', '.join(_tag(k, changed[k]) for k in order)})" if order else family
-
 
 def effective_options(frame: pd.DataFrame, defaults: Defaults) -> pd.Series:
     """Each row's options over its family's ``defaults`` (none for a family they do not hold)."""

@@ -10,7 +10,7 @@ from typing import Sequence
 
 from bench.analysis.compare import (DEFAULT_MAX_INCONCLUSIVE, DEFAULT_MAX_REGRESSION, DEFAULT_MIN_SHARED,
                                     EXIT_INCONCLUSIVE, EXIT_PASSED, EXIT_REGRESSED, EXIT_UNUSABLE, PROG,
-                                    RemeasureError, percent_text, compare_runs, format_comparison, parse_threshold)
+                                    percent_text, compare_runs, format_comparison, parse_threshold)
 from bench.schema.errors import ResultsFormatError
 
 DESCRIPTION = ("Compare two runs case by case: each case regressed, ok or inconclusive, and a gate that fails on "
@@ -82,13 +82,14 @@ def main(argv: Sequence[str]) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_UNUSABLE)
+    remeasure, unusable = None, (ResultsFormatError, OSError)
+    if args.rerun_inconclusive:  # re-timing needs torch and the harness; comparing files does not
+        from bench.execution.remeasure import RemeasureError, remeasure_rows as remeasure
+        unusable += (RemeasureError,)
     try:
-        remeasure = None
-        if args.rerun_inconclusive:
-            from bench.execution.remeasure import remeasure_rows as remeasure  # torch, only when re-timing
         comparison = compare_runs(args.base, args.new, args.max_regression, args.min_shared, args.max_inconclusive,
                                   args.rerun_inconclusive, remeasure)
-    except (ResultsFormatError, OSError, RemeasureError) as exc:
+    except unusable as exc:
         print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_UNUSABLE
     print(format_comparison(comparison))

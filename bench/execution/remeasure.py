@@ -7,18 +7,30 @@ exactly as the sweep times it (the attention suite's ``run_group``). The re-time
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pandas as pd
 import torch
 
-from bench.analysis.compare import RemeasureError, row_case
 from bench.core.measure import TimingPolicy
 from bench.core.profiles import PROFILES
 from bench.execution.runner import Group, run_here
 from bench.suites import SUITES
+from bench.suites.cases import Case
 from bench.suites.base import RunContext
 from bench.core.settings import Numerics
+
+
+class RemeasureError(RuntimeError):
+    """NEW's cases cannot be re-timed here (another device, a run without the metadata that says how)."""
+
+
+def row_case(row: pd.Series | dict[str, Any]) -> Case:
+    """The attention-suite case a results row (with its ``options`` as stored, JSON) measured."""
+    options = json.loads(row["options"]) if isinstance(row["options"], str) and row["options"] else {}
+    return Case(row["family"], row["backend"], tuple(sorted(options.items())), int(row["batch"]),
+                int(row["resolution"]), int(row["dim"]), int(row["heads"]), row["dtype"], row["device"], row["phase"])
 
 
 def timing_policy(metadata: dict[str, Any]) -> TimingPolicy:

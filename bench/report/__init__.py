@@ -2,7 +2,7 @@
 
 Importing the package imports every content module (the general and the BRA tables and plots), so that the
 catalog (``bench.report.catalog``) is whole wherever it is read. Nothing here imports torch, ``attentions``
-or the measuring packages: the registry facts come from the runs' metadata (``bench.report.facts``).
+or the measuring packages: the registry facts come from the runs' metadata (``bench.schema.registry_facts``).
 """
 
 from bench.report import plots, plots_bra, tables, tables_bra  # noqa: F401  (they register their content)

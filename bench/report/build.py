@@ -14,9 +14,12 @@ from pathlib import Path
 import pandas as pd
 
 from bench.report.catalog import PLOTS, TABLES, make_plots, make_tables, names, suites_in_order
-from bench.report.facts import facts_of_runs
-from bench.schema.results import (TEMPORARY_NAME, ResultsFormatError, ResultsWarning, atomic_write, load_results,
-                                  read_metadata, results_suite, warn_row_count)
+from bench.schema.registry_facts import facts_of_runs
+from bench.schema.columns import results_suite
+from bench.schema.errors import ResultsFormatError, ResultsWarning
+from bench.schema.files import load_results
+from bench.schema.metadata import read_metadata, warn_row_count
+from bench.schema.storage import TEMPORARY_NAME, atomic_write
 
 
 def load_run(file: Path) -> tuple[pd.DataFrame, dict]:
@@ -152,7 +155,7 @@ def build_report(results: Path, out_dir: Path) -> Path:
     """Write tables (.md, .tex, .csv), plots (.png, .pdf) and README.md into ``out_dir``; return the README.
 
     Each suite's rows give that suite's tables and plots (``bench.report.catalog``), in report order,
-    drawn with the registry facts of the runs (``bench.report.facts.facts_of_runs``). Files of an earlier
+    drawn with the registry facts of the runs (``bench.schema.registry_facts.facts_of_runs``). Files of an earlier
     report in ``out_dir``'s tables/ and plots/ that this one does not write are removed
     (``remove_stale_files``).
     """

@@ -2,7 +2,7 @@
 (of its files), the suite whose rows it reads ('attentions' or 'models'), and its position in the report.
 
 A table's function is ``(frame, facts) -> Table | None`` and a plot's ``(frame, facts) -> Figure | None``
-(None: the rows hold nothing for it); ``facts`` are the runs' registry facts (``bench.report.facts``). The
+(None: the rows hold nothing for it); ``facts`` are the runs' registry facts (``bench.schema.registry_facts``). The
 content registers itself when ``bench.report`` is imported (its ``__init__`` imports every content module),
 so the catalog is whole wherever it is read.
 """
@@ -16,12 +16,12 @@ from typing import Callable, Generic, TypeVar
 import pandas as pd
 from matplotlib.figure import Figure
 
-from bench.report.facts import RegistryFacts
+from bench.schema.registry_facts import RegistryFacts
 from bench.report.figure_axes import styled
 from bench.report.figure_style import save_figure
 from bench.report.plot_data import DRAWN_STATUSES
 from bench.report.tabular import Table
-from bench.schema.results import SUITES
+from bench.schema.columns import SUITES
 
 T = TypeVar("T")
 

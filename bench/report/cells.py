@@ -20,9 +20,9 @@ import math
 
 import pandas as pd
 
-from bench.report.facts import RegistryFacts
+from bench.schema.registry_facts import RegistryFacts
 from bench.report.tabular import Cell, Column
-from bench.schema.results import MEASURED_STATUSES
+from bench.schema.columns import MEASURED_STATUSES
 
 MEMORY_STATUSES = ("ok", "noisy")  # rows whose peak memory stands: noise is in the timing, not in the memory
 CONVENTIONS = ("GMACs are multiply-adds counted by fvcore, the papers' \"FLOPs\"; hardware FLOPs = 2 × MACs "

@@ -27,7 +27,7 @@ from matplotlib.collections import PolyCollection
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
-from bench.report.facts import RegistryFacts
+from bench.schema.registry_facts import RegistryFacts
 from bench.report.figure_style import backend_style, marker_fill, plot_style
 from bench.report.plot_data import status_rank
 

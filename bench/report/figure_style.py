@@ -36,8 +36,8 @@ from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from bench.report.facts import RegistryFacts
-from bench.schema.results import atomic_write
+from bench.schema.registry_facts import RegistryFacts
+from bench.schema.storage import atomic_write
 
 FULL_WIDTH, COLUMN_WIDTH, MAX_HEIGHT = 7.0, 3.3, 9.0  # inches
 PNG_DPI = 200

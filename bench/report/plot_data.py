@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from bench.analysis.variants import with_reference, with_variants
-from bench.report.facts import RegistryFacts
-from bench.schema.results import STATUSES
+from bench.schema.registry_facts import RegistryFacts
+from bench.schema.columns import STATUSES
 
 PHASE_ORDER = ("fwd", "fwd+bwd")
 DRAWN_STATUSES = ("ok", "noisy")  # rows whose values are drawn: a noisy row's timings hollow
@@ -94,7 +94,7 @@ def drawn_nowhere(failed: pd.DataFrame, drawn_backends, facts: RegistryFacts) ->
 
 
 def joined_statuses(statuses) -> str:
-    """Distinct statuses in the order of ``bench.schema.results.STATUSES``: 'unsupported/oom'."""
+    """Distinct statuses in the order of ``bench.schema.columns.STATUSES``: 'unsupported/oom'."""
     return "/".join(sorted(set(statuses), key=status_rank))
 
 

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from bench.report.catalog import plot
-from bench.report.facts import RegistryFacts
+from bench.schema.registry_facts import RegistryFacts
 from bench.report.figure_axes import UNMEASURED, log_axis, log_log, name_unmeasured, style_line, with_band
 from bench.report.figure_style import (FULL_WIDTH, MAX_HEIGHT, add_title, backend_style, family_color, family_handles,
                                        legends, marker_fill, marker_handles, panel_grid, shades, status_handles,

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from bench.report.catalog import plot
-from bench.report.facts import RegistryFacts
+from bench.schema.registry_facts import RegistryFacts
 from bench.report.figure_axes import (UNMEASURED, fixed_ticks, log_axis, log_limits, name_unmeasured, style_line,
                                       with_band)
 from bench.report.figure_style import (COLUMN_WIDTH, FULL_WIDTH, add_title, backend_style, family_color, legends,

@@ -11,7 +11,7 @@ from bench.analysis.variants import with_backend, with_dense, with_reference, wi
 from bench.report.catalog import table
 from bench.report.cells import (CONVENTIONS, case_columns, in_case_order, latency_or_status, peak_memory, memory_ratio,
                                 ratio_text, speedup_cell, value_or_none)
-from bench.report.facts import RegistryFacts
+from bench.schema.registry_facts import RegistryFacts
 from bench.report.tabular import Column, Table
 
 BRA = "bra"

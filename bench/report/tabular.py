@@ -18,7 +18,7 @@ from typing import Callable
 
 import pandas as pd
 
-from bench.schema.results import atomic_write
+from bench.schema.storage import atomic_write
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The registry facts a report needs, recorded with each run so that its report never asks the live registry.
 
-A sweep writes ``registry_snapshot()`` into its metadata as ``metadata["registry"]``; ``bench.report.facts``
+A sweep writes ``registry_snapshot()`` into its metadata as ``metadata["registry"]``; ``bench.schema.registry_facts``
 reads it back (and, for runs written before that, the frozen ``bench/schema/registry_v1.json``).
 This module may import torch and ``attentions``: it runs on the sweep's side, never the report's.
 """
@@ -15,7 +15,7 @@ from attentions.models import list_models
 
 from bench.core.profiles import DTYPES
 
-SNAPSHOT_FORMAT = 1  # the version of the layout below; bench.report.facts reads this version
+SNAPSHOT_FORMAT = 1  # the version of the layout below; bench.schema.registry_facts reads this version
 
 
 def registry_snapshot() -> dict[str, Any]:

@@ -20,9 +20,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from bench.schema.results import ResultsFormatError
+from bench.schema.errors import ResultsFormatError
 
-FROZEN_SNAPSHOT = Path(__file__).resolve().parents[1] / "schema" / "registry_v1.json"
+FROZEN_SNAPSHOT = Path(__file__).resolve().parent / "registry_v1.json"
 SNAPSHOT_FORMAT = 1  # the layout of bench.suites.snapshot.registry_snapshot that this module reads
 
 
