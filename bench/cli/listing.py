@@ -8,6 +8,8 @@ import argparse
 import attentions
 from attentions.models import list_models
 
+from bench.suites import SUITES
+
 DESCRIPTION = "The attention families, their backends and options, and where each backend runs here."
 
 def list_attentions_text() -> str:
@@ -39,12 +41,25 @@ def list_models_text() -> str:
     return "\n".join(lines)
 
 
+def list_suites_text() -> str:
+    lines = ["suites (--suite):"]
+    for suite in SUITES.values():
+        lines.append(f"  {suite.name}: tables {', '.join(suite.tables)}; plots {', '.join(suite.plots)}")
+    return "\n".join(lines)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", action="store_true", help="also list the models of --suite models")
 
 
-def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
+def print_listing(models: bool) -> int:
+    """Print the families (and with ``models``, the models) and the suites; the exit status."""
     print(list_attentions_text())
-    if args.models:
+    print(list_suites_text())
+    if models:
         print(list_models_text())
     return 0
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    return print_listing(args.models)

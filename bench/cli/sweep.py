@@ -21,7 +21,7 @@ from attentions.models import list_models
 from bench.cli.arguments import (at_least, check_folder, default_reports_dir, fail, positive_int, ray_address,
                                  run_id_name, seconds)
 from bench.cli.cluster_options import DEFAULT_RETRIES, check_cluster_flags, ray_executor, uses_ray
-from bench.cli.listing import list_attentions_text, list_models_text
+from bench.cli.listing import print_listing
 from bench.cli.progress import StopOnSignals, SweepProgress
 from bench.cli.resume import resume_command, resumed_run
 from bench.core.methods import measurement_methods
@@ -222,10 +222,7 @@ def noise_summary(frame: pd.DataFrame, min_time: float) -> str | None:
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
     """The sweep of the command line ``argv`` (parsed into ``args``): its exit status."""
     if args.list:
-        print(list_attentions_text())
-        if args.suite == "models":
-            print(list_models_text())
-        return 0
+        return print_listing(models=args.suite == "models")
     check_folder(parser, "--results-dir", args.results_dir)
     check_folder(parser, "--reports-dir", args.reports_dir)
 

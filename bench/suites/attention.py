@@ -16,7 +16,7 @@ from attentions import AttentionConfigError
 from bench.core.profiles import GpuProfile
 from bench.schema.columns import COLUMNS
 from bench.suites.attention_rows import base_row, comparison_groups, reference_case, run_group
-from bench.suites.base import PlanError, RunContext
+from bench.suites.base import PlanError, RunContext, SuiteReport
 from bench.suites.cases import Case, SweepBlock, unique_cases
 from bench.suites.planning import check_input_fits, check_known, summary_cell, text_table
 from bench.suites.presets import COMMON_OPTIONS, KV_MODES, STAGE1_WIDTH, kv_axis, preset_blocks, topk_axis
@@ -95,7 +95,7 @@ def summary_table(frame: pd.DataFrame) -> str:
     return text_table(table.drop(columns="cell").reset_index().fillna(""))
 
 
-class AttentionSuite:
+class AttentionSuite(SuiteReport):
     """Attention layers: a case is a family's configuration on one backend at one shape, dtype and phase."""
 
     name = "attentions"

@@ -13,6 +13,7 @@ import attentions
 from bench.core.measure import TimingPolicy
 from bench.core.profiles import GpuProfile
 from bench.core.settings import Numerics
+from bench.report.catalog import PLOTS, TABLES, names
 
 SEED = 0
 
@@ -42,8 +43,9 @@ class PlanError(ValueError):
 
 class Suite(Protocol):
     """A kind of benchmark: how its cases are planned from the sweep's flags, grouped for paired timing, run
-    into rows and summarised. Execution and the command line know a suite only through this protocol; the
-    report finds its tables and plots by the suite's ``name``, which its result files carry."""
+    into rows and summarised, and which tables and plots report it. Execution and the command line know a suite
+    only through this protocol; the report, which reads files alone, finds the tables and plots by the suite's
+    ``name``, which its result files carry (``SuiteReport`` gives a suite those registered there)."""
 
     name: str  # the --suite value, and the schema's suite of the rows it writes
     flags: frozenset[str]  # the suite-specific sweep flags (argparse dests) it takes
@@ -72,6 +74,29 @@ class Suite(Protocol):
 
     def summary(self, frame: pd.DataFrame) -> str:
         """The text table printed at the end of a sweep."""
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """Its report's tables, by name, in report order (``bench.report.catalog``)."""
+
+    @property
+    def plots(self) -> tuple[str, ...]:
+        """Its report's plots, by name, in report order."""
+
+
+class SuiteReport:
+    """The ``tables`` and ``plots`` half of the protocol: what the report catalog registers under the suite's
+    name (``bench.report.catalog``), for a suite class to inherit."""
+
+    name: str
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        return names(TABLES, self.name)
+
+    @property
+    def plots(self) -> tuple[str, ...]:
+        return names(PLOTS, self.name)
 
 
 GroupRunner = Callable[[Sequence[Any], RunContext, Sequence[Any]], list[dict[str, Any]]]

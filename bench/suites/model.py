@@ -37,7 +37,7 @@ from bench.core.flops import hardware_flops
 from bench.core.measure import Timing, make_pass, peak_memory_bytes, time_rounds
 from bench.core.profiles import DTYPES, GpuProfile
 from bench.schema.columns import MODEL_COLUMNS
-from bench.suites.base import PlanError, RunContext
+from bench.suites.base import PlanError, RunContext, SuiteReport
 from bench.suites.cases import PHASES, ModelCase
 from bench.suites.planning import check_input_fits, check_known, summary_cell, text_table
 from bench.suites.rows import (MB, count_macs_any_backend, failure, free_memory, process_settings, stamped,
@@ -232,7 +232,7 @@ def model_summary_table(frame: pd.DataFrame) -> str:
                              "gmacs_per_image", "result"]])
 
 
-class ModelSuite:
+class ModelSuite(SuiteReport):
     """Whole backbones of ``attentions.models``: a case is a model with an attention choice on one backend, at
     one image size, batch, dtype and phase."""
 
