@@ -26,7 +26,8 @@ import torch
 import attentions.full
 from bench import Case, RunContext, run_sweep
 from bench.analysis.compare import VERDICTS, compare_runs
-from bench.core.measure import SPEEDUP_INTERVAL_METHOD, TimingPolicy, retain_available
+from bench.core.measure import TimingPolicy, retain_available
+from bench.core.statistics import SPEEDUP_INTERVAL_METHOD
 from bench.core.profiles import PROFILES
 from bench.core.machine import cpu_name
 from bench.schema.metadata import write_metadata

@@ -32,7 +32,8 @@ from bench.core.settings import Numerics, ProcessSettings
 from bench.core.flops import count_macs
 from bench.core.accuracy import ERROR_FLOOR, judge, max_abs_error, relative_errors
 import bench.core.measure
-from bench.core.measure import Timing, paired_speedup, peak_memory_bytes, time_rounds, timing_notes
+from bench.core.measure import Timing, peak_memory_bytes, time_rounds, timing_notes
+from bench.core.statistics import paired_speedup
 from bench.suites.presets import COMMON_OPTIONS, preset_blocks
 from bench.core.profiles import PROFILES
 from bench.suites.cases import unique_cases
@@ -687,7 +688,8 @@ def test_pct_of_peak_divides_by_the_peak_of_the_math_used():
 def test_median_interval_is_a_batch_means_interval_of_the_log_latencies():
     """Ten rounds in five batches of two: exp(m ± t(4) · s / √5) with m the median log latency and s the
     standard deviation of the batches' median logs; wider for scattered rounds; none for one round."""
-    from bench.core.measure import Timing, median_interval
+    from bench.core.measure import Timing
+    from bench.core.statistics import median_interval
     rng = np.random.default_rng(7)
     times = tuple(float(t) for t in 2.0 * np.exp(rng.normal(0, 0.05, 10)))
     logs = np.log(times)

@@ -15,7 +15,7 @@ from bench.cli.compare import main as main_compare
 from bench.analysis.compare import (EXIT_INCONCLUSIVE, EXIT_REGRESSED, FASTER, FIXED, INCONCLUSIVE, MIN_ROUNDS, NEW_FAILURE,
                            NOW_UNSUPPORTED, OK, OTHER_DEVICE, REGRESSED, SLOWER, compare_runs, format_comparison,
                            parse_threshold)
-from bench.core.measure import LATENCY_INTERVAL_METHOD, SPEEDUP_INTERVAL_METHOD
+from bench.core.statistics import LATENCY_INTERVAL_METHOD, SPEEDUP_INTERVAL_METHOD
 from bench.core.methods import measurement_methods
 from bench.core.profiles import PROFILES
 from bench.schema.files import ResultsWriter, load_results

@@ -24,7 +24,8 @@ from matplotlib.figure import Figure
 
 import bench.schema.storage
 from bench import cli
-from bench.core.measure import Timing, median_interval
+from bench.core.measure import Timing
+from bench.core.statistics import median_interval
 from bench.report.catalog import PLOTS, names
 from bench.report.build import collect_results
 from bench.schema.columns import COLUMNS, MODEL_COLUMNS, SUITES, TEXT_COLUMNS, VALUE_RULES

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.core.measure import SPEEDUP_INTERVAL_METHOD
+from bench.core.statistics import SPEEDUP_INTERVAL_METHOD
 from bench.core.methods import measurement_methods
 from bench.schema.columns import (BOTH, LATE_COLUMNS, METHODS, SCHEMA_VERSION, SIZE, SUITES, Column, results_suite,
                                   suite_columns)

@@ -25,7 +25,8 @@ from bench.cli.listing import print_listing
 from bench.cli.progress import StopOnSignals, SweepProgress
 from bench.cli.resume import resume_command, resumed_run
 from bench.core.methods import measurement_methods
-from bench.core.measure import (CPU_ALLOCATORS, MAX_SITTINGS, SPEEDUP_INTERVAL_METHOD, WARMUP_WINDOW, TimingPolicy,
+from bench.core.statistics import SPEEDUP_INTERVAL_METHOD
+from bench.core.measure import (CPU_ALLOCATORS, MAX_SITTINGS, WARMUP_WINDOW, TimingPolicy,
                                 retain_available, use_cpu_allocator)
 from bench.core.processes import Stopped
 from bench.core.profiles import DTYPE_ALIASES, DTYPES, PROFILES, GpuProfile, canonical_dtype

@@ -13,10 +13,10 @@
 - **Paired rounds.** Passes whose latencies are compared run round-robin in one process: in each
   round every pass runs once, each round starting one pass later, so that drift of the machine
   (clocks, load, temperature) lands on all of them alike. A speedup is the median of per-round
-  ratios, with a 95% confidence interval by batch means of the log-ratios (see ``paired_speedup``).
+  ratios, with a 95% confidence interval by batch means of the log-ratios (``bench.core.statistics``).
   The rounds may be taken in several *sittings*, each in a fresh process (``TimingPolicy.sittings``),
   so that the interval also covers what one process fixes for its lifetime. A median latency gets a
-  95% interval by the same method (``median_interval``): what ``compare`` judges two runs by.
+  95% interval by the same method (``statistics.median_interval``): what ``compare`` judges two runs by.
 - **CPU memory.** glibc serves a block above its mmap threshold (at most 32 MiB, and moved only
   as blocks are freed) with fresh pages and unmaps it when it is freed, so a pass that allocates
   such blocks pays a page fault for every 4 KiB it touches, on every call, and how many depends on
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import math
 import os
 import platform
 import resource
@@ -48,7 +47,6 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
-import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
@@ -58,19 +56,9 @@ from bench.core.clocks import ClockWatch
 # measurement on each device type; wider is noise. A shared CPU drifts by tens of percent between
 # seconds; a GPU's kernels repeat within a few percent.
 NOISE_LIMIT = {"cpu": 1.3, "cuda": 1.1}
-# A paired speedup's interval comes from this many consecutive batches of rounds: few and long, because a
-# shared CPU's speed for one pass relative to another changes in stretches of 5-15 s (measured on the 2-core
-# development machine), and only batches longer than those are close to independent.
-SPEEDUP_BATCHES = 5
 MAX_SITTINGS = 10
-# How paired_speedup's interval is made, recorded with a run: intervals of different methods do not compare.
-SPEEDUP_INTERVAL_METHOD = "log-batch-means-t95"
-# How median_interval's interval of a median latency is made: log_batch_interval too, of the log latencies.
-LATENCY_INTERVAL_METHOD = SPEEDUP_INTERVAL_METHOD
 # How latencies are timed (time_rounds): paired passes in rotating rounds, each after a warm-up until stable.
 TIMING_METHOD = "paired-rotating-rounds/warmup-until-stable"
-# Two-sided 95% quantiles of Student's t distribution by degrees of freedom (batches - 1).
-STUDENT_T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 @dataclass(frozen=True)
@@ -360,41 +348,6 @@ def timing_notes(timing: Timing, policy: TimingPolicy) -> list[str]:
     if timing.timed_s < asked:
         notes.append(f"timed {timing.timed_s:.3g} s of the {asked:g} s asked: rounds cut at {timing.rounds}")
     return notes
-
-
-def log_batch_interval(log_values: np.ndarray, sittings: tuple[int, ...]) -> tuple[float, float, float]:
-    """(center, low, high) on the log scale: the median of per-round log values and a 95% confidence interval
-    for it by batch means. The batches are the sittings when there were several, else ``SPEEDUP_BATCHES``
-    consecutive runs of rounds (one per round when there are fewer rounds); the interval is m ± t · s / √batches,
-    where m is the median and s the standard deviation of the batches' medians (``SPEEDUP_INTERVAL_METHOD``).
-    Treating rounds as independent (a bootstrap over single rounds, or over short blocks) misses what drifts
-    over seconds and gives an interval that other runs fall outside of. One round has no interval (NaN)."""
-    center = float(np.median(log_values))
-    if len(sittings) > 1:
-        batches = np.split(log_values, np.cumsum(sittings)[:-1])
-    else:
-        batches = np.array_split(log_values, min(SPEEDUP_BATCHES, len(log_values)))
-    if len(batches) < 2:
-        return center, math.nan, math.nan
-    batch_medians = [np.median(batch) for batch in batches]
-    half_width = STUDENT_T_975[len(batches) - 1] * float(np.std(batch_medians, ddof=1)) / math.sqrt(len(batches))
-    return center, center - half_width, center + half_width
-
-
-def paired_speedup(reference: Timing, timing: Timing) -> tuple[float, float, float]:
-    """Speedup over ``reference`` timed in the same rounds: the median of the per-round ratios
-    (reference ÷ this), and a 95% confidence interval for it by batch means of the log-ratios
-    (``log_batch_interval``). On the log scale a ratio's interval is always above zero, and 2× slower
-    sits as far below as 2× faster sits above."""
-    log_ratios = np.log(np.asarray(reference.times_ms) / np.asarray(timing.times_ms))
-    return tuple(math.exp(v) for v in log_batch_interval(log_ratios, reference.sittings))
-
-
-def median_interval(timing: Timing) -> tuple[float, float]:
-    """A 95% confidence interval (ms) of a pass's median latency, by batch means of the log latencies
-    (``log_batch_interval``): what ``compare`` tests two runs' medians with. NaN for one round."""
-    _, low, high = log_batch_interval(np.log(np.asarray(timing.times_ms)), timing.sittings)
-    return math.exp(low), math.exp(high)
 
 
 def machine_state(device: torch.device) -> dict[str, float | None]:

@@ -5,7 +5,8 @@
 from __future__ import annotations
 
 from bench.core.flops import FLOP_CONVENTION
-from bench.core.measure import LATENCY_INTERVAL_METHOD, SPEEDUP_INTERVAL_METHOD, TIMING_METHOD
+from bench.core.measure import TIMING_METHOD
+from bench.core.statistics import LATENCY_INTERVAL_METHOD, SPEEDUP_INTERVAL_METHOD
 
 
 def measurement_methods() -> dict[str, str]:

@@ -248,7 +248,7 @@ IDENTITY_COLUMNS = {suite: tuple(c.name for c in columns if suite in c.identifie
 VALUE_RULES: dict[str, ValueRule] = {c.name: c.rule for c in DECLARED if c.rule is not None}
 
 # (low, high) columns of one row that are ordered, low ≤ high (where both are present). The latency interval
-# is one of the median of the log latencies (bench.core.measure.median_interval), which need not hold the
+# is one of the median of the log latencies (bench.core.statistics.median_interval), which need not hold the
 # arithmetic median of latency_ms_median (two middle rounds of 1 and 6 ms: 3.5 against an interval at 2.45):
 # only its ends are ordered.
 ORDERED_COLUMNS = (("latency_ms_p20", "latency_ms_median"), ("latency_ms_median", "latency_ms_p80"),

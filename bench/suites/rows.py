@@ -15,7 +15,8 @@ import attentions
 from attentions import BackendUnavailableError
 
 from bench.core.flops import count_macs, hardware_flops
-from bench.core.measure import Timing, median_interval, paired_speedup, timing_notes
+from bench.core.measure import Timing, timing_notes
+from bench.core.statistics import median_interval, paired_speedup
 from bench.core.settings import ProcessSettings
 from bench.schema.files import now_iso
 from bench.suites.base import RunContext
