@@ -25,7 +25,8 @@ import torch
 
 import attentions.full
 from bench import Case, RunContext, run_sweep
-from bench.analysis.compare import VERDICTS, compare_runs
+from bench.analysis.compare import compare_runs
+from bench.analysis.verdicts import VERDICTS
 from bench.core.measure import TimingPolicy, retain_available
 from bench.core.statistics import SPEEDUP_INTERVAL_METHOD
 from bench.core.profiles import PROFILES

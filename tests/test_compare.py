@@ -12,9 +12,9 @@ import pytest
 
 from bench import COLUMNS, Case, RunContext, run_sweep
 from bench.cli.compare import main as main_compare
-from bench.analysis.compare import (EXIT_INCONCLUSIVE, EXIT_REGRESSED, FASTER, FIXED, INCONCLUSIVE, MIN_ROUNDS, NEW_FAILURE,
-                           NOW_UNSUPPORTED, OK, OTHER_DEVICE, REGRESSED, SLOWER, compare_runs, format_comparison,
-                           parse_threshold)
+from bench.analysis.compare import EXIT_INCONCLUSIVE, EXIT_REGRESSED, compare_runs, format_comparison
+from bench.analysis.verdicts import (FASTER, FIXED, INCONCLUSIVE, MIN_ROUNDS, NEW_FAILURE, NOW_UNSUPPORTED, OK,
+                                     OTHER_DEVICE, REGRESSED, SLOWER, parse_threshold)
 from bench.core.statistics import LATENCY_INTERVAL_METHOD, SPEEDUP_INTERVAL_METHOD
 from bench.core.methods import measurement_methods
 from bench.core.profiles import PROFILES

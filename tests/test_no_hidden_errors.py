@@ -22,7 +22,8 @@ import torch
 import bench.suites.attention_rows
 from attentions.registry import _FAMILIES, Backend
 from bench import load_results, run_sweep
-from bench.analysis.compare import NEW_FAILURE, REGRESSED, compare_runs, format_comparison
+from bench.analysis.compare import compare_runs, format_comparison
+from bench.analysis.verdicts import NEW_FAILURE, REGRESSED
 from bench.core.accuracy import judge
 from bench.schema.files import ResultsWriter
 from bench.report.catalog import make_tables

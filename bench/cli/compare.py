@@ -9,8 +9,9 @@ import sys
 from typing import Sequence
 
 from bench.analysis.compare import (DEFAULT_MAX_INCONCLUSIVE, DEFAULT_MAX_REGRESSION, DEFAULT_MIN_SHARED,
-                                    EXIT_INCONCLUSIVE, EXIT_PASSED, EXIT_REGRESSED, EXIT_UNUSABLE, PROG,
-                                    percent_text, compare_runs, format_comparison, parse_threshold)
+                                    EXIT_INCONCLUSIVE, EXIT_PASSED, EXIT_REGRESSED, EXIT_UNUSABLE, PROG, compare_runs,
+                                    format_comparison)
+from bench.analysis.verdicts import parse_threshold, percent_text
 from bench.schema.errors import ResultsFormatError
 
 DESCRIPTION = ("Compare two runs case by case: each case regressed, ok or inconclusive, and a gate that fails on "
