@@ -18,6 +18,9 @@ same constructor options and defaults, same state_dict keys and shapes, same out
 
 What upstream leaves unimplemented ('fracpool', 'conv', hard differentiable routing) raises
 ``NotImplementedError`` when the module is built.
+
+Longer than most modules: one file per family, and BRA's backends (reference, SDPA, FlexAttention, the chunked
+CPU path) share its routing and region layout; the fused Triton kernels are apart (``bra_triton``).
 """
 
 from __future__ import annotations

@@ -27,6 +27,9 @@ before attending. These kernels instead read each routed region straight from th
 Only the token attention is here; pooling, region affinity and top-k stay in PyTorch.
 Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors (fp32 and fp16; no bf16), which is how
 the CPU test suite checks them; ``tools.triton_aot`` compiles them for sm_90 and sm_80 without a GPU.
+
+More than 400 lines because the forward and both backward kernels share one tiling of the routed axis
+(``RoutedTiling``) and one tuning table: split, each kernel would need the others' constants to be read.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ its backend measures (``Backend.pass_metrics``: BRA's tile efficiency).
 
 Run it in a process where Triton's interpreter is off (``TRITON_INTERPRET`` unset when triton is
 first imported): ``python -m tools.triton_aot`` (the tests start it as a subprocess).
+
+One module of more than 400 lines because it is one tool: enumerating the launches, capturing them and
+compiling them only make sense together, and nothing else imports its parts.
 """
 
 from __future__ import annotations
