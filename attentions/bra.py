@@ -19,7 +19,7 @@ same constructor options and defaults, same state_dict keys and shapes, same out
 What upstream leaves unimplemented ('fracpool', 'conv', hard differentiable routing) raises
 ``NotImplementedError`` when the module is built.
 
-Longer than most modules: one file per family, and BRA's backends (reference, SDPA, FlexAttention, the chunked
+More than 400 lines: one file per family, and BRA's backends (reference, SDPA, FlexAttention, the chunked
 CPU path) share its routing and region layout; the fused Triton kernels are apart (``bra_triton``).
 """
 

@@ -4,7 +4,7 @@ A family is an ``AttentionModule`` subclass registered under a short name. Its b
 ``Backend`` records: a small function that does the token attention with the module's own
 weights, plus what the harness needs to know before running it (devices, dtypes, backward).
 
-About 430 lines: the whole contract a family implements (the base class, its validation helpers, the backend
+More than 400 lines: the whole contract a family implements (the base class, its validation helpers, the backend
 record) and the registry that builds and lists families, in the one module a plugin author reads.
 """
 

@@ -59,3 +59,16 @@ def test_reading_results_needs_no_torch():
             f"for name in {TORCH_FREE!r}:\n    importlib.import_module(name)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=BENCH.parent)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+MAX_LINES = 400
+SOURCES = sorted([*BENCH.rglob("*.py"), *(BENCH.parent / "attentions").glob("*.py"), *(BENCH.parent / "tools").glob("*.py")])
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(BENCH.parent)))
+def test_a_long_module_says_why(path):
+    """A module longer than MAX_LINES (with a little slack) gives the reason in its docstring."""
+    lines = len(path.read_text().splitlines())
+    docstring = ast.get_docstring(ast.parse(path.read_text())) or ""
+    assert lines <= MAX_LINES * 1.05 or f"{MAX_LINES} lines" in docstring, \
+        f"{path.name}: {lines} lines and its docstring does not say why it is more than {MAX_LINES}"
