@@ -75,8 +75,19 @@ class Table:
     caption: str  # short: a title
     columns: list[Column]
     rows: list[list[object]] = field(default_factory=list)  # float, Cell, str (label or status) or None
-    blocks: list[int] = field(default_factory=list)          # block id per row, for bold and rules
+    blocks: list[int] = field(default_factory=list)          # block id per row, for bold and rules; none: one block
     note: str = ""  # after the shown columns' notes: blocks, bold, conventions
+
+    @property
+    def row_blocks(self) -> list[int]:
+        """The block of every row: ``blocks``, or one block when none are given. ValueError for a table whose
+        blocks do not go with its rows (a table of one's own that appends to one and not the other)."""
+        if not self.blocks:
+            return [0] * len(self.rows)
+        if len(self.blocks) != len(self.rows):
+            raise ValueError(f"table {self.name!r}: {len(self.blocks)} blocks for {len(self.rows)} rows; give a block "
+                             f"for every row, or none (one block)")
+        return self.blocks
 
     def full_note(self, columns: list[Column]) -> str:
         """The note under a rendering with ``columns``: their meanings, then the table's own note."""
@@ -92,8 +103,9 @@ class Table:
         for col, column in enumerate(self.columns):
             if column.best is None:
                 continue
-            for block in set(self.blocks):
-                values = [(r, _number(row[col])) for r, row in enumerate(self.rows) if self.blocks[r] == block]
+            blocks = self.row_blocks
+            for block in set(blocks):
+                values = [(r, _number(row[col])) for r, row in enumerate(self.rows) if blocks[r] == block]
                 values = [(r, v) for r, v in values if v is not None and math.isfinite(v)]  # inf: never the best
                 if len(values) < 2:
                     continue
@@ -126,7 +138,8 @@ class Table:
         note_lines = math.ceil(len(note) / NOTE_CHARS)
         pages: list[list[int]] = []
         lines = 0
-        for _, run in itertools.groupby(range(len(self.rows)), key=lambda r: self.blocks[r]):
+        blocks = self.row_blocks
+        for _, run in itertools.groupby(range(len(self.rows)), key=lambda r: blocks[r]):
             run = list(run)
             if pages and lines + len(run) + 1 <= PAGE_LINES - (note_lines if len(pages) == 1 else 0):
                 pages[-1] += run
@@ -154,6 +167,7 @@ class Table:
         note = self.full_note([self.columns[c] for c in shown + headed])
         out = [f"% requires: {', '.join(LATEX_PACKAGES)}",
                f"% The paper's columns; {self.name}.md and {self.name}.csv hold them all."]
+        blocks = self.row_blocks
         for page, rows in enumerate(self.pages(note)):
             caption = self.caption if page == 0 else f"{self.caption} (continued)"
             label = f"tab:{self.name}" if page == 0 else f"tab:{self.name}:{page + 1}"
@@ -163,7 +177,7 @@ class Table:
                     *self._latex_header(shown), "\\midrule"]
             for previous, r in zip([None, *rows], rows):
                 new_heading = bool(headed) and (previous is None or headings[r] != headings[previous])
-                if previous is not None and (new_heading or self.blocks[r] != self.blocks[previous]):
+                if previous is not None and (new_heading or blocks[r] != blocks[previous]):
                     out.append("\\midrule")
                 if new_heading:
                     out.append(f"\\multicolumn{{{len(shown)}}}{{l}}{{\\emph{{{latex_escape(headings[r])}}}}} \\\\")
