@@ -256,9 +256,9 @@ def compare_frames(base: pd.DataFrame, new: pd.DataFrame, max_regression: float 
     return judge_table(table, max_regression, medians_only), only_in_base, only_in_new
 
 
-
-
 # NEW's rows to re-time -> their re-timed rows (same columns); given NEW's metadata (see bench.execution.remeasure)
+
+
 Remeasure = Callable[[pd.DataFrame, "dict[str, Any] | None"], pd.DataFrame]
 RETIMABLE_CHANGES = (SLOWER, FASTER, UNCHANGED, TOO_FEW_ROUNDS, UNMEASURED)  # inconclusive for the timing's sake
 
@@ -275,8 +275,8 @@ def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFA
 
     With ``rerun_inconclusive`` N, NEW's cases that are inconclusive for their timing's sake are re-timed with
     the code at hand (``remeasure``: the command line gives ``bench.execution.remeasure.remeasure_rows``), up to N
-    times, before the verdict. Raises ResultsFormatError when either file is missing, empty, has no rows or is not a results
-    file of this suite. Missing run metadata is a warning.
+    times, before the verdict. Raises ResultsFormatError when either file is missing, empty, has no rows or is not
+    a results file of this suite. Missing run metadata is a warning.
     """
     if not math.isfinite(max_regression) or max_regression < 0:
         raise ValueError(f"max_regression must be a finite, non-negative fraction, not {max_regression!r}")
@@ -326,7 +326,8 @@ def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFA
     too_few_shared = None
     if table.empty or len(table) < min_shared * len(base_frame):
         required = "one" if min_shared == 0 else percent_text(min_shared)
-        too_few_shared = (f"NEW has {len(table)} of BASE's {len(base_frame)} cases ({len(table) / len(base_frame):.0%}); "
+        share = len(table) / len(base_frame)
+        too_few_shared = (f"NEW has {len(table)} of BASE's {len(base_frame)} cases ({share:.0%}); "
                           f"at least {required} must be compared (--min-shared)")
     changed = table[[is_known(r) and abs(r - 1) > GMACS_TOLERANCE for r in table["gmacs_ratio"]]]
     for _, row in changed.iterrows():

@@ -27,6 +27,7 @@ Defaults = Mapping[str, Mapping[str, Any]]  # family -> its default options
 CASE_SHAPE = ["resolution", "batch", "dim", "heads", "dtype", "phase", "device_name"]
 PAIRED = ["status", "latency_ms_median", "peak_mem_mb"]
 
+
 def effective_options(frame: pd.DataFrame, defaults: Defaults) -> pd.Series:
     """Each row's options over its family's ``defaults`` (none for a family they do not hold)."""
     return frame.apply(lambda row: {**defaults.get(row["family"], {}), **json.loads(row["options"])}, axis=1)

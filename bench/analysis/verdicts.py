@@ -102,23 +102,35 @@ def ratio_of(new: float, base: float) -> float:
     if base == 0:
         return 1.0 if new == 0 else math.inf
     return new / base
+
+
 def is_known(*values: Any) -> bool:
     return all(not pd.isna(v) for v in values)
+
+
 def ratio_text(value: float) -> str:
     if pd.isna(value):
         return "–"
     return "inf×" if math.isinf(value) else f"{value:.2f}×"
+
+
 def shortened(text: Any, limit: int = 100) -> str:
     if not isinstance(text, str) or not text:
         return ""
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def same_device(row: pd.Series) -> bool:
     base, new = row["device_name_base"], row["device_name_new"]
     return base == new or (pd.isna(base) and pd.isna(new))
+
+
 def same_devices(table: pd.DataFrame) -> pd.Series:
     """Per aligned case, whether both runs name the same device."""
     return pd.Series([same_device(r) for _, r in table.iterrows()], index=table.index, dtype=bool)
+
+
 @dataclass(frozen=True)
 class Interval:
     """A 95% interval of a run's median latency (ms), and where it came from."""
@@ -126,6 +138,8 @@ class Interval:
     low: float
     high: float
     source: str  # "ci": the row's batch-means interval; "p20-p80": the spread, for runs that recorded no interval
+
+
 def latency_interval(row: pd.Series, side: str) -> Interval | None:
     """The interval of one side's median latency: its recorded confidence interval, else (older runs) its
     p20–p80 spread, which is wider and so errs towards ``inconclusive``; None when neither is there."""
@@ -134,21 +148,27 @@ def latency_interval(row: pd.Series, side: str) -> Interval | None:
         return Interval(float(low), float(high), "ci")
     low, high = row.get(f"latency_ms_p20_{side}"), row.get(f"latency_ms_p80_{side}")
     return Interval(float(low), float(high), "p20-p80") if is_known(low, high) else None
+
+
 def speedup_shift(row: pd.Series) -> str | None:
     """How the case's paired speedup over its reference moved between the runs: ``dropped`` (NEW's interval
     wholly below BASE's), ``rose`` (wholly above), ``unchanged`` (they overlap); None without both intervals.
     Measured in paired rounds, it is free of what the machine did between the runs."""
     if not is_known(row["speedup_ci_low_base"], row["speedup_ci_high_base"], row["speedup_ci_low_new"],
-                  row["speedup_ci_high_new"]):
+                    row["speedup_ci_high_new"]):
         return None
     if row["speedup_ci_high_new"] < row["speedup_ci_low_base"]:
         return "dropped"
     if row["speedup_ci_low_new"] > row["speedup_ci_high_base"]:
         return "rose"
     return "unchanged"
+
+
 def _speedups(row: pd.Series) -> str:
     return (f"{row['speedup_vs_ref_base']:.2f}× [{row['speedup_ci_low_base']:.2f}–{row['speedup_ci_high_base']:.2f}] "
             f"-> {row['speedup_vs_ref_new']:.2f}× [{row['speedup_ci_low_new']:.2f}–{row['speedup_ci_high_new']:.2f}]")
+
+
 def _status_change(row: pd.Series) -> tuple[str, str]:
     """(verdict, change) of a case not timed in both runs."""
     base_status, new_status = row["status_base"], row["status_new"]
@@ -159,6 +179,8 @@ def _status_change(row: pd.Series) -> tuple[str, str]:
     if new_status in TIMED:
         return OK, FIXED if base_status in FAILURE_STATUSES else NOW_SUPPORTED
     return OK, f"still {new_status}" if base_status == new_status else f"{base_status} -> {new_status}"
+
+
 def _machine_check(row: pd.Series, siblings: pd.DataFrame) -> tuple[bool, str]:
     """Whether an absolute slowdown beyond the intervals is the code's (True) or may be the machine's (False),
     and why: the case's paired speedup over its reference must have dropped too. A reference case has no
@@ -177,6 +199,8 @@ def _machine_check(row: pd.Series, siblings: pd.DataFrame) -> tuple[bool, str]:
         return False, ("but the backends timed beside it slowed alike (their paired speedups over it are "
                        "unchanged): the machine, or a change common to all of them")
     return True, "unpaired: nothing timed beside it tells the machine from the code"
+
+
 def judge(row: pd.Series, max_regression: float, siblings: pd.DataFrame | None = None,
           medians_only: str | None = None) -> tuple[str, str, str]:
     """(verdict, change, reason) of one aligned case: ``verdict`` is regressed, ok or inconclusive
@@ -221,6 +245,8 @@ def judge(row: pd.Series, max_regression: float, siblings: pd.DataFrame | None =
 
     verdict, change, why = _judge_latency(row, max_regression, siblings, medians_only)
     return (REGRESSED if regressions else verdict), change, "; ".join(filter(None, [why, *regressions, *notes]))
+
+
 def reference_shift(row: pd.Series, siblings: pd.DataFrame) -> float | None:
     """NEW ÷ BASE latency of the case's reference in the same configuration (the case itself when it is the
     reference): how differently the machine ran the two runs; None without the reference in both."""
@@ -229,10 +255,14 @@ def reference_shift(row: pd.Series, siblings: pd.DataFrame) -> float | None:
         return row["latency_ratio"] if is_known(row["latency_ratio"]) else None
     found = siblings[siblings["backend"] == reference]["latency_ratio"].dropna()
     return float(found.iloc[0]) if len(found) else None
+
+
 def _latency_change(ratio: float, max_regression: float) -> str:
     if is_known(ratio) and ratio > 1 + max_regression:
         return SLOWER
     return FASTER if is_known(ratio) and ratio < 1 / (1 + max_regression) else UNCHANGED
+
+
 def _judge_latency(row: pd.Series, max_regression: float, siblings: pd.DataFrame,
                    medians_only: str | None = None) -> tuple[str, str, str]:
     """(verdict, change, reason) from the two runs' median latencies and their intervals; from the medians
@@ -274,12 +304,16 @@ def _judge_latency(row: pd.Series, max_regression: float, siblings: pd.DataFrame
     if ratio > limit_up:
         return INCONCLUSIVE, change, f"{stated}: beyond {percent_text(max_regression)} but the intervals overlap"
     return OK, change, stated if change != UNCHANGED else ""
+
+
 def _siblings(table: pd.DataFrame) -> list[pd.DataFrame]:
     """Per aligned case, the other cases of its configuration (all but the backend)."""
     if table.empty:
         return []
     keys = table[[c for c in IDENTITY if c != "backend"]].astype(str).agg("|".join, axis=1)
     return [table[(keys == key) & (table.index != index)] for index, key in keys.items()]
+
+
 def judge_table(table: pd.DataFrame, max_regression: float, medians_only: str | None = None) -> pd.DataFrame:
     """The aligned table with ``verdict``, ``change`` and ``reason`` of every case (``medians_only``: see
     ``judge``)."""
@@ -289,6 +323,8 @@ def judge_table(table: pd.DataFrame, max_regression: float, medians_only: str | 
     table["change"] = [c for _, c, _ in judged]
     table["reason"] = [r for _, _, r in judged]
     return table
+
+
 def interval_methods_differ(quantity: str, base: dict[str, Any] | None, new: dict[str, Any] | None) -> str | None:
     """Why the two runs' intervals of ``quantity`` ('latency' or 'speedup') do not compare: the methods their
     metadata name (``methods.<quantity>_interval``) differ, or one is unrecorded (a run from before it was

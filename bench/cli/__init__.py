@@ -15,7 +15,8 @@ from typing import Any, Sequence
 from bench.cli.progress import rearm_sigint
 from bench.schema.errors import one_line_results_warnings
 
-# name -> (module, one line of help); a module has DESCRIPTION, add_arguments(parser) and run(args, parser, argv)
+# name -> (module, one line of help). A module has DESCRIPTION, add_arguments(parser) and run(args, parser, argv);
+# compare has DESCRIPTION and main(argv), for it parses its own words (see main)
 COMMANDS = {
     "sweep": ("bench.cli.sweep", "sweep a suite's cases into a run's result files (the default command)"),
     "list": ("bench.cli.listing", "the attention families, their backends and where each runs"),
@@ -56,8 +57,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, CommandParser]]:
     commands = {}
     for name, (module, help_text) in COMMANDS.items():
         # the default command keeps the program's name in its messages: 'run_bench.py --gpu x' is a sweep
-        commands[name] = subparsers.add_parser(name, module=module, help=help_text,
-                                               prog="run_bench.py" if name == DEFAULT_COMMAND else f"run_bench.py {name}")
+        prog = "run_bench.py" if name == DEFAULT_COMMAND else f"run_bench.py {name}"
+        commands[name] = subparsers.add_parser(name, module=module, help=help_text, prog=prog)
     return parser, commands
 
 

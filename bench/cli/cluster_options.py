@@ -16,8 +16,10 @@ from bench.suites.base import Suite
 
 DEFAULT_RETRIES = 2  # --retries
 
+
 def uses_ray(args: argparse.Namespace) -> bool:
     return args.ray_address is not None or (args.workers or 1) > 1
+
 
 def check_cluster_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Exit 2 when Ray is asked for and not installed, or --retries is given without Ray."""
@@ -30,6 +32,7 @@ def check_cluster_flags(parser: argparse.ArgumentParser, args: argparse.Namespac
     except ImportError:
         flag = f"--ray-address {args.ray_address}" if args.ray_address else f"--workers {args.workers}"
         parser.error(f'{flag} runs on Ray, which is not installed: pip install -e ".[cluster]"')
+
 
 def ray_executor(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str, suite: Suite,
                  metadata: dict[str, Any], metadata_path: Path) -> Executor:
@@ -64,6 +67,7 @@ def ray_executor(parser: argparse.ArgumentParser, args: argparse.Namespace, devi
 
     return cluster.RayExecutor(device, workers, retries(args), suite.base_row,
                                threads=threads, on_node=on_node)
+
 
 def retries(args: argparse.Namespace) -> int:
     return DEFAULT_RETRIES if args.retries is None else args.retries

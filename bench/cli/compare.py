@@ -95,4 +95,3 @@ def main(argv: Sequence[str]) -> int:
         return EXIT_UNUSABLE
     print(format_comparison(comparison))
     return comparison.exit_status
-

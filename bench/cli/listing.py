@@ -12,6 +12,7 @@ from bench.suites import SUITES
 
 DESCRIPTION = "The attention families, their backends and options, and where each backend runs here."
 
+
 def list_attentions_text() -> str:
     lines = []
     devices = ["cpu", "cuda"]
@@ -30,6 +31,7 @@ def list_attentions_text() -> str:
             lines.append(f"           devices {', '.join(spec['devices'])}; dtypes {dtypes_text}; "
                          f"backward on {', '.join(spec['backward']) or 'no device'}; here: {'; '.join(here)}")
     return "\n".join(lines)
+
 
 def list_models_text() -> str:
     lines = ["models (attentions.models.build_model):"]

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from bench.core.processes import Stopped
 
+
 class SweepProgress:
     """The sweep's tqdm bar, in cases. Cases already complete count at once (tqdm's ``initial``, so that they
     stay out of its rate and ETA). A running group's cases advance together as its work does (``advance``,
@@ -78,6 +79,7 @@ class SweepProgress:
         if self.bar is not None:
             self.bar.close()
 
+
 class StopOnSignals:
     """While in ``with``, the signals that end a sweep stop it cleanly. The first SIGINT (Ctrl-C) only sets
     ``requested``, so that the sweep stops once the group in progress has its rows; a second SIGINT, and
@@ -109,6 +111,7 @@ class StopOnSignals:
         # os.write, not print: a handler may run in the middle of a write to sys.stderr (the progress bar's)
         os.write(2, b"\ninterrupt: the sweep stops once the case in progress has its row "
                     b"(Ctrl-C again stops at once)\n")
+
 
 def rearm_sigint() -> None:
     """Give SIGINT back to Python (KeyboardInterrupt) where this process inherited it ignored (a shell's

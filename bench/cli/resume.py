@@ -18,6 +18,7 @@ from bench.schema.metadata import read_metadata
 RESUME_COMPATIBLE = {"resume", "results_dir", "reports_dir", "quiet", "no_report", "dry_run", "time_budget", "workers",
                      "ray_address", "retries"}
 
+
 def resumed_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Path, dict, argparse.Namespace]:
     """Results path, metadata and the stored sweep arguments of the run named by --resume. Reads only:
     the run's lock is taken, and a torn last row cut, when the run is written to."""
@@ -61,6 +62,7 @@ def resumed_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tu
         setattr(stored, dest, getattr(args, dest))
     return results_path, metadata, stored
 
+
 def parse_stored_command(parser: argparse.ArgumentParser, argv: list[str], source: Path) -> argparse.Namespace:
     """A run's stored command line parsed as at its start; a clean error if it does not parse or resumes."""
     with contextlib.redirect_stderr(io.StringIO()) as messages:
@@ -73,6 +75,7 @@ def parse_stored_command(parser: argparse.ArgumentParser, argv: list[str], sourc
         parser.error(f"--resume: the command line stored in {source} ({shlex.join(argv)}) is not one this tool "
                      f"can continue: {problem}")
     return stored
+
 
 def resume_command(parser: argparse.ArgumentParser, args: argparse.Namespace, run_id: str) -> str:
     """The command that completes the run: ``--resume`` with the flags given for where its files go."""

@@ -172,8 +172,8 @@ def on_reference_backend(module: torch.nn.Module) -> torch.nn.Module:
 def exact_pass(module: torch.nn.Module, x: torch.Tensor, phase: str,
                grad_out: torch.Tensor | None) -> list[torch.Tensor]:
     """The reference backend's pass in float64 on the module's weights and ``x`` as they are (rounded to
-    their dtype), on their device (``exact_copy``: with the module's own discrete choices). Raises ``NonFiniteReferenceError`` naming the counts when its output
-    or gradients hold NaN/inf."""
+    their dtype), on their device (``exact_copy``: with the module's own discrete choices). Raises
+    ``NonFiniteReferenceError`` naming the counts when its output or gradients hold NaN/inf."""
     exact = make_pass(module.exact_copy(x), x.double(), phase, None if grad_out is None else grad_out.double())()
     bad = nonfinite_counts(pass_tensor_names(module, phase), exact)
     if bad:

@@ -20,6 +20,8 @@ class Stopped(BaseException):
         self.signum = signum
 
 # Signals that end a process on request rather than by a fault: a sitting ended by one was stopped from outside.
+
+
 STOPPING_SIGNALS = frozenset({signal.SIGINT, signal.SIGHUP, signal.SIGTERM})
 
 

@@ -73,4 +73,3 @@ def schema_markdown(methods: Mapping[str, str]) -> str:
     for suite in SUITE_NAMES:
         lines += ["", f"### The {suite} suite's header", "", ", ".join(f"`{name}`" for name in SUITES[suite])]
     return "\n".join(lines) + "\n"
-

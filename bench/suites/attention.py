@@ -117,7 +117,8 @@ class AttentionSuite(SuiteReport):
     def groups(self, cases: Sequence[Case]) -> list[list[Case]]:
         return comparison_groups(cases)
 
-    def run_group(self, cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case] = ()) -> list[dict[str, Any]]:
+    def run_group(self, cases: Sequence[Case], ctx: RunContext,
+                  companions: Sequence[Case] = ()) -> list[dict[str, Any]]:
         return run_group(cases, ctx, companions)
 
     def base_row(self, case: Case, ctx: RunContext) -> dict[str, Any]:

@@ -270,7 +270,8 @@ def run_group(cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case]
     for _ in range(1, ctx.timing.sittings):
         timed = [p.case for key, p in prepared.items() if isinstance(timings[key], Timing)]
         if timed:
-            later = sitting_in_fresh_process(timed, ctx.seed, ctx.timing, process_settings(ctx, torch.get_num_threads()))
+            settings = process_settings(ctx, torch.get_num_threads())
+            later = sitting_in_fresh_process(timed, ctx.seed, ctx.timing, settings)
             timings.update({case.key: timings[case.key].joined(later[case.key])
                             if isinstance(later[case.key], Timing) else later[case.key] for case in timed})
         step(passes)

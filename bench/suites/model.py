@@ -119,7 +119,8 @@ def count_model_macs(case: ModelCase, model: torch.nn.Module, x: torch.Tensor,
 
 def prepare_model_case(case: ModelCase, ctx: RunContext) -> tuple[dict[str, Any], Callable[[], object], int]:
     """Everything of one model case but its latency: the row so far (parameters, FLOPs, peak memory), the
-    pass to time and its MACs on the real maps at the case's batch. Exceptions propagate (``failure`` makes them a status)."""
+    pass to time and its MACs on the real maps at the case's batch. Exceptions propagate (``failure`` makes them
+    a status)."""
     device, dtype = torch.device(case.device), DTYPES[case.dtype]
     torch.manual_seed(ctx.seed)
     model = build_model(case.model, **case.options_dict)
@@ -219,7 +220,8 @@ def check_model_configurations(cases: Sequence[ModelCase], profile: GpuProfile) 
                     built[case.model, case.attention] = build_model(case.model, **case.options_dict)
                 built[case.model, case.attention].check_image(torch.empty(1, 3, case.resolution, case.resolution))
         except AttentionConfigError as exc:
-            raise PlanError(f"{case.model} ({case.attention}) at {case.resolution}×{case.resolution} px: {exc}") from None
+            raise PlanError(f"{case.model} ({case.attention}) at {case.resolution}×{case.resolution} px: "
+                            f"{exc}") from None
 
 
 def model_summary_table(frame: pd.DataFrame) -> str:
