@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Sequence
+from typing import Sequence
 
 import pandas as pd
 import torch
@@ -16,7 +16,7 @@ from attentions import AttentionConfigError
 from bench.core.profiles import GpuProfile
 from bench.schema.columns import COLUMNS
 from bench.suites.attention_rows import base_row, comparison_groups, reference_case, run_group
-from bench.suites.base import PlanError, RunContext, SuiteReport
+from bench.suites.base import PlanError, SuiteRecord
 from bench.suites.cases import Case, SweepBlock, unique_cases
 from bench.suites.planning import check_input_fits, check_known, summary_cell, text_table
 from bench.suites.presets import COMMON_OPTIONS, KV_MODES, STAGE1_WIDTH, kv_axis, preset_blocks, topk_axis
@@ -95,40 +95,18 @@ def summary_table(frame: pd.DataFrame) -> str:
     return text_table(table.drop(columns="cell").reset_index().fillna(""))
 
 
-class AttentionSuite(SuiteReport):
-    """Attention layers: a case is a family's configuration on one backend at one shape, dtype and phase."""
-
-    name = "attentions"
-    flags = frozenset({"preset", "families", "topk", "kv_modes", "auto_pad", "sittings"})
-    uses_presets = True
-    pairing = "paired: a shape's cases round-robin in one process"
-
-    @property
-    def columns(self) -> list[str]:
-        return COLUMNS
-
-    def plan(self, request: argparse.Namespace, device: str, profile: GpuProfile) -> list[Case]:
-        blocks = apply_overrides(request, preset_blocks(request.preset, profile))
-        cases = unique_cases(blocks, device, COMMON_OPTIONS)
-        check_configurations(cases, profile)
-        # in the order they run: each comparison group's cases together (timed in paired rounds)
-        return [case for group in comparison_groups(cases) for case in group]
-
-    def groups(self, cases: Sequence[Case]) -> list[list[Case]]:
-        return comparison_groups(cases)
-
-    def run_group(self, cases: Sequence[Case], ctx: RunContext,
-                  companions: Sequence[Case] = ()) -> list[dict[str, Any]]:
-        return run_group(cases, ctx, companions)
-
-    def base_row(self, case: Case, ctx: RunContext) -> dict[str, Any]:
-        return base_row(case, ctx)
-
-    def reference_case(self, case: Case) -> Case:
-        return reference_case(case)
-
-    def summary(self, frame: pd.DataFrame) -> str:
-        return summary_table(frame)
+def plan(request: argparse.Namespace, device: str, profile: GpuProfile) -> list[Case]:
+    """The preset's cases narrowed by the sweep's flags, checked, in the order they run: each comparison group's
+    cases together (timed in paired rounds)."""
+    blocks = apply_overrides(request, preset_blocks(request.preset, profile))
+    cases = unique_cases(blocks, device, COMMON_OPTIONS)
+    check_configurations(cases, profile)
+    return [case for group in comparison_groups(cases) for case in group]
 
 
-ATTENTION_SUITE = AttentionSuite()
+# Attention layers: a case is a family's configuration on one backend at one shape, dtype and phase.
+ATTENTION_SUITE = SuiteRecord(
+    name="attentions", flags=frozenset({"preset", "families", "topk", "kv_modes", "auto_pad", "sittings"}),
+    uses_presets=True, pairing="paired: a shape's cases round-robin in one process", columns=COLUMNS, plan=plan,
+    groups=comparison_groups, run_group=run_group, base_row=base_row, reference_case=reference_case,
+    summary=summary_table)

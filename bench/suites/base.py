@@ -45,7 +45,7 @@ class Suite(Protocol):
     """A kind of benchmark: how its cases are planned from the sweep's flags, grouped for paired timing, run
     into rows and summarised, and which tables and plots report it. Execution and the command line know a suite
     only through this protocol; the report, which reads files alone, finds the tables and plots by the suite's
-    ``name``, which its result files carry (``SuiteReport`` gives a suite those registered there)."""
+    ``name``, which its result files carry (``SuiteRecord`` gives a suite those registered there)."""
 
     name: str  # the --suite value, and the schema's suite of the rows it writes
     flags: frozenset[str]  # the suite-specific sweep flags (argparse dests) it takes
@@ -84,11 +84,25 @@ class Suite(Protocol):
         """Its report's plots, by name, in report order."""
 
 
-class SuiteReport:
-    """The ``tables`` and ``plots`` half of the protocol: what the report catalog registers under the suite's
-    name (``bench.report.catalog``), for a suite class to inherit."""
+GroupRunner = Callable[[Sequence[Any], RunContext, Sequence[Any]], list[dict[str, Any]]]
+
+
+@dataclass
+class SuiteRecord:
+    """A suite as a record of its functions (the protocol's members as fields), as a ``Backend`` is of its
+    ``attend``; its ``tables`` and ``plots`` are those the report catalog registers under its ``name``."""
 
     name: str
+    flags: frozenset[str]
+    uses_presets: bool
+    pairing: str
+    columns: list[str]
+    plan: Callable[[argparse.Namespace, str, GpuProfile], list[Any]]
+    groups: Callable[[Sequence[Any]], list[list[Any]]]
+    run_group: GroupRunner
+    base_row: Callable[[Any, RunContext], dict[str, Any]]
+    reference_case: Callable[[Any], Any]
+    summary: Callable[[pd.DataFrame], str]
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -97,6 +111,3 @@ class SuiteReport:
     @property
     def plots(self) -> tuple[str, ...]:
         return names(PLOTS, self.name)
-
-
-GroupRunner = Callable[[Sequence[Any], RunContext, Sequence[Any]], list[dict[str, Any]]]

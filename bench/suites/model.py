@@ -37,7 +37,7 @@ from bench.core.flops import hardware_flops
 from bench.core.measure import Timing, make_pass, peak_memory_bytes, time_rounds
 from bench.core.profiles import DTYPES, GpuProfile
 from bench.schema.columns import MODEL_COLUMNS
-from bench.suites.base import PlanError, RunContext, SuiteReport
+from bench.suites.base import PlanError, RunContext, SuiteRecord
 from bench.suites.cases import PHASES, ModelCase
 from bench.suites.planning import check_input_fits, check_known, summary_cell, text_table
 from bench.suites.rows import (MB, count_macs_any_backend, failure, free_memory, process_settings, stamped,
@@ -234,51 +234,29 @@ def model_summary_table(frame: pd.DataFrame) -> str:
                              "gmacs_per_image", "result"]])
 
 
-class ModelSuite(SuiteReport):
-    """Whole backbones of ``attentions.models``: a case is a model with an attention choice on one backend, at
-    one image size, batch, dtype and phase."""
-
-    name = "models"
-    flags = frozenset({"models", "attentions"})
-    uses_presets = False
-    pairing = "paired: a model case's backends round-robin in one process"
-
-    @property
-    def columns(self) -> list[str]:
-        return MODEL_COLUMNS
-
-    def plan(self, request: argparse.Namespace, device: str, profile: GpuProfile) -> list[ModelCase]:
-        models = list(list_models())
-        check_known("--models", request.models, models)
-        families = list(attentions.list_attentions())
-        for choice in request.attentions or []:
-            names = choice.split(",")
-            if len(names) not in (1, 4) or any(name not in families for name in names):
-                raise PlanError(f"--attentions: {choice!r} is not a family or four comma-separated families; "
-                                f"families: {', '.join(families)}")
-        check_known("--backends", request.backends,
-                    sorted({b for info in attentions.list_attentions().values() for b in info["backends"]}))
-        cases = model_cases(request.models or models, request.attentions or families, request.backends or ["torch"],
-                            request.resolutions or list(MODEL_RESOLUTIONS), request.batch,
-                            request.dtype or [profile.default_dtype], request.phase or list(PHASES), device, profile)
-        check_model_configurations(cases, profile)
-        return cases
-
-    def groups(self, cases: Sequence[ModelCase]) -> list[list[ModelCase]]:
-        return model_groups(cases)
-
-    def run_group(self, cases: Sequence[ModelCase], ctx: RunContext,
-                  companions: Sequence[ModelCase] = ()) -> list[dict[str, Any]]:
-        return run_model_group(cases, ctx, companions)
-
-    def base_row(self, case: ModelCase, ctx: RunContext) -> dict[str, Any]:
-        return base_model_row(case, ctx)
-
-    def reference_case(self, case: ModelCase) -> ModelCase:
-        return reference_case(case)
-
-    def summary(self, frame: pd.DataFrame) -> str:
-        return model_summary_table(frame)
+def plan(request: argparse.Namespace, device: str, profile: GpuProfile) -> list[ModelCase]:
+    """The model cases the sweep's flags ask for, checked."""
+    models = list(list_models())
+    check_known("--models", request.models, models)
+    families = list(attentions.list_attentions())
+    for choice in request.attentions or []:
+        names = choice.split(",")
+        if len(names) not in (1, 4) or any(name not in families for name in names):
+            raise PlanError(f"--attentions: {choice!r} is not a family or four comma-separated families; "
+                            f"families: {', '.join(families)}")
+    check_known("--backends", request.backends,
+                sorted({b for info in attentions.list_attentions().values() for b in info["backends"]}))
+    cases = model_cases(request.models or models, request.attentions or families, request.backends or ["torch"],
+                        request.resolutions or list(MODEL_RESOLUTIONS), request.batch,
+                        request.dtype or [profile.default_dtype], request.phase or list(PHASES), device, profile)
+    check_model_configurations(cases, profile)
+    return cases
 
 
-MODEL_SUITE = ModelSuite()
+# Whole backbones of attentions.models: a case is a model with an attention choice on one backend, at one image
+# size, batch, dtype and phase.
+MODEL_SUITE = SuiteRecord(
+    name="models", flags=frozenset({"models", "attentions"}), uses_presets=False,
+    pairing="paired: a model case's backends round-robin in one process", columns=MODEL_COLUMNS, plan=plan,
+    groups=model_groups, run_group=run_model_group, base_row=base_model_row, reference_case=reference_case,
+    summary=model_summary_table)
