@@ -7,16 +7,51 @@ mode puts tests/ on ``sys.path`` and the test files import it as ``from referenc
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
 import torch
 
 import attentions
+from attentions.core import REFERENCE_BACKENDS
 
 F64 = torch.float64
-BACKENDS = ("torch", "sdpa")
+BACKENDS = tuple(REFERENCE_BACKENDS)  # the shared plain-PyTorch backends every family has: 'torch' and 'sdpa'
 
 Naive = Callable[[torch.Tensor, dict], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CudaCase:
+    """How tests/test_cuda.py checks a family's CUDA backends: one small module of the family, its input size and
+    its naive float64 reference. A family's test file (tests/test_<family>.py) defines it as ``CUDA_CASE``, so a
+    new family brings its own and no shared table names it."""
+
+    size: tuple[int, int, int]  # batch, height, width
+    options: dict[str, Any]  # constructor options besides dim and num_heads
+    naive: Callable[[attentions.AttentionModule, torch.Tensor], Naive]  # (module as run, its input) -> reference
+    overrides: dict[str, float] = field(default_factory=dict)  # random_module's std by parameter prefix
+
+
+def cuda_case(family: str) -> CudaCase | None:
+    """The family's ``CUDA_CASE`` from its test file ``test_<family>``, or None where there is no such file or it
+    defines none."""
+    try:
+        module = importlib.import_module(f"test_{family}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"test_{family}":
+            raise
+        return None
+    return getattr(module, "CUDA_CASE", None)
+
+
+def eager_backends(family: str) -> tuple[str, ...]:
+    """The family's backends that run on this CPU in float64 with a backward, from the registry: the eager ones,
+    which the naive float64 references check exactly. (FlexAttention and the Triton kernels compile, and have
+    neither float64 nor a backward on the CPU: their own tests check them.)"""
+    return tuple(backend for backend in attentions.list_attentions()[family]["backends"]
+                 if attentions.backend_available(family, backend, "cpu", backward=True, dtype=F64)[0])
 
 
 def randomize_(module: torch.nn.Module, seed: int, std: float, overrides: Mapping[str, float] | None = None,

@@ -22,14 +22,22 @@ import attentions
 from attentions.registry import Backend
 from bench.core.accuracy import ERROR_FLOOR, accuracy, relative_errors
 from bench.core.measure import make_pass
+from registry_cases import families
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-SHAPES = {  # family -> (options, resolution)
+SHAPES = {  # family -> (options, resolution); a family without an entry: its defaults at 14²
     "full": ({}, 14),
     "window": ({"window_size": 7, "shift_size": 3}, 14),
     "deformable": ({"fmap_size": 14}, 14),
     "bra": ({"n_win": 7, "topk": 4}, 14),
 }
+FAMILIES = families()  # every registered family
+
+
+def shape(family: str) -> tuple[dict, int]:
+    return SHAPES.get(family, ({}, 14))
+
+
 LEVELS = (0.01, 0.02, 0.05)
 # (family, dtype) where a sabotage of p need not be caught: the reference's own error bounds it
 NOT_CATCHABLE = {("deformable", "bfloat16", 0.01)}
@@ -47,7 +55,7 @@ def sabotaged(attend: Callable[..., Any], factor: dict[str, float]) -> Callable[
 
 def build(family: str, dtype: torch.dtype, backend: str = "torch", seed: int = 0):
     """A module of the family at a small shape, with a fresh random input and upstream gradient."""
-    options, resolution = SHAPES[family]
+    options, resolution = shape(family)
     torch.manual_seed(seed)
     module = attentions.build(family, dim=32, num_heads=2, backend=backend, **options).to(dtype)
     generator = torch.Generator().manual_seed(seed + 100)
@@ -59,7 +67,7 @@ def build(family: str, dtype: torch.dtype, backend: str = "torch", seed: int = 0
 def sabotage(monkeypatch) -> Callable[[str], dict[str, float]]:
     """Adds a 'sabotaged' backend to a family; returns the dict whose 'f' sets how far off it is."""
     def add(family: str) -> dict[str, float]:
-        cls = type(attentions.build(family, dim=32, num_heads=2, **SHAPES[family][0]))
+        cls = type(attentions.build(family, dim=32, num_heads=2, **shape(family)[0]))
         factor = {"f": 0.0}
         reference = cls.backends[cls.reference_backend]
         monkeypatch.setitem(cls.backends, "sabotaged",
@@ -80,7 +88,7 @@ def calibrated(module: torch.nn.Module, x: torch.Tensor, factor: dict[str, float
 
 @pytest.mark.parametrize("phase", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-@pytest.mark.parametrize("family", list(SHAPES))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_a_backend_off_by_1_2_or_5_percent_is_a_mismatch(sabotage, family, dtype, phase):
     factor = sabotage(family)
     module, x, grad_out = build(family, DTYPES[dtype], backend="sabotaged")
@@ -100,7 +108,7 @@ def test_a_backend_off_by_1_2_or_5_percent_is_a_mismatch(sabotage, family, dtype
 
 def honest_cases() -> list:
     cases = []
-    for family in SHAPES:
+    for family in FAMILIES:
         for backend, record in attentions.list_attentions()[family]["backends"].items():
             for dtype in DTYPES:
                 if "cpu" in record["devices"] and dtype in record["device_dtypes"]["cpu"]:

@@ -1,9 +1,12 @@
-"""``run_bench.py`` end to end: a whole sweep in a subprocess, FLOPs through the harness, kill and
-resume, flag validation, dry runs and listings, and the GPU-profile check.
+"""``run_bench.py`` end to end: a sweep of every family (the whole quick preset in the slow tier), FLOPs through
+the harness, kill and resume, flag validation, dry runs and listings, and the GPU-profile check.
 
-The sweeps run in subprocesses, as a user runs them. They get one intra-op thread each
-(OMP_NUM_THREADS=1, like tests/conftest.py in-process): the tensors are small, and on a 2-core
-machine two threads per process only contend (the quick preset takes about twice as long).
+The sweeps that a test kills, locks or signals, and the sweep of every family (the quick preset in the slow tier,
+run in the background while other tests run: tests/background.py), run in subprocesses, as a user runs them; the
+others call ``bench.cli.main`` (what ``run_bench.py`` runs) in this process, which saves each the seconds of
+importing torch. The subprocesses get one intra-op thread each (OMP_NUM_THREADS=1, like
+tests/conftest.py in-process): the tensors are small, and on a 2-core machine two threads per process only contend
+(the quick preset takes about twice as long).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 import warnings
 from pathlib import Path
 
@@ -29,6 +33,8 @@ import tqdm.std
 
 import attentions
 import bench
+import bench.cli.sweep
+import bench.execution.runner
 from attentions import BackendUnavailableError
 from bench import cli
 from bench.cli import arguments as cli_arguments, progress as cli_progress, sweep as sweep_cli
@@ -41,6 +47,8 @@ from bench.core.machine import cpu_name
 from bench.schema.files import RunLock
 from bench.suites.attention_rows import base_row
 from bench.suites.rows import failure, speedup_interval_width, stamped
+from background import Job, background, finished
+from reference_helpers import BACKENDS
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_BENCH = REPO / "run_bench.py"
@@ -48,12 +56,6 @@ HAS_CUDA = torch.cuda.is_available()
 
 QUICK_FLAGS = ["--gpu", "cpu", "--preset", "quick", "--quiet", "--min-time", "0.01"]
 TIMED = ("ok", "noisy")  # statuses of a measured case that passed its error check
-FULL_BACKENDS = ("torch", "sdpa", "sdpa_flash", "sdpa_efficient", "sdpa_cudnn", "sdpa_math", "flex", "xformers")
-# 2 phases each: full 8 backends, window 4, deformable 3; bra: 5 backends × (5 kv modes × 2 phases + 2 topk × fwd)
-QUICK_CASES = (8 + 4 + 3) * 2 + 5 * (5 * 2 + 2)
-# Not on a CPU: FlexAttention's backward (full, window, deformable, 5 bra rows); SDPA's efficient and cudnn
-# kernels; xformers (full and window); every row of the Triton BRA kernels (CUDA only outside Triton's interpreter)
-CPU_UNSUPPORTED = (1 + 1 + 1 + 5) + 2 * 2 + 2 * 2 + (5 * 2 + 2)
 ENVIRONMENT_KEYS = {"torch", "fvcore", "triton", "xformers", "cuda", "gpu_name", "gpu_count", "driver", "cpu", "os",
                     "python", "suite_commit"}
 METADATA_KEYS = {"run_id", "preset", "gpu_profile", "device_name", "argv", "command", "started", "finished",
@@ -124,7 +126,7 @@ def assert_csv_well_formed(path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# 1. the quick preset end to end (one run, shared by several tests)
+# 1. dry runs in this process (the sweep of every family end to end: section 8, at the end of the file)
 # --------------------------------------------------------------------------------------------
 
 def dry_run(argv: list[str]) -> str:
@@ -133,159 +135,6 @@ def dry_run(argv: list[str]) -> str:
     with contextlib.redirect_stdout(out):
         assert cli.main([*argv, "--dry-run"]) == 0
     return out.getvalue()
-
-
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    results_dir = tmp_path_factory.mktemp("quick") / "results"
-    flags = [*QUICK_FLAGS, "--results-dir", str(results_dir)]
-    dry = dry_run(flags)
-    dry_files = sorted(p for p in results_dir.rglob("*")) if results_dir.exists() else []
-    started = time.monotonic()
-    proc = run_bench(*flags)
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    csvs = sorted((results_dir / "cpu").glob("*.csv"))
-    assert len(csvs) == 1, f"one results file expected under {results_dir}/cpu, got {csvs}"
-    return {"dir": results_dir, "flags": flags, "dry": dry, "dry_files": dry_files, "proc": proc,
-            "csv": csvs[0], "json": csvs[0].with_suffix(".json"), "frame": bench.load_results(csvs[0]),
-            "seconds": time.monotonic() - started}
-
-
-def test_quick_run_writes_csv_json_and_prints_summary(quick_run):
-    csv_path, json_path = quick_run["csv"], quick_run["json"]
-    assert csv_path.parent.name == "cpu" and json_path.exists()
-    assert sorted(p.name for p in csv_path.parent.iterdir()) == sorted([csv_path.name, json_path.name])
-    assert_csv_well_formed(csv_path)
-    out = quick_run["proc"].stdout
-    header = next(line for line in out.splitlines() if line.strip())
-    for word in ("family", "options", "resolution", "batch", "dtype", "phase", "gmacs", "torch", "sdpa"):
-        assert word in header.split(), f"summary table header lacks {word!r}: {header!r}"
-    for family in attentions.list_attentions():
-        assert any(line.split()[:1] == [family] for line in out.splitlines()), f"no summary line for {family}"
-    assert f"{QUICK_CASES} cases run, 0 already complete" in out
-    assert str(csv_path) in out
-    # by default the sweep ends with a report of its own, in reports/<gpu>/<run-id>/ beside the results folder
-    report = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("report:")]
-    assert report == [str(quick_run["dir"].parent / "reports" / "cpu" / csv_path.stem / "README.md")], out[-500:]
-    assert Path(report[0]).is_file()
-
-
-def test_quick_run_rows_match_the_dry_run(quick_run):
-    frame = quick_run["frame"]
-    labels = dry_run_labels(quick_run["dry"])
-    assert len(labels) == len(set(labels)) == QUICK_CASES
-    assert not frame["case_key"].duplicated().any(), frame.loc[frame["case_key"].duplicated(), "case_key"].tolist()
-    assert len(frame) == len(labels)
-    assert set(frame.apply(row_label, axis=1)) == set(labels)
-    # and the keys are the ones the planner makes for these flags
-    parser = sweep_cli.build_parser()
-    args = parser.parse_args(quick_run["flags"])
-    planned = sweep_cli.plan(parser, args, SUITES["attentions"], "cpu", PROFILES["cpu"])
-    assert set(frame["case_key"]) == {c.key for c in planned}
-
-
-def test_quick_run_covers_families_and_kv_modes(quick_run):
-    frame = quick_run["frame"]
-    assert set(frame["family"]) == set(attentions.list_attentions())
-    assert set(frame.loc[frame["family"] == "bra", "kv_downsample_mode"]) == set(KV_MODES)
-    for family, info in attentions.list_attentions().items():
-        assert set(frame.loc[frame["family"] == family, "backend"]) == set(info["backends"])
-    assert set(frame["phase"]) == {"fwd", "fwd+bwd"}
-
-
-def test_quick_run_rows_are_consistent(quick_run):
-    frame = quick_run["frame"]
-    assert [c for c in bench.REQUIRED_COLUMNS if c not in frame.columns] == []
-    assert list(frame.columns) == bench.COLUMNS
-    unsupported = frame["status"] == "unsupported"
-    flex_backward = (frame["backend"] == "flex") & (frame["phase"] == "fwd+bwd")
-    cuda_kernels = frame["backend"].isin(["sdpa_efficient", "sdpa_cudnn", "xformers", "triton"])
-    assert list(frame.loc[unsupported, "case_key"]) == list(frame.loc[flex_backward | cuda_kernels, "case_key"])
-    assert unsupported.sum() == CPU_UNSUPPORTED
-    assert frame.loc[flex_backward, "status_detail"].str.contains("no backward on cpu").all()
-    assert frame.loc[cuda_kernels, "status_detail"].str.contains("runs on cuda, not on cpu").all()
-    assert frame.loc[unsupported, ["latency_ms_median", "gmacs"]].isna().all(axis=None)
-    frame = frame[~unsupported]
-    # measured: ok, or noisy where this (shared, 2-core) machine's timing scattered at 0.01 s per pass
-    assert frame["status"].isin(TIMED).all(), frame.loc[~frame["status"].isin(TIMED), ["case_key", "status_detail"]]
-    noisy = frame[frame["status"] == "noisy"]
-    assert noisy["status_detail"].str.contains("timing spread p80/p20").all()
-    interval = pd.Series([1.0 if is_empty(row["speedup_vs_ref"])  # a reference has no interval
-                          else speedup_interval_width(row["speedup_ci_low"], row["speedup_ci_high"])
-                          for _, row in noisy.iterrows()], index=noisy.index, dtype=float)
-    assert ((noisy["timing_spread"] > 1.3) | (interval > 1.3)).all()
-    reference = frame["backend"] == frame["reference_backend"]
-    assert (frame["reference_backend"] == "torch").all()
-    assert reference.any() and (~reference).any()
-    for _, row in frame.iterrows():  # every row against float64, the reference's own included
-        assert not is_empty(row["rel_err"]) and row["rel_err"] <= row["err_tolerance"], row["case_key"]
-        assert 0 < row["rel_err"] and math.isfinite(row["max_abs_err"]), row["case_key"]
-        assert row["err_tolerance"] == max(2 * row["ref_rel_err"], 1e-5), row["case_key"]  # float32's floor
-    assert (frame.loc[reference, "rel_err"] == frame.loc[reference, "ref_rel_err"]).all()
-    assert frame["flops_check"].isna().all(), frame["flops_check"].dropna().tolist()
-    assert ((frame["gmacs"] - frame["gmacs_analytic"]).abs() <= 0.01 * frame["gmacs_analytic"]).all()
-    assert (frame["gmacs"] > 0).all()
-    factor = frame["phase"].map({"fwd": 2, "fwd+bwd": 6})
-    assert ((frame["hw_gflops"] - factor * frame["gmacs"]).abs() <= 1e-9 * frame["hw_gflops"]).all()
-    assert (frame["latency_ms_p20"] <= frame["latency_ms_median"]).all()
-    assert (frame["latency_ms_median"] <= frame["latency_ms_p80"]).all()
-    assert (frame["latency_ms_p20"] > 0).all()
-    assert (frame["rounds"] >= 10).all()
-    assert (frame["peak_mem_mb"] > 0).all()
-    assert (frame["page_faults"] >= 0).all()  # counted for every timed CPU row
-    expected_throughput = frame["batch"] / (frame["latency_ms_median"] / 1000)
-    assert ((frame["throughput"] - expected_throughput).abs() <= 1e-6 * expected_throughput).all()
-    achieved = frame["hw_gflops"] * 1e9 / (frame["latency_ms_median"] / 1000) / 1e12
-    assert ((frame["tflops_achieved"] - achieved).abs() <= 1e-6 * achieved).all()
-    assert frame["pct_of_peak"].isna().all()  # the cpu profile has no peak figure
-    assert (frame["gpu_profile"] == "cpu").all() and (frame["device"] == "cpu").all()
-    names = frame["device_name"]
-    assert names.notna().all() and (names.astype(str).str.strip() != "").all()
-    assert frame["run_id"].nunique() == 1 and frame["run_id"].iloc[0] == quick_run["csv"].stem
-    assert (frame["batch"] == 2).all() and (frame["resolution"] == 28).all() and (frame["dtype"] == "float32").all()
-
-
-def test_quick_run_metadata(quick_run):
-    meta = json.loads(quick_run["json"].read_text())
-    assert METADATA_KEYS <= set(meta), METADATA_KEYS - set(meta)
-    assert meta["run_id"] == quick_run["csv"].stem
-    assert meta["preset"] == "quick" and meta["gpu_profile"] == "cpu"
-    assert meta["device_name"] and meta["device_name"] == quick_run["frame"]["device_name"].iloc[0]
-    assert meta["argv"] == quick_run["flags"]
-    assert meta["command"].startswith("python run_bench.py ") and "--preset quick" in meta["command"]
-    assert meta["started"] <= meta["finished"]
-    counts = meta["status_counts"]
-    assert set(counts) <= {"ok", "noisy", "unsupported"} and counts["unsupported"] == CPU_UNSUPPORTED
-    assert counts.get("ok", 0) + counts.get("noisy", 0) == QUICK_CASES - CPU_UNSUPPORTED
-    assert meta["timing"]["rounds"].startswith("paired") and meta["timing"]["noise_limit"] == 1.3
-    assert meta["timing"]["cpu_allocator"] == ("retain" if retain_available() else "system")  # the CPU default
-    assert meta.get("cases_planned", QUICK_CASES) == QUICK_CASES
-    assert "resumed" not in meta
-    assert ENVIRONMENT_KEYS <= set(meta["environment"]), ENVIRONMENT_KEYS - set(meta["environment"])
-    assert meta["environment"]["torch"] == torch.__version__
-    assert meta["environment"]["gpu_count"] == (torch.cuda.device_count() if HAS_CUDA else 0)
-
-
-def test_dry_run_writes_no_files(quick_run):
-    """The fixture ran --dry-run with the very flags of the run, before it, on an empty results dir."""
-    assert quick_run["dry_files"] == []
-
-
-def test_existing_run_id_is_refused_and_resume_suggested(quick_run, tmp_path, capsys):
-    run_id = quick_run["csv"].stem
-    results_dir = tmp_path / "results"
-    (results_dir / "cpu").mkdir(parents=True)
-    for path in (quick_run["csv"], quick_run["json"]):
-        (results_dir / "cpu" / path.name).write_bytes(path.read_bytes())
-    before = (results_dir / "cpu" / quick_run["csv"].name).read_bytes()
-    with pytest.raises(SystemExit) as exc:  # a one-case sweep, should it not be refused
-        cli.main(["--gpu", "cpu", "--preset", "quick", "--families", "full", "--backends", "sdpa", "--phase", "fwd",
-                  "--quiet", "--min-time", "0.01", "--no-report", "--results-dir", str(results_dir),
-                  "--run-id", run_id])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert "--resume" in err and run_id in err
-    assert (results_dir / "cpu" / quick_run["csv"].name).read_bytes() == before
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,9 +147,8 @@ BRA_56_MACS = 156_100_672  # fvcore, one BRA layer at 56², C64 h2, n_win 7, top
 def test_bra_layer_flops_through_the_harness(tmp_path):
     flags = ["--gpu", "cpu", "--families", "bra", "--resolutions", "56", "--topk", "4", "--kv-modes", "identity",
              "--batch", "1", "--phase", "fwd", "fwd+bwd", "--backends", "sdpa", "torch",
-             "--results-dir", str(tmp_path), "--run-id", "bra56", "--quiet", "--min-time", "0.01", "--no-report"]
-    proc = run_bench(*flags)
-    assert proc.returncode == 0, proc.stderr
+             "--results-dir", str(tmp_path), "--run-id", "bra56", "--quiet", "--min-time", "0", "--no-report"]
+    assert cli.main(flags) == 0
     frame = bench.load_results(tmp_path / "cpu" / "bra56.csv")
     assert len(frame) == 4 and frame["status"].isin(TIMED).all(), frame[["case_key", "status_detail"]]
     assert set(zip(frame["backend"], frame["phase"])) == {(b, p) for b in ("sdpa", "torch") for p in ("fwd", "fwd+bwd")}
@@ -316,6 +164,7 @@ def test_bra_layer_flops_through_the_harness(tmp_path):
         assert row["hw_gflops"] == pytest.approx(factor * row["gmacs"], rel=1e-9), (row["backend"], row["phase"])
 
 
+@pytest.mark.slow  # a sitting's fresh process: about 12 s; test_bench_core's sitting test is the fast tier's
 def test_a_run_in_sittings_pools_their_rounds_and_says_so(tmp_path):
     """--sittings 2: every timed row has the rounds of both sittings (10 each at --min-time 0), the
     paired row an interval about its median from them (symmetric on the log scale, above zero however
@@ -339,27 +188,26 @@ def test_a_run_in_sittings_pools_their_rounds_and_says_so(tmp_path):
 
 def test_retry_noisy_retimes_a_noisy_case_and_records_it(tmp_path, monkeypatch):
     """``--retry-noisy 2``: the sweep's group runner is wrapped so that a case whose row came out noisy (here
-    sdpa's first attempt, made noisy after a real measurement) is timed again beside its reference; its row
-    says so, the reference's first row stays, and the run's metadata records the setting."""
+    sdpa's first attempt, made noisy after a real measurement; every other row is made ok, whatever this shared
+    machine's timing scattered) is timed again beside its reference; its row says so, the reference's first row
+    stays, and the run's metadata records the setting."""
     attempts = []
 
     def sdpa_noisy_at_first(cases, ctx, companions=()):
         rows = attention_rows.run_group(cases, ctx, companions)
         attempts.append([case.backend for case in cases])
-        if len(attempts) == 1:
-            rows = [{**row, "status": "noisy"} if row["backend"] == "sdpa" else row for row in rows]
-        return rows
+        noisy = len(attempts) == 1
+        return [{**row, "status": "noisy" if noisy and row["backend"] == "sdpa" else "ok"} for row in rows]
 
     monkeypatch.setattr(SUITES["attentions"], "run_group", sdpa_noisy_at_first)
     flags = ["--gpu", "cpu", "--families", "full", "--backends", "torch", "sdpa", "--resolutions", "8", "--batch", "2",
              "--phase", "fwd", "--min-time", "0", "--retry-noisy", "2", "--quiet", "--no-report", "--run-id", "retry",
              "--results-dir", str(tmp_path / "results")]
     assert cli.main(flags) == 0
-    # a later attempt may be noisy of itself on a loaded machine: then it is timed once more, not more
-    assert attempts[0] == ["torch", "sdpa"] and attempts[1:] in ([["sdpa"]], [["sdpa"]] * 2)
+    assert attempts == [["torch", "sdpa"], ["sdpa"]]
     frame = bench.load_results(tmp_path / "results" / "cpu" / "retry.csv").set_index("backend")
-    assert frame["status"].isin(TIMED).all()
-    assert f"re-timed {len(attempts) - 1}× (--retry-noisy)" in frame.loc["sdpa", "status_detail"]
+    assert (frame["status"] == "ok").all()
+    assert "re-timed 1× (--retry-noisy)" in frame.loc["sdpa", "status_detail"]
     assert "re-timed" not in str(frame.loc["torch", "status_detail"])
     metadata = json.loads((tmp_path / "results" / "cpu" / "retry.json").read_text())
     assert metadata["timing"]["retry_noisy"] == 2
@@ -373,6 +221,8 @@ KILL_FLAGS = ["--gpu", "cpu", "--preset", "quick", "--families", "bra", "--backe
               "fwd+bwd", "--quiet", "--min-time", "0.05", "--no-report"]  # 14 cases
 
 
+@pytest.mark.slow  # three sweeps in processes of their own, two at once: about 40 s; the fast tier resumes runs
+# whose last row a kill cut (test_cli_resume_after_a_cut_row) and refuses a second writer
 def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     results_dir = tmp_path / "results"
     flags = [*KILL_FLAGS, "--results-dir", str(results_dir)]
@@ -446,7 +296,6 @@ def wait_for(condition, proc: subprocess.Popen, what: str, log: Path, timeout: f
         assert proc.poll() is None, f"the sweep ended before {what}:\n{log.read_text()}"
         assert time.monotonic() < deadline, f"no {what} within {timeout:g} s:\n{log.read_text()}"
         time.sleep(0.02)
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -543,8 +392,8 @@ def test_run_group_reports_each_pass_prepared_and_each_sitting(monkeypatch):
     monkeypatch.setattr(attention_rows, "time_rounds", time_rounds)
     case, reference = (Case("full", backend, (), 2, 8, 64, 2, "float32", "cpu", "fwd") for backend in ("sdpa", "torch"))
     ctx = attention_rows.RunContext(run_id="progress", profile=PROFILES["cpu"], device_name=cpu_name(),
-                            timing=TimingPolicy(sittings=2),
-                            on_progress=lambda cases, fraction: events.append((cases, fraction)))
+                                    timing=TimingPolicy(sittings=2),
+                                    on_progress=lambda cases, fraction: events.append((cases, fraction)))
     rows = attention_rows.run_group([case], ctx, companions=[reference])
     assert [row["status"] for row in rows] == ["unsupported"]
     assert events == [("prepared", "sdpa"), ([case], 1 / 6), ("prepared", "torch"), ([case], 2 / 6), ("timed",),
@@ -613,6 +462,8 @@ def test_a_second_writer_of_a_run_is_refused_naming_the_first(lock_run, tmp_path
     assert not path.with_suffix(".lock").exists()  # the holder removes it as it lets go
 
 
+@pytest.mark.slow  # two resumes in processes of their own, at once: about 30 s; the fast tier's
+# test_a_second_writer_of_a_run_is_refused_naming_the_first checks the refusal
 def test_simultaneous_resumes_write_every_case_once(lock_run, tmp_path):
     keys = set(bench.load_results(lock_run)["case_key"])
     path = emptied_copy(lock_run, tmp_path)
@@ -629,6 +480,7 @@ def test_simultaneous_resumes_write_every_case_once(lock_run, tmp_path):
     assert_complete_once(path, keys)
 
 
+@pytest.mark.slow  # a resume in a process of its own, killed, and the run completed: about 8 s
 def test_a_killed_writer_leaves_no_lock_behind(lock_run, tmp_path):
     """kill -9 while the run's lock is held: the lock file stays, but the OS released the lock, so the
     next resume takes it and completes the run."""
@@ -648,14 +500,27 @@ def test_a_killed_writer_leaves_no_lock_behind(lock_run, tmp_path):
     assert not path.with_suffix(".lock").exists()
 
 
-def test_readers_never_take_a_cut_row(lock_run, tmp_path):
+def cut_positions(row: bytes, which: str) -> list[int]:
+    """Where to cut a row: at every byte, or (the fast tier's sample) at its first bytes, on either side of its
+    first and last field separators, in its middle and at its last bytes (the line break, then nothing cut)."""
+    if which == "every byte":
+        return list(range(len(row) + 1))
+    first, last = row.index(b","), row.rindex(b",")
+    return sorted({0, 1, first, first + 1, len(row) // 2, last, last + 1, len(row) - 2, len(row) - 1, len(row)})
+
+
+CUTS = [pytest.param("sample"), pytest.param("every byte", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("cuts", CUTS)
+def test_readers_never_take_a_cut_row(lock_run, tmp_path, cuts):
     """A last row cut at any byte (a write in progress, or a crash): load_results returns the complete
     rows only, whatever the cut leaves."""
     lines = data_lines(lock_run)
     complete, last = b"".join(lines[:-1]), lines[-1]
     expected = bench.load_results(lock_run).iloc[:-1]
     path = tmp_path / "cut.csv"
-    for position in range(len(last)):
+    for position in cut_positions(last, cuts)[:-1]:
         path.write_bytes(complete + last[:position])
         frame = bench.load_results(path)
         assert list(frame["case_key"]) == list(expected["case_key"]), position
@@ -663,18 +528,19 @@ def test_readers_never_take_a_cut_row(lock_run, tmp_path):
     assert len(bench.load_results(path)) == len(lines) - 1
 
 
-def test_resume_after_a_cut_at_every_byte_completes_the_run_once(lock_run, tmp_path):
-    """The last row cut at each of its byte positions, then the writer of a resume opens the run (under its
-    lock) and runs what has no row: every case ends with exactly one row, the rows before the cut are
-    untouched. The cases' rows come from the real run (``run`` stands in for the measurement, which the
-    next test does for real at a few positions)."""
+@pytest.mark.parametrize("cuts", CUTS)
+def test_resume_after_a_cut_at_every_byte_completes_the_run_once(lock_run, tmp_path, cuts):
+    """The last row cut at each of its byte positions (the fast tier: a sample of them), then the writer of a
+    resume opens the run (under its lock) and runs what has no row: every case ends with exactly one row, the
+    rows before the cut are untouched. The cases' rows come from the real run (``run`` stands in for the
+    measurement, which the next test does for real at a few positions)."""
     lines = data_lines(lock_run)
     complete, last = b"".join(lines[:-1]), lines[-1]
     frame = bench.load_results(lock_run)
     stored = {row["case_key"]: row.to_dict() for _, row in frame.iterrows()}
     labels = dry_run_labels(dry_run([*LOCK_FLAGS, "--results-dir", str(tmp_path)]))
-    cases = [case for case in sweep_cli.plan(sweep_cli.build_parser(), sweep_cli.build_parser().parse_args(LOCK_FLAGS), SUITES["attentions"], "cpu",
-                                       PROFILES["cpu"])]
+    parser = sweep_cli.build_parser()
+    cases = list(sweep_cli.plan(parser, parser.parse_args(LOCK_FLAGS), SUITES["attentions"], "cpu", PROFILES["cpu"]))
     assert sorted(c.label() for c in cases) == sorted(labels)
 
     def replay(todo, ctx, companions=()):
@@ -682,14 +548,15 @@ def test_resume_after_a_cut_at_every_byte_completes_the_run_once(lock_run, tmp_p
 
     path = tmp_path / "cut.csv"
     ctx = bench.RunContext(run_id="cut", profile=PROFILES["cpu"], device_name="test")
-    for position in range(len(last) + 1):
+    positions = cut_positions(last, cuts)
+    for position in positions:
         path.write_bytes(complete + last[:position])
         with RunLock(path):
             ran, skipped = bench.run_sweep(cases, ctx, path, run=replay)
         assert (ran, skipped) == ((1, len(cases) - 1) if position < len(last) else (0, len(cases))), position
         assert path.read_bytes().startswith(complete)
         assert_complete_once(path, set(stored))
-    assert len(last) > 300  # a position per byte of a real row
+    assert len(last) > 300 and positions[0] == 0 and positions[-1] == len(last)  # a real row, cut from 0 to whole
 
 
 @pytest.mark.parametrize("keep", ["first byte", "half", "all but the line break"])
@@ -713,24 +580,25 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
     return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
 
 
-def test_the_readme_cpu_command_leaves_the_committed_runs_and_report_alone(tmp_path):
+def test_the_readme_cpu_command_leaves_the_committed_runs_and_report_alone(tmp_path, monkeypatch, capsys):
     """``python run_bench.py --gpu cpu --preset quick``, run where results/cpu/ and reports/cpu/ are copies
-    of the repository's (a smaller sweep of the preset, with the command's default folders and its report):
-    the committed files stay byte for byte, and the run and its report go to runs/results/cpu/ and
-    runs/reports/cpu/<run-id>/ instead, never among them."""
+    of the repository's (a smaller sweep of the preset, with the command's default folders and its report;
+    in-process, in that folder): the committed files stay byte for byte, and the run and its report go to
+    runs/results/cpu/ and runs/reports/cpu/<run-id>/ instead, never among them. (The command itself, whole, is
+    run by tests/test_documented_commands.py.)"""
     for folder in ("results/cpu", "reports/cpu"):
         shutil.copytree(REPO / folder, tmp_path / folder)
     committed = folder_bytes(tmp_path)
-    proc = subprocess.run([sys.executable, str(RUN_BENCH), "--gpu", "cpu", "--preset", "quick", "--families", "full",
-                           "--backends", "torch", "sdpa", "--phase", "fwd", "--quiet", "--min-time", "0.01"],
-                          cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["--gpu", "cpu", "--preset", "quick", "--families", "full", "--backends", "torch", "sdpa",
+                     "--phase", "fwd", "--quiet", "--min-time", "0"]) == 0
+    stdout = capsys.readouterr().out
     after = folder_bytes(tmp_path)
     assert {name: data for name, data in after.items() if not name.startswith("runs/")} == committed
     [run] = (tmp_path / "runs" / "results" / "cpu").glob("*.csv")
     run_id = run.stem
-    assert f"rows in {Path('runs') / 'results' / 'cpu' / run.name}" in proc.stdout
-    assert f"report: {Path('runs') / 'reports' / 'cpu' / run_id / 'README.md'}" in proc.stdout
+    assert f"rows in {Path('runs') / 'results' / 'cpu' / run.name}" in stdout
+    assert f"report: {Path('runs') / 'reports' / 'cpu' / run_id / 'README.md'}" in stdout
     report = f"runs/reports/cpu/{run_id}/"
     assert {"README.md", "tables/main.md", "tables/main.tex", "tables/main.csv"} <= {
         name.removeprefix(report) for name in after if name.startswith(report)}
@@ -764,18 +632,26 @@ def test_resume_of_unknown_run_fails_naming_it(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["cpu", "other-run.csv"]
 
 
-@pytest.fixture
-def partial_run(tmp_path):
-    """A one-case-short run of full attention: 2 planned cases, 1 row on disk."""
+@pytest.fixture(scope="module")
+def partial_template(tmp_path_factory) -> Path:
+    """A one-case-short run of full attention: 2 planned cases, 1 row on disk (made once; each test gets a copy)."""
+    folder = tmp_path_factory.mktemp("partial")
     flags = ["--gpu", "cpu", "--preset", "quick", "--families", "full", "--backends", "torch", "sdpa",
-             "--phase", "fwd", "--quiet", "--min-time", "0.01", "--no-report", "--results-dir", str(tmp_path),
+             "--phase", "fwd", "--quiet", "--min-time", "0.01", "--no-report", "--results-dir", str(folder),
              "--run-id", "partial"]
     assert cli.main(flags) == 0
-    path = tmp_path / "cpu" / "partial.csv"
+    path = folder / "cpu" / "partial.csv"
     lines = path.read_text().splitlines(keepends=True)
     assert len(lines) == 3
     path.write_text("".join(lines[:2]))
-    return tmp_path, path
+    return folder
+
+
+@pytest.fixture
+def partial_run(partial_template, tmp_path):
+    """A copy of the one-case-short run in this test's own folder: (results folder, its .csv)."""
+    shutil.copytree(partial_template, tmp_path, dirs_exist_ok=True)
+    return tmp_path, tmp_path / "cpu" / "partial.csv"
 
 
 def test_resume_dry_run_lists_what_is_left_and_runs_nothing(partial_run, capsys):
@@ -811,12 +687,27 @@ def test_resume_looks_in_the_results_dir_before_the_working_directory(partial_ru
     assert cli.main(["--resume", "partial", "--results-dir", str(results_dir), "--quiet", "--no-report"]) == 0
     assert len(data_lines(path)) == 3  # header and both rows
 
-def test_a_time_budget_stops_starting_cases_and_resume_completes_them(tmp_path, capsys):
-    """With a budget shorter than one comparison group (1 s against at least 2 × 1.5 s of paired
-    rounds), the first group (both backends at 14²) runs and the next (28²) is left without rows,
-    said so on stdout and in the metadata; --resume (with a budget of its own) runs them."""
+
+def test_a_time_budget_stops_starting_cases_and_resume_completes_them(tmp_path, monkeypatch, capsys):
+    """With a budget of 1 s and comparison groups that take 2 s each on a stand-in clock (the sweep's budget
+    clock, moved on by the real group runner's wrapper), the first group (both backends at 14²) runs and the
+    next (28²) is left without rows, said so on stdout and in the metadata; --resume (with a budget of its own)
+    runs them."""
+    clock = StandInClock()
+    stand_in_time = types.SimpleNamespace(**{name: getattr(time, name) for name in dir(time)
+                                             if not name.startswith("_")})
+    stand_in_time.monotonic = clock
+    monkeypatch.setattr(bench.cli.sweep, "time", stand_in_time)
+    monkeypatch.setattr(bench.execution.runner, "time", stand_in_time)
+    real_run_group = SUITES["attentions"].run_group
+
+    def two_seconds_a_group(cases, ctx, companions=()):
+        clock.now += 2
+        return real_run_group(cases, ctx, companions)
+
+    monkeypatch.setattr(SUITES["attentions"], "run_group", two_seconds_a_group)
     flags = ["--gpu", "cpu", "--preset", "quick", "--families", "full", "--backends", "torch", "sdpa",
-             "--resolutions", "14", "28", "--phase", "fwd", "--quiet", "--min-time", "1.5", "--no-report",
+             "--resolutions", "14", "28", "--phase", "fwd", "--quiet", "--min-time", "0", "--no-report",
              "--results-dir", str(tmp_path), "--run-id", "budget", "--time-budget", "1"]
     assert cli.main(flags) == 0
     out = capsys.readouterr().out
@@ -825,8 +716,8 @@ def test_a_time_budget_stops_starting_cases_and_resume_completes_them(tmp_path, 
     assert len(data_lines(path)) == 3  # header and the first group's two rows
     assert set(bench.load_results(path)["resolution"]) == {14}
     assert json.loads(path.with_suffix(".json").read_text())["cases_not_started"] == 2
-    assert cli.main(["--resume", "budget", "--results-dir", str(tmp_path), "--time-budget", "600", "--quiet",
-                     "--no-report"]) == 0
+    assert cli.main(["--resume", "budget", "--results-dir", str(tmp_path), "--time-budget", "3", "--quiet",
+                     "--no-report"]) == 0  # one group of 2 s fits in 3
     assert len(data_lines(path)) == 5
     assert json.loads(path.with_suffix(".json").read_text())["cases_not_started"] == 0
 
@@ -871,16 +762,22 @@ def test_full_attention_is_not_repeated_per_topk_or_kv_mode(tmp_path, capsys):
     assert cli.main(["--gpu", "cpu", "--preset", "quick", "--families", "full", "--dry-run",
                      "--results-dir", str(tmp_path / "r")]) == 0
     labels = dry_run_labels(capsys.readouterr().out)
-    assert len(labels) == 2 * len(FULL_BACKENDS)
+    backends = attentions.list_attentions()["full"]["backends"]
+    assert len(labels) == 2 * len(backends)
     assert sorted(labels) == sorted(f"full/{b} 28² C64 h2 b2 float32 {p}"
-                                    for b in FULL_BACKENDS for p in ("fwd", "fwd+bwd"))
+                                    for b in backends for p in ("fwd", "fwd+bwd"))
     assert not (tmp_path / "r").exists()
 
 
-def test_dry_run_counts_per_family(quick_run):
-    labels = dry_run_labels(quick_run["dry"])
-    count = {f: sum(family_of(label) == f for label in labels) for f in attentions.list_attentions()}
-    assert count == {"full": 2 * len(FULL_BACKENDS), "window": 8, "deformable": 6, "bra": 5 * (5 * 2 + 2)}
+def test_dry_run_counts_per_family(tmp_path):
+    """The quick preset's count per family: a family without BRA's options once per backend and phase (the topk
+    and kv axes are not crossed with it); BRA per backend in its 5 kv modes × 2 phases, and topk 1 and 16 forward."""
+    labels = dry_run_labels(dry_run([*QUICK_FLAGS, "--results-dir", str(tmp_path / "r")]))
+    registry = attentions.list_attentions()
+    count = {f: sum(family_of(label) == f for label in labels) for f in registry}
+    assert count == {family: len(info["backends"]) * (5 * 2 + 2 if family == "bra" else 2)
+                     for family, info in registry.items()}
+    assert count["bra"] == 5 * (5 * 2 + 2)  # torch, sdpa, flex, triton, chunked
     assert not any("topk" in label for label in labels if family_of(label) != "bra")
 
 
@@ -891,11 +788,12 @@ def test_list_shows_every_family_and_backend_with_availability(capsys):
     families_part = out.split("\nsuites (--suite):")[0]  # the suites and their reports follow the families
     for line in families_part.splitlines():
         if line and not line.startswith(" "):
-            current = blocks.setdefault(line.split()[0], [])
+            # a family's block opens with "<family> (<class>), reference backend '<name>'"; other blocks follow
+            current = blocks.setdefault(line.split()[0] if ", reference backend " in line else line, [])
         else:
             current.append(line)
     registry = attentions.list_attentions()
-    assert set(blocks) == set(registry)
+    assert {name for name in blocks if " " not in name} == set(registry)
     for family, info in registry.items():
         lines = blocks[family]
         for backend in info["backends"]:
@@ -971,3 +869,233 @@ def test_no_cuda_needs_an_explicit_cpu_profile(monkeypatch, capsys):
     assert exc.value.code == 2 and "--gpu cpu" in capsys.readouterr().err
     profile, device, name = sweep_cli.select_profile(sweep_cli.build_parser(), "cpu")
     assert profile.name == "cpu" and device == "cpu" and name == cpu_name() and name
+
+
+# --------------------------------------------------------------------------------------------
+# 8. a sweep end to end (one run, shared by several tests): in the fast tier the smallest sweep that
+#    runs every registered family once; in the slow tier the whole quick preset. Its tests come last in
+#    this file, so that the run (in the background, in a process of its own) is done by the time they start.
+# --------------------------------------------------------------------------------------------
+
+def every_family_flags() -> list[str]:
+    """The quick preset cut to one configuration of each registered family (BRA: topk 4, identity kv), both
+    phases, on the shared reference backends (torch, sdpa), each family's reference backend, and one backend
+    that cannot run on a CPU (its rows are 'unsupported'), all from the registry; nothing timed beyond the
+    minimum rounds."""
+    registry = attentions.list_attentions()
+    references = [info["reference_backend"] for info in registry.values()]
+    not_on_cpu = [backend for info in registry.values() for backend, record in info["backends"].items()
+                  if "cpu" not in record["devices"]]
+    backends = list(dict.fromkeys([*BACKENDS, *references, *not_on_cpu[:1]]))
+    return ["--gpu", "cpu", "--preset", "quick", "--kv-modes", "identity", "--topk", "4", "--backends", *backends,
+            "--quiet", "--min-time", "0"]
+
+
+# The registry as a user's process sees it (without Triton's interpreter, which conftest.py turns on here): what
+# each backend declares about the CPU.
+USER_REGISTRY = """
+import json, attentions
+print(json.dumps({family: {backend: {"devices": record["devices"], "backward": record["backward"],
+                                      "cpu_dtypes": record["device_dtypes"].get("cpu", [])}
+                           for backend, record in info["backends"].items()}
+                  for family, info in attentions.list_attentions().items()}))
+"""
+
+
+def runs_on_the_cpu(declared: dict, family: str, backend: str, phase: str, dtype: str) -> bool:
+    """Whether the backend declares the CPU, the dtype there and (for fwd+bwd) a backward there."""
+    record = declared[family][backend]
+    return ("cpu" in record["devices"] and dtype in record["cpu_dtypes"]
+            and (phase == "fwd" or "cpu" in record["backward"]))
+
+
+SWEEPS = {"every-family": every_family_flags, "quick-preset": lambda: list(QUICK_FLAGS)}
+
+
+@background("quick_run")
+def quick_run_jobs(param: str, folder: Path) -> dict[str, Job]:
+    """The sweep, as a user runs it, and what each backend declares about the CPU in a user's process."""
+    flags = [*SWEEPS[param](), "--results-dir", str(folder / "results")]
+    return {"sweep": Job([sys.executable, str(RUN_BENCH), *flags], REPO, subprocess_env()),
+            "declared": Job([sys.executable, "-c", USER_REGISTRY], REPO, subprocess_env())}
+
+
+@pytest.fixture(scope="module", params=[pytest.param("every-family"),
+                                        pytest.param("quick-preset", marks=pytest.mark.slow)])
+def quick_run(request, tmp_path_factory):
+    """The sweep in a process of its own, run in the background while other tests run (tests/background.py); its
+    dry run here, with the same flags on an empty results folder of its own."""
+    jobs = finished(request, tmp_path_factory)
+    sweep, declared = jobs["sweep"], jobs["declared"]
+    flags = sweep.command[2:]
+    results_dir = Path(flags[flags.index("--results-dir") + 1])
+    empty = tmp_path_factory.mktemp("dry") / "results"
+    dry = dry_run([*flags[:flags.index("--results-dir")], "--results-dir", str(empty)])
+    dry_files = sorted(p for p in empty.rglob("*")) if empty.exists() else []
+    assert sweep.returncode == 0, sweep.output[-6000:]
+    assert declared.returncode == 0, declared.output[-3000:]
+    csvs = sorted((results_dir / "cpu").glob("*.csv"))
+    assert len(csvs) == 1, f"one results file expected under {results_dir}/cpu, got {csvs}"
+    return {"name": request.param, "dir": results_dir, "flags": flags, "dry": dry, "dry_files": dry_files,
+            "output": sweep.output, "csv": csvs[0], "json": csvs[0].with_suffix(".json"),
+            "frame": bench.load_results(csvs[0]), "declared": json.loads(declared.output.strip().splitlines()[-1])}
+
+
+def test_quick_run_writes_csv_json_and_prints_summary(quick_run):
+    csv_path, json_path = quick_run["csv"], quick_run["json"]
+    assert csv_path.parent.name == "cpu" and json_path.exists()
+    assert sorted(p.name for p in csv_path.parent.iterdir()) == sorted([csv_path.name, json_path.name])
+    assert_csv_well_formed(csv_path)
+    out = quick_run["output"]
+    header = next(line for line in out.splitlines() if line.strip())
+    for word in ("family", "options", "resolution", "batch", "dtype", "phase", "gmacs", *BACKENDS):
+        assert word in header.split(), f"summary table header lacks {word!r}: {header!r}"
+    for family in attentions.list_attentions():
+        assert any(line.split()[:1] == [family] for line in out.splitlines()), f"no summary line for {family}"
+    assert f"{len(dry_run_labels(quick_run['dry']))} cases run, 0 already complete" in out
+    assert str(csv_path) in out
+    # by default the sweep ends with a report of its own, in reports/<gpu>/<run-id>/ beside the results folder
+    report = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("report:")]
+    assert report == [str(quick_run["dir"].parent / "reports" / "cpu" / csv_path.stem / "README.md")], out[-500:]
+    assert Path(report[0]).is_file()
+
+
+def test_quick_run_rows_match_the_dry_run(quick_run):
+    frame = quick_run["frame"]
+    labels = dry_run_labels(quick_run["dry"])
+    assert len(labels) == len(set(labels))
+    assert not frame["case_key"].duplicated().any(), frame.loc[frame["case_key"].duplicated(), "case_key"].tolist()
+    assert len(frame) == len(labels)
+    assert set(frame.apply(row_label, axis=1)) == set(labels)
+    # and the keys are the ones the planner makes for these flags
+    parser = sweep_cli.build_parser()
+    args = parser.parse_args(quick_run["flags"])
+    planned = sweep_cli.plan(parser, args, SUITES["attentions"], "cpu", PROFILES["cpu"])
+    assert set(frame["case_key"]) == {c.key for c in planned}
+    # every registered family ran, in both phases
+    assert set(frame["family"]) == set(attentions.list_attentions())
+    assert set(frame["phase"]) == {"fwd", "fwd+bwd"}
+
+
+def test_quick_run_rows_are_consistent(quick_run):
+    frame = quick_run["frame"]
+    assert [c for c in bench.REQUIRED_COLUMNS if c not in frame.columns] == []
+    assert list(frame.columns) == bench.COLUMNS
+    # 'unsupported' exactly where the backend declares no CPU, no backward on the CPU or not this dtype there
+    declared = quick_run["declared"]
+    runs = frame.apply(lambda row: runs_on_the_cpu(declared, row["family"], row["backend"], row["phase"],
+                                                   row["dtype"]), axis=1)
+    unsupported = frame["status"] == "unsupported"
+    assert list(frame.loc[unsupported, "case_key"]) == list(frame.loc[~runs, "case_key"])
+    assert unsupported.any(), "the sweep should hold a backend that cannot run here"
+    no_cpu = frame.apply(lambda row: "cpu" not in declared[row["family"]][row["backend"]]["devices"], axis=1)
+    assert frame.loc[no_cpu, "status_detail"].str.contains(r"runs on cuda, not on cpu").all()
+    assert frame.loc[~runs & ~no_cpu & (frame["phase"] == "fwd+bwd"), "status_detail"].str.contains(
+        "no backward on cpu").all()
+    assert frame.loc[unsupported, ["latency_ms_median", "gmacs"]].isna().all(axis=None)
+    frame = frame[~unsupported]
+    # measured: ok, or noisy where this (shared, 2-core) machine's timing scattered at the minimum rounds
+    assert frame["status"].isin(TIMED).all(), frame.loc[~frame["status"].isin(TIMED), ["case_key", "status_detail"]]
+    noisy = frame[frame["status"] == "noisy"]
+    assert noisy["status_detail"].str.contains("timing spread p80/p20").all()
+    interval = pd.Series([1.0 if is_empty(row["speedup_vs_ref"])  # a reference has no interval
+                          else speedup_interval_width(row["speedup_ci_low"], row["speedup_ci_high"])
+                          for _, row in noisy.iterrows()], index=noisy.index, dtype=float)
+    assert ((noisy["timing_spread"] > 1.3) | (interval > 1.3)).all()
+    reference = frame["backend"] == frame["reference_backend"]
+    references = {family: info["reference_backend"] for family, info in attentions.list_attentions().items()}
+    assert (frame["reference_backend"] == frame["family"].map(references)).all()
+    assert reference.any() and (~reference).any()
+    for _, row in frame.iterrows():  # every row against float64, the reference's own included
+        assert not is_empty(row["rel_err"]) and row["rel_err"] <= row["err_tolerance"], row["case_key"]
+        assert 0 < row["rel_err"] and math.isfinite(row["max_abs_err"]), row["case_key"]
+        assert row["err_tolerance"] == max(2 * row["ref_rel_err"], 1e-5), row["case_key"]  # float32's floor
+    assert (frame.loc[reference, "rel_err"] == frame.loc[reference, "ref_rel_err"]).all()
+    assert frame["flops_check"].isna().all(), frame["flops_check"].dropna().tolist()
+    assert ((frame["gmacs"] - frame["gmacs_analytic"]).abs() <= 0.01 * frame["gmacs_analytic"]).all()
+    assert (frame["gmacs"] > 0).all()
+    # full attention at 28², C64, 2 heads, batch 2 (no LePE), by hand: 1568 tokens × 64 × 4 × 64 for qkv and the
+    # output projection, and 1568 × 784 keys × 2 × 64 for q·kᵀ and attn·v: 25,690,112 + 157,351,936 MACs
+    full = frame[(frame["family"] == "full") & (frame["options"] == "{}")]
+    assert len(full) and (full["gmacs"] * 1e9).round().eq(183_042_048).all(), full["gmacs"].tolist()
+    factor = frame["phase"].map({"fwd": 2, "fwd+bwd": 6})  # the papers' convention: 2 FLOPs a MAC, 3x for training
+    assert ((frame["hw_gflops"] - factor * frame["gmacs"]).abs() <= 1e-9 * frame["hw_gflops"]).all()
+    assert (frame["latency_ms_p20"] <= frame["latency_ms_median"]).all()
+    assert (frame["latency_ms_median"] <= frame["latency_ms_p80"]).all()
+    assert (frame["latency_ms_p20"] > 0).all()
+    assert (frame["rounds"] >= 10).all()
+    assert (frame["peak_mem_mb"] > 0).all()
+    assert (frame["page_faults"] >= 0).all()  # counted for every timed CPU row
+    expected_throughput = frame["batch"] / (frame["latency_ms_median"] / 1000)
+    assert ((frame["throughput"] - expected_throughput).abs() <= 1e-6 * expected_throughput).all()
+    achieved = frame["hw_gflops"] * 1e9 / (frame["latency_ms_median"] / 1000) / 1e12
+    assert ((frame["tflops_achieved"] - achieved).abs() <= 1e-6 * achieved).all()
+    assert frame["pct_of_peak"].isna().all()  # the cpu profile has no peak figure
+    assert (frame["gpu_profile"] == "cpu").all() and (frame["device"] == "cpu").all()
+    names = frame["device_name"]
+    assert names.notna().all() and (names.astype(str).str.strip() != "").all()
+    assert frame["run_id"].nunique() == 1 and frame["run_id"].iloc[0] == quick_run["csv"].stem
+    assert (frame["batch"] == 2).all() and (frame["resolution"] == 28).all() and (frame["dtype"] == "float32").all()
+
+
+def test_quick_run_metadata(quick_run):
+    meta = json.loads(quick_run["json"].read_text())
+    frame = quick_run["frame"]
+    planned = len(dry_run_labels(quick_run["dry"]))
+    assert METADATA_KEYS <= set(meta), METADATA_KEYS - set(meta)
+    assert meta["run_id"] == quick_run["csv"].stem
+    assert meta["preset"] == "quick" and meta["gpu_profile"] == "cpu"
+    assert meta["device_name"] and meta["device_name"] == frame["device_name"].iloc[0]
+    assert meta["argv"] == quick_run["flags"]
+    assert meta["command"].startswith("python run_bench.py ") and "--preset quick" in meta["command"]
+    assert meta["started"] <= meta["finished"]
+    counts = meta["status_counts"]
+    assert counts == frame["status"].value_counts().to_dict()
+    assert set(counts) <= {"ok", "noisy", "unsupported"}
+    assert counts.get("ok", 0) + counts.get("noisy", 0) + counts["unsupported"] == planned
+    assert meta["timing"]["rounds"].startswith("paired") and meta["timing"]["noise_limit"] == 1.3
+    assert meta["timing"]["cpu_allocator"] == ("retain" if retain_available() else "system")  # the CPU default
+    assert meta.get("cases_planned", planned) == planned
+    assert "resumed" not in meta
+    assert ENVIRONMENT_KEYS <= set(meta["environment"]), ENVIRONMENT_KEYS - set(meta["environment"])
+    assert meta["environment"]["torch"] == torch.__version__
+    assert meta["environment"]["gpu_count"] == (torch.cuda.device_count() if HAS_CUDA else 0)
+
+
+def test_dry_run_writes_no_files(quick_run):
+    """The fixture ran --dry-run with the flags of the run on an empty results dir of its own."""
+    assert quick_run["dry_files"] == []
+
+
+def test_existing_run_id_is_refused_and_resume_suggested(quick_run, tmp_path, capsys):
+    run_id = quick_run["csv"].stem
+    results_dir = tmp_path / "results"
+    (results_dir / "cpu").mkdir(parents=True)
+    for path in (quick_run["csv"], quick_run["json"]):
+        (results_dir / "cpu" / path.name).write_bytes(path.read_bytes())
+    before = (results_dir / "cpu" / quick_run["csv"].name).read_bytes()
+    with pytest.raises(SystemExit) as exc:  # a one-case sweep, should it not be refused
+        cli.main(["--gpu", "cpu", "--preset", "quick", "--families", "full", "--backends", "sdpa", "--phase", "fwd",
+                  "--quiet", "--min-time", "0.01", "--no-report", "--results-dir", str(results_dir),
+                  "--run-id", run_id])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and run_id in err
+    assert (results_dir / "cpu" / quick_run["csv"].name).read_bytes() == before
+
+
+def test_the_quick_preset_plans_every_family_backend_and_kv_mode():
+    """The whole quick preset (planned, not run: its real sweep is the slow tier's): every registered family with
+    every one of its backends in both phases, BRA in every kv mode, and topk 1 and 16 forward only."""
+    parser = sweep_cli.build_parser()
+    cases = sweep_cli.plan(parser, parser.parse_args(QUICK_FLAGS), SUITES["attentions"], "cpu", PROFILES["cpu"])
+    assert len({case.key for case in cases}) == len(cases)
+    for family, info in attentions.list_attentions().items():
+        mine = [case for case in cases if case.family == family]
+        assert {(case.backend, case.phase) for case in mine} == {
+            (backend, phase) for backend in info["backends"] for phase in ("fwd", "fwd+bwd")}, family
+    bra = [case for case in cases if case.family == "bra"]
+    assert {case.effective_options()["kv_downsample_mode"] for case in bra} == set(KV_MODES)
+    assert {case.effective_options()["topk"] for case in bra if case.phase == "fwd+bwd"} == {4}
+    assert {case.effective_options()["topk"] for case in bra} == {1, 4, 16}
+    assert {(case.resolution, case.batch, case.dtype) for case in cases} == {(28, 2, "float32")}

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 
 import attentions
-from attentions import AttentionConfigError, BiLevelRoutingAttention
-from reference_helpers import BACKENDS, F64, check_backend_switch, grads, random_module
+from attentions import AttentionConfigError, AttentionModule, BiLevelRoutingAttention
+from reference_helpers import F64, CudaCase, Naive, check_backend_switch, eager_backends, grads, random_module
 
 MODES = ("identity", "avgpool", "maxpool", "ada_avgpool", "ada_maxpool")
-BRA_BACKENDS = BACKENDS + ("chunked",)  # the eager backends; flex and triton are tested on their own
+BRA_BACKENDS = eager_backends("bra")  # torch, sdpa, chunked; flex and triton are tested on their own
 
 # Constructor options and defaults of upstream BiFormer (besides dim / num_heads=8 / backend).
 SPEC_DEFAULTS = dict(n_win=7, qk_dim=None, qk_scale=None, kv_per_win=4, kv_downsample_ratio=4,
@@ -152,6 +152,26 @@ def naive_bra(x: torch.Tensor, P: dict, o: dict, force_idx: torch.Tensor | None 
     if o["param_attention"] == "qkvo":
         out = out @ P["wo.weight"].T + P["wo.bias"]
     return out[:, :H, :W], r_weight, r_idx, torch.stack(mats)
+
+
+# tests/test_cuda.py's case: 8×8-token regions, BiFormer's at 224² (the flex backend's block mask is in
+# FlexAttention's 128-token blocks whatever the region size: its CUDA kernels take no other)
+CUDA_OPTIONS = dict(n_win=2, topk=2)
+
+
+def naive_as_routed(module: AttentionModule, x: torch.Tensor) -> Naive:
+    """``naive_bra`` following the run's own routing, as test_bra_triton does: in low precision a
+    near-tie of two routing logits may pick another region than in float64. Every backend routes
+    with the same code, so the reference backend's routing is the run's."""
+    router = copy.deepcopy(module)
+    router.backend = router.reference_backend
+    with torch.no_grad():
+        _, _, routing, _ = router(x, ret_attn_mask=True)
+    options = full_options(module.dim, module.num_heads, **CUDA_OPTIONS)
+    return lambda x64, params: naive_bra(x64, params, options, force_idx=routing.cpu())[0]
+
+
+CUDA_CASE = CudaCase((2, 16, 16), CUDA_OPTIONS, naive_as_routed)
 
 
 # --------------------------------------------------------------------------------------------------

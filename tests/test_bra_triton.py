@@ -27,6 +27,14 @@ pytestmark = pytest.mark.cuda
 pytest.importorskip("triton")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Under the interpreter (no CUDA) the larger shapes take seconds each: the slow tier runs them, the fast tier a
+# small case of each check. On a GPU every case is fast.
+INTERPRETED_SLOW = [pytest.mark.slow] if DEVICE == "cpu" else []
+
+
+def slow_here(*values, **kwargs):
+    """A parameter that is in the slow tier where the kernels are interpreted."""
+    return pytest.param(*values, marks=INTERPRETED_SLOW, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -80,13 +88,15 @@ SHAPES = [  # (B, H, W), options: every one reaches a distinct path of the kerne
 ]
 
 
-@pytest.mark.parametrize("shape, opts", SHAPES)
+@pytest.mark.parametrize("shape, opts", [
+    slow_here(*case) if index in (1, 2, 5) else case for index, case in enumerate(SHAPES)])
 def test_fp32_forward_and_gradients_match_naive(shape, opts):
     check_triton(shape, torch.float32, 1e-5, 1e-5, **opts)
 
 
 @pytest.mark.parametrize("routing", ["soft", "soft_diff_param"])
-@pytest.mark.parametrize("shape, n_win, topk", [((1, 8, 8), 2, 3), ((1, 18, 18), 2, 3), ((1, 6, 6), 3, 5)])
+@pytest.mark.parametrize("shape, n_win, topk", [((1, 8, 8), 2, 3), slow_here((1, 18, 18), 2, 3),
+                                                slow_here((1, 6, 6), 3, 5)])
 def test_soft_routing_inside_the_kernels(routing, shape, n_win, topk):
     """soft_diff_param trains the routing through the weights: router.emb's gradient comes from the
     kernels' routing-weight gradient alone, summed per slot over the column tiles a routed region
@@ -95,7 +105,7 @@ def test_soft_routing_inside_the_kernels(routing, shape, n_win, topk):
     check_triton(shape, torch.float32, 1e-5, 1e-5, n_win=n_win, topk=topk, **ROUTINGS[routing])
 
 
-@pytest.mark.parametrize("shape, opts", [SHAPES[0], SHAPES[1], SHAPES[3]])
+@pytest.mark.parametrize("shape, opts", [SHAPES[0], slow_here(*SHAPES[1]), SHAPES[3]])
 def test_fp16(shape, opts):
     check_triton(shape, torch.float16, 5e-3, 2e-2, **opts)
 
@@ -105,6 +115,7 @@ def test_bf16_on_cuda():
     check_triton((2, 14, 14), torch.bfloat16, 3e-2, 6e-2, n_win=2, topk=2)
 
 
+@pytest.mark.slow if DEVICE == "cpu" else pytest.mark.cuda  # interpreted: about 3 s
 def test_backward_is_deterministic():
     module, _ = make(16, 2, seed=3, backend="triton", n_win=3, topk=3, soft_routing=True, diff_routing=True)
     module = module.float().to(DEVICE)
@@ -145,7 +156,7 @@ def stub_kernels(monkeypatch, triton_kernels):
 
 
 EFFICIENCY_SHAPES = [  # (resolution, dim, heads, n_win, topk): BiFormer's stages, 8×8-token regions at 112²/224²
-    (56, 64, 2, 7, 1), (28, 128, 4, 7, 4), (14, 256, 8, 7, 16), (112, 64, 2, 14, 4), (224, 64, 2, 28, 4)]
+    (56, 64, 2, 7, 1), (28, 128, 4, 7, 4), (14, 256, 8, 7, 16), (112, 64, 2, 14, 4), slow_here(224, 64, 2, 28, 4)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])  # bf16 tiles as fp16

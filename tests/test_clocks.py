@@ -4,11 +4,12 @@ NVML calls back from a script, and the rounds are timed on the CPU."""
 
 from __future__ import annotations
 
-import time
+import types
 
 import pytest
 import torch
 
+import bench.core.clocks
 import bench.core.measure
 from bench.core.clocks import THROTTLE_REASONS, ClockWatch
 from bench.core.measure import time_rounds
@@ -67,15 +68,32 @@ def test_a_falling_clock_or_a_throttle_reason_is_named():
     assert set(THROTTLE_REASONS) >= {SW_POWER_CAP, HW_THERMAL} and GPU_IDLE not in THROTTLE_REASONS
 
 
-def test_the_rounds_are_watched_between_passes():
-    """Every round samples the clocks (at most every 10 ms; passes of 11 ms here), once before and once after:
-    the verdict and the summary reach every pass's timing."""
-    stand_in = StandInNvml([1980, 1980, 1980, 1500], [0])
-    timings = time_rounds({"a": lambda: time.sleep(0.011), "b": lambda: time.sleep(0.011)}, torch.device("cpu"),
+@pytest.mark.parametrize("pass_ms, reads", [(11, 1 + 5 + 1), (3, 1 + 2 + 1)])
+def test_the_rounds_are_watched_between_passes(monkeypatch, pass_ms, reads):
+    """The clocks are sampled once before the rounds, after each round at most every 10 ms, and once after, on a
+    stand-in clock that only the passes move: two passes of 11 ms make rounds of 22 ms, each sampled (7 reads in
+    all for 5 rounds); passes of 3 ms make rounds of 6 ms, sampled at 12 and 24 ms only (4 reads). The verdict
+    and the summary reach every pass's timing."""
+    now_ms = [0.0]
+
+    def stand_in_pass() -> None:
+        now_ms[0] += pass_ms
+
+    def timed_once(run, device, flush):
+        start = now_ms[0]
+        run()
+        return now_ms[0] - start, 0
+
+    stand_in_time = types.SimpleNamespace(perf_counter=lambda: now_ms[0] / 1e3)
+    monkeypatch.setattr(bench.core.measure, "timed_once", timed_once)
+    monkeypatch.setattr(bench.core.clocks, "time", stand_in_time)
+    stand_in = StandInNvml([1980] * (reads - 1) + [1500], [0])
+    timings = time_rounds({"a": stand_in_pass, "b": stand_in_pass}, torch.device("cpu"),
                           bench.core.measure.TimingPolicy(warmup_max_calls=3, min_time_s=0.0, min_rounds=5),
                           watch=ClockWatch(stand_in, 0))
-    assert stand_in.reads == 1 + 5 + 1
+    assert stand_in.reads == reads
     for timing in timings.values():
+        assert timing.rounds == 5 and set(timing.times_ms) == {float(pass_ms)}
         assert timing.throttled == "SM clock fell to 1500 MHz from 1980 MHz during timing"
         assert timing.clocks[0]["sm_clock_mhz"] == [1500.0, 1980.0]
 

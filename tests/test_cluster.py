@@ -6,6 +6,10 @@ worker killed, a worker dying on every try), and the CLI test that kills the dri
 ``--ray-address`` (a killed driver of a local cluster would leave Ray's agent processes behind); the
 other CLI test starts a local cluster of its own with ``--workers 2``. Every sweep is a few tiny cases
 of full attention, so that a group takes about a second at most.
+
+The fast tier runs one sweep on the cluster (two workers write what one process writes); the slow tier adds a stop,
+the model suite, the workers' settings and extensions, the tests that kill or lose processes, and the command
+line's own clusters.
 """
 
 from __future__ import annotations
@@ -97,6 +101,7 @@ def test_two_workers_write_the_cases_of_one_worker_once_each(cluster, tmp_path):
         assert group["worker"].nunique() == 1 and group["speedup_vs_ref"].notna().any()
 
 
+@pytest.mark.slow  # another sweep on the cluster: the fast tier's Ray test is the one above
 def test_no_group_starts_after_a_stop_and_the_running_ones_are_written(cluster, tmp_path):
     path = tmp_path / "stopped.csv"
     written = []
@@ -108,6 +113,7 @@ def test_no_group_starts_after_a_stop_and_the_running_ones_are_written(cluster, 
     assert sorted(load_results(path)["case_key"]) == sorted(c.key for c in CASES)
 
 
+@pytest.mark.slow  # the model suite on the cluster: the fast tier's Ray test is the first one
 def test_the_model_suite_fans_out_one_case_per_task(cluster, tmp_path):
     cases = [ModelCase("biformer_tiny", "bra", "torch", 1, resolution, "float32", "cpu", "fwd") for resolution in (32, 64)]
     path = tmp_path / "models.csv"
@@ -147,6 +153,7 @@ def running_tasks() -> list[int]:
     return pids
 
 
+@pytest.mark.slow  # a worker killed and its group run again in a fresh one: about 12 s
 def test_a_killed_worker_loses_no_row(cluster, tmp_path):
     """kill -9 of a worker as soon as it runs a group: Ray runs the group again (--retries 2 by default),
     so every case has one row, none from the killed process, and a resume has nothing left to run."""
@@ -171,6 +178,7 @@ def test_a_killed_worker_loses_no_row(cluster, tmp_path):
     assert run_sweep(CASES, ctx, path, executor=executor()) == (0, PLANNED)
 
 
+@pytest.mark.slow  # two workers die, two fresh ones start: about 7 s
 def test_a_group_whose_worker_dies_on_every_try_gets_error_rows(cluster, tmp_path):
     """A worker process that dies (here, it exits in the middle of the group at 14²) is a Ray system
     failure: Ray runs the task again, --retries times, then each of the group's cases gets an error row
@@ -194,6 +202,7 @@ def test_a_group_whose_worker_dies_on_every_try_gets_error_rows(cluster, tmp_pat
 # the command line
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a sweep in a process of its own with a local Ray cluster of its own: about 25 s
 def test_the_cli_with_two_workers_writes_what_one_worker_writes(tmp_path, monkeypatch):
     """--workers 2 starts a local cluster: the rows are the cases of the in-process run, once each,
     each naming its worker; the CPU warning is said; the metadata has the workers and the nodes. The
@@ -218,6 +227,7 @@ def test_the_cli_with_two_workers_writes_what_one_worker_writes(tmp_path, monkey
     assert bench.schema.metadata.read_metadata(results / "cpu" / "one.json")["timing"]["workers"] == 1
 
 
+@pytest.mark.slow  # a killed sweep and its resume, each in a process of its own, on Ray: about 25 s
 def test_a_killed_driver_loses_no_completed_row(cluster, tmp_path):
     """kill -9 of the sweep's own process with groups running: the rows written stay as they were, the
     groups in flight have none, and --resume with workers completes the run, each case once."""
@@ -270,6 +280,7 @@ def test_sigterm_to_the_driver_stops_the_sweep_as_an_interruption(cluster, tmp_p
     assert len(frame) == PLANNED and not frame["case_key"].duplicated().any() and frame["status"].isin(TIMED).all()
 
 
+@pytest.mark.slow  # the workers import a module of one's own: the fast tier's Ray test is the first one
 def test_ray_workers_take_the_sweeps_numerics_and_extensions(cluster, tmp_path):
     """A family registered by a module outside the package (tests/extension_family.py, imported here as a plugin
     would be) and non-default numerics: the workers import the module, time its cases, and report (in their

@@ -21,21 +21,17 @@ compilation per (family, dtype), well under the recompile limit that attentions/
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import pytest
 import torch
 from torch import Tensor
 
 import attentions
-from attentions import AttentionModule, BackendUnavailableError
+from attentions import BackendUnavailableError
 from bench.core.accuracy import judge as judge_accuracy
-from reference_helpers import F64, Naive, random_module, ref_params, run_module, run_reference
-from test_bra import full_options, naive_bra
-from test_deformable import naive_for as deformable_naive
-from test_full import naive_full
-from test_window import naive_for as window_naive
+from reference_helpers import F64, cuda_case, random_module, ref_params, run_module, run_reference
+from registry_cases import is_built_in
 
 pytestmark = pytest.mark.cuda
 
@@ -43,44 +39,6 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CPU_BACKENDS = ("torch", "sdpa")  # what runs without CUDA, in float32: this file's own check in CI
 DIM, HEADS = 32, 2
 WEIGHT_STD = 0.3  # softmax logits of a few units: peaked enough to matter, not so peaked that bf16 rounding rules
-BRA_OPTIONS = dict(n_win=2, topk=2)
-
-
-def bra_naive(module: AttentionModule, x: Tensor) -> Naive:
-    """``naive_bra`` following the run's own routing, as test_bra_triton does: in low precision a
-    near-tie of two routing logits may pick another region than in float64. Every backend routes
-    with the same code, so the reference backend's routing is the run's."""
-    router = copy.deepcopy(module)
-    router.backend = router.reference_backend
-    with torch.no_grad():
-        _, _, routing, _ = router(x, ret_attn_mask=True)
-    options = full_options(module.dim, module.num_heads, **BRA_OPTIONS)
-    return lambda x64, params: naive_bra(x64, params, options, force_idx=routing.cpu())[0]
-
-
-@dataclass(frozen=True)
-class FamilyCase:
-    """One small module of a family, its input size and its naive float64 reference."""
-
-    size: tuple[int, int, int]  # batch, height, width
-    options: dict[str, Any]  # constructor options besides dim and num_heads
-    naive: Callable[[AttentionModule, Tensor], Naive]  # (module as run, its input) -> reference
-    overrides: dict[str, float] = field(default_factory=dict)  # random_module's std by parameter prefix
-
-
-FAMILIES: dict[str, FamilyCase] = {
-    "full": FamilyCase((2, 14, 14), {}, lambda module, x: lambda x64, p: naive_full(x64, p, module.num_heads)),
-    "window": FamilyCase((2, 14, 14), dict(window_size=7, shift_size=3), lambda module, x: window_naive(module)),
-    # DAT's defaults (fmap_size 14 sizes the position-bias table for this map). Its offset network,
-    # sampling points and bilinear sampling run in the input dtype: in bfloat16 they alone move the
-    # output 4-12 % from float64 and the offset network's gradients 10-250 %, for every backend alike
-    # (measured with torch and sdpa on the CPU); the reference backend's own error bounds that
-    "deformable": FamilyCase((2, 14, 14), dict(fmap_size=14), lambda module, x: deformable_naive(module),
-                             overrides={"conv_offset.1": 1.0}),
-    # 8×8-token regions, BiFormer's at 224² (the flex backend's block mask is in FlexAttention's
-    # 128-token blocks whatever the region size: its CUDA kernels take no other)
-    "bra": FamilyCase((2, 16, 16), BRA_OPTIONS, bra_naive),
-}
 
 
 def cuda_backend_cases() -> list:
@@ -144,7 +102,12 @@ def exact_float32() -> Iterator[None]:
 def test_backend_matches_naive_reference(family: str, backend: str, dtype: torch.dtype) -> None:
     """Output and (where the backend has a backward here) every gradient against the naive float64
     reference on the same rounded weights and input."""
-    case = FAMILIES[family]
+    case = cuda_case(family)
+    if case is None:
+        if is_built_in(family):
+            pytest.fail(f"the package's family {family!r} has no CUDA_CASE in tests/test_{family}.py: add one "
+                        f"(reference_helpers.CudaCase), with its naive float64 reference")
+        pytest.skip(f"{family!r} is a family of one's own (from another module): no CUDA_CASE in a test_{family}.py")
     module = random_module(family, seed=0, std=WEIGHT_STD, overrides=case.overrides, dim=DIM, num_heads=HEADS,
                            backend=backend, **case.options)
     has_backward = module.backends[backend].has_backward(DEVICE)

@@ -13,7 +13,7 @@ from fvcore.nn import FlopCountAnalysis
 
 import attentions
 from attentions import AttentionConfigError
-from reference_helpers import (BACKENDS, check_against_reference, check_backend_switch,
+from reference_helpers import (CudaCase, check_against_reference, check_backend_switch, eager_backends,
                                check_float32_against_reference, random_module, ref_params, run_module)
 
 
@@ -157,6 +157,14 @@ def naive_for(module):
         factor=module.offset_range_factor, kernel=module.offset_kernel, use_pe=module.use_pe, dwc_pe=module.dwc_pe)
 
 
+# tests/test_cuda.py's case: DAT's defaults (fmap_size 14 sizes the position-bias table for this map). Its offset
+# network, sampling points and bilinear sampling run in the input dtype: in bfloat16 they alone move the output
+# 4-12 % from float64 and the offset network's gradients 10-250 %, for every backend alike (measured with torch and
+# sdpa on the CPU); the reference backend's own error bounds that
+CUDA_CASE = CudaCase((2, 14, 14), dict(fmap_size=14), lambda module, x: naive_for(module),
+                     overrides={"conv_offset.1": 1.0})
+
+
 # --------------------------------------------------------------------------------------------
 # correctness vs the naive reference
 # --------------------------------------------------------------------------------------------
@@ -181,7 +189,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", eager_backends("deformable"))
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}-" + "-".join(
     f"{k.replace('offset_range_factor', 'f').replace('offset_kernel', 'k')}{v}" for k, v in c[2].items()))
 def test_matches_naive_reference_float64(backend, case):
@@ -199,7 +207,7 @@ def test_matches_naive_reference_float64(backend, case):
         assert rgp[name].abs().sum() > 0, name  # every parameter reaches the output
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", eager_backends("deformable"))
 def test_float32_close_to_float64_reference(backend):
     torch.manual_seed(9)
     module = make(seed=9, dtype=torch.float32, dim=16, num_heads=4, n_groups=2, stride=2, fmap_size=4,

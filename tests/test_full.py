@@ -11,7 +11,7 @@ import torch
 import attentions
 from attentions import BackendUnavailableError
 from attentions import AttentionConfigError
-from reference_helpers import (BACKENDS, check_against_reference, check_backend_switch,
+from reference_helpers import (CudaCase, check_against_reference, check_backend_switch, eager_backends,
                                check_float32_against_reference, random_module, ref_params)
 
 
@@ -72,6 +72,10 @@ def naive_full(x: torch.Tensor, p: dict[str, torch.Tensor], num_heads: int,
     return torch.stack(outs)
 
 
+# tests/test_cuda.py's case: every CUDA backend against naive_full
+CUDA_CASE = CudaCase((2, 14, 14), {}, lambda module, x: lambda x64, p: naive_full(x64, p, module.num_heads))
+
+
 # --------------------------------------------------------------------------------------------
 # correctness vs the naive reference
 # --------------------------------------------------------------------------------------------
@@ -85,7 +89,7 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS + ("sdpa_math", "sdpa_flash"))
+@pytest.mark.parametrize("backend", eager_backends("full"))
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
 def test_matches_naive_reference_float64(backend, cfg):
     torch.manual_seed(1)
@@ -103,7 +107,7 @@ def test_matches_naive_reference_float64(backend, cfg):
         assert rgp[name].abs().sum() > 0, name  # every parameter influences the output
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", eager_backends("full"))
 def test_float32_close_to_float64_reference(backend):
     torch.manual_seed(2)
     dim, heads = 16, 4
@@ -196,7 +200,6 @@ def test_macs_hand_count(side):
 def test_bad_side_dwconv(side):
     with pytest.raises(AttentionConfigError, match=rf"side_dwconv.*got {side}"):
         attentions.build("full", dim=8, num_heads=2, side_dwconv=side)
-
 
 
 @pytest.mark.parametrize("kernel", ["efficient", "cudnn"])

@@ -44,6 +44,7 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+@pytest.mark.slow  # a sweep, its report and a pytest run, in processes of their own: about 20 s
 def test_the_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     wheels = tmp_path / "wheels"
     wheels.mkdir()

@@ -3,11 +3,11 @@ metadata and report; planning, flag validation, resume, and a folder holding bot
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import re
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -27,8 +27,9 @@ from bench.schema.columns import MODEL_COLUMNS
 from bench.report.tables import model_table
 from bench.schema.registry_facts import from_snapshot, frozen_facts
 from bench.suites.snapshot import registry_snapshot
+from background import Job, background, finished, user_env
 from figure_checks import check_legends_match, check_png
-from test_bench_cli import data_lines, dry_run, dry_run_labels
+from test_bench_cli import REPO, RUN_BENCH, data_lines, dry_run, dry_run_labels
 
 MIXED = "window,deformable,bra,full"
 # 2 models × 2 resolutions × 2 phases. At 32² the last map is 1×1, which training-mode BatchNorm
@@ -44,17 +45,22 @@ def row_label(row: pd.Series) -> str:
             f"{row['dtype']} {row['phase']}")
 
 
+@background("model_run")
+def model_run_jobs(param: None, folder: Path) -> dict[str, Job]:
+    """The sweep, in a process of its own (run in the background while other tests run: tests/background.py)."""
+    flags = [*FLAGS, "--results-dir", str(folder / "results"), "--run-id", "models"]
+    return {"sweep": Job([sys.executable, str(RUN_BENCH), *flags], REPO, user_env())}
+
+
 @pytest.fixture(scope="module")
-def model_run(tmp_path_factory):
-    """The sweep in-process (the attention suite's tests run the CLI in a subprocess already)."""
-    results_dir = tmp_path_factory.mktemp("models") / "results"
-    flags = [*FLAGS, "--results-dir", str(results_dir), "--run-id", "models"]
-    dry = dry_run(flags)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert cli.main(flags) == 0
+def model_run(request, tmp_path_factory):
+    """The sweep, run as a user runs it; its dry run, here."""
+    sweep = finished(request, tmp_path_factory)["sweep"]
+    assert sweep.returncode == 0, sweep.output[-6000:]
+    flags = sweep.command[2:]
+    results_dir = Path(flags[flags.index("--results-dir") + 1])
     csv_path = results_dir / "cpu" / "models.csv"
-    return {"dir": results_dir, "flags": flags, "dry": dry, "stdout": out.getvalue(), "csv": csv_path,
+    return {"dir": results_dir, "flags": flags, "dry": dry_run(flags), "stdout": sweep.output, "csv": csv_path,
             "frame": bench.load_results(csv_path), "reports": results_dir.parent / "reports" / "cpu" / "models"}
 
 

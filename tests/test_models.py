@@ -13,6 +13,7 @@ from fvcore.nn import FlopCountAnalysis
 import attentions
 from attentions import AttentionConfigError
 from attentions.models import build_model, list_models
+from registry_cases import families
 
 F64 = torch.float64
 # Published params (M) and fvcore GMACs at 224², batch 1 (BiFormer's README and paper; Swin-T layout: BiFormer-STL)
@@ -22,7 +23,7 @@ PUBLISHED = {
     "biformer_base": (56.80, 9.795),
     "swin_layout": (28.37, 4.590),
 }
-FAMILIES = ("full", "window", "deformable", "bra")
+FAMILIES = families()  # every registered family: each is an attention choice of swin_layout
 SMALL = 64  # stage maps 16, 8, 4, 2: BRA's 7×7 regions need auto_pad, every other family takes them as they are
 
 
@@ -62,7 +63,11 @@ def image(batch: int = 2, size: int = SMALL, seed: int = 1, dtype: torch.dtype =
 # published figures and checkpoint names
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", list(PUBLISHED))
+LARGER = ("biformer_small", "biformer_base")  # seconds each on the CPU: the slow tier's
+
+
+@pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] * (name in LARGER))
+                                  for name in PUBLISHED])
 def test_params_and_gmacs_match_the_published_figures(name):
     params_m, gmacs = PUBLISHED[name]
     model = build_model(name)

@@ -234,7 +234,8 @@ def test_best_value_is_bold_per_block():
     assert latex_escape("topk_1 50% a&b #2 3×") == r"topk\_1 50\% a\&b \#2 3$\times$"
 
 
-def test_report_cli_and_clear_errors(small_results, tmp_path, capsys):
+def test_report_cli_and_clear_errors(small_results, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench.report.build, "make_plots", fake_plots(("latency_vs_resolution",)))  # (drawn elsewhere)
     assert cli.main(["report", str(small_results), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "README.md").exists()
     (tmp_path / "empty.csv").write_text("")
@@ -250,7 +251,8 @@ def test_report_cli_and_clear_errors(small_results, tmp_path, capsys):
     assert "no results .csv" in capsys.readouterr().err
 
 
-def test_a_folder_of_runs_keeps_the_newest_row_per_case(small_results, tmp_path):
+def test_a_folder_of_runs_keeps_the_newest_row_per_case(small_results, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench.report.build, "make_plots", fake_plots(("latency_vs_resolution",)))  # (drawn elsewhere)
     frame = pd.read_csv(small_results)
     latencies = ["latency_ms_median", "latency_ms_p20", "latency_ms_p80", "latency_ms_ci_low", "latency_ms_ci_high"]
     older = frame.assign(timestamp="2000-01-01T00:00:00+00:00", **{c: frame[c] * 100 for c in latencies})

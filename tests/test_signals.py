@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -21,17 +22,74 @@ from pathlib import Path
 import pytest
 
 import bench
+from bench import cli
 from bench.cli import progress as cli_progress
+from bench.suites import SUITES
 from bench.core.processes import Stopped
-from test_bench_cli import (REPO, RUN_BENCH, TIMED, assert_csv_well_formed, data_lines, dry_run, dry_run_labels, row_label, run_bench,
-                            stop, subprocess_env, wait_for)
+from test_bench_cli import (REPO, RUN_BENCH, TIMED, assert_csv_well_formed, data_lines, dry_run, dry_run_labels,
+                            row_label, run_bench, stop, subprocess_env, wait_for)
 
 CTRL_C_FLAGS = ["--gpu", "cpu", "--preset", "quick", "--families", "full", "--backends", "torch", "sdpa",
                 "--resolutions", "14", "28", "--phase", "fwd", "fwd+bwd", "--min-time", "0.2",
                 "--no-report"]  # 8 cases, in 4 comparison groups of 2
 
 
+def assert_resumed_to_the_plan(csv_path: Path, labels: list[str]) -> None:
+    """After one resume: every planned case (its dry-run label) has one timed row, and the metadata says the run
+    is complete and was resumed once."""
+    frame = bench.load_results(csv_path)
+    assert len(frame) == len(labels) and not frame["case_key"].duplicated().any()
+    assert sorted(frame.apply(row_label, axis=1)) == sorted(labels)
+    assert frame["status"].isin(TIMED).all()
+    meta = json.loads(csv_path.with_suffix(".json").read_text())
+    assert meta["interrupted"] is False and meta["cases_not_started"] == 0 and len(meta["resumed"]) == 1
 
+
+def test_ctrl_c_during_a_group_stops_after_it_and_resume_completes_the_run(tmp_path, monkeypatch, capsys):
+    """In-process, a real SIGINT raised while the first comparison group is being timed (from inside the real group
+    runner): that group is measured to its end and written, the sweep stops before the next, says how to resume
+    and returns 130; the JSON says interrupted by SIGINT; the printed command completes the run to exactly the
+    planned cases, each with one row. (The same from outside, a user's Ctrl-C to a sweep's process: the slow
+    tier's test below.)"""
+    results_dir = tmp_path / "results"
+    flags = [*CTRL_C_FLAGS[:-3], "--min-time", "0", "--no-report", "--quiet", "--results-dir", str(results_dir),
+             "--run-id", "ctrlc"]
+    labels = dry_run_labels(dry_run(flags))
+    planned = len(labels)
+    assert planned == 8
+    real_run_group = SUITES["attentions"].run_group
+    groups = []
+
+    def interrupted_during_the_first(cases, ctx, companions=()):
+        groups.append([case.key for case in cases])
+        if len(groups) == 1:
+            signal.raise_signal(signal.SIGINT)  # the handler only takes note: the group goes on
+        return real_run_group(cases, ctx, companions)
+
+    monkeypatch.setattr(SUITES["attentions"], "run_group", interrupted_during_the_first)
+    assert cli.main(flags) == 130
+    output = capsys.readouterr().out
+    csv_path = results_dir / "cpu" / "ctrlc.csv"
+    assert_csv_well_formed(csv_path)
+    frame = bench.load_results(csv_path)
+    assert len(groups) == 1 and sorted(frame["case_key"]) == sorted(groups[0]), output
+    assert frame["status"].isin(TIMED).all()
+    rows = len(frame)
+    resume = "python run_bench.py " + shlex.join(["--resume", "ctrlc", "--results-dir", str(results_dir),
+                                                  "--no-report"])
+    assert f"interrupted (SIGINT): {planned - rows} cases not run; resume with: {resume}" in output
+    meta = json.loads(csv_path.with_suffix(".json").read_text())
+    assert (meta["interrupted"], meta["stopped_by"], meta["cases_not_started"]) == (True, "SIGINT", planned - rows)
+    assert "resumed" not in meta
+
+    python, script, *resume_flags = shlex.split(resume)
+    assert (python, script) == ("python", "run_bench.py")
+    assert cli.main([*resume_flags, "--quiet"]) == 0
+    assert f"{planned - rows} cases run, {rows} already complete" in capsys.readouterr().out
+    assert_resumed_to_the_plan(csv_path, labels)
+
+
+@pytest.mark.slow  # two sweeps in processes of their own: about 20 s
 def test_ctrl_c_stops_after_the_case_in_progress_and_resume_completes_the_run(tmp_path):
     """One SIGINT once the first row is written: the case in progress finishes and writes its row, the
     sweep stops, says how to resume and exits 130; the JSON says interrupted; the command it printed
@@ -71,12 +129,7 @@ def test_ctrl_c_stops_after_the_case_in_progress_and_resume_completes_the_run(tm
     resumed = run_bench(*resume_flags)
     assert resumed.returncode == 0, f"stdout:\n{resumed.stdout}\nstderr:\n{resumed.stderr}"
     assert f"{planned - rows} cases run, {rows} already complete" in resumed.stdout
-    frame = bench.load_results(csv_path)
-    assert len(frame) == planned and not frame["case_key"].duplicated().any()
-    assert sorted(frame.apply(row_label, axis=1)) == sorted(labels)
-    assert frame["status"].isin(TIMED).all()
-    meta = json.loads(csv_path.with_suffix(".json").read_text())
-    assert meta["interrupted"] is False and meta["cases_not_started"] == 0 and len(meta["resumed"]) == 1
+    assert_resumed_to_the_plan(csv_path, labels)
 
 
 @pytest.mark.slow  # a sweep's start-up each: about 15 s
@@ -145,6 +198,7 @@ time.sleep(60)
 """
 
 
+@pytest.mark.slow  # a process of its own, signalled: about 6 s (the fast tier: test_rearm_sigint_... in-process)
 def test_a_cli_started_with_sigint_ignored_stops_on_sigint():
     """A process that inherited SIGINT ignored (as from ``trap '' INT`` or a script's background job) runs the
     CLI's start-up, after which SIGINT is Python's again: one SIGINT ends it with KeyboardInterrupt."""
@@ -159,8 +213,6 @@ def test_a_cli_started_with_sigint_ignored_stops_on_sigint():
     finally:
         stop(proc)
     assert code != 0 and "KeyboardInterrupt" in proc.stderr.read()  # -SIGINT, or 1 after `python -c`
-
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,15 +285,15 @@ def test_ctrl_c_to_the_terminal_during_a_sitting_stores_no_error_row(tmp_path):
     assert len(frame) == 4 and frame["status"].isin(TIMED).all(), frame[["case_key", "status", "status_detail"]]
 
 
-@pytest.mark.slow  # half a minute each
+@pytest.mark.slow  # half a minute each, most of it the sweep's own sitting
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_a_sweep_ended_during_a_sitting_leaves_no_process_behind(tmp_path, signum):
     """The sweep's process is ended while its sitting's process times its rounds: on SIGTERM the sweep ends
     the sitting and records the interruption; on SIGKILL (no handler runs) the kernel ends the sitting with
     it. Either way nothing keeps running, and nothing later writes into the log."""
     results_dir = tmp_path / "results"
-    flags = [*SITTINGS_FLAGS, "--sittings", "2", "--min-time", "30", "--results-dir", str(results_dir),
-             "--run-id", "ended"]
+    flags = [*SITTINGS_FLAGS, "--sittings", "2", "--min-time", "10", "--results-dir", str(results_dir),
+             "--run-id", "ended"]  # the sweep's own sitting: 20 s of rounds; the fresh one's: its start-up, then 20 s
     log = tmp_path / "ended.log"
     proc = start_sweep(flags, log)
     try:
@@ -302,22 +354,41 @@ def test_stop_on_signals_leaves_an_ignored_sighup_ignored():
 # kill -9 while a report is written
 # --------------------------------------------------------------------------------------------
 
-@pytest.mark.slow  # a report and four killed ones: about a minute
+def kill_during_a_write(command: list[str], out: Path, nth: int, timeout: float = 300) -> bool:
+    """Start ``command`` (a report into ``out``) and kill -9 it once its nth atomic write (or a later one) is in
+    progress: when a temporary file of its own (``.<name>.<pid>-<n>.tmp``, ``bench.schema.storage``) with n >= nth
+    is there. Whether it was killed so (False: it finished first)."""
+    proc = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    writing = re.compile(rf"\..+\.{proc.pid}-(\d+)\.tmp")
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            names = [entry.name for folder in (out, out / "tables", out / "plots") if folder.is_dir()
+                     for entry in os.scandir(folder)]
+            if any((found := writing.fullmatch(name)) and int(found.group(1)) >= nth for name in names):
+                proc.kill()
+                proc.wait()
+                return True
+    finally:
+        stop(proc)
+    return False
+
+
+@pytest.mark.slow  # a report and four killed ones: about half a minute
 def test_a_report_killed_at_any_moment_leaves_whole_files(tmp_path):
-    """``kill -9`` of ``report`` at several moments over an earlier report: every file in the folder stays whole
-    (the earlier one or the new one, never a 0-byte plot beside the old index), and the next report removes the
-    temporary files the killed ones left."""
+    """``kill -9`` of ``report`` over an earlier report, each time while it writes a file (its first, one a
+    quarter, half and three quarters through): every file in the folder stays whole (the earlier one or the new
+    one, never a 0-byte plot beside the old index), and the next report removes the temporary files the killed
+    ones left."""
     run = REPO / "results" / "cpu" / "20261205T091110Z-bra56-topk4.csv"
     out = tmp_path / "report"
     command = [sys.executable, str(RUN_BENCH), "report", str(run), "--out", str(out)]
     assert subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, timeout=300).returncode == 0
     report_files = {path for path in out.rglob("*") if path.is_file() and not path.name.startswith(".")}
-    for delay in (2.0, 3.0, 4.0, 5.0):
-        proc = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        time.sleep(delay)
-        proc.kill()
-        proc.wait()
+    writes = len(report_files)  # one atomic write per file
+    for nth in sorted({1, writes // 4, writes // 2, 3 * writes // 4}):  # (the last, the index, is too quick to see)
+        assert kill_during_a_write(command, out, nth), f"the report ended before its write {nth}"
         files = {path for path in out.rglob("*") if path.is_file() and not path.name.startswith(".")}
         assert files == report_files
         assert all(path.stat().st_size > 0 for path in files), [p for p in files if p.stat().st_size == 0]

@@ -16,20 +16,30 @@ import torch
 from bench import Case
 from bench.core.measure import make_pass
 from bench.suites.attention_rows import build_module
+from reference_helpers import eager_backends
+from registry_cases import families
 
 RESOLUTION, DIM, HEADS, BATCH = 28, 64, 2, 2
-VARIANTS = {
-    "full": ("full", ()),
+# The variants with options of their own; every other registered family runs with its defaults, under its name.
+OWN_VARIANTS = {
     "window w7 s3": ("window", (("shift_size", 3), ("window_size", 7))),
     "deformable s2": ("deformable", (("fmap_size", RESOLUTION), ("stride", 2))),
     "bra topk4": ("bra", (("topk", 4),)),
     "bra topk4 avgpool2": ("bra", (("kv_downsample_mode", "avgpool"), ("kv_downsample_ratio", 2), ("topk", 4))),
 }
+VARIANTS = {**{family: (family, ()) for family in families() if family not in {f for f, _ in OWN_VARIANTS.values()}},
+            **OWN_VARIANTS}
+
+
+def cases() -> list:
+    """(variant, backend) for every variant and each of its family's eager CPU backends (FlexAttention and the
+    Triton kernels compile: their timings belong on a GPU, with run_bench.py)."""
+    return [pytest.param(variant, backend, id=f"{variant}-{backend}")
+            for variant, (family, _) in VARIANTS.items() for backend in eager_backends(family)]
 
 
 @pytest.mark.parametrize("phase", ["fwd", "fwd+bwd"])
-@pytest.mark.parametrize("backend", ["torch", "sdpa"])
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant, backend", cases())
 def test_attention_speed(benchmark, variant, backend, phase):
     family, options = VARIANTS[variant]
     case = Case(family, backend, options, BATCH, RESOLUTION, DIM, HEADS, "float32", "cpu", phase)

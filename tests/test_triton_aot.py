@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.slow  # compilations: the launches of every preset (minutes), and two kernels that must fail
 
 ROOT = Path(__file__).resolve().parent.parent
 KERNELS = {"_routed_forward", "_routed_backward_query", "_routed_backward_key"}

@@ -9,7 +9,7 @@ import torch
 
 import attentions
 from attentions import AttentionConfigError
-from reference_helpers import (BACKENDS, check_against_reference, check_backend_switch,
+from reference_helpers import (CudaCase, check_against_reference, check_backend_switch, eager_backends,
                                check_float32_against_reference, random_module, ref_params)
 
 
@@ -96,6 +96,10 @@ def naive_for(module, qk_scale: float | None = None):
     return lambda x, p: naive_window(x, p, module.num_heads, module.window_size, module.shift_size, qk_scale)
 
 
+# tests/test_cuda.py's case: every CUDA backend against naive_window, shifted
+CUDA_CASE = CudaCase((2, 14, 14), dict(window_size=7, shift_size=3), lambda module, x: naive_for(module))
+
+
 def naive_shift_mask(hp: int, wp: int, ws: int, shift: int) -> torch.Tensor:
     """(windows, ws², ws²) mask of the rolled padded map, windows row-major, tokens row-major."""
     windows = []
@@ -125,7 +129,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", eager_backends("window"))
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}x{c[1]}-ws{c[2]}-s{c[3]}-{'-'.join(c[4])}")
 def test_matches_naive_reference_float64(backend, case):
     height, width, ws, shift, extra = case
@@ -139,7 +143,7 @@ def test_matches_naive_reference_float64(backend, case):
     assert "relative_position_bias_table" in gp
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", eager_backends("window"))
 def test_float32_close_to_float64_reference(backend):
     torch.manual_seed(3)
     dim, heads = 16, 4

@@ -18,6 +18,7 @@ import torch
 
 import attentions
 from reference_helpers import F64, random_module, run_module, run_reference
+from registry_cases import families_with_backend
 from test_full import naive_full
 from test_window import naive_for
 
@@ -94,7 +95,7 @@ def test_bias_rows_are_aligned_and_values_kept():
     assert torch.equal(folded.view(3, 4, 2, 9, 9), bias.half().expand(3, 4, 2, 9, 9))
 
 
-@pytest.mark.parametrize("family", ["full", "window"])
+@pytest.mark.parametrize("family", families_with_backend("xformers"))
 def test_unavailable_without_cuda(family):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
