@@ -15,12 +15,14 @@ from .bra import BiLevelRoutingAttention
 from .deformable import DeformableAttention
 from .errors import AttentionConfigError, BackendUnavailableError
 from .full import FullAttention
+from .plugins import Plugin, PluginError, load_plugin, load_plugins, loaded_plugins
 from .registry import (AttentionModule, Backend, MacCount, backend_available, build, custom_op_macs,
                        extension_modules, family_options, list_attentions, overridden_capabilities, register)
 from .window import WindowAttention
 
 __all__ = [
     "AttentionConfigError", "AttentionModule", "Backend", "BackendUnavailableError", "BiLevelRoutingAttention",
-    "DeformableAttention", "FullAttention", "MacCount", "WindowAttention", "backend_available", "build",
-    "custom_op_macs", "extension_modules", "family_options", "list_attentions", "overridden_capabilities", "register",
+    "DeformableAttention", "FullAttention", "MacCount", "Plugin", "PluginError", "WindowAttention", "backend_available",
+    "build", "custom_op_macs", "extension_modules", "family_options", "list_attentions", "load_plugin", "load_plugins",
+    "loaded_plugins", "overridden_capabilities", "register",
 ]

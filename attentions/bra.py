@@ -517,8 +517,13 @@ class BiLevelRoutingAttention(AttentionModule):
         if (padded_h, padded_w) != tuple(x.shape[1:3]):
             x = pad_to_multiple(x, self.n_win)
         q, kv = self.qkv(self.to_regions(x))
-        r_weight, r_idx = self.router(q.mean((2, 3)), kv[..., :self.qk_dim].mean((2, 3)))
+        r_weight, r_idx = self.router(*self.region_descriptors(q, kv[..., :self.qk_dim]))
         return q, kv, r_weight, r_idx
+
+    def region_descriptors(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """The region-level query and key the router compares, from q and k by region (B, regions, h, w, qk_dim):
+        each region's mean, as BiFormer. A variant that routes on another summary overrides this."""
+        return q.mean((2, 3)), k.mean((2, 3))
 
     def exact_copy(self, x: Tensor) -> BiLevelRoutingAttention:
         """The float64 copy routes to the regions this module picks on ``x``: in low precision a near-tie

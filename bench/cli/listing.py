@@ -8,6 +8,7 @@ import argparse
 import attentions
 from attentions.models import list_models
 
+from bench.cli.plugins import add_plugin_argument, load_command_plugins
 from bench.suites import SUITES
 
 DESCRIPTION = "The attention families, their backends and options, and where each backend runs here."
@@ -51,6 +52,7 @@ def list_suites_text() -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_plugin_argument(parser)
     parser.add_argument("--models", action="store_true", help="also list the models of --suite models")
 
 
@@ -64,4 +66,5 @@ def print_listing(models: bool) -> int:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
+    load_command_plugins(args.plugin)
     return print_listing(args.models)

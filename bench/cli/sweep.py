@@ -17,11 +17,13 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 from attentions.models import list_models
+from attentions.plugins import loaded_plugins
 
 from bench.cli.arguments import (at_least, check_folder, default_reports_dir, fail, positive_int, ray_address,
                                  run_id_name, seconds)
 from bench.cli.cluster_options import DEFAULT_RETRIES, check_cluster_flags, ray_executor, uses_ray
 from bench.cli.listing import print_listing
+from bench.cli.plugins import add_plugin_argument, load_command_plugins
 from bench.cli.progress import StopOnSignals, SweepProgress
 from bench.cli.resume import resume_command, resumed_run
 from bench.core.methods import measurement_methods
@@ -85,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_plugin_argument(parser)
     parser.add_argument("--gpu", choices=list(PROFILES),
                         help="GPU profile (peaks, defaults); default: the visible GPU's (without one, say --gpu cpu)")
     parser.add_argument("--suite", choices=list(SUITES), default="attentions",
@@ -222,6 +225,7 @@ def noise_summary(frame: pd.DataFrame, min_time: float) -> str | None:
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[str]) -> int:
     """The sweep of the command line ``argv`` (parsed into ``args``): its exit status."""
+    load_command_plugins(args.plugin)
     if args.list:
         return print_listing(models=args.suite == "models")
     check_folder(parser, "--results-dir", args.results_dir)
@@ -231,6 +235,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
     if resuming:
         results_path, metadata, args = resumed_run(parser, args)
         argv = metadata["argv"]
+        load_command_plugins(plugin["module"] for plugin in metadata.get("plugins", []))  # the run's, however named
     check_cluster_flags(parser, args)
     profile, device, device_name = select_profile(parser, args.gpu, args.dry_run)
     if resuming and device == "cpu" and args.cpu_allocator is None:
@@ -257,7 +262,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, argv: list[st
         metadata = {"run_id": run_id, "suite": suite.name, "preset": preset, "gpu_profile": profile.name,
                     "device_name": device_name, "argv": argv, "command": "python run_bench.py " + shlex.join(argv),
                     "environment": environment(), "cases_planned": len(cases), "numerics": numerics.as_dict(),
-                    **versioned_metadata(measurement_methods()), "registry": registry_snapshot()}
+                    **versioned_metadata(measurement_methods()), "registry": registry_snapshot(),
+                    "plugins": [plugin.to_json() for plugin in loaded_plugins()]}
     try:
         with RunLock(results_path):  # one writer per run: a second sweep or resume of it refuses
             if resuming:

@@ -93,9 +93,20 @@ def _metadata_markdown(metadata: list[dict]) -> str:
             lines.insert(-1, f"- node `{node}`: {node_env.get('gpu_name') or node_env.get('cpu')}, driver "
                              f"{node_env.get('driver')}, CUDA {node_env.get('cuda')}, torch {node_env.get('torch')}, "
                              f"triton {node_env.get('triton')}")
+        for plugin in meta.get("plugins") or []:  # where a plugin's families and backends came from
+            lines.insert(-1, f"- plugin {plugin_text(plugin)}")
         if meta.get("note"):
             lines.insert(-1, f"- {meta['note']}")
     return "\n".join(lines)
+
+
+def plugin_text(plugin: dict) -> str:
+    """``mybra-example 0.1.0 (module mybra): family mybra`` from a run's record of a plugin
+    (``attentions.plugins.Plugin.to_json``)."""
+    origin = f"{plugin.get('distribution')} {plugin.get('version')}" if plugin.get("distribution") else "not installed"
+    added = [*(f"family {name}" for name in plugin.get("families", [])),
+             *(f"backend {family}/{backend}" for family, backend in plugin.get("backends", []))]
+    return f"{origin} (module {plugin.get('module')}): {', '.join(added)}"
 
 
 def _timing_markdown(timing: dict) -> str:

@@ -74,6 +74,10 @@ METADATA = JsonType(("object",), {
     "nodes": JsonType(("object",), each=ENVIRONMENT),  # node name -> its environment
     "resumed": JsonType(("list",), each=JsonType(("object",), {"at": TEXT, "environment": ENVIRONMENT})),
     "ray": JsonType(("object",), {"address": TEXT, "retries": COUNT_FIELD}),
+    # the plugins the run loaded (attentions.plugins.Plugin.to_json): what they registered, what installed them
+    "plugins": JsonType(("list",), each=JsonType(("object",), {
+        "module": TEXT, "source": TEXT, "distribution": MAYBE_TEXT, "version": MAYBE_TEXT,
+        "families": JsonType(("list",)), "backends": JsonType(("list",))})),
     "timing": JsonType(("object",), {
         "rounds": TEXT, "min_time_s_per_pass": SECONDS, "noise_limit": SECONDS,
         **dict.fromkeys(("min_rounds", "sittings", "warmup_rounds", "retry_noisy", "workers"), COUNT_FIELD),
