@@ -1,8 +1,8 @@
 """The command line of ``run_bench.py``: one subcommand per module, on argparse subparsers.
 
 ``sweep`` (the default: ``run_bench.py --gpu a100`` is ``run_bench.py sweep --gpu a100``), ``list``,
-``report`` and ``compare``. A subcommand's module is imported, and its arguments added, only when it runs or
-shows its help, so that ``report`` and ``compare`` never import torch.
+``report``, ``compare``, ``check`` and ``check-attention``. A subcommand's module is imported, and its arguments added, only when it runs or
+shows its help, so that ``report``, ``compare`` and ``check`` never import torch.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ COMMANDS = {
     "list": ("bench.cli.listing", "the attention families, their backends and where each runs"),
     "report": ("bench.cli.report", "tables, plots and an index from result files"),
     "compare": ("bench.cli.compare", "compare two runs case by case: regressions, fixes, verdicts"),
+    "check": ("bench.cli.check", "ratio gates on one run, for CI: 'mybra/triton <= 0.8 * bra/torch'"),
+    "check-attention": ("bench.cli.check_attention", "check that a family (a plugin's) keeps the contract"),
 }
 DEFAULT_COMMAND = "sweep"
 
