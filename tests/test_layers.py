@@ -23,7 +23,7 @@ ALLOWED = {
 }
 # modules that must load where torch cannot: results in, tables out
 TORCH_FREE = ["bench", "bench.schema", "bench.analysis", "bench.report", "bench.cli", "bench.cli.arguments",
-              "bench.cli.report", "bench.cli.compare"]
+              "bench.cli.report", "bench.cli.compare", "bench.analysis.gates", "bench.cli.check"]
 
 
 def bench_imports(path: Path) -> set[str]:

@@ -1,8 +1,8 @@
 """The command line of ``run_bench.py``: one subcommand per module, on argparse subparsers.
 
 ``sweep`` (the default: ``run_bench.py --gpu a100`` is ``run_bench.py sweep --gpu a100``), ``list``,
-``report``, ``compare``, ``check`` and ``check-attention``. A subcommand's module is imported, and its arguments added, only when it runs or
-shows its help, so that ``report``, ``compare`` and ``check`` never import torch.
+``report``, ``compare``, ``check`` and ``check-attention``. A subcommand's module is imported, and its arguments
+added, only when it runs or shows its help, so that ``report``, ``compare`` and ``check`` never import torch.
 """
 
 from __future__ import annotations
