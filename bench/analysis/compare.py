@@ -44,6 +44,7 @@ DEFAULT_MAX_REGRESSION = 0.10
 DEFAULT_MIN_SHARED = 0.5   # share of BASE's cases that NEW must also have
 DEFAULT_MAX_INCONCLUSIVE = 0.10  # share of compared cases that may be inconclusive before the gate cannot judge
 PROG = "run_bench.py compare"
+NUMBER_COLUMNS = {"res", "C", "heads", "batch", "base ms", "new ms", "latency", "memory", "GMACs"}  # of case_columns
 
 # Exit statuses of ``compare``
 EXIT_PASSED, EXIT_REGRESSED, EXIT_UNUSABLE, EXIT_INCONCLUSIVE = 0, 1, 2, 3
@@ -87,6 +88,7 @@ class Comparison:
     warnings: list[str]
     max_regression: float = DEFAULT_MAX_REGRESSION
     max_inconclusive: float = DEFAULT_MAX_INCONCLUSIVE
+    min_shared: float = DEFAULT_MIN_SHARED
     too_few_shared: str | None = None  # why the runs share too few cases to be compared, or None
     base: str = ""
     new: str = ""
@@ -257,8 +259,6 @@ def compare_frames(base: pd.DataFrame, new: pd.DataFrame, max_regression: float 
 
 
 # NEW's rows to re-time -> their re-timed rows (same columns); given NEW's metadata (see bench.execution.remeasure)
-
-
 Remeasure = Callable[[pd.DataFrame, "dict[str, Any] | None"], pd.DataFrame]
 RETIMABLE_CHANGES = (SLOWER, FASTER, UNCHANGED, TOO_FEW_ROUNDS, UNMEASURED)  # inconclusive for the timing's sake
 
@@ -344,7 +344,7 @@ def compare_runs(base: str | Path, new: str | Path, max_regression: float = DEFA
                         f"NEW's environment?): {', '.join(unsupported['case'][:5])}"
                         f"{' …' if len(unsupported) > 5 else ''}")
     return Comparison(table=table, only_in_base=only_in_base, only_in_new=only_in_new, warnings=warnings,
-                      max_regression=max_regression, max_inconclusive=max_inconclusive,
+                      max_regression=max_regression, max_inconclusive=max_inconclusive, min_shared=min_shared,
                       too_few_shared=too_few_shared, base=str(resolve_results_path(base)),
                       new=str(resolve_results_path(new)))
 
@@ -369,31 +369,31 @@ def _text_table(frame: pd.DataFrame, right: set[str]) -> str:
                       *(line({c: cells[c][i] for c in frame.columns}) for i in range(len(frame)))])
 
 
+def case_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """The compared cases' columns as the text and markdown tables show them, from a ``Comparison.table``."""
+    return pd.DataFrame({
+        "family": table["family"], "backend": table["backend"], "options": table["options"],
+        "res": table["resolution"], "C": table["dim"], "heads": table["heads"], "batch": table["batch"],
+        "dtype": table["dtype"], "phase": table["phase"],
+        "status": [b if b == n else f"{b} -> {n}" for b, n in zip(table["status_base"], table["status_new"])],
+        "base ms": table["latency_ms_median_base"].map(_fmt_ms),
+        "new ms": table["latency_ms_median_new"].map(_fmt_ms),
+        "latency": table["latency_ratio"].map(ratio_text),
+        "memory": table["mem_ratio"].map(ratio_text),
+        "GMACs": table["gmacs_ratio"].map(ratio_text),
+        "verdict": table["verdict"], "change": table["change"],
+        "reason": [f"{reason}{'; ' if reason else ''}re-timed {n}×" if n else reason
+                   for reason, n in zip(table["reason"], table["remeasured"])],
+    })
+
+
 def format_comparison(c: Comparison) -> str:
     """The comparison as text: the table, warnings, cases in one run only, and a final verdict line."""
     lines = []
     if c.base or c.new:
         lines += [f"BASE {c.base}", f"NEW  {c.new}", ""]
     table = c.table
-    if table.empty:
-        lines.append("(no case in both runs)")
-    else:
-        shown = pd.DataFrame({
-            "family": table["family"], "backend": table["backend"], "options": table["options"],
-            "res": table["resolution"], "C": table["dim"], "heads": table["heads"], "batch": table["batch"],
-            "dtype": table["dtype"], "phase": table["phase"],
-            "status": [b if b == n else f"{b} -> {n}" for b, n in zip(table["status_base"], table["status_new"])],
-            "base ms": table["latency_ms_median_base"].map(_fmt_ms),
-            "new ms": table["latency_ms_median_new"].map(_fmt_ms),
-            "latency": table["latency_ratio"].map(ratio_text),
-            "memory": table["mem_ratio"].map(ratio_text),
-            "GMACs": table["gmacs_ratio"].map(ratio_text),
-            "verdict": table["verdict"], "change": table["change"],
-            "reason": [f"{reason}{'; ' if reason else ''}re-timed {n}×" if n else reason
-                       for reason, n in zip(table["reason"], table["remeasured"])],
-        })
-        lines.append(_text_table(shown, right={"res", "C", "heads", "batch", "base ms", "new ms", "latency",
-                                               "memory", "GMACs"}))
+    lines.append("(no case in both runs)" if table.empty else _text_table(case_columns(table), NUMBER_COLUMNS))
     if c.warnings:
         lines += ["", f"Warnings ({len(c.warnings)}):", *(f"  - {w}" for w in c.warnings)]
     for name, labels in (("BASE", c.only_in_base), ("NEW", c.only_in_new)):

@@ -9,8 +9,8 @@ import sys
 from typing import Sequence
 
 from bench.analysis.compare import (DEFAULT_MAX_INCONCLUSIVE, DEFAULT_MAX_REGRESSION, DEFAULT_MIN_SHARED,
-                                    EXIT_INCONCLUSIVE, EXIT_PASSED, EXIT_REGRESSED, EXIT_UNUSABLE, PROG, compare_runs,
-                                    format_comparison)
+                                    EXIT_INCONCLUSIVE, EXIT_PASSED, EXIT_REGRESSED, EXIT_UNUSABLE, PROG, compare_runs)
+from bench.analysis.compare_formats import FORMATS
 from bench.analysis.verdicts import parse_threshold, percent_text
 from bench.schema.errors import ResultsFormatError
 
@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rerun-inconclusive", type=_count_arg, default=0, metavar="N",
                         help="re-time NEW's inconclusive cases with the code at hand, paired with their reference, "
                              "up to N times before the verdict (default 0; NEW's file is left as it is)")
+    parser.add_argument("--format", choices=list(FORMATS), default="text",
+                        help="text (default), markdown (for a CI job summary or a merge-request comment) or json "
+                             "(for a program); the exit status is the same in every format")
     return parser
 
 
@@ -93,5 +96,5 @@ def main(argv: Sequence[str]) -> int:
     except unusable as exc:
         print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_UNUSABLE
-    print(format_comparison(comparison))
+    print(FORMATS[args.format](comparison))
     return comparison.exit_status
