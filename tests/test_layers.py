@@ -23,7 +23,8 @@ ALLOWED = {
 }
 # modules that must load where torch cannot: results in, tables out
 TORCH_FREE = ["bench", "bench.schema", "bench.analysis", "bench.report", "bench.cli", "bench.cli.arguments",
-              "bench.cli.report", "bench.cli.compare", "bench.analysis.gates", "bench.cli.check"]
+              "bench.cli.report", "bench.cli.compare", "bench.analysis.gates", "bench.cli.check",
+              "bench.analysis.export", "bench.cli.export"]
 
 
 def bench_imports(path: Path) -> set[str]:

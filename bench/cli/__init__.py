@@ -1,8 +1,9 @@
 """The command line of ``run_bench.py``: one subcommand per module, on argparse subparsers.
 
 ``sweep`` (the default: ``run_bench.py --gpu a100`` is ``run_bench.py sweep --gpu a100``), ``list``,
-``report``, ``compare``, ``check`` and ``check-attention``. A subcommand's module is imported, and its arguments
-added, only when it runs or shows its help, so that ``report``, ``compare`` and ``check`` never import torch.
+``report``, ``compare``, ``check``, ``export`` and ``check-attention``. A subcommand's module is imported, and its
+arguments added, only when it runs or shows its help, so that ``report``, ``compare``, ``check`` and ``export``
+never import torch.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ COMMANDS = {
     "report": ("bench.cli.report", "tables, plots and an index from result files"),
     "compare": ("bench.cli.compare", "compare two runs case by case: regressions, fixes, verdicts"),
     "check": ("bench.cli.check", "ratio gates on one run, for CI: 'mybra/triton <= 0.8 * bra/torch'"),
+    "export": ("bench.cli.export", "a run's rows as JSON for github-action-benchmark (customSmallerIsBetter)"),
     "check-attention": ("bench.cli.check_attention", "check that a family (a plugin's) keeps the contract"),
 }
 DEFAULT_COMMAND = "sweep"
