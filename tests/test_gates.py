@@ -24,7 +24,8 @@ def row(family: str, backend: str, latency: float, *, resolution: int = 28, phas
     return {"family": family, "backend": backend, "options": json.dumps(options or {}), "resolution": resolution,
             "batch": 2, "dim": 64, "heads": 2, "dtype": "float32", "phase": phase, "device_name": "cpu0",
             "status": status, "status_detail": "timing spread p80/p20 1.9" if status == "noisy" else "",
-            "reference_backend": reference, "latency_ms_median": latency, "latency_ms_ci_low": low,
+            "reference_backend": reference, "latency_ms_median": latency, "latency_ms_p20": latency * 0.9,
+            "latency_ms_p80": latency * 1.2, "latency_ms_ci_low": low,
             "latency_ms_ci_high": high, "speedup_vs_ref": speedup_vs_ref, "speedup_ci_low": speedup_low,
             "speedup_ci_high": speedup_high, "peak_mem_mb": peak_mem, "gmacs": 0.2, "rel_err": rel_err,
             "throughput": 2e3 / latency}
@@ -76,6 +77,15 @@ def test_rows_of_two_families_compare_at_the_far_ends_of_their_intervals(run):
         (28, True, 0.8, round(7.6 / 10.5, 4), round(8.4 / 9.5, 4), "unpaired (the rows' median intervals)"),
         (56, True, 0.75, round(28 / 42, 4), round(32 / 38, 4), "unpaired (the rows' median intervals)")]
     assert [passed for _, passed, *_ in verdicts("mybra <= 0.85 * bra/torch", run)] == [False, True]
+
+
+def test_a_run_without_latency_intervals_takes_the_wider_p20_p80(run):
+    """Runs from before the intervals were recorded: mybra 8 [7.2, 9.6] against bra 10 [9, 12] at 28²: 0.8, at
+    worst 9.6 / 9 = 1.0667."""
+    run[["latency_ms_ci_low", "latency_ms_ci_high"]] = math.nan
+    assert verdicts("mybra <= 1.1 * bra", run)[0] == (
+        28, True, 0.8, round(7.2 / 12, 4), round(9.6 / 9, 4), "unpaired (the rows' median intervals)")
+    assert not evaluate(parse_gate("mybra <= 1.05 * bra"), run, DEFAULTS).checks[0].passed
 
 
 def test_memory_is_exact_and_the_right_side_takes_the_left_measure(run):

@@ -208,12 +208,14 @@ def _untrusted(row: pd.Series, side: Side) -> str | None:
 def _interval(row: pd.Series, side: Side) -> tuple[float, float, float]:
     """The row's measure and its interval (latency: the recorded median interval; throughput its image)."""
     value = float(row[side.column])
-    if side.measure == "latency":
-        return value, float(row["latency_ms_ci_low"]), float(row["latency_ms_ci_high"])
+    if side.measure not in ("latency", "throughput"):
+        return value, value, value
+    low, high = row["latency_ms_ci_low"], row["latency_ms_ci_high"]
+    if not (math.isfinite(low) and math.isfinite(high)):  # a run from before the intervals: its p20-p80, wider
+        low, high = row["latency_ms_p20"], row["latency_ms_p80"]
     if side.measure == "throughput":
-        return value, float(row["batch"]) * 1e3 / float(row["latency_ms_ci_high"]), \
-            float(row["batch"]) * 1e3 / float(row["latency_ms_ci_low"])
-    return value, value, value
+        return value, float(row["batch"]) * 1e3 / float(high), float(row["batch"]) * 1e3 / float(low)
+    return value, float(low), float(high)
 
 
 def _paired_ratio(left: pd.Series, right: pd.Series) -> tuple[float, float, float] | None:
