@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import shlex
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+import attentions.plugins as plugins
 import bench
 from bench import cli
 
@@ -40,8 +42,14 @@ COMMITTED = REPO / "results" / "cpu"
 # runs of the same cases for compare.
 RUN_ID = "20261205T091110Z-bra56-topk4"
 BASE, NEW = "20261130T103150Z-bra56-topk4-paired", "20261130T103322Z-bra56-topk4-paired"
-PLACEHOLDERS = {"<run-id>": RUN_ID, "BASE.csv": f"results/cpu/{BASE}.csv", "NEW.csv": f"results/cpu/{NEW}.csv"}
+PLACEHOLDERS = {"<run-id>": RUN_ID, "BASE.csv": f"results/cpu/{BASE}.csv", "NEW.csv": f"results/cpu/{NEW}.csv",
+                "RUN.csv": f"results/cpu/{RUN_ID}.csv"}
 COMPARE_EXITS = {0: "no regression", 1: "regressed", 3: "undecided"}  # docs/reports.md
+GATE_EXITS = {0: "every gate passed", 1: "a gate failed"}  # docs/plugins.md
+# The example plugin (examples/plugin): the documentation installs it with pip; here, a command that names its family
+# finds its module on the path and in SPARSE_ATTENTION_PLUGINS, as the installed entry point would make it load.
+EXAMPLE_PLUGIN, EXAMPLE_FAMILY = REPO / "examples" / "plugin", "maxbra"
+SUBCOMMANDS = ("report", "compare", "list", "check", "check-attention", "export")
 
 
 @dataclass(frozen=True)
@@ -65,12 +73,16 @@ class Command:
 
     @property
     def kind(self) -> str:
-        """'report', 'compare', 'list', 'resume' or 'sweep'."""
-        if self.argv[:1] in (("report",), ("compare",), ("list",)):
+        """A subcommand (SUBCOMMANDS), 'resume' or 'sweep'."""
+        if self.argv[:1] and self.argv[0] in SUBCOMMANDS:
             return self.argv[0]
         if "--list" in self.argv:
             return "list"
         return "resume" if "--resume" in self.argv else "sweep"
+
+    @property
+    def uses_the_example_plugin(self) -> bool:
+        return any(EXAMPLE_FAMILY in word for word in self.argv)
 
     def why_not_for_real(self) -> str | None:
         """Why this machine cannot run the sweep for real (None: it can; a dry run plans it either way)."""
@@ -116,6 +128,17 @@ def unique(commands: list[Command]) -> list[Command]:
     return kept
 
 
+def user_environment(command: Command) -> dict[str, str]:
+    """A user's environment for a command run in a process of its own: no Triton interpreter (conftest.py turns
+    it on here), one intra-op thread, and the example plugin as if installed where the command names it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    if command.uses_the_example_plugin:
+        env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(EXAMPLE_PLUGIN), env.get("PYTHONPATH")])),
+                   **{plugins.ENVIRONMENT_VARIABLE: EXAMPLE_FAMILY})
+    return env
+
+
 def run_in_process(argv: list[str]) -> tuple[int, str]:
     """``python run_bench.py ARGV`` in this process: its exit status and its stdout."""
     out = io.StringIO()
@@ -130,6 +153,22 @@ def run_in_process(argv: list[str]) -> tuple[int, str]:
 def tree(folder: Path) -> dict[str, tuple[int, int]]:
     return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
             for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.fixture(autouse=True)
+def the_example_plugin_where_a_command_names_it(request, monkeypatch):
+    """The example plugin, as if installed, for a command that names its family; afterwards the registry, the
+    loaded plugins and the imported modules are as before."""
+    command = getattr(getattr(request.node, "callspec", None), "params", {}).get("command")
+    if command is not None and command.uses_the_example_plugin:
+        monkeypatch.syspath_prepend(str(EXAMPLE_PLUGIN))
+        monkeypatch.setenv(plugins.ENVIRONMENT_VARIABLE, EXAMPLE_FAMILY)
+    state, loaded = plugins._registry_state(), dict(plugins._LOADED)
+    yield
+    plugins._restore(state)
+    plugins._LOADED.clear()
+    plugins._LOADED.update(loaded)
+    sys.modules.pop(EXAMPLE_FAMILY, None)  # its module: the next command imports it afresh
 
 
 @pytest.fixture(autouse=True)
@@ -148,16 +187,23 @@ def test_the_documentation_has_the_commands_this_file_expects():
     committed runs standing in for them exist."""
     readme = [command.text for command in COMMANDS if command.document == "README.md"]
     assert readme == ["python run_bench.py --gpu cpu --preset quick", "python run_bench.py --gpu a100",
-                      "python run_bench.py report results/cpu"]
-    assert not [command.text for command in COMMANDS if re.search(r"<[^>]+>|BASE\.csv|NEW\.csv", command.text)]
+                      "python run_bench.py report results/cpu", "python run_bench.py check-attention maxbra",
+                      "python run_bench.py --gpu cpu --preset quick --families bra maxbra --topk 4 --kv-modes identity"]
+    assert not [command.text for command in COMMANDS if re.search(r"<[^>]+>|BASE\.csv|NEW\.csv|RUN\.csv",
+                                                                  command.text)]
     for run in (RUN_ID, BASE, NEW):
         assert (COMMITTED / f"{run}.csv").is_file() and (COMMITTED / f"{run}.json").is_file(), run
-    assert {command.kind for command in COMMANDS} <= {"report", "compare", "list", "resume", "sweep"}
+    assert {command.kind for command in COMMANDS} <= {*SUBCOMMANDS, "resume", "sweep"}
 
 
 # --------------------------------------------------------------------------------------------
 # the fast tier: listings, reports of one run, comparisons and every sweep's plan
 # --------------------------------------------------------------------------------------------
+
+def repository_paths(argv: tuple[str, ...]) -> list[str]:
+    """The documentation's relative paths of committed results, made absolute (the commands run elsewhere)."""
+    return [str(REPO / word) if word.startswith("results/") else word for word in argv]
+
 
 def out_folder(command: Command, tmp_path: Path) -> list[str]:
     return [] if "--out" in command.argv else ["--out", str(tmp_path / "report")]
@@ -181,8 +227,7 @@ def report_runs(command: Command) -> bool:
                                 marks=pytest.mark.slow))
 def test_a_documented_report_runs_on_the_committed_results(command, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths of the documentation: from the repository
-    argv = [str(REPO / word) if word.startswith("results/") else word for word in command.argv]
-    code, out = run_in_process([*argv, *out_folder(command, tmp_path)])
+    code, out = run_in_process([*repository_paths(command.argv), *out_folder(command, tmp_path)])
     assert code == 0, out
     index = tmp_path / "report" / "README.md"
     assert index.is_file() and f"report written to {index}" in out
@@ -192,10 +237,35 @@ def test_a_documented_report_runs_on_the_committed_results(command, tmp_path, mo
 @pytest.mark.parametrize("command", params([c for c in COMMANDS if c.kind == "compare"]))
 def test_a_documented_comparison_runs_on_the_committed_results(command, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    argv = [str(REPO / word) if word.startswith("results/") else word for word in command.argv]
-    code, out = run_in_process(argv)
+    code, out = run_in_process(repository_paths(command.argv))
     assert code in COMPARE_EXITS, out
     assert "Cases:" in out  # the verdict's summary line
+
+
+@pytest.mark.parametrize("command", params([c for c in COMMANDS if c.kind == "check"]))
+def test_a_documented_gate_runs_on_the_committed_results(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out = run_in_process(repository_paths(command.argv))
+    assert code in GATE_EXITS, out
+    assert re.search(r"^\d+ of \d+ gates passed$", out, re.M), out
+
+
+@pytest.mark.parametrize("command", params([c for c in COMMANDS if c.kind == "export"]))
+def test_a_documented_export_runs_on_the_committed_results(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out = run_in_process(repository_paths(command.argv))
+    assert code == 0, out
+    exported = json.loads((tmp_path / command.option("--out")).read_text() if command.option("--out") else out)
+    assert exported and all(entry["unit"] in ("ms", "MB") and entry["value"] > 0 for entry in exported)
+
+
+@pytest.mark.slow  # the kit on every backend of the family, in a process of its own: about 10 s
+@pytest.mark.parametrize("command", params(unique([c for c in COMMANDS if c.kind == "check-attention"])))
+def test_a_documented_conformance_check_passes(command, tmp_path):
+    """In a user's process: here, Triton's interpreter would run the CUDA-only kernels too, slowly."""
+    proc = subprocess.run([sys.executable, str(REPO / "run_bench.py"), *command.argv], cwd=tmp_path,
+                          env=user_environment(command), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith(": conforms"), proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("command", params([c for c in COMMANDS if c.kind == "sweep"]))
@@ -221,8 +291,7 @@ def test_a_documented_cpu_sweep_runs_for_real(command, tmp_path):
     argv = [*command.argv, "--results-dir", str(results), "--reports-dir", str(reports), "--quiet"]
     if "--min-time" not in argv:
         argv += ["--min-time", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("TRITON_INTERPRET", None)  # a user's environment
+    env = user_environment(command)
     proc = subprocess.run([sys.executable, str(REPO / "run_bench.py"), *argv], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

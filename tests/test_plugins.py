@@ -2,7 +2,7 @@
 breaks the contract is refused with one line naming it and the rule, and the registry stays as it was.
 
 Each test writes its plugin modules into a folder of its own on ``sys.path`` and leaves the registry, the loaded
-plugins and ``sys.modules`` as it found them."""
+plugins and ``sys.modules`` as it found them (its own modules removed)."""
 
 from __future__ import annotations
 
@@ -35,18 +35,19 @@ def write_plugin(tmp_path, monkeypatch):
     folder = tmp_path / "plugins"
     folder.mkdir()
     monkeypatch.syspath_prepend(str(folder))
-    state, loaded, modules = plugins._registry_state(), dict(plugins._LOADED), set(sys.modules)
+    state, loaded, written = plugins._registry_state(), dict(plugins._LOADED), []
 
     def write(name: str, source: str) -> str:
         (folder / f"{name}.py").write_text(textwrap.dedent(source))
+        written.append(name)
         return name
 
     yield write
     plugins._restore(state)
     plugins._LOADED.clear()
     plugins._LOADED.update(loaded)
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
+    for name in written:
+        sys.modules.pop(name, None)
 
 
 def test_a_plugin_registers_a_family_and_is_recorded(write_plugin):
