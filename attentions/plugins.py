@@ -96,7 +96,8 @@ def _check_family(name: str) -> None:
             module = _FAMILIES[name](CONTRACT_DIM, CONTRACT_HEADS, backend=_FAMILIES[name].reference_backend)
     except Exception as exc:  # noqa: BLE001 - any failure is the plugin's, reported in one line
         raise PluginError(f"family {name!r} does not build with its defaults (dim {CONTRACT_DIM}, "
-                          f"{CONTRACT_HEADS} heads): {_first_line(exc)}") from exc
+                          f"{CONTRACT_HEADS} heads, on the meta device as the planner builds it): "
+                          f"{_first_line(exc)}") from exc
     try:
         module.check_map_size(CONTRACT_MAP, CONTRACT_MAP)
     except AttentionConfigError:

@@ -107,7 +107,8 @@ def refused(write_plugin, name: str, source: str) -> str:
     ("unbuildable_plugin", PLAIN.format(name="Unbuildable", family="unbuildable") + '''
     def __init__(self, dim, num_heads, backend="torch"):
         raise OSError("checkpoint.pt not found")
-''', "family 'unbuildable' does not build with its defaults (dim 64, 2 heads): OSError: checkpoint.pt not found"),
+''', "family 'unbuildable' does not build with its defaults (dim 64, 2 heads, on the meta device as the planner "
+       "builds it): OSError: checkpoint.pt not found"),
     ("uncounted_plugin", PLAIN.format(name="Uncounted", family="uncounted") + '''
     def count_macs(self, batch, height, width):
         raise NotImplementedError
