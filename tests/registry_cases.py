@@ -7,9 +7,13 @@ A plain module, not a conftest, as reference_helpers.py is: the test files impor
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 import attentions
+import attentions.plugins as plugins
 from attentions.registry import _FAMILIES
 
 # The families the package itself registers (attentions/__init__.py imports them): the known answer of the one test
@@ -46,3 +50,16 @@ def families_with_options(*options: str) -> list[str]:
 def is_built_in(family: str) -> bool:
     """Whether the family's class lives in the package (a researcher's own family, from another module, is not)."""
     return _FAMILIES[family].__module__.split(".")[0] == "attentions"
+
+
+@contextlib.contextmanager
+def registry_kept() -> Iterator[None]:
+    """Whatever is registered or loaded as a plugin inside, gone afterwards: the registry (families and each
+    family's backends) and the loaded plugins as they were."""
+    state, loaded = plugins._registry_state(), dict(plugins._LOADED)
+    try:
+        yield
+    finally:
+        plugins._restore(state)
+        plugins._LOADED.clear()
+        plugins._LOADED.update(loaded)

@@ -9,12 +9,11 @@ import pytest
 import torch
 
 import attentions
-import attentions.plugins as plugins
 from attentions import AttentionConfigError, Backend, FullAttention, MacCount
 from attentions.core import sdpa_attention
 from bench import cli
 from bench.suites.conformance import assert_conforms, check_family
-from registry_cases import families
+from registry_cases import families, registry_kept
 
 
 def off_by(attend, factor: float):
@@ -87,9 +86,8 @@ BROKEN = {  # family -> the rule it breaks, and what the verdict says
 @pytest.fixture
 def registered():
     """Registers the given families for one test; afterwards the registry is as before."""
-    state = plugins._registry_state()
-    yield lambda *classes: [attentions.register(cls) for cls in classes]
-    plugins._restore(state)
+    with registry_kept():
+        yield lambda *classes: [attentions.register(cls) for cls in classes]
 
 
 def test_a_family_that_keeps_the_contract_passes_every_rule(registered):

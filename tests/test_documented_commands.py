@@ -34,6 +34,7 @@ import pytest
 import attentions.plugins as plugins
 import bench
 from bench import cli
+from registry_cases import registry_kept
 
 REPO = Path(__file__).resolve().parent.parent
 DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -163,11 +164,8 @@ def the_example_plugin_where_a_command_names_it(request, monkeypatch):
     if command is not None and command.uses_the_example_plugin:
         monkeypatch.syspath_prepend(str(EXAMPLE_PLUGIN))
         monkeypatch.setenv(plugins.ENVIRONMENT_VARIABLE, EXAMPLE_FAMILY)
-    state, loaded = plugins._registry_state(), dict(plugins._LOADED)
-    yield
-    plugins._restore(state)
-    plugins._LOADED.clear()
-    plugins._LOADED.update(loaded)
+    with registry_kept():
+        yield
     sys.modules.pop(EXAMPLE_FAMILY, None)  # its module: the next command imports it afresh
 
 

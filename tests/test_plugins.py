@@ -17,6 +17,7 @@ import attentions
 import attentions.plugins as plugins
 from attentions import PluginError
 from bench import cli
+from registry_cases import registry_kept
 
 PLAIN = '''
 from attentions import FullAttention, register
@@ -35,17 +36,15 @@ def write_plugin(tmp_path, monkeypatch):
     folder = tmp_path / "plugins"
     folder.mkdir()
     monkeypatch.syspath_prepend(str(folder))
-    state, loaded, written = plugins._registry_state(), dict(plugins._LOADED), []
+    written = []
 
     def write(name: str, source: str) -> str:
         (folder / f"{name}.py").write_text(textwrap.dedent(source))
         written.append(name)
         return name
 
-    yield write
-    plugins._restore(state)
-    plugins._LOADED.clear()
-    plugins._LOADED.update(loaded)
+    with registry_kept():
+        yield write
     for name in written:
         sys.modules.pop(name, None)
 

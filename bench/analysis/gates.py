@@ -37,6 +37,7 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from bench.analysis.variants import effective_options
+from bench.analysis.verdicts import latency_interval
 
 MEASURES = {  # name -> the row's column
     "latency": "latency_ms_median",
@@ -210,12 +211,12 @@ def _interval(row: pd.Series, side: Side) -> tuple[float, float, float]:
     value = float(row[side.column])
     if side.measure not in ("latency", "throughput"):
         return value, value, value
-    low, high = row["latency_ms_ci_low"], row["latency_ms_ci_high"]
-    if not (math.isfinite(low) and math.isfinite(high)):  # a run from before the intervals: its p20-p80, wider
-        low, high = row["latency_ms_p20"], row["latency_ms_p80"]
+    interval = latency_interval(row)  # a run from before the intervals: its p20-p80, wider
+    if interval is None:
+        return value, math.nan, math.nan
     if side.measure == "throughput":
-        return value, float(row["batch"]) * 1e3 / float(high), float(row["batch"]) * 1e3 / float(low)
-    return value, float(low), float(high)
+        return value, float(row["batch"]) * 1e3 / interval.high, float(row["batch"]) * 1e3 / interval.low
+    return value, interval.low, interval.high
 
 
 def _paired_ratio(left: pd.Series, right: pd.Series) -> tuple[float, float, float] | None:

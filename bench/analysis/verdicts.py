@@ -140,13 +140,15 @@ class Interval:
     source: str  # "ci": the row's batch-means interval; "p20-p80": the spread, for runs that recorded no interval
 
 
-def latency_interval(row: pd.Series, side: str) -> Interval | None:
-    """The interval of one side's median latency: its recorded confidence interval, else (older runs) its
-    p20–p80 spread, which is wider and so errs towards ``inconclusive``; None when neither is there."""
-    low, high = row.get(f"latency_ms_ci_low_{side}"), row.get(f"latency_ms_ci_high_{side}")
+def latency_interval(row: pd.Series, side: str = "") -> Interval | None:
+    """The interval of one side's median latency (``side``: the suffix of an aligned table's columns, none for a
+    run's own row): its recorded confidence interval, else (older runs) its p20–p80 spread, which is wider and
+    so errs towards ``inconclusive``; None when neither is there."""
+    suffix = f"_{side}" if side else ""
+    low, high = row.get(f"latency_ms_ci_low{suffix}"), row.get(f"latency_ms_ci_high{suffix}")
     if is_known(low, high):
         return Interval(float(low), float(high), "ci")
-    low, high = row.get(f"latency_ms_p20_{side}"), row.get(f"latency_ms_p80_{side}")
+    low, high = row.get(f"latency_ms_p20{suffix}"), row.get(f"latency_ms_p80{suffix}")
     return Interval(float(low), float(high), "p20-p80") if is_known(low, high) else None
 
 
