@@ -34,10 +34,18 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
 
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, scale: float,
                    bias: Tensor | None = None) -> tuple[Tensor, None]:
-    """The same attention through ``F.scaled_dot_product_attention``; no matrix is returned."""
+    """The same attention through ``F.scaled_dot_product_attention``; no matrix is returned.
+
+    Without a bias, leading dimensions beyond (batch, heads) are folded into the batch: Inductor's CPU lowering
+    of SDPA mis-broadcasts 5-D inputs (``torch.compile`` of BRA's gathered (B, regions, heads, L, D) failed with
+    "Attempting to broadcast a dimension of length 64 ... [2, 64, 49] ... [2, 16, 49]"), while eager SDPA takes
+    them either way."""
     if bias is not None:
-        bias = bias.to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale), None
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=scale), None
+    lead = q.shape[:-3]
+    q, k, v = (t.reshape(-1, *t.shape[-3:]) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return out.reshape(*lead, *out.shape[-3:]), None
 
 
 SDPA_KERNELS = {  # name -> (SDPBackend, devices, dtypes) a user may force
