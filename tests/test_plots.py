@@ -31,6 +31,8 @@ def frame(small_results):
     return load_results(small_results)
 
 
+@pytest.mark.slow  # every plot of the catalog, checked pixel by pixel: about 17 s (the fast tier draws them in
+# the report tests and checks their data in test_plot_rows)
 def test_every_plot_renders_at_paper_size_with_ink_legends_that_match_and_a_clear_layout(frame, tmp_path):
     backend, font_size = matplotlib.rcParams["backend"], matplotlib.rcParams["font.size"]
     out = tmp_path / "figures"

@@ -40,6 +40,8 @@ print("measuring modules:", measuring)
 """
 
 
+@pytest.mark.slow  # the whole committed report, plots and all, in a process of its own: about 20 s (the fast tier's
+# test_layers imports the report side without torch, and the next test builds a report from a snapshot)
 def test_the_committed_report_builds_without_torch_or_the_registry(tmp_path):
     """The committed runs (none records its registry: the frozen snapshot stands in) give the committed tables,
     byte for byte, in a process where torch and attentions cannot be imported."""
