@@ -11,3 +11,10 @@ class AttentionConfigError(ValueError):
 
 class BackendUnavailableError(ValueError):
     """A backend that cannot run here: unknown device, dtype, missing package or option."""
+
+
+def error_line(exc: BaseException) -> str:
+    """An exception in one line: its type and the first line of its message (a plugin's or a family's failure,
+    reported where a traceback would be noise)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from .errors import AttentionConfigError
+from .errors import AttentionConfigError, error_line
 from .registry import _FAMILIES, AttentionModule, Backend
 
 ENTRY_POINT_GROUP = "sparse_attention_bench.attentions"
@@ -83,11 +83,6 @@ def _distribution(module: str) -> tuple[str | None, str | None]:
     return names[0], importlib.metadata.version(names[0])
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 def _check_family(name: str) -> None:
     """The contract a family must meet before anything runs: it builds with its defaults (on the meta device, so
     nothing is allocated), and counts its MACs at a map its options take."""
@@ -97,7 +92,7 @@ def _check_family(name: str) -> None:
     except Exception as exc:  # noqa: BLE001 - any failure is the plugin's, reported in one line
         raise PluginError(f"family {name!r} does not build with its defaults (dim {CONTRACT_DIM}, "
                           f"{CONTRACT_HEADS} heads, on the meta device as the planner builds it): "
-                          f"{_first_line(exc)}") from exc
+                          f"{error_line(exc)}") from exc
     try:
         module.check_map_size(CONTRACT_MAP, CONTRACT_MAP)
     except AttentionConfigError:
@@ -108,7 +103,7 @@ def _check_family(name: str) -> None:
         raise PluginError(f"family {name!r} has no count_macs (the harness needs analytic MACs)") from exc
     except Exception as exc:  # noqa: BLE001
         raise PluginError(f"family {name!r}: macs(1, {CONTRACT_MAP}, {CONTRACT_MAP}) raised "
-                          f"{_first_line(exc)}") from exc
+                          f"{error_line(exc)}") from exc
     if not isinstance(macs, Mapping) or not macs or not all(
             isinstance(count, int) and count >= 0 for count in macs.values()):
         raise PluginError(f"family {name!r}: macs() must return a MacCount of non-negative ints by part, "
@@ -158,7 +153,7 @@ def load_plugin(module: str, source: str = "--plugin") -> Plugin:
         except PluginError:
             raise
         except Exception as exc:  # noqa: BLE001 - a plugin's failure, whatever it is, is reported in one line
-            raise PluginError(f"does not import: {_first_line(exc)}") from exc
+            raise PluginError(f"does not import: {error_line(exc)}") from exc
         families, backends = _registered(before)
         if not families and not backends:
             already = " (it was imported before, so its registrations could not be seen)" \

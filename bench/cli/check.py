@@ -8,18 +8,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench.analysis.gates import GateError, evaluate, format_results, parse_gate
+from bench.analysis.gates import Gate, GateError, evaluate, format_results, parse_gate
 from bench.schema.errors import ResultsFormatError
 from bench.schema.files import load_results
 from bench.schema.metadata import read_metadata
 from bench.schema.registry_facts import facts_of_runs
 
 DESCRIPTION = ("Check ratio gates on one run, such as 'mybra/triton <= 0.8 * bra/torch' or "
-               "'mybra peak_mem <= 0.5 * full': each must hold, with its whole 95%% interval, at every shape the two "
+               "'mybra peak_mem <= 0.5 * full': each must hold, with its whole 95% interval, at every shape the two "
                "sides share (docs/plugins.md#ratio-gates).")
 
 
-def _gate(text: str):
+def _gate(text: str) -> Gate:
     try:
         return parse_gate(text)
     except GateError as exc:

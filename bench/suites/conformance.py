@@ -27,6 +27,7 @@ import torch
 
 import attentions
 from attentions import AttentionModule
+from attentions.errors import error_line
 from attentions.plugins import load_plugin
 from bench.core.accuracy import accuracy
 from bench.core.flops import FlopCounterUnavailable
@@ -71,11 +72,6 @@ class Conformance:
         lines.append(f"{self.family}: " + ("conforms" if not failed else
                                            f"{len(failed)} rule(s) broken: {', '.join(v.rule for v in failed)}"))
         return "\n".join(lines)
-
-
-def _error_text(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _map_size(family: str) -> int | None:
@@ -171,7 +167,7 @@ def _backend(family: str, backend: str, size: int) -> Verdict:
         try:
             judged = accuracy(module, x, phase, grad_out)
         except Exception as exc:  # noqa: BLE001 - a backend that raises fails its rule, in one line
-            return Verdict(rule, "fail", f"{phase}: {_error_text(exc)}")
+            return Verdict(rule, "fail", f"{phase}: {error_line(exc)}")
         reason = judged.mismatch_reason()
         if reason:
             return Verdict(rule, "fail", f"{phase} against float64: {reason}")
@@ -200,9 +196,9 @@ def _raises_naming(action: Callable[[], Any], *names: str) -> str | None:
         action()
     except ValueError as exc:
         missing = [name for name in names if name not in str(exc)]
-        return f"the error does not name {', '.join(missing)}: {_error_text(exc)}" if missing else None
+        return f"the error does not name {', '.join(missing)}: {error_line(exc)}" if missing else None
     except Exception as exc:  # noqa: BLE001
-        return f"raised {_error_text(exc)}, not a ValueError (attentions.AttentionConfigError)"
+        return f"raised {error_line(exc)}, not a ValueError (attentions.AttentionConfigError)"
     return "accepted"
 
 
@@ -241,7 +237,7 @@ def check_family(family: str) -> Conformance:
     try:
         size = _map_size(family)
     except Exception as exc:  # noqa: BLE001
-        return Conformance(family, (Verdict("builds", "fail", f"with its defaults: {_error_text(exc)}"),))
+        return Conformance(family, (Verdict("builds", "fail", f"with its defaults: {error_line(exc)}"),))
     if size is None:
         return Conformance(family, (Verdict("builds", "fail", f"its defaults take none of the maps {MAP_SIZES}"),))
     verdicts = [Verdict("builds", "pass", f"its defaults, dim {DIM}, {HEADS} heads, map {size}×{size}")]
@@ -256,7 +252,7 @@ def check_family(family: str) -> Conformance:
         try:
             verdicts.append(rule())
         except Exception as exc:  # noqa: BLE001 - a rule whose check raised is broken by the family, not the kit
-            verdicts.append(Verdict(name, "fail", _error_text(exc)))
+            verdicts.append(Verdict(name, "fail", error_line(exc)))
     return Conformance(family, tuple(verdicts))
 
 
