@@ -211,9 +211,12 @@ class AttentionModule(nn.Module):
         validated (same shape, dtype, device, backend, whether a backward is wanted, autocast) is a cache
         hit and runs no checks, so that a timed forward is the computation. Moving or converting the
         module (``.to()``, ``.half()``, ...) and changing its backend start afresh; the family's options
-        are fixed at construction."""
-        if not isinstance(x, torch.Tensor):
-            self.validate_input(x)  # raises
+        are fixed at construction. Traced by torch.compile, it validates without the cache."""
+        if not isinstance(x, torch.Tensor) or torch.compiler.is_compiling():
+            # under torch.compile the checks run once, as the graph is traced: a cache there would be state that
+            # dynamo guards on, and the first compile would be thrown away for a second
+            self.validate_input(x)
+            return
         # autocast on any device (one C call; the per-device query costs a Python device lookup more)
         key = (x.shape, x.dtype, x.device, self._backend, self.needs_backward(x), torch._C._is_any_autocast_enabled())
         if key in self._validated_calls:

@@ -39,7 +39,8 @@ from bench.schema.files import completed_case_keys, load_results, now_iso, RunIn
 from bench.schema.metadata import write_metadata
 from bench.schema.metadata import versioned_metadata
 from bench.suites import SUITES
-from bench.suites.base import PlanError, RunContext, Suite
+from bench.schema.columns import COMPILE_MODES
+from bench.suites.base import DEFAULT_COMPILE_LIMIT_S, PlanError, RunContext, Suite
 from bench.suites.cases import PHASES
 from bench.suites.model import MODEL_RESOLUTIONS
 from bench.suites.presets import KV_MODES, PRESETS
@@ -111,6 +112,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", nargs="+", type=dtype_name, metavar="DTYPE",
                         help=f"dtypes: {', '.join(DTYPES)} (or {', '.join(DTYPE_ALIASES)})")
     parser.add_argument("--phase", nargs="+", choices=PHASES, help="fwd and/or fwd+bwd")
+    parser.add_argument("--compile", nargs="+", choices=COMPILE_MODES, metavar="MODE",
+                        help=f"torch.compile modes to measure every case in: {', '.join(COMPILE_MODES)} (eager: not "
+                             f"compiled; default: the preset's, eager for most); a compiled case's row says how long "
+                             f"it took to compile and how many graphs it made, and its speedup over the fastest "
+                             f"compiled reference")
+    parser.add_argument("--compile-limit", type=seconds(zero_allowed=False), default=DEFAULT_COMPILE_LIMIT_S,
+                        metavar="S", help="the longest one case may compile (its row: timeout), and never past "
+                                          "--time-budget (default: %(default)g)")
     parser.add_argument("--auto-pad", action="store_true",
                         help="pad maps that a family's regions do not divide (BRA's auto_pad) instead of refusing them")
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR,
@@ -322,7 +331,8 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace, suite: Suit
                                                                   f"noise limit of each other"},
         "sittings": policy.sittings, "l2_flush": policy.l2_flush, "cuda_graphs": policy.cuda_graphs,
         "cpu_allocator": policy.cpu_allocator, "noise_limit": policy.noise_limit_for(torch.device(device)),
-        "speedup_interval": SPEEDUP_INTERVAL_METHOD, "retry_noisy": args.retry_noisy}
+        "speedup_interval": SPEEDUP_INTERVAL_METHOD, "retry_noisy": args.retry_noisy,
+        "compile_limit_s": args.compile_limit}
     results_path.parent.mkdir(parents=True, exist_ok=True)
     metadata_path = results_path.with_suffix(".json")
     on_ray = uses_ray(args)
@@ -333,7 +343,8 @@ def sweep(parser: argparse.ArgumentParser, args: argparse.Namespace, suite: Suit
 
     bar = SweepProgress(len(cases), disable=args.quiet)
     ctx = RunContext(run_id=metadata["run_id"], profile=profile, device_name=device_name, timing=policy,
-                     numerics=numerics, on_progress=None if on_ray else bar.advance)
+                     numerics=numerics, on_progress=None if on_ray else bar.advance, compile_limit_s=args.compile_limit,
+                     deadline=None if args.time_budget is None else time.time() + args.time_budget)
     stop_at = None if args.time_budget is None else time.monotonic() + args.time_budget
     run = RetryNoisy(suite.run_group, args.retry_noisy) if args.retry_noisy else suite.run_group
     stopped_by: int | None = None  # a signal that stopped the sweep at once

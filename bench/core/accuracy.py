@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.core.measure import make_pass, pass_tensor_names
+from bench.core.measure import make_pass, pass_tensor_names, uncompiled
 
 # Identifies the rule below in a run's metadata: a change of the rule or its constants changes it.
 ACCURACY_METHOD = "float64-exact, bound max(2 x reference error, dtype floor), per tensor"
@@ -204,9 +204,10 @@ def reference_passes(module: torch.nn.Module, x: torch.Tensor, phase: str,
 
 def accuracy(module: torch.nn.Module, x: torch.Tensor, phase: str, grad_out: torch.Tensor | None,
              references: ReferencePasses | None = None) -> Accuracy:
-    """The module's pass (on its current backend) judged against float64 (see the module docstring);
-    ``references``: the configuration's reference passes when already taken."""
-    references = references or reference_passes(module, x, phase, grad_out)
+    """The module's pass (on its current backend, compiled or not) judged against float64 (see the module
+    docstring); ``references``: the configuration's reference passes when already taken."""
+    references = references or reference_passes(uncompiled(module), x, phase, grad_out)
     names = pass_tensor_names(module, phase)
-    got = references.rounded if module.backend == module.reference_backend else make_pass(module, x, phase, grad_out)()
+    eager_reference = module.backend == module.reference_backend and uncompiled(module) is module
+    got = references.rounded if eager_reference else make_pass(module, x, phase, grad_out)()
     return judge(got, references.rounded, references.exact, names, str(x.dtype).removeprefix("torch."))

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from bench.core.compilation import cpp_compiler_version
+
 
 def _version(package: str) -> str | None:
     try:
@@ -63,6 +65,7 @@ def environment() -> dict[str, Any]:
         "triton": _version("triton"),
         "xformers": _version("xformers"),
         "fvcore": _version("fvcore"),
+        "cpp_compiler": cpp_compiler_version(),  # what CPU Inductor builds with (torch.compile's version is torch's)
         **numerics_now(),
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),

@@ -135,9 +135,15 @@ class Timing:
         return statistics.quantiles(self.times_ms, n=5, method="inclusive")
 
 
+def uncompiled(module: torch.nn.Module) -> torch.nn.Module:
+    """The module itself, or the module that torch.compile wrapped (dynamo keeps it as ``_orig_mod``)."""
+    return getattr(module, "_orig_mod", module)
+
+
 def trainable_parameters(module: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-    """The parameters a fwd+bwd pass differentiates, with their names, in ``make_pass``'s order."""
-    return [(name, p) for name, p in module.named_parameters() if p.requires_grad]
+    """The parameters a fwd+bwd pass differentiates, with their names (a compiled module's as its own), in
+    ``make_pass``'s order."""
+    return [(name, p) for name, p in uncompiled(module).named_parameters() if p.requires_grad]
 
 
 def pass_tensor_names(module: torch.nn.Module, phase: str) -> list[str]:

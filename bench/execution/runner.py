@@ -47,7 +47,7 @@ Executor = Callable[[Iterator[Group], GroupRunner, RunContext], Iterator[tuple[G
 
 @dataclass(frozen=True)
 class RetryNoisy:
-    """A group runner that re-times a group's noisy cases, beside their references, up to ``retries`` more
+    """A group runner that re-times a group's noisy cases, beside their references (compiled ones too), up to ``retries`` more
     times, and keeps each case's last row (``--retry-noisy``): noise on a shared machine comes and goes, and a
     later attempt is as fair a measurement as the first, not a chosen one. A re-timed row says so."""
 
@@ -61,8 +61,8 @@ class RetryNoisy:
             if not noisy:
                 break
             keys = {case.key for case in noisy}
-            reference_case = suite_of(noisy).reference_case
-            references = {reference_case(case).key: reference_case(case) for case in noisy}
+            references = {reference.key: reference for case in noisy
+                          for reference in suite_of(noisy).references(case, cases)}
             again = self.run(noisy, ctx, [case for key, case in references.items() if key not in keys])
             for case, row in zip(noisy, again):
                 note = f"re-timed {attempt}× (--retry-noisy): the earlier attempts were noisy"
@@ -94,7 +94,7 @@ def run_sweep(cases: Sequence[Any], ctx: RunContext, results_path: Path,
     The cases' suite (``bench.suites.suite_of``) says how: its groups are timed together in paired rounds,
     and ``run(cases, ctx, companions)`` (by default the suite's ``run_group``) makes the rows of a group's
     cases that have none yet; ``companions`` are the references of those cases that already have a row,
-    timed again for the pairing.
+    timed again for the pairing (the eager reference and the compiled ones: ``Suite.references``).
     ``executor`` runs the groups: ``in_process`` one after the other, ``bench.execution.cluster.RayExecutor``
     several at once on a Ray cluster; either way this process alone writes the rows, in the order the
     groups complete, and never a case's row twice.
@@ -124,8 +124,9 @@ def run_sweep(cases: Sequence[Any], ctx: RunContext, results_path: Path,
             if (stop_at is not None and time.monotonic() >= stop_at) or (should_stop is not None and should_stop()):
                 return  # out of time, or interrupted: no row, so a resume runs them
             todo_keys = {case.key for case in todo}
+            wanted = {reference.key for case in todo for reference in suite.references(case, members)}
             companions = [case for case in members if case.key in written and case.key not in todo_keys
-                          and any(suite.reference_case(t).key == case.key for t in todo)]
+                          and case.key in wanted]
             if starting is not None:
                 starting(todo)
             yield Group(todo, companions)

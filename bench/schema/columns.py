@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 # The version of the files this code writes; readers migrate older ones (bench.schema.migrations).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 ATTENTIONS, MODELS = "attentions", "models"
 SUITE_NAMES = (ATTENTIONS, MODELS)
@@ -29,7 +29,10 @@ METHODS = {
     "flops": "how multiply-adds and hardware FLOPs are counted (gmacs*, hw_gflops, tflops_achieved)",
 }
 
-STATUSES = ("ok", "noisy", "mismatch", "unsupported", "oom", "error")
+STATUSES = ("ok", "noisy", "mismatch", "unsupported", "oom", "timeout", "error")
+# The compile column's values and --compile's: eager (the module as it is) or a torch.compile mode.
+EAGER = "eager"
+COMPILE_MODES = (EAGER, "default", "reduce-overhead", "max-autotune")
 MEASURED_STATUSES = ("ok", "noisy", "mismatch")  # rows with a latency: noisy and mismatch rows are never ranked
 
 
@@ -204,6 +207,22 @@ DECLARED: tuple[Column, ...] = (
            "latency_ms_median (compare's test)", late=True),
     number("latency_ms_ci_high", BOTH, POSITIVE, MS, "high end of the 95% batch-means interval of "
            "latency_ms_median (compare's test)", late=True),
+    text("compile", BOTH, f"torch.compile mode of the case: {', '.join(COMPILE_MODES)} (eager: not compiled)",
+         identifies=BOTH, since=3),
+    number("compile_s", BOTH, NON_NEGATIVE, "s", "cold compile time: the first compiled pass with Inductor's caches "
+           "empty and dynamo reset", since=3),
+    number("graphs", BOTH, COUNT, "", "graphs dynamo compiled for the pass (1 without a graph break)", since=3),
+    number("graph_breaks", BOTH, COUNT, "", "graph breaks dynamo met tracing the pass", since=3),
+    number("recompiles", BOTH, COUNT, "", "graphs compiled during the timed rounds (more than 0 makes the row "
+           "an error)", since=3),
+    text("compiled_ref", BOTH, "the compiled reference speedup_vs_compiled_ref is over: the fastest compiled mode "
+         "of the reference backend measured in the run's group, e.g. torch+compile", since=3),
+    number("speedup_vs_compiled_ref", BOTH, POSITIVE, "×", "compiled reference latency ÷ latency, paired like "
+           "speedup_vs_ref", since=3),
+    number("compiled_speedup_ci_low", BOTH, POSITIVE, "×", "low end of speedup_vs_compiled_ref's 95% interval",
+           since=3),
+    number("compiled_speedup_ci_high", BOTH, POSITIVE, "×", "high end of speedup_vs_compiled_ref's 95% interval",
+           since=3),
 )
 
 
@@ -237,8 +256,12 @@ SUITES = {ATTENTIONS: COLUMNS, MODELS: MODEL_COLUMNS}  # suite -> its row schema
 REQUIRED_COLUMNS = [c.name for c in _SUITE_DECLARATIONS[ATTENTIONS] if c.contract]
 # Where a row's case ran, in both suites (its device_name is that worker's device too).
 PLACEMENT_COLUMNS = tuple(c.name for c in DECLARED if c.placement)
-# Columns a file of schema 1 may lack: it loads with them empty, and a resumed run's file gets them added.
-LATE_COLUMNS = {suite: tuple(c.name for c in columns if c.late) for suite, columns in _SUITE_DECLARATIONS.items()}
+# Columns an older file may lack (late ones, added while schema 1 was written, and those of later versions): it loads
+# with them migrated, and a resumed run's file gets them added.
+LATE_COLUMNS = {suite: tuple(c.name for c in columns if c.late or c.since > 1)
+                for suite, columns in _SUITE_DECLARATIONS.items()}
+# The schema version from which files hold each column (a late column: from version 2 on).
+HELD_SINCE = {c.name: 2 if c.late else c.since for c in DECLARED}
 # Every other column of a suite holds numbers (or nothing).
 TEXT_COLUMNS = {suite: {c.name for c in columns if c.kind == "text"} for suite, columns in _SUITE_DECLARATIONS.items()}
 # Columns no row may leave empty: what identifies its case.
@@ -253,7 +276,9 @@ VALUE_RULES: dict[str, ValueRule] = {c.name: c.rule for c in DECLARED if c.rule 
 # only its ends are ordered.
 ORDERED_COLUMNS = (("latency_ms_p20", "latency_ms_median"), ("latency_ms_median", "latency_ms_p80"),
                    ("latency_ms_ci_low", "latency_ms_ci_high"),
-                   ("speedup_ci_low", "speedup_vs_ref"), ("speedup_vs_ref", "speedup_ci_high"))
+                   ("speedup_ci_low", "speedup_vs_ref"), ("speedup_vs_ref", "speedup_ci_high"),
+                   ("compiled_speedup_ci_low", "speedup_vs_compiled_ref"),
+                   ("speedup_vs_compiled_ref", "compiled_speedup_ci_high"))
 # Relative slack between ordered values, for the runner's rounding (quintiles of equal rounds come out an ulp
 # below their median).
 ORDER_TOLERANCE = 1e-9

@@ -54,7 +54,7 @@ NUMERICS_FIELDS = {"tf32_matmul": FLAG, "tf32_cudnn": FLAG, "cudnn_benchmark": F
 # ``bench.core.machine.environment()`` (a node's adds ``numerics_now()``, which it holds too)
 ENVIRONMENT = JsonType(("object",), {
     **dict.fromkeys(("gpu_name", "driver", "cuda", "torch", "triton", "xformers", "fvcore", "cpu", "os", "python",
-                     "suite_commit"), MAYBE_TEXT),
+                     "suite_commit", "cpp_compiler"), MAYBE_TEXT),
     "gpu_count": COUNT_FIELD, "cpu_count": MAYBE_COUNT_FIELD, "torch_threads": MAYBE_COUNT_FIELD, "suite_dirty": FLAG,
     **NUMERICS_FIELDS})
 # The fields of a run's metadata that readers use (bench.cli, report, compare, remeasure), and what they hold

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from bench.schema.columns import LATE_COLUMNS, METHODS, SCHEMA_VERSION
+from bench.schema.columns import EAGER, HELD_SINCE, LATE_COLUMNS, METHODS, SCHEMA_VERSION, TEXT_COLUMNS
 from bench.schema.errors import ResultsFormatError
 from bench.schema.storage import metadata_path, read_file
 
@@ -42,17 +42,33 @@ def _metadata_1_to_2(metadata: dict[str, Any]) -> dict[str, Any]:
     return {**metadata, "methods": {**dict.fromkeys(METHODS), "speedup_interval": speedup}}
 
 
-def _rows_1_to_2(frame: pd.DataFrame, suite: str) -> None:
-    """The late columns a file of schema 1 lacks load empty (NaN), after its own columns."""
+def _add_empty(frame: pd.DataFrame, suite: str, version: int) -> None:
+    """The columns files hold from ``version`` on that the frame lacks, empty, after its own columns."""
     for column in LATE_COLUMNS[suite]:
-        if column not in frame.columns:
-            frame[column] = float("nan")
+        if HELD_SINCE[column] == version and column not in frame.columns:
+            text = column in TEXT_COLUMNS[suite]
+            frame[column] = pd.Series(None if text else float("nan"), index=frame.index,
+                                      dtype="str" if text else "float64")
+
+
+def _rows_1_to_2(frame: pd.DataFrame, suite: str) -> None:
+    """The late columns a file of schema 1 lacks load empty (NaN)."""
+    _add_empty(frame, suite, 2)
+
+
+def _rows_2_to_3(frame: pd.DataFrame, suite: str) -> None:
+    """Every case of a file of schema 2 ran eager (its compile column says so); the compile measurements are
+    empty."""
+    _add_empty(frame, suite, 3)
+    frame["compile"] = frame["compile"].fillna(EAGER)
 
 
 MIGRATIONS = (
     Migration(1, "metadata: schema_version and methods (the speedup interval method from timing.speedup_interval "
                  "where recorded, every other method unrecorded: null); rows: the late columns a file lacks, empty",
               _metadata_1_to_2, _rows_1_to_2),
+    Migration(2, "rows: compile (eager: every earlier case ran uncompiled) and the compile measurements, empty; "
+                 "metadata unchanged", dict, _rows_2_to_3),
 )
 
 
@@ -87,10 +103,11 @@ def migrate_metadata(path: str | os.PathLike, metadata: dict[str, Any]) -> dict[
 
 
 def rows_version(columns: list[str], suite: str) -> int:
-    """The version of a results header's rows, as far as its columns tell: UNVERSIONED when it lacks a late
-    column (only writers of schema 1 left them out), else the current one (a header of schema 1 with every
-    late column holds what one of the current schema holds)."""
-    return UNVERSIONED if set(LATE_COLUMNS[suite]) - set(columns) else SCHEMA_VERSION
+    """The version of a results header's rows, as far as its columns tell: the one before the earliest version
+    whose columns it lacks (a late column: version 2; only writers of schema 1 left them out), else the current
+    one (a header of schema 1 with every late column holds what one of schema 2 holds)."""
+    lacking = [HELD_SINCE[c] for c in LATE_COLUMNS[suite] if c not in columns]
+    return min(lacking) - 1 if lacking else SCHEMA_VERSION
 
 
 def migrate_rows(frame: pd.DataFrame, suite: str, version: int) -> None:

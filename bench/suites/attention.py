@@ -14,6 +14,7 @@ import attentions
 from attentions import AttentionConfigError
 
 from bench.core.profiles import GpuProfile
+from bench.schema.labels import backend_labels
 from bench.schema.columns import COLUMNS
 from bench.suites.attention_rows import base_row, comparison_groups, reference_case, run_group
 from bench.suites.base import PlanError, SuiteRecord
@@ -54,6 +55,7 @@ def apply_overrides(request: argparse.Namespace, blocks: list[SweepBlock]) -> li
         block.batches = request.batch or block.batches
         block.dtypes = request.dtype or block.dtypes
         block.phases = request.phase or block.phases
+        block.compile_modes = list(dict.fromkeys(request.compile)) if request.compile else block.compile_modes
         out.append(block)
     return out
 
@@ -84,7 +86,7 @@ def summary_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "(no rows)"
     options = frame["options"].map(lambda text: ",".join(f"{k}={v}" for k, v in json.loads(text).items()))
-    shown = frame.assign(cell=frame.apply(summary_cell, axis=1), options=options)
+    shown = frame.assign(cell=frame.apply(summary_cell, axis=1), options=options, backend=backend_labels(frame))
     keys = ["family", "options", "resolution", "batch", "dtype", "phase"]
     groups = shown.groupby(keys, sort=False, dropna=False)
     table = groups["cell"].agg(list).to_frame()  # keeps the case order of the run

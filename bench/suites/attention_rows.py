@@ -12,7 +12,7 @@ import os
 import pickle
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import torch
@@ -21,15 +21,18 @@ import attentions
 from attentions import BackendUnavailableError
 
 from bench.core.accuracy import Accuracy, ReferencePasses, accuracy, reference_passes
+from bench.core.compilation import CompileInfo, counting_compiles, first_compiled_pass, fresh_compiler
 from bench.core.flops import FlopCounterUnavailable, hardware_flops
-from bench.core.measure import Timing, TimingPolicy, machine_state, make_pass, peak_memory_bytes, time_rounds
+from bench.core.measure import (Timing, TimingPolicy, machine_state, make_pass, peak_memory_bytes, time_rounds,
+                                uncompiled)
 from bench.core.processes import STOPPING_SIGNALS, Stopped, die_with
 from bench.core.profiles import DTYPES
 from bench.core.settings import ProcessSettings
 from bench.suites.base import RunContext
 from bench.suites.cases import Case
-from bench.suites.rows import (MB, count_macs_any_backend, failure, free_memory, is_oom, process_settings, stamped,
-                               timing_row)
+from bench.schema.columns import EAGER
+from bench.suites.rows import (MB, compiled_reference, count_macs_any_backend, failure, free_memory, is_oom,
+                               process_settings, recompiled_error, stamped, timing_row)
 
 FLOP_TOLERANCE = 0.01  # fvcore and macs() must agree within 1%
 
@@ -64,6 +67,7 @@ def base_row(case: Case, ctx: RunContext) -> dict[str, Any]:
         "options": case.options_json, "device": case.device, "device_name": ctx.device_name,
         "gpu_profile": ctx.profile.name, "reference_backend": attentions.list_attentions()[case.family][
             "reference_backend"], "seed": ctx.seed, "run_id": ctx.run_id, "case_key": case.key,
+        "compile": case.compile,
     }
 
 
@@ -93,12 +97,13 @@ class Prepared:
 
     case: Case
     row: dict[str, Any]
-    module: torch.nn.Module
+    module: torch.nn.Module  # compiled, for a compiled case
     x: torch.Tensor
     grad_out: torch.Tensor
     macs: int  # on the real (unpadded) map: what throughput figures count
     notes: list[str]
     mismatch: str | None  # why the error check failed, or None
+    compiles_during_timing: list[int] = field(default_factory=lambda: [0])  # see counting_compiles
 
     @property
     def run(self) -> Callable[[], list[torch.Tensor]]:
@@ -118,7 +123,8 @@ def measure_accuracy(case: Case, module: torch.nn.Module, x: torch.Tensor, grad_
     while True:
         try:
             if key not in references:
-                references[key] = (images, reference_passes(module, x[:images], case.phase, grad_out[:images]))
+                references[key] = (images, reference_passes(uncompiled(module), x[:images], case.phase,
+                                                            grad_out[:images]))
             return accuracy(module, x[:images], case.phase, grad_out[:images], references[key][1]), images
         except Exception as exc:
             if not is_oom(exc) or images == 1:
@@ -144,6 +150,10 @@ def prepare_case(case: Case, ctx: RunContext, inputs: dict[tuple, tuple[torch.Te
         "input_mb": x.numel() * x.element_size() / MB,
     }
     notes = []
+    if case.compile != EAGER:
+        module, compiled = compile_case(case, module, x, grad_out, ctx.compile_time_left())
+        row.update(compiled.row())
+        notes += [compiled.note()] * bool(compiled.note())
     mismatch: str | None = None
     try:
         # NonFiniteReferenceError when the float64 reference's output or gradients hold NaN/inf: the case (the
@@ -165,7 +175,7 @@ def prepare_case(case: Case, ctx: RunContext, inputs: dict[tuple, tuple[torch.Te
     analytic = module.macs(case.batch, case.resolution, case.resolution)
     row["gmacs_analytic"] = analytic.total / 1e9
     row["macs_parts"] = json.dumps(dict(analytic))
-    macs, row["flops_check"], flop_note = count_case_macs(case, module, x, ctx)
+    macs, row["flops_check"], flop_note = count_case_macs(case, uncompiled(module), x, ctx)
     if flop_note:
         notes.append(flop_note)
     unpadded = macs - (analytic.total - module.useful_macs(case.batch, case.resolution, case.resolution).total)
@@ -177,13 +187,27 @@ def prepare_case(case: Case, ctx: RunContext, inputs: dict[tuple, tuple[torch.Te
     return prepared
 
 
-def finish_case(prepared: Prepared, timing: Timing, reference: Timing | None, ctx: RunContext) -> dict[str, Any]:
-    """The rest of a prepared case's row from its timing (and its reference's, from the same rounds):
-    latency, its speedup over the reference with a confidence interval, the backend's own metrics,
-    and the status: mismatch when the error check failed, noisy when ``timing_row`` finds it noise."""
+def compile_case(case: Case, module: torch.nn.Module, x: torch.Tensor, grad_out: torch.Tensor,
+                 limit_s: float | None) -> tuple[torch.nn.Module, CompileInfo]:
+    """The case's module compiled in its mode, from a cold first pass of the case (``first_compiled_pass``)."""
+    return first_compiled_pass(module, case.compile, lambda compiled: make_pass(compiled, x, case.phase, grad_out),
+                               torch.device(case.device), limit_s)
+
+
+def finish_case(prepared: Prepared, timing: Timing, reference: Timing | None, compiled: tuple[str, Timing] | None,
+                ctx: RunContext) -> dict[str, Any]:
+    """The rest of a prepared case's row from its timing (and its references', from the same rounds: the
+    eager one and the ``compiled`` one, labelled): latency, its speedups over them with confidence intervals,
+    the backend's own metrics, and the status: mismatch when the error check failed, noisy when ``timing_row``
+    finds it noise, error when it compiled during timing."""
     case, row = prepared.case, dict(prepared.row)
+    recompiles = prepared.compiles_during_timing[0]
+    if case.compile != EAGER:
+        row["recompiles"] = recompiles
+    if recompiles:
+        raise recompiled_error(recompiles)
     timed, noise, notes = timing_row(timing, reference, case.batch, prepared.macs, case.phase, case.dtype,
-                                     case.device, ctx)
+                                     case.device, ctx, compiled)
     row.update(timed)
     notes = prepared.notes + notes
     pass_metrics = prepared.module.backends[prepared.module.backend].pass_metrics
@@ -206,8 +230,8 @@ def configuration_key(case: Case) -> tuple:
 
 
 def reference_case(case: Case) -> Case:
-    """The same case on its family's reference backend."""
-    return replace(case, backend=attentions.list_attentions()[case.family]["reference_backend"])
+    """The same case on its family's reference backend, eager."""
+    return replace(case, backend=attentions.list_attentions()[case.family]["reference_backend"], compile=EAGER)
 
 
 def comparison_groups(cases: Sequence[Case]) -> list[list[Case]]:
@@ -254,6 +278,8 @@ def run_group(cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case]
     references: dict[tuple, tuple[int, ReferencePasses]] = {}
     passes = len(cases) + len(companions)
     step = group_progress(ctx, cases, passes)
+    if any(case.compile != EAGER for case in [*cases, *companions]):
+        fresh_compiler(device)
     for case in [*cases, *companions]:
         row = base_row(case, ctx)
         try:
@@ -265,7 +291,7 @@ def run_group(cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case]
         step(1)
     references.clear()  # before timing: the device's memory is the passes' alone
     free_memory(device.type)
-    timings = time_rounds({key: p.run for key, p in prepared.items()}, device, ctx.timing)
+    timings = time_rounds({key: timed_run(p) for key, p in prepared.items()}, device, ctx.timing)
     step(passes)
     for _ in range(1, ctx.timing.sittings):
         timed = [p.case for key, p in prepared.items() if isinstance(timings[key], Timing)]
@@ -280,10 +306,13 @@ def run_group(cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case]
         timing = timings[key]
         reference = timings.get(reference_case(item.case).key)
         paired = isinstance(reference, Timing) and reference_case(item.case).key != key
+        compiled = compiled_reference(item.case, {other.case: timings[other.case.key] for other in prepared.values()
+                                                  if other.mismatch is None and not other.compiles_during_timing[0]},
+                                      reference_case)
         try:
             if isinstance(timing, Exception):
                 raise timing
-            rows[key] = finish_case(item, timing, reference if paired else None, ctx)
+            rows[key] = finish_case(item, timing, reference if paired else None, compiled, ctx)
         except Exception as exc:  # noqa: BLE001 - as above
             rows[key] = {**item.row, **failure(exc)}
         during = list(timing.clocks) if isinstance(timing, Timing) else []
@@ -294,6 +323,14 @@ def run_group(cases: Sequence[Case], ctx: RunContext, companions: Sequence[Case]
     inputs.clear()
     free_memory(device.type)
     return [stamped(rows[case.key]) for case in cases]
+
+
+def timed_run(prepared: Prepared) -> Callable[[], list[torch.Tensor]]:
+    """The prepared case's pass as timed: a compiled one counts what dynamo compiles during its calls."""
+    if prepared.case.compile == EAGER:
+        return prepared.run
+    run, prepared.compiles_during_timing = counting_compiles(prepared.run)
+    return run
 
 
 def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
@@ -366,12 +403,17 @@ def _time_sitting(cases: list[Case], seed: int, policy: TimingPolicy,
         if differences:
             raise RuntimeError(f"its process did not take the sweep's settings: {', '.join(differences)}")
         inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        runs = {}
+        runs, compiles = {}, {}
+        if any(case.compile != EAGER for case in cases):
+            fresh_compiler(torch.device(cases[0].device))
         for case in cases:
             module, x, grad_out = build_module(case, seed, inputs)
-            runs[case.key] = make_pass(module, x, case.phase, grad_out)
+            if case.compile != EAGER:
+                module, _ = compile_case(case, module, x, grad_out, None)
+            runs[case.key], compiles[case.key] = counting_compiles(make_pass(module, x, case.phase, grad_out))
         results = time_rounds(runs, torch.device(cases[0].device), policy)
-        return {key: result if isinstance(result, Timing) else RuntimeError(f"{type(result).__name__}: {result}")
+        return {key: recompiled_error(compiles[key][0]) if compiles[key][0]
+                else result if isinstance(result, Timing) else RuntimeError(f"{type(result).__name__}: {result}")
                 for key, result in results.items()}
     except Exception as exc:  # noqa: BLE001 - the sitting's failure, reported to the sweep
         return RuntimeError(f"{type(exc).__name__}: {exc}")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol, Sequence
 
 import pandas as pd
@@ -14,8 +15,10 @@ from bench.core.measure import TimingPolicy
 from bench.core.profiles import GpuProfile
 from bench.core.settings import Numerics
 from bench.report.catalog import PLOTS, TABLES, names
+from bench.schema.columns import EAGER
 
 SEED = 0
+DEFAULT_COMPILE_LIMIT_S = 600.0
 
 
 @dataclass
@@ -30,10 +33,18 @@ class RunContext:
     numerics: Numerics = field(default_factory=Numerics)
     # modules that registered families or backends in the sweep's process: every process timing cases imports them
     extension_modules: tuple[str, ...] = field(default_factory=attentions.extension_modules)
+    compile_limit_s: float | None = DEFAULT_COMPILE_LIMIT_S  # --compile-limit: the longest one case may compile
+    deadline: float | None = None  # time.time() at which --time-budget ends (compiles stop there too)
     _mac_cache: dict[tuple, tuple] = field(default_factory=dict)  # MAC counts by shape: see count_case_macs
     # on_progress(cases, fraction): how much of a group's work is done (see group_progress); called in the process
     # that runs the group, so None where groups run elsewhere (Ray)
     on_progress: Callable[[Sequence[Any], float], None] | None = field(default=None, compare=False, repr=False)
+
+    def compile_time_left(self) -> float | None:
+        """How long the next compile may take: the per-case limit, or less where the time budget ends sooner."""
+        limits = [limit for limit in (self.compile_limit_s, None if self.deadline is None
+                                      else self.deadline - time.time()) if limit is not None]
+        return min(limits, default=None)
 
 
 class PlanError(ValueError):
@@ -72,6 +83,10 @@ class Suite(Protocol):
     def reference_case(self, case: Any) -> Any:
         """The case its speedup is measured against."""
 
+    def references(self, case: Any, members: Sequence[Any]) -> list[Any]:
+        """Every case its row is measured against, among ``members`` (its group): the reference case and the
+        compiled references (the reference case in each compile mode of the group)."""
+
     def summary(self, frame: pd.DataFrame) -> str:
         """The text table printed at the end of a sweep."""
 
@@ -103,6 +118,12 @@ class SuiteRecord:
     base_row: Callable[[Any, RunContext], dict[str, Any]]
     reference_case: Callable[[Any], Any]
     summary: Callable[[pd.DataFrame], str]
+
+    def references(self, case: Any, members: Sequence[Any]) -> list[Any]:
+        """The reference case, then that case in each compile mode among ``members``."""
+        eager = self.reference_case(case)
+        modes = dict.fromkeys(member.compile for member in members if member.compile != EAGER)
+        return [eager, *(replace(eager, compile=mode) for mode in modes)]
 
     @property
     def tables(self) -> tuple[str, ...]:

@@ -1,9 +1,9 @@
 """Benchmark cases and the sweeps that generate them.
 
 A ``Case`` is one measurement: family, backend, family options, batch, resolution (H = W, in
-tokens), dim, heads, dtype, device and phase. A ``SweepBlock`` is a grid: its shapes (resolution,
+tokens), dim, heads, dtype, device, phase and compile mode. A ``SweepBlock`` is a grid: its shapes (resolution,
 dim, heads, plus options tied to that shape) crossed with families, backends, batches, dtypes,
-phases and *option axes*. An option axis is a list of option bundles (dicts); it is crossed only
+phases, compile modes and *option axes*. An option axis is a list of option bundles (dicts); it is crossed only
 with the families that have every option of the bundle (per ``attentions.family_options``), so
 full attention is not repeated once per topk. Option values may be ``Rule`` objects, resolved
 per shape (for example n_win from the resolution).
@@ -18,7 +18,8 @@ from typing import Any, Callable, ClassVar
 
 import attentions
 
-from bench.schema.labels import case_label, configuration_name
+from bench.schema.columns import EAGER
+from bench.schema.labels import backend_label, case_label, configuration_name
 
 PHASES = ("fwd", "fwd+bwd")
 
@@ -50,6 +51,7 @@ class Case:
     dtype: str
     device: str
     phase: str
+    compile: str = EAGER  # torch.compile's mode, or eager
 
     @property
     def options_dict(self) -> dict[str, Any]:
@@ -62,17 +64,24 @@ class Case:
     @property
     def key(self) -> str:
         """Stable identity of the case, used to skip completed cases on resume."""
-        return "|".join([self.family, self.backend, self.options_json, str(self.batch), str(self.resolution),
-                         str(self.dim), str(self.heads), self.dtype, self.device, self.phase])
+        return with_compile_mode("|".join([self.family, self.backend, self.options_json, str(self.batch),
+                                           str(self.resolution), str(self.dim), str(self.heads), self.dtype,
+                                           self.device, self.phase]), self.compile)
 
     def effective_options(self) -> dict[str, Any]:
         """Family defaults overlaid with the case's options: what the module is built with."""
         return {**attentions.family_options(self.family), **self.options_dict}
 
     def label(self) -> str:
-        """A readable one-line description, e.g. 'bra (topk=1)/sdpa 14² C64 h2 b2 float32 fwd'."""
-        return case_label(config_name(self.family, self.options_dict), self.backend, self.resolution, self.dim,
-                          self.heads, self.batch, self.dtype, self.phase)
+        """A readable one-line description, e.g. 'bra (topk=1)/sdpa+compile 14² C64 h2 b2 float32 fwd'."""
+        return case_label(config_name(self.family, self.options_dict), backend_label(self.backend, self.compile),
+                          self.resolution, self.dim, self.heads, self.batch, self.dtype, self.phase)
+
+
+def with_compile_mode(key: str, mode: str) -> str:
+    """A case key with its compile mode: an eager case's key is the key it had before the mode was part of a case
+    (so runs of then resume and compare), a compiled one's ends in '|compile=<mode>'."""
+    return key if mode == EAGER else f"{key}|compile={mode}"
 
 
 def config_name(family: str, options: dict[str, Any]) -> str:
@@ -97,6 +106,7 @@ class SweepBlock:
     batches: list[int] = field(default_factory=lambda: [1])
     dtypes: list[str] = field(default_factory=lambda: ["float32"])
     phases: list[str] = field(default_factory=lambda: list(PHASES))
+    compile_modes: list[str] = field(default_factory=lambda: [EAGER])
 
     def cases(self, device: str, common_options: dict[str, dict[str, Any]] | None = None) -> list[Case]:
         """Expand the grid. ``common_options`` maps family -> options applied to all its cases."""
@@ -117,10 +127,10 @@ class SweepBlock:
                     options.update({k: v for k, v in shape_options.items() if k in known})
                     # Drop options equal to the family's default: one configuration, one case key.
                     options = {k: v for k, v in resolve_rules(options, resolution).items() if known[k] != v}
-                    for backend, batch, dtype, phase in itertools.product(
-                            backends, self.batches, self.dtypes, self.phases):
+                    for backend, batch, dtype, phase, mode in itertools.product(
+                            backends, self.batches, self.dtypes, self.phases, self.compile_modes):
                         out.append(Case(family, backend, tuple(sorted(options.items())), batch, resolution,
-                                        dim, heads, dtype, device, phase))
+                                        dim, heads, dtype, device, phase, mode))
         return out
 
 
@@ -158,6 +168,7 @@ class ModelCase:
     dtype: str
     device: str
     phase: str
+    compile: str = EAGER  # torch.compile's mode for the whole backbone, or eager
 
     @property
     def options_dict(self) -> dict[str, Any]:
@@ -173,9 +184,9 @@ class ModelCase:
     @property
     def key(self) -> str:
         """Stable identity of the case, used to skip completed cases on resume."""
-        return "|".join([self.model, self.attention, self.backend, str(self.batch), str(self.resolution),
-                         self.dtype, self.device, self.phase])
+        return with_compile_mode("|".join([self.model, self.attention, self.backend, str(self.batch),
+                                           str(self.resolution), self.dtype, self.device, self.phase]), self.compile)
 
     def label(self) -> str:
-        return (f"{self.model}[{self.attention}]/{self.backend} {self.resolution}px b{self.batch} {self.dtype} "
-                f"{self.phase}")
+        return (f"{self.model}[{self.attention}]/{backend_label(self.backend, self.compile)} {self.resolution}px "
+                f"b{self.batch} {self.dtype} {self.phase}")

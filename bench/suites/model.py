@@ -33,15 +33,17 @@ import attentions
 from attentions import AttentionConfigError, BackendUnavailableError
 from attentions.models import build_model, list_models
 
+from bench.core.compilation import counting_compiles, first_compiled_pass, fresh_compiler
 from bench.core.flops import hardware_flops
 from bench.core.measure import Timing, make_pass, peak_memory_bytes, time_rounds
 from bench.core.profiles import DTYPES, GpuProfile
-from bench.schema.columns import MODEL_COLUMNS
+from bench.schema.labels import backend_labels
+from bench.schema.columns import EAGER, MODEL_COLUMNS
 from bench.suites.base import PlanError, RunContext, SuiteRecord
 from bench.suites.cases import PHASES, ModelCase
 from bench.suites.planning import check_input_fits, check_known, summary_cell, text_table
-from bench.suites.rows import (MB, count_macs_any_backend, failure, free_memory, process_settings, stamped,
-                               timing_row)
+from bench.suites.rows import (MB, compiled_reference, count_macs_any_backend, failure, free_memory,
+                               process_settings, recompiled_error, stamped, timing_row)
 
 COMPARISON_MODEL = "swin_layout"  # the backbone whose attention the suite swaps
 MODEL_RESOLUTIONS = (224, 512, 1024)
@@ -54,17 +56,17 @@ def default_model_batch(resolution: int, profile: GpuProfile) -> int:
 
 def model_cases(models: list[str], choices: list[str], backends: list[str], resolutions: list[int],
                 batches: list[int] | None, dtypes: list[str], phases: list[str], device: str,
-                profile: GpuProfile) -> list[ModelCase]:
+                profile: GpuProfile, compile_modes: Sequence[str] = (EAGER,)) -> list[ModelCase]:
     """Every case of the sweep, in order: the BiFormer models with their own attention, the comparison
-    backbone with each of ``choices``."""
+    backbone with each of ``choices``, each in every compile mode."""
     described = list_models()
     cases = []
     for model in models:
         own = [described[model]["options"]["attention"]]
         for attention, resolution in itertools.product(choices if model == COMPARISON_MODEL else own, resolutions):
-            for batch, dtype, backend, phase in itertools.product(
-                    batches or [default_model_batch(resolution, profile)], dtypes, backends, phases):
-                cases.append(ModelCase(model, attention, backend, batch, resolution, dtype, device, phase))
+            for batch, dtype, backend, phase, mode in itertools.product(
+                    batches or [default_model_batch(resolution, profile)], dtypes, backends, phases, compile_modes):
+                cases.append(ModelCase(model, attention, backend, batch, resolution, dtype, device, phase, mode))
     return cases
 
 
@@ -73,7 +75,7 @@ def base_model_row(case: ModelCase, ctx: RunContext) -> dict[str, Any]:
         "model": case.model, "attention": case.attention, "backend": case.backend, "resolution": case.resolution,
         "batch": case.batch, "dtype": case.dtype, "phase": case.phase, "options": case.options_json,
         "device": case.device, "device_name": ctx.device_name, "gpu_profile": ctx.profile.name, "seed": ctx.seed,
-        "run_id": ctx.run_id, "case_key": case.key,
+        "run_id": ctx.run_id, "case_key": case.key, "compile": case.compile,
     }
 
 
@@ -139,7 +141,14 @@ def prepare_model_case(case: ModelCase, ctx: RunContext) -> tuple[dict[str, Any]
     }
     macs, unpadded, note = count_model_macs(case, model, x, ctx)
     row.update(gmacs_per_image=macs / 1e9, gmacs_per_image_unpadded=unpadded / 1e9,
-               hw_gflops=hardware_flops(macs * case.batch, case.phase) / 1e9, status_detail=note)
+               hw_gflops=hardware_flops(macs * case.batch, case.phase) / 1e9)
+    notes = [note] * bool(note)
+    if case.compile != EAGER:  # the whole backbone
+        model, compiled = first_compiled_pass(model, case.compile, lambda m: make_pass(m, x, case.phase, grad_out),
+                                              device, ctx.compile_time_left())
+        row.update(compiled.row())
+        notes += [compiled.note()] * bool(compiled.note())
+    row["status_detail"] = "; ".join(notes)
     run = make_pass(model, x, case.phase, grad_out)
     run()  # first call outside the measurements: lazy init, compilation
     row["peak_mem_mb"] = peak_memory_bytes(run, device) / MB
@@ -159,6 +168,8 @@ def run_model_group(cases: Sequence[ModelCase], ctx: RunContext,
     device = torch.device(cases[0].device)
     rows: dict[str, dict[str, Any]] = {}
     prepared: dict[str, tuple[dict[str, Any], Callable[[], object], int]] = {}
+    if any(case.compile != EAGER for case in [*cases, *companions]):
+        fresh_compiler(device)
     for case in [*cases, *companions]:
         try:
             row, run, macs = prepare_model_case(case, ctx)
@@ -166,17 +177,25 @@ def run_model_group(cases: Sequence[ModelCase], ctx: RunContext,
         except Exception as exc:  # noqa: BLE001 - recorded as the case's status; the group goes on
             rows[case.key] = {**base_model_row(case, ctx), **failure(exc)}
             free_memory(case.device)
-    timings = time_rounds({key: run for key, (_, run, _) in prepared.items()}, device, ctx.timing)
+    counted = {key: counting_compiles(run) for key, (_, run, _) in prepared.items()}
+    timings = time_rounds({key: run for key, (run, _) in counted.items()}, device, ctx.timing)
     by_key = {case.key: case for case in [*cases, *companions]}
+    recompiles = {key: count[0] for key, (_, count) in counted.items()}
     for key, (row, _, macs) in prepared.items():
         case, timing = by_key[key], timings[key]
         reference = timings.get(reference_case(case).key)
         paired = isinstance(reference, Timing) and reference_case(case).key != key
+        compiled = compiled_reference(case, {by_key[k]: timings[k] for k in prepared if not recompiles[k]},
+                                      reference_case)
+        if case.compile != EAGER:
+            row["recompiles"] = recompiles[key]
         try:
             if isinstance(timing, Exception):
                 raise timing
+            if recompiles[key]:
+                raise recompiled_error(recompiles[key])
             timed, noise, notes = timing_row(timing, reference if paired else None, case.batch, macs, case.phase,
-                                             case.dtype, case.device, ctx)
+                                             case.dtype, case.device, ctx, compiled)
             rows[key] = {**row, **timed, "status": "noisy" if noise else "ok",
                          "status_detail": "; ".join(noise + [row["status_detail"]] * bool(row["status_detail"])
                                                     + notes)}
@@ -203,9 +222,9 @@ def model_groups(cases: Sequence[ModelCase]) -> list[list[ModelCase]]:
 
 
 def reference_case(case: ModelCase) -> ModelCase:
-    """The same model case on the reference backend of its first attention family."""
+    """The same model case on the reference backend of its first attention family, eager."""
     family = case.attention.split(",")[0]
-    return replace(case, backend=attentions.list_attentions()[family]["reference_backend"])
+    return replace(case, backend=attentions.list_attentions()[family]["reference_backend"], compile=EAGER)
 
 
 def check_model_configurations(cases: Sequence[ModelCase], profile: GpuProfile) -> None:
@@ -229,6 +248,7 @@ def model_summary_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "(no rows)"
     shown = frame.assign(result=frame.apply(summary_cell, axis=1), params_m=frame["params_m"].map("{:.2f}".format),
+                         backend=backend_labels(frame),
                          gmacs_per_image=frame["gmacs_per_image"].map("{:.4g}".format))
     return text_table(shown[["model", "attention", "backend", "resolution", "batch", "dtype", "phase", "params_m",
                              "gmacs_per_image", "result"]])
@@ -248,7 +268,8 @@ def plan(request: argparse.Namespace, device: str, profile: GpuProfile) -> list[
                 sorted({b for info in attentions.list_attentions().values() for b in info["backends"]}))
     cases = model_cases(request.models or models, request.attentions or families, request.backends or ["torch"],
                         request.resolutions or list(MODEL_RESOLUTIONS), request.batch,
-                        request.dtype or [profile.default_dtype], request.phase or list(PHASES), device, profile)
+                        request.dtype or [profile.default_dtype], request.phase or list(PHASES), device, profile,
+                        list(dict.fromkeys(request.compile or [EAGER])))
     check_model_configurations(cases, profile)
     return cases
 

@@ -11,7 +11,11 @@ Policies (documented in the README):
 - **window**: Swin's window 7 with the SW-MSA shift 3.
 - **gpu-check**: the shapes of the fast-path figures only (BiFormer-T's three stage shapes, and
   112² / 224² with 8×8-token regions at topk 4), every BRA backend and dense full attention
-  through SDPA's flash and memory-efficient kernels, sized to finish in minutes on one GPU.
+  through SDPA's flash and memory-efficient kernels, sized to finish in minutes on one GPU; at the
+  stage shapes also the reference BRA under ``torch.compile`` (default mode), the compiled baseline.
+- **compiled**: the BRA fast-path comparison with compiled baselines: every gpu-check BRA backend,
+  eager and under ``torch.compile`` (default mode), at the headline CPU case (56², C 64, 2 heads,
+  topk 4, batch 8) on the CPU and at BiFormer-T's stage shapes on a GPU, forward and fwd+bwd.
 - **deformable**: DAT's sampled grid of about 14×14 points at any resolution (stride =
   resolution // 14, at least 1), an odd offset kernel at least as wide as the stride (at least 5,
   DAT's stage-3 kernel), and the bias table laid out for the input size.
@@ -21,8 +25,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.suites.cases import Rule, SweepBlock
 from bench.core.profiles import GpuProfile
+from bench.schema.columns import EAGER
+from bench.suites.cases import Rule, SweepBlock
 
 KV_MODES = ("identity", "avgpool", "maxpool", "ada_avgpool", "ada_maxpool")
 
@@ -85,16 +90,28 @@ STAGE1_WIDTH = (64, 2)  # BiFormer's first stage; larger maps are stage 1 of lar
 # The gpu-check preset: BiFormer-T's stage shapes, then stage-1 width at 112² and 224² (8×8-token regions).
 GPU_CHECK_SHAPES = [*BIFORMER_STAGES, (112, *STAGE1_WIDTH, 4), (224, *STAGE1_WIDTH, 4)]
 GPU_CHECK_BACKENDS = {"bra": ["torch", "sdpa", "flex", "triton", "chunked"], "full": ["sdpa_flash", "sdpa_efficient"]}
+COMPILED_BASELINE = "default"  # the torch.compile mode of the compiled baselines the presets measure
 
 
 def preset_blocks(preset: str, profile: GpuProfile) -> list[SweepBlock]:
     """The blocks of a preset, sized by the profile's defaults (batch, dtype, resolutions)."""
     batch, dtype = [profile.default_batch], [profile.default_dtype]
     dim, heads = STAGE1_WIDTH
+    stages = [(r, d, h, {"topk": k}) for r, d, h, k in BIFORMER_STAGES]
     if preset == "gpu-check":  # shape by shape: a shape's cases are timed together, and a time budget cuts shapes
-        return [SweepBlock(f"gpu-check {r}² {family}", [(r, d, h, {"topk": k})], families=[family], backends=backends,
-                           batches=batch, dtypes=dtype)
-                for r, d, h, k in GPU_CHECK_SHAPES for family, backends in GPU_CHECK_BACKENDS.items()]
+        blocks = []
+        for r, d, h, k in GPU_CHECK_SHAPES:
+            shape = [(r, d, h, {"topk": k})]
+            blocks += [SweepBlock(f"gpu-check {r}² {family}", shape, families=[family], backends=backends,
+                                  batches=batch, dtypes=dtype) for family, backends in GPU_CHECK_BACKENDS.items()]
+            if (r, d, h, k) in BIFORMER_STAGES:
+                blocks.append(SweepBlock(f"gpu-check {r}² bra compiled", shape, families=["bra"], backends=["torch"],
+                                         batches=batch, dtypes=dtype, compile_modes=[COMPILED_BASELINE]))
+        return blocks
+    if preset == "compiled":
+        shapes = [(56, dim, heads, {"topk": 4})] if profile.name == "cpu" else stages
+        return [SweepBlock("compiled", shapes, families=["bra"], backends=GPU_CHECK_BACKENDS["bra"], batches=batch,
+                           dtypes=dtype, compile_modes=[EAGER, COMPILED_BASELINE])]
     if preset == "quick":
         shapes = [(28, dim, heads, {})]
         return [
@@ -105,7 +122,6 @@ def preset_blocks(preset: str, profile: GpuProfile) -> list[SweepBlock]:
     resolutions = list(profile.default_resolutions) if preset == "default" else [28, 56, 112, 224]
     topks = [1, 4, 16] if preset == "default" else [1, 2, 4, 8, 16, 32]
     shapes = [(r, dim, heads, {}) for r in resolutions]
-    stages = [(r, d, h, {"topk": k}) for r, d, h, k in BIFORMER_STAGES]
     blocks = [
         SweepBlock("resolution", shapes, {"topk": topk_axis(topks)}, batches=batch, dtypes=dtype),
         SweepBlock("kv_modes", shapes, {"kv": kv_axis(list(KV_MODES))}, families=["bra"], batches=batch,
@@ -117,4 +133,4 @@ def preset_blocks(preset: str, profile: GpuProfile) -> list[SweepBlock]:
     return blocks
 
 
-PRESETS = ("quick", "default", "full", "gpu-check")
+PRESETS = ("quick", "default", "full", "gpu-check", "compiled")

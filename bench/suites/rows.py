@@ -7,18 +7,22 @@ import copy
 import gc
 import math
 from collections import Counter
-from typing import Any
+from dataclasses import replace
+from typing import Any, Callable
 
 import torch
 
 import attentions
 from attentions import BackendUnavailableError
 
+from bench.core.compilation import CompileTimeout
 from bench.core.flops import count_macs, hardware_flops
 from bench.core.measure import Timing, timing_notes
 from bench.core.statistics import median_interval, paired_speedup
 from bench.core.settings import ProcessSettings
+from bench.schema.columns import EAGER
 from bench.schema.files import now_iso
+from bench.schema.labels import backend_label
 from bench.suites.base import RunContext
 
 MB = 2 ** 20
@@ -79,11 +83,16 @@ def latency_row(timing: Timing, batch: int, macs: int, phase: str, dtype: str, c
 
 
 def timing_row(timing: Timing, reference: Timing | None, batch: int, macs: int, phase: str, dtype: str, device: str,
-               ctx: RunContext) -> tuple[dict[str, Any], list[str], list[str]]:
+               ctx: RunContext, compiled: tuple[str, Timing] | None = None) -> tuple[dict[str, Any], list[str], list[str]]:
     """A timed pass's latency columns and, with a ``reference`` timed in the same rounds, its speedup over it
-    with a confidence interval; then why it is noise (spread or interval beyond the device's limit, the
-    GPU throttling), empty when it is not; then notes on how it was timed. Shared by both suites."""
+    with a confidence interval (and likewise over the ``compiled`` reference, labelled); then why it is noise
+    (spread or interval beyond the device's limit, the GPU throttling), empty when it is not; then notes on how
+    it was timed. Shared by both suites."""
     row = latency_row(timing, batch, macs, phase, dtype, ctx)
+    if compiled is not None:
+        row["compiled_ref"] = compiled[0]
+        (row["speedup_vs_compiled_ref"], row["compiled_speedup_ci_low"],
+         row["compiled_speedup_ci_high"]) = paired_speedup(compiled[1], timing)
     notes = ([timing.note] if timing.note else []) + timing_notes(timing, ctx.timing)
     ci_width = 1.0
     if reference is not None:
@@ -99,15 +108,38 @@ def timing_row(timing: Timing, reference: Timing | None, batch: int, macs: int, 
     return row, noise, notes
 
 
+def compiled_reference(case: Any, timings: dict[Any, Timing | Exception],
+                       reference_case: Callable[[Any], Any]) -> tuple[str, Timing] | None:
+    """The compiled reference a case is measured against: among the group's ``timings`` (by case), the fastest
+    compiled mode of the case's reference (``reference_case``: its eager reference), with its backend label;
+    None where none was timed, and for that case itself."""
+    eager = reference_case(case)
+    compiled = [(other, timing) for other, timing in timings.items()
+                if other != case and other.compile != EAGER and isinstance(timing, Timing)
+                and replace(other, compile=EAGER) == eager]
+    if not compiled:
+        return None
+    other, timing = min(compiled, key=lambda item: item[1].median_ms)
+    return backend_label(other.backend, other.compile), timing
+
+
+def recompiled_error(graphs: int) -> RuntimeError:
+    """The error of a compiled case that compiled during its timing: the timing measured compiling."""
+    return RuntimeError(f"recompiled during timing ({graphs} graph{'s' * (graphs > 1)} compiled after warm-up): "
+                        f"its latency is not the compiled pass's")
+
+
 def speedup_interval_width(low: float, high: float) -> float:
     """high / low of a speedup's interval; inf when it reaches down to zero or is unknown (NaN)."""
     return high / low if low > 0 else math.inf
 
 
 def failure(exc: BaseException) -> dict[str, Any]:
-    """The status (unsupported, oom or error) and detail of what a case raised."""
+    """The status (unsupported, oom, timeout or error) and detail of what a case raised."""
     if isinstance(exc, BackendUnavailableError):
         return {"status": "unsupported", "status_detail": str(exc)}
+    if isinstance(exc, CompileTimeout):
+        return {"status": "timeout", "status_detail": str(exc)}
     if is_oom(exc):
         return {"status": "oom", "status_detail": (str(exc).splitlines() or [type(exc).__name__])[0][:300]}
     return {"status": "error", "status_detail": f"{type(exc).__name__}: {exc}"[:500]}
