@@ -10,17 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from bench.core.statistics import SPEEDUP_INTERVAL_METHOD
 from bench.core.methods import measurement_methods
-from bench.schema.columns import (BOTH, LATE_COLUMNS, METHODS, SCHEMA_VERSION, SIZE, SUITES, Column, results_suite,
-                                  suite_columns)
+from bench.schema.columns import (BOTH, EAGER, HELD_SINCE, LATE_COLUMNS, METHODS, SCHEMA_VERSION, SIZE, SUITES, Column,
+                                  results_suite, suite_columns)
 from bench.schema.docs import DOCS_PATH, REGENERATE, schema_markdown
 from bench.schema.errors import ResultsFormatError
 from bench.schema.files import load_results
 from bench.schema.metadata import read_metadata, versioned_metadata, write_metadata
-from bench.schema.migrations import MIGRATIONS
+from bench.schema.migrations import MIGRATIONS, rows_version
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL = ROOT / "results" / "cpu"
@@ -112,13 +113,35 @@ def test_unversioned_metadata_is_migrated_from_what_it_records():
 
 
 @pytest.mark.parametrize("csv_path", REAL_RUNS, ids=lambda p: p.stem)
-def test_rows_of_schema_1_load_with_the_late_columns_they_lack_empty(csv_path):
+def test_rows_of_schema_1_load_with_the_late_columns_they_lack_empty_and_compile_eager(csv_path):
+    """Every case of a run of before the compile mode ran eager: its compile column says so, and every other column
+    it lacks (the late ones, the compile measurements) loads empty."""
     columns = header(csv_path)
     lacking = [c for c in LATE_COLUMNS[results_suite(columns)] if c not in columns]
     frame = load_results(csv_path)
     assert list(frame.columns) == columns + lacking
-    assert frame[lacking].isna().all().all()
+    assert "compile" in lacking and (frame["compile"] == EAGER).all()
+    assert frame[[c for c in lacking if c != "compile"]].isna().all().all()
     assert len(frame) == read_metadata(csv_path)["rows"]
+
+
+@pytest.mark.parametrize("csv_path", [REAL_RUNS[-2], REAL_RUNS[-1]], ids=lambda p: p.stem)
+def test_rows_of_schema_2_load_with_compile_eager_and_the_compile_measurements_empty(csv_path, tmp_path):
+    """A file of schema 2 (every column of then, none of version 3's) migrates one step: compile eager, the compile
+    measurements empty, every value it holds as it held it."""
+    schema_3 = [c for c, since in HELD_SINCE.items() if since == 3]
+    loaded = load_results(csv_path)
+    path = tmp_path / csv_path.name
+    loaded.drop(columns=schema_3).to_csv(path, index=False)
+    metadata = read_metadata(csv_path)
+    write_metadata(path.with_suffix(".json"), {**metadata, "schema_version": 2})
+    suite = results_suite(header(path))
+    assert rows_version(header(path), suite) == 2 and HELD_SINCE["compile"] == 3
+    frame = load_results(path)
+    assert list(frame.columns) == SUITES[suite]
+    assert (frame["compile"] == EAGER).all() and len(frame) == metadata["rows"]
+    assert frame[[c for c in schema_3 if c != "compile"]].isna().all().all()
+    pd.testing.assert_frame_equal(frame.drop(columns=schema_3), loaded.drop(columns=schema_3))
 
 
 def test_a_versioned_run_reads_back_its_methods_unmigrated(tmp_path):

@@ -55,15 +55,18 @@ def schema_markdown(methods: Mapping[str, str]) -> str:
         "## Migrations",
         "",
         f"Readers bring older files to the current version as they read them, one step at a time. Metadata "
-        f"without a `schema_version` is of version {UNVERSIONED}; a results file lacking the late columns is of "
-        f"version {UNVERSIONED} too. A file whose metadata names a newer version than the code reads is refused.",
+        f"without a `schema_version` is of version {UNVERSIONED}. A results file is of the version its header "
+        f"tells: the one before the earliest version whose columns it lacks (lacking a late column: version "
+        f"{UNVERSIONED}), else the current one. A file whose metadata names a newer version than the code reads "
+        f"is refused.",
         "",
         *(f"- **{step.source} → {step.source + 1}**: {step.summary}" for step in MIGRATIONS),
         "",
         "## Columns",
         "",
         "An empty cell is always allowed. *Since*: the schema version that introduced the column; *late*: files "
-        "of that version may lack it, and it loads empty.",
+        "of that version may lack it, and it loads empty. A file of an earlier version lacks the columns of later "
+        "ones: they load as its migrations say.",
         "",
         "| column | kind | unit | suites | since | values | doc |",
         "|---|---|---|---|---|---|---|",
