@@ -18,7 +18,7 @@ import pytest
 import bench.suites.attention_rows
 from bench import Case, RunContext, TimingPolicy, run_sweep
 from bench.core.profiles import PROFILES
-from bench.schema.columns import COLUMNS
+from bench.schema.columns import COLUMNS, EAGER
 
 # Three rounds and no noise verdict: the tests that use it are about rows and files, not timing noise
 # (a loaded test machine would make some rows noisy at random).
@@ -124,8 +124,9 @@ def noise_row(family: str, backend: str, resolution: int, phase: str, topk: int 
     scale = (resolution / 14) ** 2 * (3 if phase == "fwd+bwd" else 1) * (1 + (topk or 0) / 8)
     latency = 2.0 * scale * change.get("speed", SPEED[backend])
     row = dict.fromkeys(COLUMNS, np.nan) | {
-        "family": family, "backend": backend, "resolution": resolution, "batch": 1, "dim": 16, "heads": 2,
-        "dtype": "float32", "phase": phase, "n_win": 7 if family == "bra" else np.nan, "topk": topk or np.nan,
+        "family": family, "backend": backend, "compile": EAGER, "resolution": resolution, "batch": 1, "dim": 16,
+        "heads": 2, "dtype": "float32", "phase": phase, "n_win": 7 if family == "bra" else np.nan,
+        "topk": topk or np.nan,
         "kv_downsample_mode": "identity" if family == "bra" else np.nan, "status": change.get("status", "ok"),
         "device_name": "synthetic-cpu", "gpu_profile": "cpu", "options": case.options_json, "device": "cpu",
         "reference_backend": "torch", "run_id": "noise", "case_key": case.key,

@@ -115,6 +115,25 @@ def with_reference(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def has_compiled_reference(frame: pd.DataFrame) -> bool:
+    """Whether some row was timed against a compiled reference (``speedup_vs_compiled_ref``)."""
+    return "speedup_vs_compiled_ref" in frame.columns and bool(frame["speedup_vs_compiled_ref"].notna().any())
+
+
+def with_compiled_reference(frame: pd.DataFrame) -> pd.DataFrame:
+    """Pair every row with the compiled reference it was timed against: the row of the same case whose backend
+    (a label, ``bench.schema.labels.backend_label``) is its ``compiled_ref`` (prefix ``compiled_reference``).
+    ``compiled_reference_speedup`` is the paired ``speedup_vs_compiled_ref``, with its confidence interval as
+    ``compiled_reference_speedup_low`` / ``_high``, where both rows are ok; empty elsewhere."""
+    keys = ["family", "options", "device", *CASE_SHAPE, "compiled_ref"]
+    out = _paired(frame, frame.assign(compiled_ref=frame["backend"]), keys, "compiled_reference")
+    paired = out["speedup_vs_compiled_ref"].notna() & out["compiled_reference_speedup"].notna()
+    out["compiled_reference_speedup"] = out["speedup_vs_compiled_ref"].where(paired)
+    out["compiled_reference_speedup_low"] = out["compiled_speedup_ci_low"].where(paired)
+    out["compiled_reference_speedup_high"] = out["compiled_speedup_ci_high"].where(paired)
+    return out
+
+
 def with_full_attention(frame: pd.DataFrame) -> pd.DataFrame:
     """Pair every row with full attention on the same backend and case shape (prefix ``full``)."""
     keys = ["backend", "device", *CASE_SHAPE]

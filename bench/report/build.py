@@ -18,6 +18,7 @@ from bench.schema.registry_facts import facts_of_runs
 from bench.schema.columns import results_suite
 from bench.schema.errors import ResultsFormatError, ResultsWarning
 from bench.schema.files import load_results
+from bench.schema.labels import backend_labels
 from bench.schema.metadata import read_metadata, warn_row_count
 from bench.schema.storage import TEMPORARY_NAME, atomic_write
 
@@ -35,8 +36,10 @@ def load_run(file: Path) -> tuple[pd.DataFrame, dict]:
 
 def collect_results(path: Path) -> dict[str, tuple[pd.DataFrame, list[dict]]]:
     """Per suite ('attentions', 'models'), the rows and metadata of a results file, or of every results file
-    in a folder (newest row per case). A folder's run that does not load is left out with a ResultsWarning
-    saying why; the folder is refused only when none loads. A file named on its own must load."""
+    in a folder (newest row per case), each row's backend its label (``torch+compile``: torch under
+    torch.compile; ``bench.schema.labels.backend_label``), so that every table and plot shows a compiled backend
+    as one of its own. A folder's run that does not load is left out with a ResultsWarning saying why; the folder
+    is refused only when none loads. A file named on its own must load."""
     path = Path(path)
     folder = path.is_dir()
     files = sorted(path.glob("*.csv")) if folder else [path]
@@ -62,7 +65,7 @@ def collect_results(path: Path) -> dict[str, tuple[pd.DataFrame, list[dict]]]:
     for suite, (frames, metadata) in collected.items():
         frame = pd.concat(frames, ignore_index=True)
         frame = frame.sort_values("timestamp", kind="stable").drop_duplicates("case_key", keep="last")
-        out[suite] = frame.reset_index(drop=True), metadata
+        out[suite] = frame.assign(backend=backend_labels(frame)).reset_index(drop=True), metadata
     if all(frame.empty for frame, _ in out.values()):
         raise ResultsFormatError(f"{path} holds no result rows")
     return {suite: (frame, metadata) for suite, (frame, metadata) in out.items() if not frame.empty}

@@ -28,7 +28,7 @@ from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
 from bench.schema.registry_facts import RegistryFacts
-from bench.report.figure_style import backend_style, marker_fill, plot_style
+from bench.report.figure_style import backend_marker, backend_style, plot_style
 from bench.report.plot_data import status_rank
 
 REACH = 3.0  # how far (a factor) beyond the points a log axis stretches for an interval; further, it is cut
@@ -117,10 +117,9 @@ def style_line(ax, line: pd.DataFrame, value: str, timing: bool, color, backend:
     and the p20-p80 band (peak memory is no timing: filled markers)."""
     if line.empty:
         return
-    linestyle, marker = backend_style(backend, facts)
-    ax.plot(line[x], line[value], color=color, linestyle=linestyle, gid=f"backend:{backend}")
+    ax.plot(line[x], line[value], color=color, linestyle=backend_style(backend, facts)[0], gid=f"backend:{backend}")
     for noisy, points in line.groupby(line["noisy"].astype(bool) & timing):
-        ax.plot(points[x], points[value], linestyle="", marker=marker, color=color, **marker_fill(color, noisy),
+        ax.plot(points[x], points[value], linestyle="", color=color, **backend_marker(backend, facts, color, noisy),
                 gid=f"backend:{backend}")
     if timing:
         ax.fill_between(line[x], line["latency_ms_p20"], line["latency_ms_p80"], color=color, alpha=0.18, linewidth=0)

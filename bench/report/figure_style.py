@@ -13,7 +13,8 @@ Rules every figure follows:
   constrained layout keeps title, legends, tick labels and axis labels apart and inside the figure.
 - **Encoding.** A family keeps its hue in every figure (Okabe-Ito, colour-blind safe:
   ``FAMILY_PALETTE``, in the order of the runs' registry facts); a backend keeps its line style and
-  marker (``backend_style``); resolutions, where they share a panel, are shades of the family's hue.
+  marker (``backend_style``), and a compiled backend ('torch+compile') its plain backend's, the marker half
+  filled; resolutions, where they share a panel, are shades of the family's hue.
   Legends are built from the same styles as the lines, so they match.
 
 Figures are ``matplotlib.figure.Figure`` objects (no pyplot, no global backend switch); the style is
@@ -35,7 +36,11 @@ import seaborn as sns
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.markers import MarkerStyle
 
+from bench.report.plot_data import backend_order
+from bench.schema.columns import EAGER
+from bench.schema.labels import label_parts
 from bench.schema.registry_facts import RegistryFacts
 from bench.schema.storage import atomic_write
 
@@ -52,6 +57,8 @@ FAMILY_PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E
 # (line style, marker) per backend, in the registry's order of backends.
 STYLES = [("-", "o"), ("--", "s"), ("-.", "D"), ((0, (3, 1, 1, 1, 1, 1)), "p"), ((0, (1, 1)), "h"),
           ((0, (5, 2)), "X"), (":", "^"), ((0, (5, 1, 1, 1)), "P"), ((0, (3, 1)), "v"), ((0, (6, 2, 1, 2)), "<")]
+# A compiled backend's marker: its plain backend's, half filled; which half, by torch.compile's mode.
+COMPILED_FILLS = {"default": "top", "max-autotune": "bottom", "reduce-overhead": "left"}
 
 
 def family_color(family: str, facts: RegistryFacts) -> tuple[float, float, float]:
@@ -62,10 +69,15 @@ def family_color(family: str, facts: RegistryFacts) -> tuple[float, float, float
 
 
 def backend_style(backend: str, facts: RegistryFacts) -> tuple:
-    """The backend's (line style, marker) in every figure, in the registry's order of backends."""
+    """The backend's (line style, marker) in every figure, in the registry's order of backends. A compiled backend
+    (a label: 'torch+compile') has its plain backend's line style and marker, half filled (``COMPILED_FILLS``)."""
+    plain, mode = label_parts(backend)
     names = facts.backends
-    index = names.index(backend) if backend in names else len(names) + sum(map(ord, backend))
-    return STYLES[index % len(STYLES)]
+    index = names.index(plain) if plain in names else len(names) + sum(map(ord, plain))
+    linestyle, marker = STYLES[index % len(STYLES)]
+    if mode == EAGER:
+        return linestyle, marker
+    return linestyle, MarkerStyle(marker, fillstyle=COMPILED_FILLS.get(mode, "right"))
 
 
 def shades(color: tuple[float, float, float], count: int) -> list[tuple[float, float, float]]:
@@ -118,12 +130,18 @@ def add_title(fig: Figure, title: str, caption: str) -> None:
     fig.set_figheight(min(MAX_HEIGHT, fig.get_figheight() + extra))
 
 
-def marker_fill(color, hollow: bool) -> dict:
-    """Marker colours: filled with ``color`` (white edge, to stand out where markers meet), or hollow
-    (white inside): a noisy timing."""
+def backend_marker(backend: str, facts: RegistryFacts, color, hollow: bool) -> dict:
+    """The backend's marker (``backend_style``) in ``color``, as keyword arguments of a plot: filled (white edge, to
+    stand out where markers meet), or hollow (white inside): a noisy timing. A compiled backend's half-filled
+    marker has its outline in ``color`` and its other half white, so that its shape reads whole; hollow, it
+    looks like its plain backend's."""
+    marker = backend_style(backend, facts)[1]
     if hollow:
-        return {"markerfacecolor": "white", "markeredgecolor": color, "markeredgewidth": 0.9}
-    return {"markerfacecolor": color, "markeredgecolor": "white", "markeredgewidth": 0.4}
+        return {"marker": marker, "markerfacecolor": "white", "markeredgecolor": color, "markeredgewidth": 0.9}
+    if isinstance(marker, MarkerStyle):
+        return {"marker": marker, "markerfacecolor": color, "markerfacecoloralt": "white", "markeredgecolor": color,
+                "markeredgewidth": 0.6}
+    return {"marker": marker, "markerfacecolor": color, "markeredgecolor": "white", "markeredgewidth": 0.4}
 
 
 def family_handles(families: pd.Series, facts: RegistryFacts) -> list[Line2D]:
@@ -133,7 +151,7 @@ def family_handles(families: pd.Series, facts: RegistryFacts) -> list[Line2D]:
 
 def style_handles(backends: pd.Series, facts: RegistryFacts) -> list[Line2D]:
     handles = []
-    for b in sorted(set(backends), key=facts.backend_rank):
+    for b in backend_order(backends, facts):
         linestyle, marker = backend_style(b, facts)
         handles.append(Line2D([], [], color="0.3", linestyle=linestyle, marker=marker, label=b, gid=f"backend:{b}"))
     return handles
@@ -141,7 +159,7 @@ def style_handles(backends: pd.Series, facts: RegistryFacts) -> list[Line2D]:
 
 def marker_handles(backends: pd.Series, facts: RegistryFacts) -> list[Line2D]:
     return [Line2D([], [], color="0.3", linestyle="", marker=backend_style(b, facts)[1], label=b, gid=f"backend:{b}")
-            for b in sorted(set(backends), key=facts.backend_rank)]
+            for b in backend_order(backends, facts)]
 
 
 def status_handles(table: pd.DataFrame) -> list[Line2D]:

@@ -23,7 +23,8 @@ import pandas as pd
 
 from bench.analysis.variants import with_reference, with_variants
 from bench.schema.registry_facts import RegistryFacts
-from bench.schema.columns import STATUSES
+from bench.schema.columns import COMPILE_MODES, STATUSES
+from bench.schema.labels import label_parts
 
 PHASE_ORDER = ("fwd", "fwd+bwd")
 DRAWN_STATUSES = ("ok", "noisy")  # rows whose values are drawn: a noisy row's timings hollow
@@ -87,10 +88,23 @@ def drawn_nowhere(failed: pd.DataFrame, drawn_backends, facts: RegistryFacts) ->
     ('; without a value anywhere: triton (unsupported)'), rather than at every point."""
     absent = ~failed["backend"].isin(set(drawn_backends))
     statuses = failed[absent].groupby("backend")["status"].agg(lambda s: joined_statuses("/".join(s).split("/")))
-    backends = sorted(statuses.index, key=facts.backend_rank)
+    backends = backend_order(statuses.index, facts)
     names = [f"{', '.join(b for b in backends if statuses[b] == status)} ({status})"
              for status in dict.fromkeys(statuses[b] for b in backends)]
     return failed[~absent].copy(), f"; without a value anywhere: {'; '.join(names)}" if names else ""
+
+
+def backend_rank(backend: str, facts: RegistryFacts) -> tuple:
+    """A backend's place in legends and lists: its plain backend's in registry order (``facts.backend_rank``), then
+    eager before the compile modes in their order (``COMPILE_MODES``), so that 'torch+compile' follows torch."""
+    plain, mode = label_parts(backend)
+    return (*facts.backend_rank(plain), COMPILE_MODES.index(mode) if mode in COMPILE_MODES else len(COMPILE_MODES),
+            mode)
+
+
+def backend_order(backends, facts: RegistryFacts) -> list[str]:
+    """The distinct ``backends`` (labels) in ``backend_rank``'s order."""
+    return sorted(set(backends), key=lambda backend: backend_rank(backend, facts))
 
 
 def joined_statuses(statuses) -> str:

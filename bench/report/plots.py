@@ -19,13 +19,12 @@ from matplotlib.lines import Line2D
 from bench.report.catalog import plot
 from bench.schema.registry_facts import RegistryFacts
 from bench.report.figure_axes import UNMEASURED, log_axis, log_log, name_unmeasured, style_line, with_band
-from bench.report.figure_style import (FULL_WIDTH, MAX_HEIGHT, add_title, backend_style, family_color, family_handles,
-                                       legends, marker_fill, marker_handles, panel_grid, shades, status_handles,
-                                       style_handles)
-from bench.report.plot_data import (WIDTH_COLUMNS, context, drawn_nowhere, family_of, gmacs_table, main_widths,
-                                    model_table_data, natural_key, phase_order, prepared, representative_rows,
-                                    representative_variants, resolution_table, scaling_table, speedup_table,
-                                    unmeasured, at_main_width, widths_caption)
+from bench.report.figure_style import (FULL_WIDTH, MAX_HEIGHT, add_title, backend_marker, family_color, family_handles,
+                                       legends, marker_handles, panel_grid, shades, status_handles, style_handles)
+from bench.report.plot_data import (WIDTH_COLUMNS, backend_order, backend_rank, context, drawn_nowhere, family_of,
+                                    gmacs_table, main_widths, model_table_data, natural_key, phase_order, prepared,
+                                    representative_rows, representative_variants, resolution_table, scaling_table,
+                                    speedup_table, unmeasured, at_main_width, widths_caption)
 
 
 @plot("scaling", "attentions", 10)
@@ -54,9 +53,8 @@ def plot_scaling(frame: pd.DataFrame, facts: RegistryFacts) -> Figure | None:
                     ax.fill_between(line["resolution"], line["latency_ms_p20"], line["latency_ms_p80"],
                                     color=color, alpha=0.2, linewidth=0)
                 for (backend, noisy), points in line.groupby(["backend", "noisy"]):
-                    ax.plot(points["resolution"], points["value"], linestyle="",
-                            marker=backend_style(backend, facts)[1], color=color, **marker_fill(color, noisy),
-                            gid=f"backend:{backend}")
+                    ax.plot(points["resolution"], points["value"], linestyle="", color=color,
+                            **backend_marker(backend, facts, color, noisy), gid=f"backend:{backend}")
             log_log(ax, resolutions, *with_band(table[table["metric"] == metric], "value", metric == "latency"))
             name_unmeasured(ax, failed[failed["phase"] == phase], "resolution", "family")
             ax.set_title(f"{metric}, {phase}")
@@ -91,7 +89,7 @@ def speedup_figure(frame: pd.DataFrame, facts: RegistryFacts, families: list[str
     phases = phase_order(table)
     entries = sorted(set(zip(table["variant"], table["backend"])),
                      key=lambda e: (facts.family_order(table["family"]).index(family_of(e[0])), natural_key(e[0]),
-                                    facts.backend_rank(e[1])))
+                                    backend_rank(e[1], facts)))
     resolutions = sorted(table["resolution"].unique())
     panel = min(MAX_HEIGHT - 1.2, 0.55 + 0.17 * len(entries) * max(1, len(resolutions) / 2))
     fig, axes = panel_grid(1, len(phases), width, panel, sharey="row")
@@ -114,8 +112,9 @@ def speedup_figure(frame: pd.DataFrame, facts: RegistryFacts, families: list[str
                     if np.isfinite(cell["speedup_low"]):
                         error = [[cell["speedup"] - cell["speedup_low"]], [cell["speedup_high"] - cell["speedup"]]]
                     bars = ax.errorbar([cell["speedup"]], [y + offset], xerr=error, color=colors[resolution],
-                                       marker=backend_style(backend, facts)[1], linestyle="", elinewidth=0.8,
-                                       capsize=1.5, **marker_fill(colors[resolution], cell["cell_status"] == "noisy"))
+                                       linestyle="", elinewidth=0.8, capsize=1.5,
+                                       **backend_marker(backend, facts, colors[resolution],
+                                                        cell["cell_status"] == "noisy"))
                     bars.lines[0].set_gid(f"backend:{backend}")
                 else:
                     unmeasured_at.setdefault(cell["label"], []).append((resolution, offset))
@@ -150,7 +149,7 @@ def _entry_names(entries: pd.DataFrame, table: pd.DataFrame, facts: RegistryFact
     """Names of the (variant, backend) entries of ``entries``: a backend alone where every entry of it in
     ``table`` is among them, else 'variant · backend'."""
     names = []
-    for backend in sorted(set(entries["backend"]), key=facts.backend_rank):
+    for backend in backend_order(entries["backend"], facts):
         variants = set(entries.loc[entries["backend"] == backend, "variant"])
         if variants == set(table.loc[table["backend"] == backend, "variant"]):
             names.append(backend)
@@ -187,7 +186,7 @@ def _per_family_figure(frame: pd.DataFrame, facts: RegistryFacts, value: str, ti
         for j, family in enumerate(families):
             ax = axes[i][j]
             rows = table[(table["phase"] == phase) & (table["family"] == family)]
-            for backend in sorted(rows["backend"].unique(), key=facts.backend_rank):
+            for backend in backend_order(rows["backend"], facts):
                 style_line(ax, rows[rows["backend"] == backend].sort_values("resolution"), value, timing,
                            family_color(family, facts), backend, facts)
             log_log(ax, resolutions, *with_band(table[table["phase"] == phase], value, timing))
@@ -233,8 +232,8 @@ def plot_gmacs_vs_latency(frame: pd.DataFrame, facts: RegistryFacts) -> Figure |
     for ax, phase in zip(axes[0], phases):
         rows = table[table["phase"] == phase]
         for (family, backend, noisy), points in rows.groupby(["family", "backend", "noisy"]):
-            ax.plot(points["gmacs"], points["latency_ms_median"], linestyle="", marker=backend_style(backend, facts)[1],
-                    color=family_color(family, facts), alpha=0.8, **marker_fill(family_color(family, facts), noisy),
+            ax.plot(points["gmacs"], points["latency_ms_median"], linestyle="", color=family_color(family, facts),
+                    alpha=0.8, **backend_marker(backend, facts, family_color(family, facts), noisy),
                     gid=f"backend:{backend}")
         log_log(ax, pd.concat([table["gmacs"], failed["gmacs"]]), table["latency_ms_median"])
         name_unmeasured(ax, failed[failed["phase"] == phase], "gmacs", "variant")
@@ -264,9 +263,8 @@ def plot_model_throughput(frame: pd.DataFrame, facts: RegistryFacts) -> Figure |
             rows = table[(table["resolution"] == resolution) & (table["phase"] == phase)]
             for _, row in rows.iterrows():
                 color = family_color(row["family"], facts) if row["family"] != "mixed" else (0.4, 0.4, 0.4)
-                ax.plot([row["gmacs_per_image"]], [row["throughput"]], linestyle="",
-                        marker=backend_style(row["backend"], facts)[1], color=color, **marker_fill(color, row["noisy"]),
-                        gid=f"backend:{row['backend']}")
+                ax.plot([row["gmacs_per_image"]], [row["throughput"]], linestyle="", color=color,
+                        **backend_marker(row["backend"], facts, color, row["noisy"]), gid=f"backend:{row['backend']}")
             fastest = rows.sort_values("throughput", ascending=False).drop_duplicates(["model", "attention"])
             for _, row in fastest.iterrows():
                 own = row["model"].startswith("biformer")  # a BiFormer model with its own attention

@@ -15,11 +15,10 @@ from bench.report.catalog import plot
 from bench.schema.registry_facts import RegistryFacts
 from bench.report.figure_axes import (UNMEASURED, fixed_ticks, log_axis, log_limits, name_unmeasured, style_line,
                                       with_band)
-from bench.report.figure_style import (COLUMN_WIDTH, FULL_WIDTH, add_title, backend_style, family_color, legends,
-                                       marker_fill, marker_handles, panel_grid, shades, status_handles,
-                                       style_handles)
-from bench.report.plot_data import (at_main_width, context, drawn, drawn_nowhere, main_widths, natural_key, phase_order,
-                                    prepared, tags, unmeasured, width_text)
+from bench.report.figure_style import (COLUMN_WIDTH, FULL_WIDTH, add_title, backend_marker, family_color, legends,
+                                       marker_handles, panel_grid, shades, status_handles, style_handles)
+from bench.report.plot_data import (at_main_width, backend_order, context, drawn, drawn_nowhere, main_widths,
+                                    natural_key, phase_order, prepared, tags, unmeasured, width_text)
 from bench.report.plots import speedup_figure
 
 BRA = "bra"
@@ -115,7 +114,7 @@ def plot_topk_sweep(frame: pd.DataFrame, facts: RegistryFacts) -> Figure | None:
     for ax, phase in zip(axes, phases):
         rows = table[table["phase"] == phase]
         for resolution in resolutions:
-            for backend in sorted(rows["backend"].unique(), key=facts.backend_rank):
+            for backend in backend_order(rows["backend"], facts):
                 line = rows[(rows["resolution"] == resolution) & (rows["backend"] == backend)].sort_values("topk")
                 style_line(ax, line.rename(columns={"topk": "x"}), "latency_ms_median", True, colors[resolution],
                            backend, facts, x="x")
@@ -149,7 +148,7 @@ def plot_kv_modes(frame: pd.DataFrame, facts: RegistryFacts) -> Figure | None:
     if table["kv_downsample_mode"].nunique() < 2:
         return None
     phases, resolutions = phase_order(table), sorted(table["resolution"].unique())
-    backends = sorted(table["backend"].unique(), key=facts.backend_rank)
+    backends = backend_order(table["backend"], facts)
     topk = int(table["topk"].iloc[0])
     bra = at_main_width(frame, main_widths(frame))
     bra = bra[(bra["family"] == BRA) & (bra["topk"] == topk) & bra["kv_downsample_mode"].notna()]
@@ -177,8 +176,8 @@ def plot_kv_modes(frame: pd.DataFrame, facts: RegistryFacts) -> Figure | None:
                     keep = (values["noisy"].fillna(False).to_numpy(bool) == noisy) & np.isfinite(median)
                     if keep.any():
                         bars = ax.errorbar(offsets[keep], median[keep], yerr=error[:, keep], linestyle="",
-                                           capsize=1.5, marker=backend_style(backend, facts)[1], color=color,
-                                           elinewidth=0.8, **marker_fill(color, noisy))
+                                           capsize=1.5, color=color, elinewidth=0.8,
+                                           **backend_marker(backend, facts, color, noisy))
                         bars.lines[0].set_gid(f"backend:{backend}")
                 cells = failed[(failed["resolution"] == resolution) & (failed["phase"] == phase)
                                & (failed["backend"] == backend)]

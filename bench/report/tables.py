@@ -1,5 +1,6 @@
 """The report's general tables, each registered once in ``bench.report.catalog``: every attention variant
-(main), every backend against its family's reference (backends), and the models (models). The BRA tables are
+(main), every backend against its family's reference (backends), what compiling cost (compile_times,
+model_compile_times: only for runs with compiled cases), and the models (models). The BRA tables are
 ``bench.report.tables_bra``'s; the cells and rules they share ``bench.report.cells``'.
 """
 
@@ -7,9 +8,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.analysis.variants import with_full_attention, with_reference, with_variants
+from bench.analysis.variants import (has_compiled_reference, with_compiled_reference, with_full_attention,
+                                     with_reference, with_variants)
 from bench.report.catalog import table
-from bench.report.cells import (CONVENTIONS, case_columns, in_case_order, latency_cell, latency_or_status, peak_memory,
+from bench.report.cells import (CONVENTIONS, case_columns, compile_cells, compile_columns, compiled_reference_column,
+                                compiled_rows, in_case_order, latency_cell, latency_or_status, peak_memory,
                                 memory_ratio, ratio_text, speedup_cell, value_or_none)
 from bench.schema.registry_facts import RegistryFacts
 from bench.report.tabular import Column, Table
@@ -58,8 +61,12 @@ def main_table(frame: pd.DataFrame, facts: RegistryFacts) -> Table:
 
 @table("backends", "attentions", 40)
 def backend_table(frame: pd.DataFrame, facts: RegistryFacts) -> Table | None:
-    """(c) Every non-reference backend against its family's reference: speedup, memory saving, error."""
+    """(c) Every non-reference backend against its family's reference: speedup, memory saving, error; and the
+    speedup over the compiled reference, where some row was timed against one."""
     rows = with_reference(with_variants(frame, facts.defaults))
+    compiled = has_compiled_reference(rows)
+    if compiled:
+        rows = with_compiled_reference(rows)
     others = rows[rows["backend"] != rows["reference_backend"]]
     if others.empty:
         return None
@@ -67,6 +74,7 @@ def backend_table(frame: pd.DataFrame, facts: RegistryFacts) -> Table | None:
                   [*case_columns(), Column("Status"),
                    Column("Speedup", ratio_text, "max", note="Speedup: reference latency / latency, with its 95% "
                           "confidence interval where the two were timed in paired rounds."),
+                   *([compiled_reference_column(others)] if compiled else []),
                    Column("Mem saving", ratio_text, "max", note="Mem saving: reference peak memory / peak memory."),
                    Column("Rel. err", lambda v: f"{v:.1e}", "min",
                           note="Rel. err: ‖out − exact‖ / ‖exact‖ against float64 math on the same rounded weights "
@@ -89,8 +97,26 @@ def backend_table(frame: pd.DataFrame, facts: RegistryFacts) -> Table | None:
         memory_saving = None if ratio is None else 1 / ratio
         table.rows.append([
             row["variant"], row["backend"], f"{row['resolution']}²", f"{row['dim']}/{row['heads']}", row["phase"],
-            status, speedup_cell(row), memory_saving, value_or_none(row["rel_err"]), value_or_none(row["ref_rel_err"]),
+            status, speedup_cell(row), *([speedup_cell(row, "compiled_reference")] if compiled else []),
+            memory_saving, value_or_none(row["rel_err"]), value_or_none(row["ref_rel_err"]),
             value_or_none(row["err_tolerance"]), value_or_none(row["max_abs_err"])])
+        table.blocks.append(blocks.setdefault((row["phase"], row["resolution"], row["dim"]), len(blocks)))
+    return table
+
+
+@table("compile_times", "attentions", 45)
+def compile_time_table(frame: pd.DataFrame, facts: RegistryFacts) -> Table | None:
+    """What compiling every compiled case cost: cold compile time, graphs, graph breaks and status."""
+    rows = compiled_rows(with_variants(frame, facts.defaults))
+    if rows.empty:
+        return None
+    table = Table("compile_times", "torch.compile: compile time and graphs of every compiled case",
+                  [*case_columns(), Column("Batch"), Column("Dtype"), *compile_columns()],
+                  note="Best per column within each resolution, width and phase in bold.")
+    blocks: dict[tuple, int] = {}
+    for _, row in in_case_order(rows, facts).iterrows():
+        table.rows.append([row["variant"], row["backend"], f"{row['resolution']}²", f"{row['dim']}/{row['heads']}",
+                           row["phase"], int(row["batch"]), row["dtype"], *compile_cells(row)])
         table.blocks.append(blocks.setdefault((row["phase"], row["resolution"], row["dim"]), len(blocks)))
     return table
 
@@ -144,4 +170,22 @@ def model_table(frame: pd.DataFrame, facts: RegistryFacts) -> Table:
                 cells += [value_or_none(row["throughput"]), latency_cell(row), value_or_none(row["peak_mem_mb"])]
         table.rows.append(cells)
         table.blocks.append(blocks.setdefault((first["resolution"], first["batch"], first["dtype"]), len(blocks)))
+    return table
+
+
+@table("model_compile_times", "models", 70)
+def model_compile_time_table(frame: pd.DataFrame, facts: RegistryFacts) -> Table | None:
+    """What compiling every compiled backbone cost: cold compile time, graphs, graph breaks and status."""
+    rows = compiled_rows(frame)
+    if rows.empty:
+        return None
+    table = Table("model_compile_times", "torch.compile: compile time and graphs of every compiled backbone",
+                  [Column("Model"), Column("Attention"), Column("Backend"), Column("Res.", heading=True),
+                   Column("Batch", heading=True), Column("Dtype", heading=True), Column("Phase"), *compile_columns()],
+                  note="Best per column within each resolution, batch and dtype in bold.")
+    blocks: dict[tuple, int] = {}
+    for _, row in _model_order(rows, facts).iterrows():
+        table.rows.append([facts.display_name(row["model"]), row["attention"], row["backend"], f"{row['resolution']}²",
+                           int(row["batch"]), row["dtype"], row["phase"], *compile_cells(row)])
+        table.blocks.append(blocks.setdefault((row["resolution"], row["batch"], row["dtype"]), len(blocks)))
     return table

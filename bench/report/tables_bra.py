@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bench.analysis.variants import with_backend, with_dense, with_reference, with_variants
+from bench.analysis.variants import (has_compiled_reference, with_backend, with_compiled_reference, with_dense,
+                                     with_reference, with_variants)
 from bench.report.catalog import table
-from bench.report.cells import (CONVENTIONS, case_columns, in_case_order, latency_or_status, peak_memory, memory_ratio,
-                                ratio_text, speedup_cell, value_or_none)
+from bench.report.cells import (CONVENTIONS, case_columns, compiled_reference_column, in_case_order, latency_or_status,
+                                peak_memory, memory_ratio, ratio_text, speedup_cell, value_or_none)
 from bench.schema.registry_facts import RegistryFacts
 from bench.report.tabular import Column, Table
 
@@ -82,8 +83,12 @@ def bra_kv_mode_table(frame: pd.DataFrame, facts: RegistryFacts) -> Table | None
 def bra_fast_path_table(frame: pd.DataFrame, facts: RegistryFacts) -> Table | None:
     """(d) BRA's fast paths, in the terms of their targets: speedup and memory against the official
     algorithm (memory target: 1/topk of it), speedup over the flex backend, and speedup over dense
-    flash attention as a share of the attention FLOP ratio (regions / topk; identity kv mode)."""
+    flash attention as a share of the attention FLOP ratio (regions / topk; identity kv mode); and the speedup
+    over the compiled reference, where some row was timed against one."""
     rows = with_reference(with_variants(frame, facts.defaults))
+    compiled = has_compiled_reference(rows)
+    if compiled:
+        rows = with_compiled_reference(rows)
     rows = with_dense(with_backend(rows, "flex", "flex"), "sdpa_flash", "flash")
     rows = rows[(rows["family"] == BRA) & (rows["kv_downsample_mode"].fillna("identity") == "identity")
                 & (rows["backend"] != rows["reference_backend"])]
@@ -94,6 +99,7 @@ def bra_fast_path_table(frame: pd.DataFrame, facts: RegistryFacts) -> Table | No
                   [*case_columns(), Column("Latency ms", best="min"),
                    Column("× ref", ratio_text, "max", note="× ref: speedup over the official algorithm (the reference "
                           "backend)."),
+                   *([compiled_reference_column(rows)] if compiled else []),
                    Column("Mem/ref", ratio_text, "min", note="Mem/ref: peak memory over the reference's; the target is "
                           "1/topk."),
                    Column("1/topk", ratio_text),
@@ -118,6 +124,7 @@ def bra_fast_path_table(frame: pd.DataFrame, facts: RegistryFacts) -> Table | No
         table.rows.append([
             row["variant"], row["backend"], f"{row['resolution']}²", f"{row['dim']}/{row['heads']}", row["phase"],
             latency_or_status(row), speedup_cell(row),
+            *([speedup_cell(row, "compiled_reference")] if compiled else []),
             memory_ratio(row, "reference"), 1 / row["topk"],
             None if row["backend"] == "flex" else value_or_none(row["flex_speedup"]),
             value_or_none(row["flash_speedup"]),
