@@ -37,8 +37,9 @@ def make_row(case: Case, *, status: str = "ok", median: float = 2.0, spread: flo
     measured = status in ("ok", "noisy", "mismatch")
     row = {c: None for c in COLUMNS}
     row.update(
-        family=case.family, backend=case.backend, resolution=case.resolution, batch=case.batch, dim=case.dim,
-        heads=case.heads, dtype=case.dtype, phase=case.phase, options=case.options_json, device=case.device,
+        family=case.family, backend=case.backend, compile=case.compile, resolution=case.resolution, batch=case.batch,
+        dim=case.dim, heads=case.heads, dtype=case.dtype, phase=case.phase, options=case.options_json,
+        device=case.device,
         status=status, device_name=device_name, gpu_profile=gpu_profile, run_id=run_id, case_key=case.key,
         seed=0, reference_backend="torch", err_tolerance=1e-4, timestamp="2026-01-01T00:00:00+00:00",
         n_win=case.options_dict.get("n_win"), topk=case.options_dict.get("topk"),

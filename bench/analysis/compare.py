@@ -1,6 +1,6 @@
 """Compare two runs case by case, and gate on them: ``run_bench.py compare BASE NEW``.
 
-The runs are aligned on ``case_key`` (family, backend, options, batch, resolution, dim, heads,
+The runs are aligned on ``case_key`` (family, backend, compile mode, options, batch, resolution, dim, heads,
 dtype, device, phase); a case in only one run is named but judged no further. Every compared case
 gets one of three verdicts, with its reason: ``regressed``, ``ok`` or ``inconclusive``, by the rules of
 ``bench.analysis.verdicts``.
@@ -33,7 +33,7 @@ from bench.analysis.verdicts import (FASTER, GMACS_TOLERANCE, IDENTITY, INCONCLU
                                      interval_methods_differ, is_known, judge_table, percent_text, ratio_of,
                                      ratio_text, same_devices)
 from bench.schema.columns import results_suite
-from bench.schema.labels import case_label as labelled_case, configuration_name
+from bench.schema.labels import backend_label, backend_labels, case_label as labelled_case, configuration_name
 from bench.schema.registry_facts import facts_of_runs, frozen_facts
 from bench.schema.errors import ResultsFormatError, results_warnings
 from bench.schema.files import load_results
@@ -74,12 +74,12 @@ ENVIRONMENT_FIELDS = [
 class Comparison:
     """Two runs side by side, and the gate's decision.
 
-    ``table`` has one row per case present in both runs, in BASE's order, with the case's identity
-    (``case_key``, a readable ``case`` label, family, backend, ``options`` as ``k=v,...``,
-    resolution, batch, dim, heads, dtype, device, phase), each run's measurements suffixed
-    ``_base`` / ``_new`` (``MEASURED``), the ratios NEW/BASE ``latency_ratio``, ``mem_ratio`` (empty across
-    two device names) and ``gmacs_ratio``, and ``verdict`` (regressed, ok, inconclusive), ``change`` and
-    ``reason``; ``remeasured`` counts how often NEW's case was re-timed before its verdict.
+    ``table`` has one row per case present in both runs, in BASE's order, with the case's identity (``case_key``,
+    a readable ``case`` label, family, backend (its label: 'torch+compile' for a compiled case), ``options`` as
+    ``k=v,...``, resolution, batch, dim, heads, dtype, device, phase), each run's measurements suffixed ``_base`` /
+    ``_new`` (``MEASURED``), the ratios NEW/BASE ``latency_ratio``, ``mem_ratio`` (empty across two device names)
+    and ``gmacs_ratio``, and ``verdict`` (regressed, ok, inconclusive), ``change`` and ``reason``; ``remeasured``
+    counts how often NEW's case was re-timed before its verdict.
     """
 
     table: pd.DataFrame
@@ -176,13 +176,13 @@ def _options_text(options: Any) -> str:
 
 
 def case_label(row: pd.Series | dict[str, Any], defaults: Defaults) -> str:
-    """The same label as ``run_bench.py --dry-run`` gives the case of a results row, its options named against
-    the families' ``defaults`` (the runs' recorded registry); the case key when the row cannot be read so."""
+    """A results row's case as ``run_bench.py --dry-run`` labels it ('bra/torch+compile ...'), its options named
+    against the families' ``defaults`` (the runs' recorded registry); the case key when the row cannot be read so."""
     try:
         options = json.loads(row["options"]) if isinstance(row["options"], str) and row["options"] else {}
         configuration = configuration_name(row["family"], options, defaults.get(row["family"], {}))
-        return labelled_case(configuration, row["backend"], int(row["resolution"]), int(row["dim"]),
-                             int(row["heads"]), int(row["batch"]), row["dtype"], row["phase"])
+        return labelled_case(configuration, backend_label(row["backend"], row.get("compile")), int(row["resolution"]),
+                             int(row["dim"]), int(row["heads"]), int(row["batch"]), row["dtype"], row["phase"])
     except (TypeError, ValueError, AttributeError, KeyError):
         return str(row["case_key"])
 
@@ -244,7 +244,8 @@ def compare_frames(base: pd.DataFrame, new: pd.DataFrame, max_regression: float 
     only_in_base = [case_label(r, defaults) for _, r in base[~base["case_key"].isin(new_keys)].iterrows()]
     only_in_new = [case_label(r, defaults) for _, r in new[~new["case_key"].isin(base_keys)].iterrows()]
 
-    left = base[["case_key", *IDENTITY, *MEASURED]].rename(columns={c: f"{c}_base" for c in MEASURED})
+    left = base[["case_key", *IDENTITY, *MEASURED]].assign(backend=backend_labels(base)).rename(
+        columns={c: f"{c}_base" for c in MEASURED})  # a compiled case's backend: its label, 'torch+compile'
     right = new[["case_key", *MEASURED]].rename(columns={c: f"{c}_new" for c in MEASURED})
     table = left.merge(right, on="case_key", how="inner", sort=False)
     table.insert(1, "case", [case_label(r, defaults) for _, r in table.iterrows()] if len(table) else [])

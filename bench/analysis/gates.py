@@ -9,18 +9,21 @@ The language (docs/plugins.md#ratio-gates)::
     gate     := side OP bound
     bound    := NUMBER | NUMBER '*' side | side
     side     := selector [measure]                  (the right side's measure: the left's unless it names one)
-    selector := FAMILY ['/' BACKEND] ['[' KEY '=' VALUE {',' KEY '=' VALUE} ']']
+    selector := FAMILY ['/' BACKEND] ['[' KEY '=' VALUE {',' KEY '=' VALUE} ']']     (BACKEND: a label)
     measure  := latency | peak_mem | gmacs | rel_err | throughput        (default: latency)
     OP       := '<=' | '<' | '>=' | '>'
 
-A selector without a backend takes the family's reference backend. ``KEY`` is a shape column (resolution, batch,
+A backend is named by its label (``bench.schema.labels.backend_label``): ``torch`` is the eager backend,
+``torch+compile`` and ``torch+compile:max-autotune`` the backend under torch.compile's modes. A selector without a
+backend takes the family's (eager) reference backend. ``KEY`` is a shape column (resolution, batch,
 dim, heads, dtype, phase) or one of the family's options (topk=4). The two sides are paired row by row at the same
 shape (and, within one family, the same options); a side that holds two rows of one shape (topk 1 and 4) must say
 which with ``[...]``.
 
 The interval of a latency ratio: the paired interval of the run's speedup column where the two rows were timed in
-one comparison group (one family, one shape, one side the other's reference backend); otherwise the two rows'
-median intervals taken at their far ends (conservative: wider than a paired interval). Other measures are exact.
+one comparison group (one family, one shape, one side the other's reference backend, or its compiled reference:
+``speedup_vs_compiled_ref``); otherwise the two rows' median intervals taken at their far ends (conservative: wider
+than a paired interval). Other measures are exact.
 A row that is not ``ok`` (noisy, mismatch, error, unsupported) fails the gate with its status: a gate never passes
 on rows it cannot trust.
 """
@@ -38,6 +41,7 @@ import pandas as pd
 
 from bench.analysis.variants import effective_options
 from bench.analysis.verdicts import latency_interval
+from bench.schema.labels import backend_labels
 
 MEASURES = {  # name -> the row's column
     "latency": "latency_ms_median",
@@ -52,7 +56,7 @@ SHAPE_KEYS = ("resolution", "batch", "dim", "heads", "dtype", "phase")
 PAIRING = [*SHAPE_KEYS, "device_name"]  # what two paired rows share
 
 TOKEN = re.compile(r"\s*(?:(?P<op><=|>=|<|>)|(?P<star>\*)|(?P<number>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+)"
-                   r"|(?P<selector>[A-Za-z_][\w.-]*(?:/[\w.-]+)?(?:\[[^\]]*\])?))")
+                   r"|(?P<selector>[A-Za-z_][\w.-]*(?:/[\w.+:-]+)?(?:\[[^\]]*\])?))")
 
 
 class GateError(ValueError):
@@ -219,14 +223,21 @@ def _interval(row: pd.Series, side: Side) -> tuple[float, float, float]:
     return value, interval.low, interval.high
 
 
+# (the column naming a row's reference, its speedup over it, the speedup interval's low and high ends)
+PAIRED_SPEEDUPS = (("reference_backend", "speedup_vs_ref", "speedup_ci_low", "speedup_ci_high"),
+                   ("compiled_ref", "speedup_vs_compiled_ref", "compiled_speedup_ci_low", "compiled_speedup_ci_high"))
+
+
 def _paired_ratio(left: pd.Series, right: pd.Series) -> tuple[float, float, float] | None:
-    """left / right latency from the run's paired speedup interval, where the rows were timed as one group."""
+    """left / right latency from the run's paired speedup interval, where the rows were timed as one group: one
+    side the other's reference, or its compiled reference (backends are labels)."""
     if left["family"] != right["family"] or left["options"] != right["options"]:
         return None
-    if right["backend"] == left["reference_backend"] and math.isfinite(left.get("speedup_vs_ref", math.nan)):
-        return 1 / left["speedup_vs_ref"], 1 / left["speedup_ci_high"], 1 / left["speedup_ci_low"]
-    if left["backend"] == right["reference_backend"] and math.isfinite(right.get("speedup_vs_ref", math.nan)):
-        return right["speedup_vs_ref"], right["speedup_ci_low"], right["speedup_ci_high"]
+    for reference, speedup, low, high in PAIRED_SPEEDUPS:
+        if right["backend"] == left.get(reference) and math.isfinite(left.get(speedup, math.nan)):
+            return 1 / left[speedup], 1 / left[high], 1 / left[low]
+        if left["backend"] == right.get(reference) and math.isfinite(right.get(speedup, math.nan)):
+            return right[speedup], right[low], right[high]
     return None
 
 
@@ -255,8 +266,10 @@ def _check(gate: Gate, left: pd.Series, right: pd.Series | None) -> Check:
 
 
 def evaluate(gate: Gate, frame: pd.DataFrame, defaults: Mapping[str, Mapping[str, Any]]) -> GateResult:
-    """The gate on the run's rows: one check per shape the two sides share. GateError when a side names no row,
-    when one side holds two rows at one shape, or when the sides share no shape."""
+    """The gate on the run's rows (their backends as labels: 'torch+compile'): one check per shape the two sides
+    share. GateError when a side names no row, when one side holds two rows at one shape, or when the sides share no
+    shape."""
+    frame = frame.assign(backend=backend_labels(frame))
     left = _rows(frame, gate.left, defaults, gate)
     if gate.right is None:
         return GateResult(gate, tuple(_check(gate, row, None) for _, row in left.iterrows()))

@@ -27,9 +27,9 @@ A warning names the methods either way.
 
 Besides latency, a case is **regressed** when its peak memory grew beyond 1 + t by at least 1 MB
 (noise or not: memory is no timing figure), when its paired speedup fell by more than t with the
-two intervals apart, or when it stopped working (``ok`` into ``mismatch``, ``error`` or ``oom``: a
-new failure). A backend ``unsupported`` in NEW, and a case whose rows name two devices (``other
-device``), are inconclusive: nothing can be said of them. A failure turning ``ok`` is ``fixed``. A
+two intervals apart, or when it stopped working (``ok`` into ``mismatch``, ``error``, ``oom`` or ``timeout``,
+a compile past its limit: a new failure). A backend ``unsupported`` in NEW, and a case whose rows name two devices
+(``other device``), are inconclusive: nothing can be said of them. A failure turning ``ok`` is ``fixed``. A
 GMACs change (beyond a relative 1e-6) means the measured work changed: a warning, never a verdict.
 """
 
@@ -66,7 +66,7 @@ NOW_UNSUPPORTED = "now unsupported"
 NOW_SUPPORTED = "now supported"
 OTHER_DEVICE = "other device"
 
-FAILURE_STATUSES = ("mismatch", "error", "oom")
+FAILURE_STATUSES = ("mismatch", "error", "oom", "timeout")
 TIMED = ("ok", "noisy")  # statuses with a latency worth comparing
 IDENTITY = ["family", "backend", "options", "resolution", "batch", "dim", "heads", "dtype", "device", "phase"]
 
