@@ -591,7 +591,7 @@ def test_load_results_rejects_what_is_not_ours(tmp_path):
         load_results(tmp_path / "binary.csv")
     row = {c: "" for c in COLUMNS} | {"family": "full", "backend": "torch", "status": "exploded", "resolution": 8,
                                         "batch": 1, "dim": 8, "heads": 1, "dtype": "float32", "phase": "fwd",
-                                        "options": "{}", "device": "cpu", "case_key": "k"}
+                                        "options": "{}", "device": "cpu", "case_key": "k", "compile": "eager"}
     bad = tmp_path / "bad_status.csv"
     ResultsWriter(bad).append(row)
     with pytest.raises(ResultsFormatError, match="line 2: status 'exploded' is not a status"):

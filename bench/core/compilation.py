@@ -160,30 +160,31 @@ def first_compiled_pass(module: torch.nn.Module, mode: str, make_pass: Callable[
                         device: torch.device, limit_s: float | None) -> tuple[torch.nn.Module, CompileInfo]:
     """``module`` compiled in ``mode`` and its CompileInfo, from a first pass (``make_pass(compiled)()``) timed cold
     (Inductor's caches empty; dynamo has no code for a new module) within ``limit_s``: fullgraph first; where
-    dynamo breaks the graph, again without fullgraph, counting the breaks. Call ``fresh_compiler`` first. CompileTimeout past the limit, CompileError (one line) when it does not compile,
-    BackendUnavailableError on a CPU without a C++ compiler."""
+    dynamo breaks the graph, again without fullgraph, counting the breaks as dynamo does (a break inside nested
+    calls breaks each calling frame too). Call ``fresh_compiler`` first. CompileTimeout past the limit,
+    CompileError (one line) when it does not compile, BackendUnavailableError on a CPU without a C++ compiler."""
     if device.type == "cpu":
         cpp_compiler()
-    deadline = None if limit_s is None else time.monotonic() + limit_s
-    for fullgraph in (True, False):
-        torch._dynamo.utils.counters.clear()
-        candidate = compiled(module, mode, fullgraph)
-        started = time.perf_counter()
-        try:
-            with empty_inductor_cache(), time_limit(None if deadline is None else deadline - time.monotonic()):
-                make_pass(candidate)()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes one of the three errors above
-            cause = innermost(exc)
-            if isinstance(cause, (CompileTimeout, BackendUnavailableError)):
-                raise cause from None
-            if fullgraph and isinstance(cause, torch._dynamo.exc.Unsupported):
-                continue  # a graph break: compiled again without fullgraph, the breaks counted
-            raise CompileError(f"torch.compile (mode {mode}) failed: {first_line(cause)}") from None
-        seconds = time.perf_counter() - started
-        breaks, first_break = graph_breaks()
-        return candidate, CompileInfo(seconds, graphs_compiled(), breaks, first_break)
+    with time_limit(limit_s):  # both attempts together
+        for fullgraph in (True, False):
+            torch._dynamo.utils.counters.clear()
+            candidate = compiled(module, mode, fullgraph)
+            started = time.perf_counter()
+            try:
+                with empty_inductor_cache():
+                    make_pass(candidate)()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+            except Exception as exc:  # noqa: BLE001 - every failure becomes one of the three errors above
+                cause = innermost(exc)
+                if isinstance(cause, (CompileTimeout, BackendUnavailableError)):
+                    raise cause from None
+                if fullgraph and isinstance(cause, torch._dynamo.exc.Unsupported):
+                    continue  # a graph break: compiled again without fullgraph, the breaks counted
+                raise CompileError(f"torch.compile (mode {mode}) failed: {first_line(cause)}") from None
+            seconds = time.perf_counter() - started
+            breaks, first_break = graph_breaks()
+            return candidate, CompileInfo(seconds, graphs_compiled(), breaks, first_break)
     raise AssertionError("unreachable: the second attempt returns or raises")
 
 

@@ -67,7 +67,8 @@ class Column:
     a text column none. ``identifies``: the suites in which no row may leave it empty (it names the case).
     ``late``: added while files of schema 1 were being written, so a file may lack it (it loads empty).
     ``model_after``: the column the model suite's files put it after, where that differs from the attention
-    suite's order (the declaration's order)."""
+    suite's order (the declaration's order). ``earlier``: what every row written before the column existed
+    holds in it (a migration or a resume fills it in); None: nothing, the cell stays empty."""
 
     name: str
     kind: Kind
@@ -81,6 +82,7 @@ class Column:
     contract: bool = False  # one of issue #3's contract columns, the first block of the attention suite's files
     placement: bool = False  # where the row's case ran, in both suites
     model_after: str | None = None
+    earlier: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("text", "number"):
@@ -208,7 +210,7 @@ DECLARED: tuple[Column, ...] = (
     number("latency_ms_ci_high", BOTH, POSITIVE, MS, "high end of the 95% batch-means interval of "
            "latency_ms_median (compare's test)", late=True),
     text("compile", BOTH, f"torch.compile mode of the case: {', '.join(COMPILE_MODES)} (eager: not compiled)",
-         identifies=BOTH, since=3),
+         identifies=BOTH, since=3, earlier=EAGER),
     number("compile_s", BOTH, NON_NEGATIVE, "s", "cold compile time: the first compiled pass with Inductor's caches "
            "empty and dynamo reset", since=3),
     number("graphs", BOTH, COUNT, "", "graphs dynamo compiled for the pass (1 without a graph break)", since=3),
@@ -260,6 +262,8 @@ PLACEMENT_COLUMNS = tuple(c.name for c in DECLARED if c.placement)
 # with them migrated, and a resumed run's file gets them added.
 LATE_COLUMNS = {suite: tuple(c.name for c in columns if c.late or c.since > 1)
                 for suite, columns in _SUITE_DECLARATIONS.items()}
+# What rows written before a column existed hold in it, where they hold something (compile: eager).
+EARLIER_VALUES = {c.name: c.earlier for c in DECLARED if c.earlier is not None}
 # The schema version from which files hold each column (a late column: from version 2 on).
 HELD_SINCE = {c.name: 2 if c.late else c.since for c in DECLARED}
 # Every other column of a suite holds numbers (or nothing).

@@ -18,8 +18,8 @@ from typing import Any
 
 import pandas as pd
 
-from bench.schema.columns import (COLUMNS, IDENTITY_COLUMNS, LATE_COLUMNS, MEASURED_STATUSES, ORDER_TOLERANCE,
-                                  ORDERED_COLUMNS, SCHEMA_VERSION, STATUSES, SUITES, TEXT_COLUMNS, VALUE_RULES,
+from bench.schema.columns import (COLUMNS, EARLIER_VALUES, IDENTITY_COLUMNS, LATE_COLUMNS, MEASURED_STATUSES,
+                                  ORDER_TOLERANCE, ORDERED_COLUMNS, SCHEMA_VERSION, STATUSES, SUITES, TEXT_COLUMNS, VALUE_RULES,
                                   results_suite)
 from bench.schema.errors import ResultsFormatError, ResultsWarning
 from bench.schema.migrations import check_version, declared_version, migrate_rows, rows_version
@@ -69,7 +69,7 @@ class ResultsWriter:
 
     ``columns`` is the schema of the file's suite (``COLUMNS`` or ``MODEL_COLUMNS``). An existing file is
     continued: a torn last row is cut, its header is checked like a reader checks it (``check_header``),
-    late columns it lacks are added (rewriting it atomically), and rows are written in its own column
+    late columns it lacks are added (rewriting it atomically; its rows hold EARLIER_VALUES there), and rows are written in its own column
     order, columns outside the schema left empty.
     """
 
@@ -105,7 +105,8 @@ class ResultsWriter:
         with atomic_write(self.path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns, restval="")
             writer.writeheader()
-            writer.writerows(dict(zip(header.columns, record)) for record in records)
+            earlier = {c: EARLIER_VALUES[c] for c in header.late if c in EARLIER_VALUES}
+            writer.writerows({**earlier, **dict(zip(header.columns, record))} for record in records)
         return columns
 
     def append(self, row: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from bench.schema.columns import EAGER, HELD_SINCE, LATE_COLUMNS, METHODS, SCHEMA_VERSION, TEXT_COLUMNS
+from bench.schema.columns import EARLIER_VALUES, HELD_SINCE, LATE_COLUMNS, METHODS, SCHEMA_VERSION, TEXT_COLUMNS
 from bench.schema.errors import ResultsFormatError
 from bench.schema.storage import metadata_path, read_file
 
@@ -43,11 +43,12 @@ def _metadata_1_to_2(metadata: dict[str, Any]) -> dict[str, Any]:
 
 
 def _add_empty(frame: pd.DataFrame, suite: str, version: int) -> None:
-    """The columns files hold from ``version`` on that the frame lacks, empty, after its own columns."""
+    """The columns files hold from ``version`` on that the frame lacks, after its own columns: empty, or
+    holding what earlier rows hold in them (EARLIER_VALUES)."""
     for column in LATE_COLUMNS[suite]:
         if HELD_SINCE[column] == version and column not in frame.columns:
             text = column in TEXT_COLUMNS[suite]
-            frame[column] = pd.Series(None if text else float("nan"), index=frame.index,
+            frame[column] = pd.Series(EARLIER_VALUES.get(column) if text else float("nan"), index=frame.index,
                                       dtype="str" if text else "float64")
 
 
@@ -60,7 +61,6 @@ def _rows_2_to_3(frame: pd.DataFrame, suite: str) -> None:
     """Every case of a file of schema 2 ran eager (its compile column says so); the compile measurements are
     empty."""
     _add_empty(frame, suite, 3)
-    frame["compile"] = frame["compile"].fillna(EAGER)
 
 
 MIGRATIONS = (

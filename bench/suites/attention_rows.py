@@ -200,10 +200,10 @@ def finish_case(prepared: Prepared, timing: Timing, reference: Timing | None, co
     eager one and the ``compiled`` one, labelled): latency, its speedups over them with confidence intervals,
     the backend's own metrics, and the status: mismatch when the error check failed, noisy when ``timing_row``
     finds it noise, error when it compiled during timing."""
-    case, row = prepared.case, dict(prepared.row)
-    recompiles = prepared.compiles_during_timing[0]
+    case, recompiles = prepared.case, prepared.compiles_during_timing[0]
     if case.compile != EAGER:
-        row["recompiles"] = recompiles
+        prepared.row["recompiles"] = recompiles  # the failure row below is built from prepared.row too
+    row = dict(prepared.row)
     if recompiles:
         raise recompiled_error(recompiles)
     timed, noise, notes = timing_row(timing, reference, case.batch, prepared.macs, case.phase, case.dtype,
