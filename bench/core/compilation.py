@@ -100,23 +100,33 @@ def cpp_compiler_version() -> str | None:
     return (out.stdout.splitlines() or [compiler])[0]
 
 
+@dataclass
+class Expiry:
+    """The CompileTimeout a ``time_limit`` raised, once it has: dynamo may re-raise it as another type, without
+    its cause (InternalTorchDynamoError), and this says what really happened."""
+
+    raised: CompileTimeout | None = None
+
+
 @contextlib.contextmanager
-def time_limit(seconds: float | None) -> Iterator[None]:
+def time_limit(seconds: float | None) -> Iterator[Expiry]:
     """Raise CompileTimeout in the block once ``seconds`` have passed (SIGALRM: only in the main thread;
-    elsewhere, and with ``seconds`` None, unlimited)."""
+    elsewhere, and with ``seconds`` None, unlimited); the Expiry yielded keeps it."""
+    expiry = Expiry()
     if seconds is None or threading.current_thread() is not threading.main_thread():
-        yield
+        yield expiry
         return
     if seconds <= 0:
         raise CompileTimeout("no time left to compile in (--time-budget reached)")
 
     def expire(signum, frame):
-        raise CompileTimeout(f"compiling took longer than its limit of {seconds:g} s")
+        expiry.raised = CompileTimeout(f"compiling took longer than its limit of {seconds:g} s")
+        raise expiry.raised
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        yield
+        yield expiry
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -137,10 +147,11 @@ _started: set[str] = set()  # devices this process has compiled for once (fresh_
 
 def fresh_compiler(device: torch.device) -> None:
     """Dynamo reset, after one tiny compile on ``device`` in this process's life: what every compile pays once
-    per process (importing Inductor, starting its workers) is no case's compile time. Once per comparison group,
+    per process (importing Inductor, starting its workers) is no case's compile time (none on a CPU without a C++
+    compiler: there every case is unsupported, and says so). Once per comparison group,
     before its first compile: a reset throws away what was compiled before it, and a group's compiled modules
     must stay compiled until their rounds are timed."""
-    if device.type not in _started:
+    if device.type not in _started and (device.type != "cpu" or cpp_compiler_version() is not None):
         x = torch.randn(8, device=device)
         with empty_inductor_cache():
             torch.compile(lambda t: torch.relu(t) + 1, dynamic=False)(x)
@@ -165,7 +176,7 @@ def first_compiled_pass(module: torch.nn.Module, mode: str, make_pass: Callable[
     CompileError (one line) when it does not compile, BackendUnavailableError on a CPU without a C++ compiler."""
     if device.type == "cpu":
         cpp_compiler()
-    with time_limit(limit_s):  # both attempts together
+    with time_limit(limit_s) as expiry:  # both attempts together
         for fullgraph in (True, False):
             torch._dynamo.utils.counters.clear()
             candidate = compiled(module, mode, fullgraph)
@@ -176,7 +187,7 @@ def first_compiled_pass(module: torch.nn.Module, mode: str, make_pass: Callable[
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
             except Exception as exc:  # noqa: BLE001 - every failure becomes one of the three errors above
-                cause = innermost(exc)
+                cause = expiry.raised or innermost(exc)
                 if isinstance(cause, (CompileTimeout, BackendUnavailableError)):
                     raise cause from None
                 if fullgraph and isinstance(cause, torch._dynamo.exc.Unsupported):
