@@ -93,6 +93,10 @@ def test_a_preset_block_takes_the_flag(tmp_path, fast_compile):
     gpu_check = attentions_plan(["--preset", "gpu-check"])
     assert {(c.family, c.backend, c.resolution) for c in gpu_check if c.compile == "default"} == \
         {("bra", "torch", r) for r in (56, 28, 14)}
+    # --backends picks the fast paths; the compiled reference stays, as a baseline
+    narrowed = attentions_plan(["--preset", "gpu-check", "--backends", "chunked"])
+    assert {(c.backend, c.compile) for c in narrowed if c.family == "bra"} == {("chunked", "eager"),
+                                                                              ("torch", "default")}
 
 
 def attentions_plan(flags: list[str]) -> list:

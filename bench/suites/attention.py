@@ -40,7 +40,7 @@ def apply_overrides(request: argparse.Namespace, blocks: list[SweepBlock]) -> li
         if not block_families:
             continue
         block.families = block_families
-        if request.backends:
+        if request.backends and not block.backends_fixed:
             block.backends = list(request.backends)
         if request.resolutions:
             dim, heads = STAGE1_WIDTH

@@ -103,6 +103,7 @@ class SweepBlock:
     option_axes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     families: list[str] | None = None  # None: every registered family
     backends: list[str] | None = None  # None: every backend of each family; else those the family has
+    backends_fixed: bool = False  # a baseline's block: --backends leaves its backends as they are
     batches: list[int] = field(default_factory=lambda: [1])
     dtypes: list[str] = field(default_factory=lambda: ["float32"])
     phases: list[str] = field(default_factory=lambda: list(PHASES))

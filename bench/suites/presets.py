@@ -106,7 +106,8 @@ def preset_blocks(preset: str, profile: GpuProfile) -> list[SweepBlock]:
                                   batches=batch, dtypes=dtype) for family, backends in GPU_CHECK_BACKENDS.items()]
             if (r, d, h, k) in BIFORMER_STAGES:
                 blocks.append(SweepBlock(f"gpu-check {r}² bra compiled", shape, families=["bra"], backends=["torch"],
-                                         batches=batch, dtypes=dtype, compile_modes=[COMPILED_BASELINE]))
+                                         backends_fixed=True, batches=batch, dtypes=dtype,
+                                         compile_modes=[COMPILED_BASELINE]))
         return blocks
     if preset == "compiled":
         shapes = [(56, dim, heads, {"topk": 4})] if profile.name == "cpu" else stages
