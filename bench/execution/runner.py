@@ -47,9 +47,9 @@ Executor = Callable[[Iterator[Group], GroupRunner, RunContext], Iterator[tuple[G
 
 @dataclass(frozen=True)
 class RetryNoisy:
-    """A group runner that re-times a group's noisy cases, beside their references (compiled ones too), up to ``retries`` more
-    times, and keeps each case's last row (``--retry-noisy``): noise on a shared machine comes and goes, and a
-    later attempt is as fair a measurement as the first, not a chosen one. A re-timed row says so."""
+    """A group runner that re-times a group's noisy cases, beside their references (compiled ones too), up to
+    ``retries`` more times, and keeps each case's last row (``--retry-noisy``): noise on a shared machine comes and
+    goes, and a later attempt is as fair a measurement as the first, not a chosen one. A re-timed row says so."""
 
     run: GroupRunner
     retries: int

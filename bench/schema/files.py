@@ -19,7 +19,8 @@ from typing import Any
 import pandas as pd
 
 from bench.schema.columns import (COLUMNS, EARLIER_VALUES, IDENTITY_COLUMNS, LATE_COLUMNS, MEASURED_STATUSES,
-                                  ORDER_TOLERANCE, ORDERED_COLUMNS, SCHEMA_VERSION, STATUSES, SUITES, TEXT_COLUMNS, VALUE_RULES,
+                                  ORDER_TOLERANCE, ORDERED_COLUMNS, SCHEMA_VERSION, STATUSES, SUITES, TEXT_COLUMNS,
+                                  VALUE_RULES,
                                   results_suite)
 from bench.schema.errors import ResultsFormatError, ResultsWarning
 from bench.schema.migrations import check_version, declared_version, migrate_rows, rows_version
@@ -69,8 +70,8 @@ class ResultsWriter:
 
     ``columns`` is the schema of the file's suite (``COLUMNS`` or ``MODEL_COLUMNS``). An existing file is
     continued: a torn last row is cut, its header is checked like a reader checks it (``check_header``),
-    late columns it lacks are added (rewriting it atomically; its rows hold EARLIER_VALUES there), and rows are written in its own column
-    order, columns outside the schema left empty.
+    late columns it lacks are added (rewriting it atomically; its rows hold EARLIER_VALUES there), and rows
+    are written in its own column order, columns outside the schema left empty.
     """
 
     def __init__(self, path: Path, columns: list[str] = COLUMNS) -> None:

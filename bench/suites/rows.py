@@ -83,7 +83,8 @@ def latency_row(timing: Timing, batch: int, macs: int, phase: str, dtype: str, c
 
 
 def timing_row(timing: Timing, reference: Timing | None, batch: int, macs: int, phase: str, dtype: str, device: str,
-               ctx: RunContext, compiled: tuple[str, Timing] | None = None) -> tuple[dict[str, Any], list[str], list[str]]:
+               ctx: RunContext, compiled: tuple[str, Timing] | None = None
+               ) -> tuple[dict[str, Any], list[str], list[str]]:
     """A timed pass's latency columns and, with a ``reference`` timed in the same rounds, its speedup over it
     with a confidence interval (and likewise over the ``compiled`` reference, labelled); then why it is noise
     (spread or interval beyond the device's limit, the GPU throttling), empty when it is not; then notes on how
