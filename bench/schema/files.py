@@ -20,8 +20,7 @@ import pandas as pd
 
 from bench.schema.columns import (COLUMNS, EARLIER_VALUES, IDENTITY_COLUMNS, LATE_COLUMNS, MEASURED_STATUSES,
                                   ORDER_TOLERANCE, ORDERED_COLUMNS, SCHEMA_VERSION, STATUSES, SUITES, TEXT_COLUMNS,
-                                  VALUE_RULES,
-                                  results_suite)
+                                  VALUE_RULES, results_suite)
 from bench.schema.errors import ResultsFormatError, ResultsWarning
 from bench.schema.migrations import check_version, declared_version, migrate_rows, rows_version
 from bench.schema.storage import atomic_write, complete_text, read_file, resolve_results_path, sync
