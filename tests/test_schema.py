@@ -26,6 +26,10 @@ from bench.schema.migrations import MIGRATIONS, rows_version
 ROOT = Path(__file__).resolve().parent.parent
 REAL = ROOT / "results" / "cpu"
 REAL_RUNS = sorted(REAL.glob("*.csv"))
+# The committed runs written before files named their version (schema 1), and those written by the current code.
+UNVERSIONED_RUNS = [path for path in REAL_RUNS
+                    if "schema_version" not in json.loads(path.with_suffix(".json").read_text())]
+CURRENT_RUNS = [path for path in REAL_RUNS if path not in UNVERSIONED_RUNS]
 
 
 def header(path: Path) -> list[str]:
@@ -100,7 +104,7 @@ def test_unversioned_metadata_is_migrated_from_what_it_records():
     interval method the one its timing names (unrecorded, None, in the runs from before it was named), every
     other method unrecorded."""
     speedup_methods = []
-    for csv_path in REAL_RUNS:
+    for csv_path in UNVERSIONED_RUNS:
         raw = json.loads(csv_path.with_suffix(".json").read_text())
         assert "schema_version" not in raw
         metadata = read_metadata(csv_path)
@@ -112,7 +116,7 @@ def test_unversioned_metadata_is_migrated_from_what_it_records():
     assert None in speedup_methods and SPEEDUP_INTERVAL_METHOD in speedup_methods  # both kinds of run are there
 
 
-@pytest.mark.parametrize("csv_path", REAL_RUNS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("csv_path", UNVERSIONED_RUNS, ids=lambda p: p.stem)
 def test_rows_of_schema_1_load_with_the_late_columns_they_lack_empty_and_compile_eager(csv_path):
     """Every case of a run of before the compile mode ran eager: its compile column says so, and every other column
     it lacks (the late ones, the compile measurements) loads empty."""
@@ -125,7 +129,7 @@ def test_rows_of_schema_1_load_with_the_late_columns_they_lack_empty_and_compile
     assert len(frame) == read_metadata(csv_path)["rows"]
 
 
-@pytest.mark.parametrize("csv_path", [REAL_RUNS[-2], REAL_RUNS[-1]], ids=lambda p: p.stem)
+@pytest.mark.parametrize("csv_path", UNVERSIONED_RUNS[-2:], ids=lambda p: p.stem)
 def test_rows_of_schema_2_load_with_compile_eager_and_the_compile_measurements_empty(csv_path, tmp_path):
     """A file of schema 2 (every column of then, none of version 3's) migrates one step: compile eager, the compile
     measurements empty, every value it holds as it held it."""
@@ -142,6 +146,21 @@ def test_rows_of_schema_2_load_with_compile_eager_and_the_compile_measurements_e
     assert (frame["compile"] == EAGER).all() and len(frame) == metadata["rows"]
     assert frame[[c for c in schema_3 if c != "compile"]].isna().all().all()
     pd.testing.assert_frame_equal(frame.drop(columns=schema_3), loaded.drop(columns=schema_3))
+
+
+@pytest.mark.parametrize("csv_path", CURRENT_RUNS, ids=lambda p: p.stem)
+def test_a_run_of_the_current_version_loads_as_written(csv_path):
+    """A run the current code wrote names its version and methods, and holds every column of its suite: it loads
+    without a migration, its compile modes as its rows name them."""
+    raw = json.loads(csv_path.with_suffix(".json").read_text())
+    assert raw["schema_version"] == SCHEMA_VERSION and read_metadata(csv_path) == raw
+    assert header(csv_path) == SUITES[results_suite(header(csv_path))]
+    frame = load_results(csv_path)
+    assert len(frame) == raw["rows"] and frame["compile"].notna().all()
+
+
+def test_the_committed_runs_hold_both_kinds():
+    assert UNVERSIONED_RUNS and CURRENT_RUNS
 
 
 def test_a_versioned_run_reads_back_its_methods_unmigrated(tmp_path):
@@ -179,7 +198,7 @@ def test_a_run_of_a_newer_version_is_refused_naming_both_versions(tmp_path):
      "does not name the method flops in 'methods'"),
 ])
 def test_metadata_of_a_wrong_version_or_methods_is_refused_naming_them(tmp_path, fields, message):
-    path = copy_run(REAL_RUNS[-1], tmp_path)
+    path = copy_run(UNVERSIONED_RUNS[-1], tmp_path)
     rewrite_metadata(path, **fields)
     with pytest.raises(ResultsFormatError, match=message):
         read_metadata(path)
