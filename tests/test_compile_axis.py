@@ -236,6 +236,7 @@ def test_resume_completes_a_run_with_compiled_cases_against_its_compiled_referen
     assert (sdpa["compiled_ref"] == "torch+compile").all() and sdpa["speedup_vs_compiled_ref"].notna().all()
 
 
+@pytest.mark.slow  # a real Inductor compile in a process of its own: about 35 s
 def test_a_later_sitting_compiles_the_case_again_in_its_own_process(tmp_path):
     """Sittings run in a fresh process: there torch.compile is the real one (Inductor), on a tiny case."""
     frame = sweep(tmp_path, "sittings", "--backends", "torch", "--compile", "default", "--phase", "fwd",
@@ -245,6 +246,7 @@ def test_a_later_sitting_compiles_the_case_again_in_its_own_process(tmp_path):
     assert row["recompiles"] == 0 and row["graphs"] == 1 and row["rounds"] > 3
 
 
+@pytest.mark.slow  # whole backbones traced, eager and compiled: about 11 s
 def test_the_model_suite_compiles_the_whole_backbone(tmp_path, fast_compile):
     frame = sweep(tmp_path, "models", "--suite", "models", "--models", "swin_layout", "--attentions", "full",
                   "--resolutions", "32", "--phase", "fwd", "--compile", "eager", "default", common=COMMON)
