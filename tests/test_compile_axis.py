@@ -1,8 +1,8 @@
 """The ``--compile`` axis end to end through the CLI, fast: torch.compile here runs dynamo with its ``eager``
 backend (tracing, guards, graph breaks and recompiles are dynamo's own; only Inductor's code generation is left
 out, which tests/test_compile.py runs for real in the slow tier). Rows, keys, the compiled reference's speedup,
-resume, later sittings, the model suite, and the faults: a graph break, a compile that fails, one past its limit,
-no C++ compiler, a recompile during timing."""
+resume, and the faults: a graph break, a compile that fails, one past its limit, no C++ compiler, a recompile
+during timing. A later sitting (real Inductor, in its own process) and the model suite are marked slow."""
 
 from __future__ import annotations
 
