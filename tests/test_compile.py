@@ -79,8 +79,9 @@ def test_one_module_compiles_into_one_graph():
 
 def test_a_compile_cut_by_its_limit_leaves_the_next_compile_working():
     module, x = bra_module("torch")
-    with pytest.raises(CompileTimeout, match="limit of 0.05 s"):
+    with pytest.raises(CompileTimeout) as raised:
         first_pass(module, x, limit_s=0.05)
+    assert str(raised.value) == "compiling took longer than its limit of 0.05 s"  # one line: no dynamo stack
     compiled, info = first_pass(copy.deepcopy(module), x, limit_s=600)
     assert info.graphs == 1
     torch.testing.assert_close(compiled(x), module(x), rtol=1e-4, atol=1e-5)

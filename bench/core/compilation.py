@@ -80,6 +80,12 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"[:300]
 
 
+def in_one_line(exc: Exception) -> Exception:
+    """A new ``exc`` of the same type with the first line of its message: dynamo appends the user code's stack
+    to the exceptions it passes through."""
+    return type(exc)((str(exc).strip().splitlines() or [""])[0])
+
+
 def cpp_compiler() -> str:
     """The C++ compiler CPU Inductor builds its kernels with; BackendUnavailableError where there is none."""
     from torch._inductor import cpp_builder
@@ -189,10 +195,12 @@ def first_compiled_pass(module: torch.nn.Module, mode: str, make_pass: Callable[
             except Exception as exc:  # noqa: BLE001 - every failure becomes one of the three errors above
                 cause = expiry.raised or innermost(exc)
                 if isinstance(cause, (CompileTimeout, BackendUnavailableError)):
-                    raise cause from None
+                    raise in_one_line(cause) from None
                 if fullgraph and isinstance(cause, torch._dynamo.exc.Unsupported):
                     continue  # a graph break: compiled again without fullgraph, the breaks counted
                 raise CompileError(f"torch.compile (mode {mode}) failed: {first_line(cause)}") from None
+            if expiry.raised is not None:  # the alarm struck where the compiler swallows exceptions, and it went on
+                raise in_one_line(expiry.raised)
             seconds = time.perf_counter() - started
             breaks, first_break = graph_breaks()
             return candidate, CompileInfo(seconds, graphs_compiled(), breaks, first_break)
