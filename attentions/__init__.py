@@ -9,12 +9,13 @@ torch.Size([2, 56, 56, 64])
 torch.Size([1, 1000])
 """
 
-from . import full, window, deformable, bra  # noqa: F401  (registration order is listing order)
+from . import full, window, deformable, bra, neighborhood  # noqa: F401  (registration order is listing order)
 from . import models  # noqa: F401  (whole backbones built from the registry: attentions.models.build_model)
 from .bra import BiLevelRoutingAttention
 from .deformable import DeformableAttention
 from .errors import AttentionConfigError, BackendUnavailableError
 from .full import FullAttention
+from .neighborhood import NeighborhoodAttention
 from .plugins import Plugin, PluginError, load_plugin, load_plugins, loaded_plugins
 from .registry import (AttentionModule, Backend, MacCount, backend_available, build, custom_op_macs,
                        extension_modules, family_options, list_attentions, overridden_capabilities, register)
@@ -22,7 +23,7 @@ from .window import WindowAttention
 
 __all__ = [
     "AttentionConfigError", "AttentionModule", "Backend", "BackendUnavailableError", "BiLevelRoutingAttention",
-    "DeformableAttention", "FullAttention", "MacCount", "Plugin", "PluginError", "WindowAttention", "backend_available",
-    "build", "custom_op_macs", "extension_modules", "family_options", "list_attentions", "load_plugin", "load_plugins",
-    "loaded_plugins", "overridden_capabilities", "register",
+    "DeformableAttention", "FullAttention", "MacCount", "NeighborhoodAttention", "Plugin", "PluginError",
+    "WindowAttention", "backend_available", "build", "custom_op_macs", "extension_modules", "family_options",
+    "list_attentions", "load_plugin", "load_plugins", "loaded_plugins", "overridden_capabilities", "register",
 ]

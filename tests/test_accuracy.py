@@ -30,12 +30,16 @@ SHAPES = {  # family -> (options, resolution); a family without an entry: its de
     "window": ({"window_size": 7, "shift_size": 3}, 14),
     "deformable": ({"fmap_size": 14}, 14),
     "bra": ({"n_win": 7, "topk": 4}, 14),
+    "neighborhood": ({"kernel_size": 5, "dilation": 2}, 14),
+}
+BACKEND_SHAPES = {  # (family, backend) -> (options, resolution) where a backend takes less than its family offers
+    ("neighborhood", "natten"): ({"kernel_size": 5, "dilation": 2, "rel_pos_bias": False}, 14),  # no bias table
 }
 FAMILIES = families()  # every registered family
 
 
-def shape(family: str) -> tuple[dict, int]:
-    return SHAPES.get(family, ({}, 14))
+def shape(family: str, backend: str | None = None) -> tuple[dict, int]:
+    return BACKEND_SHAPES.get((family, backend)) or SHAPES.get(family, ({}, 14))
 
 
 LEVELS = (0.01, 0.02, 0.05)
@@ -55,7 +59,7 @@ def sabotaged(attend: Callable[..., Any], factor: dict[str, float]) -> Callable[
 
 def build(family: str, dtype: torch.dtype, backend: str = "torch", seed: int = 0):
     """A module of the family at a small shape, with a fresh random input and upstream gradient."""
-    options, resolution = shape(family)
+    options, resolution = shape(family, backend)
     torch.manual_seed(seed)
     module = attentions.build(family, dim=32, num_heads=2, backend=backend, **options).to(dtype)
     generator = torch.Generator().manual_seed(seed + 100)

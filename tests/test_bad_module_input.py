@@ -26,7 +26,8 @@ from registry_cases import families, families_with_backend, is_built_in
 NAN, INF = math.nan, math.inf
 DIM, HEADS = 8, 2
 # the smallest valid options per family for the 4×4 maps below; a family without an entry takes its defaults
-SMALL = {"full": {}, "window": {"window_size": 2}, "deformable": {"fmap_size": 4}, "bra": {"n_win": 2, "topk": 2}}
+SMALL = {"full": {}, "window": {"window_size": 2}, "deformable": {"fmap_size": 4}, "bra": {"n_win": 2, "topk": 2},
+         "neighborhood": {"kernel_size": 3}}
 FAMILIES = families()  # every registered family
 
 
@@ -165,6 +166,14 @@ CONSTRUCTION = [
     option("bra", "param_routing", "yes"), option("bra", "diff_routing", 1), option("bra", "soft_routing", "no"),
     option("bra", "side_dwconv", 2),
     option("bra", "auto_pad", "yes"), option("bra", "auto_pad", None),
+    # neighborhood
+    option("neighborhood", "kernel_size", 4), option("neighborhood", "kernel_size", 0),
+    option("neighborhood", "kernel_size", 7.0), option("neighborhood", "kernel_size", True),
+    option("neighborhood", "dilation", 0), option("neighborhood", "dilation", 1.5),
+    option("neighborhood", "stride", 0), option("neighborhood", "stride", 5, rel_pos_bias=False),
+    option("neighborhood", "stride", 2, rel_pos_bias=True),
+    option("neighborhood", "rel_pos_bias", "yes"), option("neighborhood", "qkv_bias", 1),
+    option("neighborhood", "qk_scale", 0), option("neighborhood", "qk_scale", NAN),
 ]
 
 INPUTS = [
@@ -197,6 +206,10 @@ INPUTS = [
                                                     grad=False), "flex", "torch.float64", "cpu")
       for family in families_with_backend("flex")],
     # sizes only the forward knows
+    case("neighborhood-kernel-wider-than-map", forward("neighborhood", MAP, kernel_size=5), "height 4",
+         "kernel_size × dilation = 5 × 1 = 5"),
+    case("neighborhood-dilated-kernel-wider-than-map", forward("neighborhood", MAP, dilation=2), "height 4",
+         "kernel_size × dilation = 3 × 2 = 6"),
     case("bra-ada_avgpool-kv_per_win-above-region", forward("bra", MAP, kv_downsample_mode="ada_avgpool",
                                                             kv_per_win=3), "kv_per_win 3", "2×2"),
     case("bra-ada_maxpool-kv_per_win-above-short-side", forward("bra", nhwc(1, 4, 8, DIM),

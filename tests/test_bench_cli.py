@@ -770,13 +770,14 @@ def test_full_attention_is_not_repeated_per_topk_or_kv_mode(tmp_path, capsys):
 
 
 def test_dry_run_counts_per_family(tmp_path):
-    """The quick preset's count per family: a family without BRA's options once per backend and phase (the topk
-    and kv axes are not crossed with it); BRA per backend in its 5 kv modes × 2 phases, and topk 1 and 16 forward."""
+    """The quick preset's count per family: a family without BRA's or NAT's options once per backend and phase
+    (the topk, kv and variant axes are not crossed with it); BRA per backend in its 5 kv modes × 2 phases, and
+    topk 1 and 16 forward; neighborhood in its 3 variants (NAT, no bias, DiNAT) × 2 phases."""
     labels = dry_run_labels(dry_run([*QUICK_FLAGS, "--results-dir", str(tmp_path / "r")]))
     registry = attentions.list_attentions()
     count = {f: sum(family_of(label) == f for label in labels) for f in registry}
-    assert count == {family: len(info["backends"]) * (5 * 2 + 2 if family == "bra" else 2)
-                     for family, info in registry.items()}
+    per_backend = {"bra": 5 * 2 + 2, "neighborhood": 3 * 2}
+    assert count == {family: len(info["backends"]) * per_backend.get(family, 2) for family, info in registry.items()}
     assert count["bra"] == 5 * (5 * 2 + 2)  # torch, sdpa, flex, triton, chunked
     assert not any("topk" in label for label in labels if family_of(label) != "bra")
 

@@ -243,7 +243,8 @@ def test_a_folder_with_both_suites_reports_both(model_run, small_results, tmp_pa
 def test_default_model_sweep(tmp_path):
     labels = dry_run_labels(dry_run(["--suite", "models", "--gpu", "cpu", "--results-dir", str(tmp_path / "r")]))
     families = list(attentions.list_attentions())
-    expected = {f"{model}[bra]" for model in list_models() if model != "swin_layout"}
+    expected = {f"{model}[{info['options']['attention']}]" for model, info in list_models().items()
+                if model != "swin_layout"}  # BiFormer's bra, NAT's and DiNAT's neighborhood
     expected |= {f"swin_layout[{family}]" for family in families}
     assert {label.split("/")[0] for label in labels} == expected
     assert len(labels) == len(expected) * 3 * 2  # 224, 512, 1024 px; fwd and fwd+bwd

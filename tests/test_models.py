@@ -1,4 +1,4 @@
-"""Whole backbones (``attentions.models``): the published BiFormer figures, checkpoint names, the wiring
+"""Whole backbones (``attentions.models``): the published BiFormer and NAT figures, checkpoint names, the wiring
 against a functional float64 reference, every attention choice forward and backward, backends, errors."""
 
 from __future__ import annotations
@@ -16,15 +16,24 @@ from attentions.models import build_model, list_models
 from registry_cases import families
 
 F64 = torch.float64
-# Published params (M) and fvcore GMACs at 224², batch 1 (BiFormer's README and paper; Swin-T layout: BiFormer-STL)
+# Published params (M) and fvcore GMACs at 224², batch 1 (BiFormer's README and paper; Swin-T layout: BiFormer-STL).
+# NAT and DiNAT: the classification tables of SHI-Labs/Neighborhood-Attention-Transformer (NAT.md, DiNAT.md; the NAT
+# paper's ImageNet table), rounded there to 1 M and 0.1 G; the authors count FLOPs with fvcore plus NATTEN's handles.
 PUBLISHED = {
     "biformer_tiny": (13.14, 2.228),
     "biformer_small": (25.54, 4.487),
     "biformer_base": (56.80, 9.795),
     "swin_layout": (28.37, 4.590),
+    "nat_mini": (20, 2.7),
+    "nat_tiny": (28, 4.3),
+    "nat_small": (51, 7.8),
+    "nat_base": (90, 13.7),
+    "dinat_tiny": (28, 4.3),
 }
 FAMILIES = families()  # every registered family: each is an attention choice of swin_layout
 SMALL = 64  # stage maps 16, 8, 4, 2: BRA's 7×7 regions need auto_pad, every other family takes them as they are
+# Families whose default options need larger maps than SMALL gives: a 7×7 neighborhood needs maps of 7 or more.
+SIZE = {"neighborhood": 224}  # stage maps 56, 28, 14, 7
 
 
 def fvcore_gmacs(model: torch.nn.Module, size: int = 224) -> float:
@@ -63,7 +72,8 @@ def image(batch: int = 2, size: int = SMALL, seed: int = 1, dtype: torch.dtype =
 # published figures and checkpoint names
 # --------------------------------------------------------------------------------------------
 
-LARGER = ("biformer_small", "biformer_base")  # seconds each on the CPU: the slow tier's
+# seconds each on the CPU: the slow tier's
+LARGER = ("biformer_small", "biformer_base", "nat_mini", "nat_small", "nat_base")
 
 
 @pytest.mark.parametrize("name", [pytest.param(name, marks=[pytest.mark.slow] * (name in LARGER))
@@ -125,23 +135,89 @@ def official_keys(depths: tuple[int, ...], dims: tuple[int, ...], style: str) ->
     return keys | bn("norm", dims[3]) | linear("head", 1000, dims[3])
 
 
+def nat_keys(depths: tuple[int, ...], dims: tuple[int, ...], mlp_ratio: int,
+             layer_scale: bool) -> dict[str, tuple[int, ...]]:
+    """NAT's state_dict names and shapes, written out from SHI-Labs/Neighborhood-Attention-Transformer's
+    classification/nat.py (DiNAT's dinat.py builds the same class): ConvTokenizer, NATBlock levels whose
+    ConvDownsampler closes each level but the last, NATLayer blocks with NATTEN's NeighborhoodAttention2D
+    (``qkv``, ``rpb``, ``proj``) and, for NAT-S/B, layer scales ``gamma1``/``gamma2``."""
+    keys = conv("patch_embed.proj.0", dims[0] // 2, 3, 3) | conv("patch_embed.proj.1", dims[0], dims[0] // 2, 3)
+    keys |= ln("patch_embed.norm", dims[0])
+    for i, (depth, dim) in enumerate(zip(depths, dims)):
+        heads = dim // 32
+        for j in range(depth):
+            block = f"levels.{i}.blocks.{j}"
+            keys |= ln(f"{block}.norm1", dim) | ln(f"{block}.norm2", dim)
+            keys |= linear(f"{block}.attn.qkv", 3 * dim, dim) | linear(f"{block}.attn.proj", dim, dim)
+            keys |= {f"{block}.attn.rpb": (heads, 13, 13)}
+            keys |= linear(f"{block}.mlp.fc1", mlp_ratio * dim, dim) | linear(f"{block}.mlp.fc2", dim, mlp_ratio * dim)
+            if layer_scale:
+                keys |= {f"{block}.gamma1": (dim,), f"{block}.gamma2": (dim,)}
+        if i < 3:
+            keys |= {f"levels.{i}.downsample.reduction.weight": (dims[i + 1], dim, 3, 3)}
+            keys |= ln(f"levels.{i}.downsample.norm", dims[i + 1])
+    return keys | ln("norm", dims[3]) | linear("head", 1000, dims[3])
+
+
 @pytest.mark.parametrize("name", list(PUBLISHED))
 def test_state_dict_names_and_shapes_are_the_official_checkpoints(name):
     info = list_models()[name]
-    style = "swin" if name == "swin_layout" else "biformer"
-    expected = official_keys(tuple(info["depths"]), tuple(info["dims"]), style)
-    got = {k: tuple(v.shape) for k, v in build_model(name).state_dict().items()}
+    model = build_model(name)
+    depths, dims, style = tuple(info["depths"]), tuple(info["dims"]), model.layout.style
+    expected = nat_keys(depths, dims, info["mlp_ratio"], name in ("nat_small", "nat_base")) if style == "nat" \
+        else official_keys(depths, dims, style)
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert sorted(set(got) - set(expected)) == [] and sorted(set(expected) - set(got)) == []
     assert got == expected
 
 
+def test_a_nat_block_has_the_checkpoint_keys():
+    """One block spelled out, as NAT-T's released nat_tiny.pth names it (NAT-S/B add gamma1, gamma2)."""
+    keys = [k for k in build_model("nat_tiny").state_dict() if k.startswith("levels.2.blocks.17.")]
+    assert keys == [f"levels.2.blocks.17.{k}" for k in (
+        "norm1.weight", "norm1.bias", "attn.rpb", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
+        "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight",
+        "mlp.fc2.bias")]
+    scaled = build_model("nat_small").levels[0].blocks[0]
+    assert scaled.gamma1.shape == scaled.gamma2.shape == (96,) and (scaled.gamma1 == 1e-5).all()
+
+
 def test_list_models_describes_every_name():
     models = list_models()
-    assert list(models) == ["biformer_tiny", "biformer_small", "biformer_base", "swin_layout"]
-    assert [m["display_name"] for m in models.values()] == ["BiFormer-T", "BiFormer-S", "BiFormer-B", "Swin-T layout"]
+    assert list(models) == ["biformer_tiny", "biformer_small", "biformer_base", "swin_layout", "nat_mini", "nat_tiny",
+                            "nat_small", "nat_base", "dinat_tiny"]
+    assert [m["display_name"] for m in models.values()] == ["BiFormer-T", "BiFormer-S", "BiFormer-B", "Swin-T layout",
+                                                            "NAT-M", "NAT-T", "NAT-S", "NAT-B", "DiNAT-T"]
     assert models["swin_layout"]["depths"] == [2, 2, 6, 2] and models["swin_layout"]["dims"] == [96, 192, 384, 768]
     assert models["biformer_small"]["depths"] == [4, 4, 18, 4] and models["biformer_base"]["dims"][0] == 96
     assert models["biformer_tiny"]["options"]["attention"] == "bra"
+    assert models["nat_mini"]["depths"] == [3, 4, 6, 5] and models["nat_tiny"]["depths"] == [3, 4, 18, 5]
+    assert [models[n]["dims"][0] for n in ("nat_mini", "nat_tiny", "nat_small", "nat_base")] == [64, 64, 96, 128]
+    assert [models[n]["mlp_ratio"] for n in ("nat_mini", "nat_tiny", "nat_small", "nat_base")] == [3, 3, 2, 2]
+    assert {models[n]["options"]["attention"] for n in models if "nat" in n} == {"neighborhood"}
+
+
+def test_nat_stages_are_7x7_neighborhood_attention_with_head_dim_32():
+    model = build_model("nat_tiny")
+    for stage, (blocks, dim) in enumerate(zip(model.stage_blocks(), (64, 128, 256, 512))):
+        for block in blocks:
+            attn = block.attn
+            assert isinstance(attn, attentions.NeighborhoodAttention), stage
+            assert (attn.kernel_size, attn.dilation, attn.stride, attn.dim, attn.num_heads) == (7, 1, 1, dim, dim // 32)
+            assert attn.rpb.shape == (dim // 32, 13, 13) and attn.qkv.bias is not None and attn.scale == 32 ** -0.5
+            assert block.norm1.eps == block.norm2.eps == 1e-5 and block.gamma1 is None and block.pos_embed is None
+    assert model.patch_embed.norm.eps == model.norm.eps == 1e-5 and isinstance(model.norm, torch.nn.LayerNorm)
+    # DiNAT-T: NAT-T with every second block dilated, by the stage map / 7 at 224² (DiNAT's dinat.py)
+    dilations = [[block.attn.dilation for block in blocks] for blocks in build_model("dinat_tiny").stage_blocks()]
+    assert dilations == [[1, 8, 1], [1, 4, 1, 4], [1, 2] * 9, [1] * 5]
+
+
+def test_nat_takes_other_families_per_stage():
+    model = build_model("nat_tiny", attention=["window", "neighborhood", "bra", "full"], num_classes=10).eval()
+    assert [{b.attn.family for b in blocks} for blocks in model.stage_blocks()] == [
+        {"window"}, {"neighborhood"}, {"bra"}, {"full"}]
+    with torch.no_grad():
+        assert model(image(batch=1, size=224, dtype=torch.float32)).shape == (1, 10)
 
 
 def test_biformer_stages_are_bra_with_the_papers_options_and_full_attention_last():
@@ -215,6 +291,47 @@ def test_forward_equals_a_functional_reference(name, size):
     assert features.shape == (2, model.layout.dims[-1], size // 32, size // 32)
 
 
+def nat_reference_forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """NAT (classification/nat.py) written out with torch.nn.functional from the state_dict, on NHWC maps as
+    NAT runs them; each block's attention module is a black box."""
+    p = model.state_dict()
+
+    def layer_norm(t, prefix):
+        return F.layer_norm(t, t.shape[-1:], p[f"{prefix}.weight"], p[f"{prefix}.bias"], eps=1e-5)
+
+    def conv_nhwc(t, prefix):  # 3×3 stride 2, padding 1
+        return F.conv2d(t.permute(0, 3, 1, 2), p[f"{prefix}.weight"], p.get(f"{prefix}.bias"), 2, 1).permute(0, 2, 3, 1)
+
+    t = layer_norm(conv_nhwc(conv_nhwc(x.permute(0, 2, 3, 1), "patch_embed.proj.0"), "patch_embed.proj.1"),
+                   "patch_embed.norm")  # no activation between the tokenizer's convs
+    for i, depth in enumerate(model.layout.depths):
+        for j in range(depth):
+            block = f"levels.{i}.blocks.{j}"
+            gamma1, gamma2 = p.get(f"{block}.gamma1", 1.0), p.get(f"{block}.gamma2", 1.0)
+            t = t + gamma1 * model.get_submodule(f"{block}.attn")(layer_norm(t, f"{block}.norm1"))
+            hidden = F.gelu(F.linear(layer_norm(t, f"{block}.norm2"), p[f"{block}.mlp.fc1.weight"],
+                                     p[f"{block}.mlp.fc1.bias"]))
+            t = t + gamma2 * F.linear(hidden, p[f"{block}.mlp.fc2.weight"], p[f"{block}.mlp.fc2.bias"])
+        if i < 3:
+            t = layer_norm(conv_nhwc(t, f"levels.{i}.downsample.reduction"), f"levels.{i}.downsample.norm")
+    pooled = layer_norm(t, "norm").mean((1, 2))
+    return F.linear(pooled, p["head.weight"], p["head.bias"])
+
+
+# 96² gives stage maps 24, 12, 6, 3: a 3×3 neighborhood fits, and so do DiNAT's dilations 8, 4, 2, 1 (3 × 8 = 24)
+@pytest.mark.parametrize("name", ["nat_small", "dinat_tiny"])  # layer scale; dilated blocks
+def test_nat_forward_equals_a_functional_reference(name):
+    model = randomized(build_model(name, num_classes=10, attention_options={"kernel_size": 3})).eval()
+    x = image(size=96)
+    with torch.no_grad():
+        reference = nat_reference_forward(model, x)
+        torch.testing.assert_close(model(x), reference, rtol=1e-10, atol=1e-10)
+        assert model.forward_features(x).shape == (2, model.layout.dims[-1], 3, 3)
+        model.backend = "sdpa"
+        assert {m.backend for m in model.attention_modules()} == {"sdpa"}
+        torch.testing.assert_close(model(x), reference, rtol=1e-10, atol=1e-10)
+
+
 # --------------------------------------------------------------------------------------------
 # every attention choice, forward and backward; backends; blocks
 # --------------------------------------------------------------------------------------------
@@ -226,7 +343,8 @@ CHOICES = [*FAMILIES, ["window", "deformable", "bra", "full"]]
 def test_every_attention_choice_runs_forward_and_backward(attention):
     torch.manual_seed(0)
     model = build_model("swin_layout", attention=attention, auto_pad=True, num_classes=10).eval()
-    x = image(dtype=torch.float32).requires_grad_(True)
+    size = max(SIZE.get(family, SMALL) for family in ([attention] if isinstance(attention, str) else attention))
+    x = image(size=size, dtype=torch.float32).requires_grad_(True)
     out = model(x)
     assert out.shape == (2, 10) and torch.isfinite(out).all()
     out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(2)))
@@ -317,6 +435,12 @@ def test_per_stage_options_override_the_defaults():
     ("biformer_tiny", {"num_classes": -1}, "num_classes must be an integer >= 0"),
     ("biformer_tiny", {"drop_path_rate": 1.0}, r"drop_path_rate must be a number in \[0, 1\), got 1.0"),
     ("biformer_tiny", {"auto_pad": "yes"}, "auto_pad must be True or False, got 'yes'"),
+    ("dinat_tiny", {"attention_options": [{"dilation": [1, 8]}, None, None, None]},
+     r"stage 0 \(neighborhood, width 64\): dilation must be one integer or a list of 3 \(one per block of the "
+     r"stage\), got 2: \[1, 8\]"),
+    ("nat_tiny", {"attention_options": [None, {"dilation": [1, 0, 1, 1]}, None, None]},
+     r"stage 1 \(neighborhood, width 128\): dilation must be an integer >= 1, got 0"),
+    ("nat_tiny", {"attention_options": {"kernel_size": 4}}, r"stage 0 \(neighborhood.*kernel_size must be odd"),
 ])
 def test_bad_options_raise_naming_the_value(name, options, match):
     with pytest.raises(AttentionConfigError, match=match):
@@ -338,6 +462,15 @@ def tiny_swin():
 def test_bad_images_raise(tiny_swin, x, match):
     with pytest.raises(AttentionConfigError, match=match):
         tiny_swin(x)
+
+
+def test_nat_maps_smaller_than_the_neighborhood_raise():
+    """NAT takes any image size whose stage maps hold the 7×7 neighborhood (dilated: 7 × dilation)."""
+    with pytest.raises(AttentionConfigError, match=r"map 4×4: its height 4 is smaller than kernel_size × dilation = "
+                                                   r"7 × 1 = 7"):
+        build_model("nat_mini", num_classes=10).eval()(image(batch=1, size=128, dtype=torch.float32))
+    with pytest.raises(AttentionConfigError, match=r"map 32×32: .* = 7 × 8 = 56"):
+        build_model("dinat_tiny", num_classes=10).eval()(image(batch=1, size=128, dtype=torch.float32))
 
 
 def test_bra_maps_that_regions_do_not_divide_need_auto_pad():

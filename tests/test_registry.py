@@ -138,7 +138,7 @@ def test_unknown_option_is_named_with_the_valid_ones(name, option, valid):
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_unknown_backend_is_named_with_the_valid_ones(name):
-    for bad in ("cuda_fast", "flash", "natten", "cuda"):
+    for bad in ("cuda_fast", "flash", "cutlass", "cuda"):
         with pytest.raises(AttentionConfigError, match=rf"'{bad}'.*valid: 'torch', 'sdpa'"):
             attentions.build(name, dim=32, num_heads=4, backend=bad)
     module = small(name)

@@ -50,12 +50,13 @@ def free_memory(device: str) -> None:
 def count_macs_any_backend(module: torch.nn.Module, x: torch.Tensor, backend: str) -> tuple[int, Counter, str]:
     """fvcore MACs of ``module(x)``, the ops it could not count, and a note on how it was counted.
 
-    A backend that TorchScript cannot trace (a compiled kernel) is counted on a copy whose
-    attentions all run their reference backends: the same mechanism, so the same multiply-adds.
+    A backend that TorchScript cannot trace (a compiled kernel; a library that checks its sizes as ints, which
+    tracing makes tensors: a ValueError) is counted on a copy whose attentions all run their reference backends:
+    the same mechanism, so the same multiply-adds.
     """
     try:
         return (*count_macs(module, x), "")
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         if is_oom(exc):
             raise
     reference = copy.deepcopy(module)
