@@ -2,8 +2,9 @@
 # The GPU check in one command, for a machine with a GPU and no network (and, with --gpu cpu, for
 # trying its plumbing on a CPU): install carried wheels, run the CUDA tests, run the gpu-check sweep
 # (BiFormer's stage shapes and 112²/224² with 8×8-token regions: every BRA backend, the reference
-# included, and dense full attention through SDPA's flash and memory-efficient kernels; bf16,
-# batch 64, fwd and fwd+bwd on a GPU profile), and leave everything under one folder:
+# included, and dense full attention through SDPA's flash and memory-efficient kernels; at the stage
+# shapes also the compiled reference BRA, and neighborhood attention through NATTEN's na2d beside ours;
+# bf16, batch 64, fwd and fwd+bwd on a GPU profile), and leave everything under one folder:
 #
 #   OUT/results/<gpu>/<run>.csv, .json   rows and metadata     -> commit under results/<gpu>/
 #   OUT/reports/<gpu>/<run>/             the run's tables, plots and index (once the rows are under
@@ -60,7 +61,7 @@ step "environment"
 import importlib.metadata as md, platform, torch
 print("python", platform.python_version(), "| torch", torch.__version__, "| CUDA", torch.version.cuda)
 print("GPU:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none visible")
-for name in ("triton", "fvcore", "xformers", "pandas", "seaborn"):
+for name in ("triton", "fvcore", "xformers", "natten", "pandas", "seaborn"):
     try:
         print(f"{name} {md.version(name)}")
     except md.PackageNotFoundError:

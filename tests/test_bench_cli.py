@@ -56,7 +56,7 @@ HAS_CUDA = torch.cuda.is_available()
 
 QUICK_FLAGS = ["--gpu", "cpu", "--preset", "quick", "--quiet", "--min-time", "0.01"]
 TIMED = ("ok", "noisy")  # statuses of a measured case that passed its error check
-ENVIRONMENT_KEYS = {"torch", "fvcore", "triton", "xformers", "cuda", "gpu_name", "gpu_count", "driver", "cpu", "os",
+ENVIRONMENT_KEYS = {"torch", "fvcore", "triton", "xformers", "natten", "cuda", "gpu_name", "gpu_count", "driver", "cpu", "os",
                     "python", "suite_commit"}
 METADATA_KEYS = {"run_id", "preset", "gpu_profile", "device_name", "argv", "command", "started", "finished",
                  "status_counts", "environment"}

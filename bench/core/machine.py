@@ -23,6 +23,17 @@ def _version(package: str) -> str | None:
         return None
 
 
+def natten_version() -> str | None:
+    """NATTEN's version, and whether it has its compiled library (its fused kernels) or is pure Python (its Flex
+    backend only): read from the installed files, without importing it."""
+    version = _version("natten")
+    if version is None:
+        return None
+    files = importlib.metadata.files("natten") or []
+    fused = any(Path(str(name)).name.startswith("libnatten") for name in files)
+    return f"{version} ({'with libnatten' if fused else 'pure Python: Flex backend only'})"
+
+
 def _command_output(*args: str, cwd: Path | None = None) -> str | None:
     try:
         return subprocess.run(args, capture_output=True, text=True, timeout=10, cwd=cwd,
@@ -64,6 +75,7 @@ def environment() -> dict[str, Any]:
         "torch": torch.__version__,
         "triton": _version("triton"),
         "xformers": _version("xformers"),
+        "natten": natten_version(),
         "fvcore": _version("fvcore"),
         "cpp_compiler": cpp_compiler_version(),  # what CPU Inductor builds with (torch.compile's version is torch's)
         **numerics_now(),
