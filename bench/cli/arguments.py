@@ -29,6 +29,14 @@ def at_least(least: int, most: int | None = None) -> Callable[[str], int]:
 positive_int = at_least(1)
 
 
+def odd_int(text: str) -> int:
+    """An argparse type: an odd integer >= 1 (a window with its query at the centre)."""
+    value = positive_int(text)
+    if value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"{value} is even: kernel sizes are odd (the query at the centre)")
+    return value
+
+
 def seconds(zero_allowed: bool) -> Callable[[str], float]:
     """An argparse type: a finite number of seconds, > 0 (or >= 0 when ``zero_allowed``)."""
     least = "zero or more" if zero_allowed else "more than zero"

@@ -19,7 +19,7 @@ import torch
 from attentions.models import list_models
 from attentions.plugins import loaded_plugins
 
-from bench.cli.arguments import (at_least, check_folder, default_reports_dir, fail, positive_int, ray_address,
+from bench.cli.arguments import (at_least, check_folder, default_reports_dir, fail, odd_int, positive_int, ray_address,
                                  run_id_name, seconds)
 from bench.cli.cluster_options import DEFAULT_RETRIES, check_cluster_flags, ray_executor, uses_ray
 from bench.cli.listing import print_listing
@@ -108,6 +108,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{' '.join(map(str, MODEL_RESOLUTIONS))})")
     parser.add_argument("--topk", nargs="+", type=positive_int, metavar="K", help="BRA topk values")
     parser.add_argument("--kv-modes", nargs="+", metavar="MODE", help=f"BRA kv modes: {', '.join(KV_MODES)}")
+    parser.add_argument("--kernel-sizes", nargs="+", type=odd_int, metavar="K",
+                        help="neighborhood attention's kernel sizes (odd; default NAT's 7)")
+    parser.add_argument("--dilations", nargs="+", type=positive_int, metavar="D",
+                        help="neighborhood attention's dilations (default: 1, and DiNAT's resolution // kernel)")
     parser.add_argument("--batch", nargs="+", type=positive_int, metavar="B", help="batch sizes")
     parser.add_argument("--dtype", nargs="+", type=dtype_name, metavar="DTYPE",
                         help=f"dtypes: {', '.join(DTYPES)} (or {', '.join(DTYPE_ALIASES)})")

@@ -23,6 +23,11 @@ from bench.suites.planning import check_input_fits, check_known, summary_cell, t
 from bench.suites.presets import COMMON_OPTIONS, KV_MODES, STAGE1_WIDTH, kv_axis, preset_blocks, topk_axis
 
 
+def option_flag(flag: str) -> str:
+    """The argparse attribute of a flag: '--kernel-sizes' -> 'kernel_sizes'."""
+    return flag.removeprefix("--").replace("-", "_")
+
+
 def apply_overrides(request: argparse.Namespace, blocks: list[SweepBlock]) -> list[SweepBlock]:
     """Narrow or replace the preset's axes with the sweep's flags (validated here)."""
     known = list(attentions.list_attentions())
@@ -31,9 +36,11 @@ def apply_overrides(request: argparse.Namespace, blocks: list[SweepBlock]) -> li
     check_known("--backends", request.backends,
                 sorted({b for f in families for b in attentions.list_attentions()[f]["backends"]}), ", ".join(families))
     check_known("--kv-modes", request.kv_modes, KV_MODES)
-    if request.auto_pad and not any("auto_pad" in attentions.family_options(f) for f in families):
-        padding = [f for f in known if "auto_pad" in attentions.family_options(f)]
-        raise PlanError(f"--auto-pad: none of {', '.join(families)} has the option; {', '.join(padding)} do")
+    for flag, option in (("--auto-pad", "auto_pad"), ("--kernel-sizes", "kernel_size"), ("--dilations", "dilation")):
+        if getattr(request, option_flag(flag)) and not any(option in attentions.family_options(f) for f in families):
+            having = [f for f in known if option in attentions.family_options(f)]
+            raise PlanError(f"{flag}: none of {', '.join(families)} has the option {option}; "
+                            f"the families that have it: {', '.join(having)}")
     out = []
     for block in blocks:
         block_families = [f for f in (block.families or known) if f in families]
@@ -52,6 +59,13 @@ def apply_overrides(request: argparse.Namespace, blocks: list[SweepBlock]) -> li
             block.option_axes["kv"] = kv_axis(request.kv_modes)
         if request.auto_pad:
             block.option_axes["auto_pad"] = [{"auto_pad": True}]  # crossed only with the families that have it
+        if request.kernel_sizes:
+            block.option_axes["kernel_size"] = [{"kernel_size": k} for k in request.kernel_sizes]
+        if request.dilations:  # the given dilations replace the preset's, DiNAT's rule included
+            block.option_axes["dilation"] = [{"dilation": d} for d in request.dilations]
+            if "variant" in block.option_axes:
+                undilated = [{k: v for k, v in b.items() if k != "dilation"} for b in block.option_axes["variant"]]
+                block.option_axes["variant"] = [dict(t) for t in dict.fromkeys(tuple(b.items()) for b in undilated)]
         block.batches = request.batch or block.batches
         block.dtypes = request.dtype or block.dtypes
         block.phases = request.phase or block.phases
@@ -108,7 +122,8 @@ def plan(request: argparse.Namespace, device: str, profile: GpuProfile) -> list[
 
 # Attention layers: a case is a family's configuration on one backend at one shape, dtype and phase.
 ATTENTION_SUITE = SuiteRecord(
-    name="attentions", flags=frozenset({"preset", "families", "topk", "kv_modes", "auto_pad", "sittings"}),
+    name="attentions",
+    flags=frozenset({"preset", "families", "topk", "kv_modes", "kernel_sizes", "dilations", "auto_pad", "sittings"}),
     uses_presets=True, pairing="paired: a shape's cases round-robin in one process", columns=COLUMNS, plan=plan,
     groups=comparison_groups, run_group=run_group, base_row=base_row, reference_case=reference_case,
     summary=summary_table)
