@@ -53,8 +53,8 @@ def axis_neighbors(length: int, kernel_size: int, dilation: int, stride: int, de
 
 
 def gathered(kernel: Callable[..., tuple[Tensor, Tensor | None]]) -> Callable[..., Tensor]:
-    """A backend that gathers each query's k × k keys and values into a copy (NATTEN's unfused algorithm) and
-    attends them with ``kernel``: one query against its own k² keys, the bias looked up per pair."""
+    """A backend that gathers each query's k × k keys and values into a copy (k² times the keys: the plain,
+    unfused way) and attends them with ``kernel``: one query against its own k² keys, the bias looked up per pair."""
 
     def attend(module: "NeighborhoodAttention", q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         batch, height, width, heads, head_dim = q.shape
@@ -110,8 +110,9 @@ def flex_neighborhood(module: "NeighborhoodAttention", q: Tensor, k: Tensor, v: 
 
 
 def natten_neighborhood(module: "NeighborhoodAttention", q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """NATTEN's own ``na2d`` on the (B, H, W, heads, d) tensors it takes: its fused kernels on a GPU, its Flex
-    backend on the CPU. NATTEN has no relative position bias (0.20 dropped it)."""
+    """NATTEN's own ``na2d`` on the (B, H, W, heads, d) tensors it takes: its fused kernels on a GPU where NATTEN
+    was built with its CUDA library, else (and on the CPU) its Flex backend, uncompiled. NATTEN has no relative
+    position bias (0.20 dropped it)."""
     import natten  # imported on use: an optional dependency
 
     batch, height, width, heads, head_dim = q.shape
@@ -125,7 +126,8 @@ def natten_neighborhood(module: "NeighborhoodAttention", q: Tensor, k: Tensor, v
 
 NATTEN_HEAD_DIMS = tuple(2 ** n for n in range(3, 10))  # what NATTEN 0.21's na2d takes
 NATTEN_BACKEND = Backend("natten", natten_neighborhood,
-                         "NATTEN's na2d: its fused kernels on CUDA, its Flex backend on the CPU (no bias table)",
+                         "NATTEN's na2d: its fused kernels where built with its CUDA library, else its Flex backend "
+                         "(no bias table)",
                          dtypes=(torch.float16, torch.bfloat16, torch.float32),
                          device_dtypes=(("cpu", FLEX_CPU_DTYPES),), backward_devices=("cuda",), requires=("natten",))
 
@@ -150,8 +152,7 @@ class NeighborhoodAttention(AttentionModule):
     family = "neighborhood"
     backends = {
         "torch": Backend("torch", gathered(explicit_attention),
-                         "each query's k×k keys gathered into a copy, explicit attention matrix (NATTEN's unfused "
-                         "algorithm)"),
+                         "each query's k×k keys gathered into a copy, explicit attention matrix (unfused)"),
         "sdpa": Backend("sdpa", gathered(sdpa_attention),
                         "each query's k×k keys gathered, attention through F.scaled_dot_product_attention"),
         "flex": flex_backend(flex_neighborhood, "FlexAttention on the map: window mask_mod, bias score_mod"),

@@ -32,6 +32,8 @@ class CudaCase:
     options: dict[str, Any]  # constructor options besides dim and num_heads
     naive: Callable[[attentions.AttentionModule, torch.Tensor], Naive]  # (module as run, its input) -> reference
     overrides: dict[str, float] = field(default_factory=dict)  # random_module's std by parameter prefix
+    # options that replace ``options`` for one backend, where it takes less than the family (NATTEN: no bias table)
+    backend_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def cuda_case(family: str) -> CudaCase | None:

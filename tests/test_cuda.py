@@ -109,7 +109,7 @@ def test_backend_matches_naive_reference(family: str, backend: str, dtype: torch
                         f"(reference_helpers.CudaCase), with its naive float64 reference")
         pytest.skip(f"{family!r} is a family of one's own (from another module): no CUDA_CASE in a test_{family}.py")
     module = random_module(family, seed=0, std=WEIGHT_STD, overrides=case.overrides, dim=DIM, num_heads=HEADS,
-                           backend=backend, **case.options)
+                           backend=backend, **{**case.options, **case.backend_options.get(backend, {})})
     has_backward = module.backends[backend].has_backward(DEVICE)
     reason = skip_reason(family, backend, dtype, backward=has_backward)
     if reason:

@@ -137,6 +137,14 @@ def test_curves_follow_one_width_per_family(frame):
     assert 32 in set(gmacs_table(mixed, FACTS)["dim"])  # compute vs latency shows every width
 
 
+def test_a_noisy_main_width_stays_the_main_width(frame):
+    """Noisy rows are drawn: a family whose curves are all noisy keeps them over a width with fewer, ok rows."""
+    noisy = frame.assign(status=frame["status"].where(frame["family"] != "window", "noisy"))
+    window = noisy[noisy["family"] == "window"]
+    other = window[window["resolution"] == window["resolution"].min()].assign(dim=32, heads=4, status="ok")
+    assert main_widths(pd.concat([noisy, other], ignore_index=True))["window"] == (16, 2, 1, "float32")
+
+
 def test_scaling_takes_the_best_backend_of_each_point(frame):
     """Among ok and noisy rows alike (a noisy best is drawn hollow: test_plot_rows.py)."""
     table = scaling_table(frame, FACTS)

@@ -117,17 +117,18 @@ def status_rank(status: str) -> tuple:
 
 
 def main_widths(frame: pd.DataFrame) -> dict[str, tuple]:
-    """Per family, its main (dim, heads, batch, dtype): the group with the most ok rows.
+    """Per family, its main (dim, heads, batch, dtype): the group with the most drawn rows (ok or noisy: a
+    noisy row is drawn, hollow, so a noisy re-measurement does not move a family's curves to another width).
 
     Ties go to the group with more rows of any status, then more resolutions, then the smaller dim.
-    A family without ok rows gets the group with the most rows.
+    A family without drawn rows gets the group with the most rows.
     """
     frame = numeric(frame)
     out: dict[str, tuple] = {}
     for family, rows in frame.groupby("family", sort=False):
-        stats = rows.assign(is_ok=rows["status"] == "ok").groupby(WIDTH_COLUMNS).agg(
-            n_ok=("is_ok", "sum"), n=("status", "size"), n_res=("resolution", "nunique")).reset_index()
-        best = stats.sort_values(["n_ok", "n", "n_res", "dim"], ascending=[False, False, False, True]).iloc[0]
+        stats = rows.assign(is_drawn=rows["status"].isin(("ok", "noisy"))).groupby(WIDTH_COLUMNS).agg(
+            n_drawn=("is_drawn", "sum"), n=("status", "size"), n_res=("resolution", "nunique")).reset_index()
+        best = stats.sort_values(["n_drawn", "n", "n_res", "dim"], ascending=[False, False, False, True]).iloc[0]
         out[family] = tuple(_plain(best[c]) for c in WIDTH_COLUMNS)
     return out
 
