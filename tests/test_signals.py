@@ -324,19 +324,24 @@ def test_a_sweep_ended_during_a_sitting_leaves_no_process_behind(tmp_path, signu
 
 def test_stop_on_signals_first_ctrl_c_requests_then_any_stopping_signal_stops_at_once():
     """In-process: the first SIGINT only sets ``requested``; a second SIGINT raises Stopped(SIGINT); SIGTERM and
-    SIGHUP raise Stopped at once; the handlers from before are back after the block."""
-    before = {signum: signal.getsignal(signum) for signum in cli_progress.StopOnSignals.SIGNALS}
-    with cli_progress.StopOnSignals() as signals:
-        signal.raise_signal(signal.SIGINT)
-        assert signals.requested
-        with pytest.raises(Stopped) as second:
+    SIGHUP raise Stopped at once; the handlers from before are back after the block. (SIGHUP taken back from an
+    ignoring parent, such as ``nohup``, for the test: the next test checks that the sweep leaves it ignored.)"""
+    hangup = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        before = {signum: signal.getsignal(signum) for signum in cli_progress.StopOnSignals.SIGNALS}
+        with cli_progress.StopOnSignals() as signals:
             signal.raise_signal(signal.SIGINT)
-    assert second.value.signum == signal.SIGINT
-    for signum in (signal.SIGTERM, signal.SIGHUP):
-        with pytest.raises(Stopped) as stopped, cli_progress.StopOnSignals() as signals:
-            signal.raise_signal(signum)
-        assert stopped.value.signum == signum and not signals.requested
-    assert {signum: signal.getsignal(signum) for signum in cli_progress.StopOnSignals.SIGNALS} == before
+            assert signals.requested
+            with pytest.raises(Stopped) as second:
+                signal.raise_signal(signal.SIGINT)
+        assert second.value.signum == signal.SIGINT
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            with pytest.raises(Stopped) as stopped, cli_progress.StopOnSignals() as signals:
+                signal.raise_signal(signum)
+            assert stopped.value.signum == signum and not signals.requested
+        assert {signum: signal.getsignal(signum) for signum in cli_progress.StopOnSignals.SIGNALS} == before
+    finally:
+        signal.signal(signal.SIGHUP, hangup)
 
 
 def test_stop_on_signals_leaves_an_ignored_sighup_ignored():
