@@ -172,7 +172,7 @@ def test_state_dict_names_and_shapes_are_the_official_checkpoints(name):
 
 
 def test_a_nat_block_has_the_checkpoint_keys():
-    """One block spelled out, as NAT-T's released nat_tiny.pth names it (NAT-S/B add gamma1, gamma2)."""
+    """One block spelled out, as NAT's classification/nat.py names it (NAT-S/B add gamma1, gamma2)."""
     keys = [k for k in build_model("nat_tiny").state_dict() if k.startswith("levels.2.blocks.17.")]
     assert keys == [f"levels.2.blocks.17.{k}" for k in (
         "norm1.weight", "norm1.bias", "attn.rpb", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",

@@ -1,7 +1,7 @@
 """The model suite (``run_bench.py --suite models``): whole backbones of ``attentions.models``.
 
 Cases are model × attention choice × backend × resolution (image side, pixels) × batch × dtype ×
-phase. The BiFormer models run with their own attention; ``swin_layout``, the comparison backbone,
+phase. The BiFormer and NAT models run with their own attention; ``swin_layout``, the comparison backbone,
 with every attention choice asked for. Everything about a model comes from ``attentions.models``
 (``list_models``, ``build_model``) and its attention modules' registry interface.
 
@@ -57,7 +57,7 @@ def default_model_batch(resolution: int, profile: GpuProfile) -> int:
 def model_cases(models: list[str], choices: list[str], backends: list[str], resolutions: list[int],
                 batches: list[int] | None, dtypes: list[str], phases: list[str], device: str,
                 profile: GpuProfile, compile_modes: Sequence[str] = (EAGER,)) -> list[ModelCase]:
-    """Every case of the sweep, in order: the BiFormer models with their own attention, the comparison
+    """Every case of the sweep, in order: the BiFormer and NAT models with their own attention, the comparison
     backbone with each of ``choices``, each in every compile mode."""
     described = list_models()
     cases = []
