@@ -910,6 +910,15 @@ def runs_on_the_cpu(declared: dict, family: str, backend: str, phase: str, dtype
             and (phase == "fwd" or "cpu" in record["backward"]))
 
 
+def refused_by_its_options(row: pd.Series) -> bool:
+    """Whether the case's module refuses its backend for its options (``unsupported_reason``: NATTEN without a
+    bias table), which no declaration says."""
+    with torch.device("meta"):
+        module = attentions.build(row["family"], dim=int(row["dim"]), num_heads=int(row["heads"]),
+                                  backend=row["backend"], **json.loads(row["options"]))
+    return module.unsupported_reason() is not None
+
+
 SWEEPS = {"every-family": every_family_flags, "quick-preset": lambda: list(QUICK_FLAGS)}
 
 
@@ -982,16 +991,20 @@ def test_quick_run_rows_are_consistent(quick_run):
     frame = quick_run["frame"]
     assert [c for c in bench.REQUIRED_COLUMNS if c not in frame.columns] == []
     assert list(frame.columns) == bench.COLUMNS
-    # 'unsupported' exactly where the backend declares no CPU, no backward on the CPU or not this dtype there
+    # 'unsupported' exactly where the backend declares no CPU, no backward on the CPU or not this dtype there, or
+    # refuses the case's options
     declared = quick_run["declared"]
-    runs = frame.apply(lambda row: runs_on_the_cpu(declared, row["family"], row["backend"], row["phase"],
-                                                   row["dtype"]), axis=1)
+    declared_runs = frame.apply(lambda row: runs_on_the_cpu(declared, row["family"], row["backend"], row["phase"],
+                                                            row["dtype"]), axis=1)
+    refused = frame.apply(refused_by_its_options, axis=1)
+    runs = declared_runs & ~refused
     unsupported = frame["status"] == "unsupported"
     assert list(frame.loc[unsupported, "case_key"]) == list(frame.loc[~runs, "case_key"])
+    assert frame.loc[refused & declared_runs, "status_detail"].str.contains("has no relative position bias").all()
     assert unsupported.any(), "the sweep should hold a backend that cannot run here"
     no_cpu = frame.apply(lambda row: "cpu" not in declared[row["family"]][row["backend"]]["devices"], axis=1)
     assert frame.loc[no_cpu, "status_detail"].str.contains(r"runs on cuda, not on cpu").all()
-    assert frame.loc[~runs & ~no_cpu & (frame["phase"] == "fwd+bwd"), "status_detail"].str.contains(
+    assert frame.loc[~declared_runs & ~no_cpu & (frame["phase"] == "fwd+bwd"), "status_detail"].str.contains(
         "no backward on cpu").all()
     assert frame.loc[unsupported, ["latency_ms_median", "gmacs"]].isna().all(axis=None)
     frame = frame[~unsupported]

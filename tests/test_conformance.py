@@ -125,6 +125,23 @@ def test_a_backend_for_another_device_is_skipped_and_said_so(registered):
     assert result.passed and skipped.rule == "backend gpu_only" and "runs on cuda, not on cpu" in skipped.detail
 
 
+class Picky(Honest):
+    """A family whose 'sdpa' backend refuses its own defaults, and says so: skipped with the reason, not failed."""
+
+    family = "picky"
+
+    def unsupported_reason(self) -> str | None:
+        return "this backend takes no defaults" if self.backend == "sdpa" else None
+
+
+def test_a_backend_that_refuses_the_defaults_is_skipped_and_said_so(registered):
+    registered(Picky)
+    result = check_family("picky")
+    [skipped] = [v for v in result.verdicts if v.status == "skip"]
+    assert result.passed and skipped.rule == "backend sdpa"
+    assert skipped.detail == "not for the family's defaults: this backend takes no defaults"
+
+
 @pytest.mark.slow  # every backend of every family, FlexAttention's CPU compiles among them: about 100 s
 @pytest.mark.parametrize("family", families())
 def test_every_registered_family_conforms(family):

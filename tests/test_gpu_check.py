@@ -59,11 +59,13 @@ def test_the_gpu_check_runs_end_to_end_on_the_cpu(tmp_path):
     assert results.with_suffix(".json").exists()
     with open(results, newline="") as f:
         rows = list(csv.DictReader(f))
-    # --backends applies to both families, not to the compiled reference; at 14² the preset's shapes collapse to one
+    # --backends applies to every family's block, not to the compiled reference; at 14² the preset's shapes collapse
+    # to one
     assert sorted((r["family"], r["backend"], r["compile"], r["phase"]) for r in rows) == sorted(
         (family, backend, mode, phase) for family, backend, mode in (
             ("bra", "torch", "eager"), ("bra", "chunked", "eager"), ("full", "torch", "eager"),
-            ("full", "sdpa_flash", "eager"), ("bra", "torch", "default")) for phase in ("fwd", "fwd+bwd"))
+            ("full", "sdpa_flash", "eager"), ("bra", "torch", "default"), ("neighborhood", "torch", "eager"))
+        for phase in ("fwd", "fwd+bwd"))
     assert {r["status"] for r in rows} <= {"ok", "noisy"}  # noisy: this shared machine's timing at 0.01 s per pass
     fast_paths = (out / "reports" / "cpu" / results.stem / "tables" / "bra_fast_paths.md").read_text()
     assert "Tile eff." in fast_paths and "chunked" in fast_paths

@@ -8,7 +8,8 @@ Run on the CPU, on fresh random inputs, each rule a line of a pass/fail table (d
 - **gradients**: a backward reaches the input and every parameter, finite;
 - **backend NAME**: each declared backend that runs on this CPU, in float32, forward and (where it has a
   backward here) forward+backward, within the harness's accuracy bound of float64 (``bench.core.accuracy``);
-  a backend for another device is skipped, said so;
+  a backend for another device, or one that refuses the family's defaults (``unsupported_reason``), is skipped,
+  said so;
 - **macs**: ``macs()`` within 1 % of fvcore's count (skipped without fvcore);
 - **bad options** and **bad input**: an option given a value of the wrong kind, dim not divisible by the heads,
   a 3-D input and one with the wrong channel count each raise ``ValueError`` naming what was wrong.
@@ -159,6 +160,9 @@ def _backend(family: str, backend: str, size: int) -> Verdict:
             return Verdict(rule, "skip", reason)
         else:
             unchecked.append(f"fwd+bwd not checked: {reason}")
+    refusal = _seeded(family, 11, backend).unsupported_reason()
+    if refusal:  # a backend that cannot express the defaults says so (NATTEN: no bias table), as it must
+        return Verdict(rule, "skip", f"not for the family's defaults: {refusal}")
     checked = []
     for phase in phases:
         module = _seeded(family, 11, backend)
